@@ -1,0 +1,118 @@
+"""Settings: command-line flag > environment (XSUPERVISE_*) > config file > built-in default.
+
+The config file is TOML. It is looked for, first found wins, at ``$XSUPERVISE_CONFIG``,
+``$XDG_CONFIG_HOME/xsupervise/config.toml`` (pyxdg), then ``/etc/xsupervise/config.toml``.
+Top-level keys have the names of the fields below (``displayfd_timeout = 15``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import UsageError
+
+ENV_PREFIX = "XSUPERVISE_"
+SYSTEM_CONFIG = "/etc/xsupervise/config.toml"
+
+
+def _positive_seconds(value: Any) -> float:
+    seconds = float(value)
+    if not 0 < seconds < 86400:
+        raise ValueError("must be a number of seconds above 0")
+    return seconds
+
+
+def _command(value: Any) -> tuple[str, ...]:
+    words = shlex.split(value) if isinstance(value, str) else [str(word) for word in value]
+    if not words:
+        raise ValueError("must name a program")
+    return tuple(words)
+
+
+def _screen(value: Any) -> str:
+    text = str(value)
+    parts = text.split("x")
+    if len(parts) != 3 or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise ValueError("must look like WIDTHxHEIGHTxDEPTH, e.g. 1920x1080x24")
+    return text
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What a display session needs to know; every field has a documented default."""
+
+    #: The X server command: a program on PATH and optional extra arguments.
+    server: tuple[str, ...] = ("Xvfb",)
+    #: Screen geometry handed to the server.
+    screen: str = "1280x1024x24"
+    #: How long the server may take to write its display number (and answer).
+    displayfd_timeout: float = 10.0
+    #: How long a server may take to exit after SIGTERM before it gets SIGKILL.
+    kill_grace: float = 2.0
+
+
+# How to read each field from text (environment) or TOML values.
+_PARSERS = {
+    "server": _command,
+    "screen": _screen,
+    "displayfd_timeout": _positive_seconds,
+    "kill_grace": _positive_seconds,
+}
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def config_file(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The config file in force, or None. An explicit $XSUPERVISE_CONFIG must exist."""
+    explicit = environ.get(ENV_PREFIX + "CONFIG")
+    if explicit:
+        if not os.path.isfile(explicit):
+            raise UsageError(f"XSUPERVISE_CONFIG={explicit} is not a file; "
+                             "point it at a TOML config file or unset it.")
+        return explicit
+    from xdg.BaseDirectory import xdg_config_home  # pyxdg reads XDG_CONFIG_HOME at import
+
+    home = environ.get("XDG_CONFIG_HOME") or xdg_config_home
+    for candidate in (os.path.join(home, "xsupervise", "config.toml"), SYSTEM_CONFIG):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    import tomllib  # only paid for when a config file exists
+
+    try:
+        with open(path, "rb") as stream:
+            return tomllib.load(stream)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read config file {path}: {exc}; fix or remove it.") from exc
+
+
+def load_settings(flags: Mapping[str, Any] | None = None,
+                  environ: Mapping[str, str] = os.environ) -> Settings:
+    """Resolve every field: flags (None means 'not given') > environment > file > default."""
+    flags = {key: value for key, value in (flags or {}).items() if value is not None}
+    path = config_file(environ)
+    from_file = read_config_file(path) if path else {}
+    values: dict[str, Any] = {}
+    for field in _PARSERS:
+        if field in flags:
+            raw, origin = flags[field], f"--{field.replace('_', '-')}"
+        elif env_name(field) in environ:
+            raw, origin = environ[env_name(field)], env_name(field)
+        elif field in from_file:
+            raw, origin = from_file[field], f"{field} in {path}"
+        else:
+            continue
+        try:
+            values[field] = _PARSERS[field](raw)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"{origin}={raw!r} is not valid: {exc}.") from None
+    return Settings(**values)

@@ -1,0 +1,116 @@
+"""``xsupervise.Display``: a verified display for the length of a ``with`` block."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+
+from .config import Settings, load_settings
+from .errors import UsageError
+from .launch import XServer, launch_steps
+from .paths import RuntimeDir
+from .process import run_blocking
+from .xserver import ServerFacts
+
+
+def parse_display(request: str | int | None) -> int | None:
+    """':auto'/'auto'/None -> None (the server chooses); ':5'/'5'/5 -> 5."""
+    if request is None:
+        return None
+    if isinstance(request, int) and not isinstance(request, bool):
+        text = str(request)
+    else:
+        text = str(request).removeprefix(":")
+    if text == "auto":
+        return None
+    if text.isdigit() and len(text) <= 6:
+        return int(text)
+    raise UsageError(f"display {request!r} is not ':auto' or ':N' with N a number, e.g. ':99'.")
+
+
+class Display:
+    """A headless X server of our own, verified ready, torn down completely on exit.
+
+    ``with Display(":auto", timeout=10) as d:`` returns only once a real X11 connection with
+    our cookie has been accepted by our server; ``d.env`` holds DISPLAY and XAUTHORITY.
+    Leaving the block (normally, by an exception, or after a failed start) stops the server's
+    process group, reaps it and removes its files. Failures raise ``xsupervise.StartError``
+    subclasses carrying the pid, elapsed time and the server's last output.
+
+    Start it from a thread that outlives it: the server is killed when the thread that
+    spawned it exits (PR_SET_PDEATHSIG), so that it can never outlive us.
+    """
+
+    def __init__(self, display: str | int | None = ":auto", *, timeout: float | None = None,
+                 screen: str | None = None, server: str | Sequence[str] | None = None,
+                 kill_grace: float | None = None, name: str | None = None,
+                 runtime_dir: str | None = None, settings: Settings | None = None):
+        self._number = parse_display(display)
+        self._settings = settings or load_settings({
+            "displayfd_timeout": timeout, "screen": screen, "server": server,
+            "kill_grace": kill_grace})
+        self._name = name
+        self._runtime_dir = runtime_dir
+        self._server: XServer | None = None
+
+    def __repr__(self) -> str:
+        if self._server is None:
+            return "<Display not started>"
+        return f"<Display {self.display} served by pid {self.server_pid}>"
+
+    def _runtime(self) -> RuntimeDir:
+        if self._runtime_dir is not None:
+            return RuntimeDir.create(self._runtime_dir)
+        return RuntimeDir.discover()
+
+    def start(self) -> Display:
+        """Start the server and return once the display answers; raise on any failure."""
+        if self._server is not None:
+            raise RuntimeError("this Display is already started; use a new one")
+        self._server = run_blocking(launch_steps(self._settings, self._runtime(), self._number,
+                                                 name=self._name, kind="api"))
+        return self
+
+    def stop(self) -> None:
+        """Stop the server (TERM, grace, KILL), reap it and remove its files. Idempotent."""
+        if self._server is not None:
+            run_blocking(self._server.stop_steps())
+
+    def __enter__(self) -> Display:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
+
+    def _ready(self) -> XServer:
+        if self._server is None or self._server.exit_status is not None:
+            raise RuntimeError("this Display is not running")
+        return self._server
+
+    @property
+    def display(self) -> str:
+        """The DISPLAY value, e.g. ':5'."""
+        return self._ready().env["DISPLAY"]
+
+    @property
+    def number(self) -> int:
+        return self._ready().number  # type: ignore[return-value]
+
+    @property
+    def env(self) -> dict[str, str]:
+        """DISPLAY and XAUTHORITY, to merge into a child's environment."""
+        return self._ready().env
+
+    @property
+    def server_pid(self) -> int:
+        return self._ready().pid
+
+    @property
+    def xauthority(self) -> str:
+        return self._ready().auth_path
+
+    @property
+    def facts(self) -> ServerFacts:
+        """Vendor and screen geometry, from the server's handshake reply."""
+        return self._ready().facts  # type: ignore[return-value]

@@ -1,0 +1,190 @@
+"""Child processes: spawn so they die with us, wait on events, stop TERM -> KILL, reap.
+
+Slow operations are written once, as generators of ``Wait`` requests ("wake me when one of
+these fds is readable, or at this deadline"), and driven by ``run_blocking`` here or by an
+event loop elsewhere. That keeps one launch path for the CLI, ``Display`` and async callers.
+
+A ``Child`` is never signalled after it has been reaped: until then its pid (and its process
+group id, which equals its pid) cannot be reused by another process, so a signal can only
+reach what we started.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Generator, Sequence
+from typing import IO, NamedTuple, TypeVar
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+T = TypeVar("T")
+
+
+class Wait(NamedTuple):
+    """Resume when one of ``fds`` is readable or at ``deadline`` (time.monotonic()); None = never."""
+
+    fds: tuple[int, ...]
+    deadline: float | None
+
+
+Steps = Generator[Wait, "set[int]", T]
+
+
+def run_blocking(steps: Steps[T], wake_fd: int | None = None,
+                 on_wake: Callable[[], None] | None = None) -> T:
+    """Drive ``steps`` to completion in this thread with poll(2).
+
+    An exception raised while we wait (KeyboardInterrupt, or ``on_wake``, called when
+    ``wake_fd`` becomes readable) is thrown into the steps, so that their cleanup runs
+    before it propagates.
+    """
+    ready: set[int] | None = None  # a fresh generator must first be sent None
+    error: BaseException | None = None
+    while True:
+        try:
+            wait = steps.throw(error) if error is not None else steps.send(ready)  # type: ignore[arg-type]
+        except StopIteration as done:
+            return done.value
+        error = None
+        try:
+            ready = _poll(wait, wake_fd)
+            if wake_fd is not None and wake_fd in ready and on_wake is not None:
+                ready.discard(wake_fd)
+                on_wake()
+        except BaseException as exc:  # noqa: BLE001 - handed to the steps, which re-raise it
+            error = exc
+
+
+def _poll(wait: Wait, extra_fd: int | None = None) -> set[int]:
+    poller = select.poll()
+    for fd in wait.fds:
+        poller.register(fd, select.POLLIN)
+    if extra_fd is not None:
+        poller.register(extra_fd, select.POLLIN)
+    if wait.deadline is None:
+        timeout_ms = None
+    else:
+        timeout_ms = max(0, math.ceil((wait.deadline - time.monotonic()) * 1000))
+    return {fd for fd, _ in poller.poll(timeout_ms)}
+
+
+def _die_with_parent(parent_pid: int, deathsig: int):
+    def setup() -> None:  # runs in the child between fork and exec
+        # PR_SET_PDEATHSIG delivers ``deathsig`` when the *thread* that forked us exits;
+        # so processes must be spawned from a thread that outlives them.
+        if _libc.prctl(_PR_SET_PDEATHSIG, deathsig, 0, 0, 0) != 0:
+            os._exit(126)
+        # If the parent died before prctl took effect, no signal will ever come: leave now.
+        if os.getppid() != parent_pid:
+            os._exit(126)
+
+    return setup
+
+
+class Child:
+    """A process we spawned and have not reaped; ``pidfd`` becomes readable when it exits."""
+
+    def __init__(self, popen: subprocess.Popen, argv: Sequence[str], own_group: bool):
+        self._popen = popen
+        self.argv = tuple(argv)
+        self.pid = popen.pid
+        self.own_group = own_group
+        self.spawned_at = time.monotonic()
+        self.pidfd = os.pidfd_open(self.pid)
+
+    def __repr__(self) -> str:
+        name = os.path.basename(self.argv[0])
+        if self.returncode is None:
+            return f"<Child {name} running with pid {self.pid}>"
+        return f"<Child {name} pid {self.pid} {describe_status(self.returncode)}>"
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status once reaped (negative: killed by that signal), else None."""
+        return self._popen.returncode
+
+    def has_exited(self) -> bool:
+        """True once the process has ended, without reaping it (its pid stays ours)."""
+        if self._popen.returncode is not None:
+            return True
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the child's whole process group (or the child alone)."""
+        if self._popen.returncode is not None:
+            return  # reaped: its pid may already belong to someone else
+        try:
+            if self.own_group:
+                os.killpg(self.pid, signum)
+            else:
+                os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def reap(self) -> int:
+        """Collect the exit status (blocks until exit) and release the pidfd."""
+        status = self._popen.wait()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        return status
+
+    def stop_steps(self, grace: float, on_escalate=None) -> Steps[int]:
+        """SIGTERM the group, wait up to ``grace`` s, then SIGKILL the group; reap. Returns status.
+
+        SIGKILL goes to the group even after a clean exit of the leader, so that nothing it
+        started outlives it. If we are interrupted while waiting, we escalate at once.
+        """
+        if self._popen.returncode is not None:
+            return self._popen.returncode
+        if not self.has_exited():
+            self.signal(signal.SIGTERM)
+            try:
+                yield Wait((self.pidfd,), time.monotonic() + grace)
+            except BaseException:
+                self.signal(signal.SIGKILL)
+                self.reap()
+                raise
+            if not self.has_exited() and on_escalate is not None:
+                on_escalate(self)
+        self.signal(signal.SIGKILL)
+        return self.reap()  # after SIGKILL the exit is imminent: a blocking wait is fine
+
+
+def spawn(argv: Sequence[str], *, env: dict[str, str] | None = None, pass_fds: Sequence[int] = (),
+          stdin: int | IO | None = None, stdout: int | IO | None = None,
+          stderr: int | IO | None = None, own_group: bool = True,
+          deathsig: int = signal.SIGKILL) -> Child:
+    """Start ``argv``; it gets ``deathsig`` if we die. ``own_group``: a new session and group,
+    so that a stop reaches everything it started. Raises FileNotFoundError/PermissionError."""
+    popen = subprocess.Popen(
+        list(argv), env=env, pass_fds=tuple(pass_fds), stdin=stdin, stdout=stdout, stderr=stderr,
+        start_new_session=own_group, preexec_fn=_die_with_parent(os.getpid(), deathsig),
+    )
+    return Child(popen, argv, own_group)
+
+
+def describe_status(returncode: int) -> str:
+    """'exited with status 1' / 'was killed by SIGKILL', for log lines."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with status {returncode}"
+
+
+def shell_status(returncode: int) -> int:
+    """The exit code a shell would report: the status, or 128+signal."""
+    return 128 - returncode if returncode < 0 else returncode

@@ -1,0 +1,62 @@
+"""Turn SIGTERM/SIGINT/SIGHUP into events that a poll loop waits on.
+
+Handlers only queue the signal; the wakeup fd becomes readable. Nothing is raised from a
+handler, so there is no window in which a signal can skip a cleanup: while a display starts,
+the driver turns a queued signal into ``Interrupted`` *inside* the launch steps, which stop
+the server before the exception propagates.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class Interrupted(BaseException):
+    """A stop signal arrived while a display was starting."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+class SignalInbox:
+    def __init__(self) -> None:
+        self.read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._pending: list[int] = []
+        self._previous_wakeup = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in HANDLED}
+
+    def _handle(self, signum: int, _frame) -> None:
+        self._pending.append(signum)
+
+    def drain(self) -> list[int]:
+        """Signals received since the last call, oldest first."""
+        try:
+            while os.read(self.read_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+        pending, self._pending = self._pending, []
+        return pending
+
+    def raise_if_signalled(self) -> None:
+        """For run_blocking's on_wake: a queued stop signal aborts what is being waited for."""
+        pending = self.drain()
+        if pending:
+            raise Interrupted(pending[-1])
+
+    def close(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(self._previous_wakeup)
+        os.close(self.read_fd)
+        os.close(self._write_fd)
+
+    def __enter__(self) -> SignalInbox:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()

@@ -1,0 +1,202 @@
+"""What we know of X servers: their argv, the Xauthority format, -displayfd, the X11 handshake.
+
+Protocol facts this module relies on (xorg-server and the X11 protocol spec):
+- ``-displayfd FD``: the server writes its display number in decimal and one newline, once,
+  after it has finished initialising and just before it starts serving.
+- A connection setup request carries the auth protocol name and data; the first byte of the
+  reply is 0 (Failed), 1 (Success) or 2 (Authenticate).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+from dataclasses import dataclass
+
+from .process import Child, Steps, Wait
+
+X11_UNIX_DIR = "/tmp/.X11-unix"
+COOKIE_PROTOCOL = b"MIT-MAGIC-COOKIE-1"
+_FAMILY_WILD = 0xFFFF  # matches any host and (with an empty number) any display
+_MAX_DISPLAY_DIGITS = 6
+
+
+def socket_path(number: int) -> str:
+    return f"{X11_UNIX_DIR}/X{number}"
+
+
+def lock_path(number: int) -> str:
+    return f"/tmp/.X{number}-lock"
+
+
+def screen_args(server: str, screen: str) -> list[str]:
+    """Each server spells its geometry differently."""
+    width, height, depth = screen.split("x")
+    name = os.path.basename(server)
+    if name == "Xephyr":
+        return ["-screen", f"{width}x{height}x{depth}"]
+    if name in ("Xvnc", "Xtigervnc"):
+        return ["-geometry", f"{width}x{height}", "-depth", depth]
+    if name == "Xorg":
+        return []  # Xorg takes its geometry from its configuration
+    return ["-screen", "0", screen]
+
+
+def server_argv(server: tuple[str, ...], number: int | None, displayfd: int,
+                auth_path: str, screen: str) -> list[str]:
+    argv = [server[0]]
+    if number is not None:
+        argv.append(f":{number}")
+    argv += ["-displayfd", str(displayfd), "-nolisten", "tcp", "-noreset", "-auth", auth_path]
+    argv += screen_args(server[0], screen)
+    argv += server[1:]
+    return argv
+
+
+def xauthority_entry(cookie: bytes) -> bytes:
+    """One Xauthority record that every client of ours can use, whatever the display number.
+
+    The number is not known before the server chooses it; FamilyWild with an empty address
+    and number matches any, and the server itself ignores both fields when it loads -auth.
+    """
+    def counted(data: bytes) -> bytes:
+        return struct.pack(">H", len(data)) + data
+
+    return struct.pack(">H", _FAMILY_WILD) + counted(b"") + counted(b"") \
+        + counted(COOKIE_PROTOCOL) + counted(cookie)
+
+
+class DisplayFdError(Exception):
+    """Raised by ``read_display_number`` with a short description; the caller adds context."""
+
+    def __init__(self, kind: str, what: str):
+        self.kind = kind  # "exited", "garbage", "closed", "timeout"
+        super().__init__(what)
+
+
+def read_display_number(read_fd: int, child: Child, deadline: float) -> Steps[int]:
+    """Read ``digits "\\n"`` from -displayfd. Stop the moment the child exits or the pipe closes."""
+    received = b""
+    while True:
+        ready = yield Wait((read_fd, child.pidfd), deadline)
+        if read_fd in ready:
+            chunk = os.read(read_fd, 64)
+            if not chunk:
+                if child.has_exited():
+                    raise DisplayFdError("exited", "exited before writing a display number")
+                raise DisplayFdError("closed", "closed -displayfd without writing a display number"
+                                     + (f" (it wrote {received!r})" if received else ""))
+            received += chunk
+            line, newline, rest = received.partition(b"\n")
+            if newline:
+                if line.isdigit() and len(line) <= _MAX_DISPLAY_DIGITS and not rest:
+                    return int(line)
+                raise DisplayFdError("garbage", f"wrote {received[:40]!r} to -displayfd, "
+                                     "not a display number")
+            if not line.isdigit() or len(line) > _MAX_DISPLAY_DIGITS:
+                raise DisplayFdError("garbage", f"wrote {received[:40]!r} to -displayfd, "
+                                     "not a display number")
+        elif child.pidfd in ready:
+            raise DisplayFdError("exited", "exited before writing a display number")
+        elif time.monotonic() >= deadline:
+            raise DisplayFdError("timeout", "did not write a display number in time")
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """What the connection setup reply told us."""
+
+    vendor: str
+    release: int
+    width: int
+    height: int
+    depth: int
+    socket_inode: int  # of /tmp/.X11-unix/X<n>, so that we remove only the file our server made
+
+
+class HandshakeError(Exception):
+    def __init__(self, what: str, kind: str = "not-serving"):
+        self.kind = kind  # "not-serving", "refused", "timeout"
+        super().__init__(what)
+
+
+def _peer_pid(sock: socket.socket) -> int:
+    pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                          struct.calcsize("3i")))
+    return pid
+
+
+def _served_by(child: Child, pid: int) -> bool:
+    """The listening socket's owner is our child, or in its process group (a wrapper script)."""
+    if pid == child.pid:
+        return True
+    try:
+        return child.own_group and os.getpgid(pid) == child.pid
+    except ProcessLookupError:
+        return False
+
+
+def setup_request(cookie: bytes) -> bytes:
+    def padded(data: bytes) -> bytes:
+        return data + b"\0" * (-len(data) % 4)
+
+    header = struct.pack("<BxHHHHxx", ord("l"), 11, 0, len(COOKIE_PROTOCOL), len(cookie))
+    return header + padded(COOKIE_PROTOCOL) + padded(cookie)
+
+
+def parse_setup_reply(reply: bytes) -> tuple[str, int, int, int, int]:
+    """(vendor, release, width, height, depth) of screen 0 from a Success reply."""
+    release, = struct.unpack_from("<I", reply, 8)
+    vendor_len, = struct.unpack_from("<H", reply, 24)
+    formats, = struct.unpack_from("<B", reply, 29)
+    vendor = reply[40:40 + vendor_len].decode("latin-1")
+    screen = 40 + vendor_len + (-vendor_len % 4) + 8 * formats
+    width, height = struct.unpack_from("<HH", reply, screen + 20)
+    depth, = struct.unpack_from("<B", reply, screen + 38)
+    return vendor, release, width, height, depth
+
+
+def verify(number: int, child: Child, cookie: bytes, deadline: float) -> Steps[ServerFacts]:
+    """Prove display ``number`` works: our child serves its socket and accepts our cookie."""
+    path = socket_path(number)
+    # Non-blocking from the start: a unix connect then fails (EAGAIN) rather than hang on
+    # a server whose listen backlog is full.
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    try:
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            raise HandshakeError(f"wrote display number {number} but nothing answers on {path} "
+                                 f"({exc.strerror})") from None
+        inode = os.lstat(path).st_ino
+        peer = _peer_pid(sock)
+        if not _served_by(child, peer):
+            raise HandshakeError(f"wrote display number {number} but {path} is served by "
+                                 f"pid {peer}, not by it")
+        sock.send(setup_request(cookie))
+        reply = b""
+        needed = 8
+        while len(reply) < needed:
+            ready = yield Wait((sock.fileno(), child.pidfd), deadline)
+            if sock.fileno() in ready:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise HandshakeError(f"closed our X11 connection on {path} without a reply")
+                reply += chunk
+                if len(reply) >= 8:
+                    needed = 8 + 4 * struct.unpack_from("<H", reply, 6)[0]
+            elif child.pidfd in ready:
+                raise HandshakeError(f"exited while answering our X11 connection on {path}")
+            elif time.monotonic() >= deadline:
+                raise HandshakeError(f"accepted an X11 connection on {path} but did not answer it "
+                                     "in time", kind="timeout")
+        if reply[0] != 1:
+            reason = reply[8:8 + reply[1]].decode("latin-1", "replace").strip() if reply[0] == 0 \
+                else "it asked for further authentication"
+            raise HandshakeError(f"refused our X11 connection with our cookie on {path}: {reason}")
+        vendor, release, width, height, depth = parse_setup_reply(reply)
+        return ServerFacts(vendor, release, width, height, depth, inode)
+    finally:
+        sock.close()
