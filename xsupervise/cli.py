@@ -68,6 +68,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     start = commands.add_parser(
         "start", help="start and supervise one display",
+        usage="xsupervise start [:auto|:N] [options] [-- COMMAND ...]",
         description="Start an X server, wait until it really answers, print DISPLAY and "
                     "XAUTHORITY, then stay until SIGTERM/SIGINT (or until COMMAND exits).",
         epilog="examples:\n  xsupervise start :auto\n  xsupervise start :99 --screen 1920x1080x24"
@@ -80,16 +81,14 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="print one JSON object instead of DISPLAY=/XAUTHORITY= lines")
     start.add_argument("--displayfd", type=int, metavar="FD",
                        help="also write the display number and a newline to this inherited fd")
-    start.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
-                       help="run COMMAND on the display; exit with its status, then tear down")
 
     run = commands.add_parser(
         "run", help="run COMMAND on a fresh display, then tear it down",
+        usage="xsupervise run [options] -- COMMAND ...",
         description="Same as 'start :auto -- COMMAND ...' but prints nothing of its own.",
         epilog="example:\n  xsupervise run -- pytest -x\n\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_display_options(run)
-    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
 
     listing = commands.add_parser("list", help="list the running sessions of this user")
     listing.add_argument("--json", action="store_true", help="one JSON array")
@@ -103,22 +102,28 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _command_words(words: Sequence[str], parser: argparse.ArgumentParser, required: bool) -> list[str]:
-    words = list(words)
-    if words and words[0] == "--":
-        words = words[1:]
-    if required and not words:
-        parser.error("give the command to run after '--', e.g. xsupervise run -- xterm")
-    return words
+def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Our options, and COMMAND after the first '--' (kept away from argparse, which would
+    otherwise take COMMAND's own options for ours)."""
+    if "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1:]
+    return argv, []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    own, command = _split_command(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(own)
+    args.cmd = command
+    if command and args.command not in ("start", "run"):
+        parser.error(f"'{args.command}' takes no COMMAND after '--'")
+    if args.command == "run" and not command:
+        parser.error("give the command to run after '--', e.g. xsupervise run -- xterm")
     _setup_logging(args.verbose)
     try:
         if args.command in ("start", "run"):
-            return _start(args, parser)
+            return _start(args)
         if args.command == "list":
             return _list(args)
         if args.command == "stop":
@@ -130,14 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise AssertionError(args.command)
 
 
-def _start(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _start(args: argparse.Namespace) -> int:
     from .config import load_settings
     from .display import parse_display
     from .paths import RuntimeDir
     from .session import ForegroundSession
 
     is_run = args.command == "run"
-    command = _command_words(args.cmd, parser, required=is_run)
+    command = args.cmd
     number = None if is_run else parse_display(args.display)
     settings = load_settings({"server": args.server, "screen": args.screen,
                               "displayfd_timeout": args.displayfd_timeout,

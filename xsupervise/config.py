@@ -64,6 +64,14 @@ _PARSERS = {
 }
 
 
+# The command-line spelling of a field, for error messages.
+_FLAGS = {"displayfd_timeout": "--timeout"}
+
+
+def flag_name(field: str) -> str:
+    return _FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
 def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
@@ -104,7 +112,7 @@ def load_settings(flags: Mapping[str, Any] | None = None,
     values: dict[str, Any] = {}
     for field in _PARSERS:
         if field in flags:
-            raw, origin = flags[field], f"--{field.replace('_', '-')}"
+            raw, origin = flags[field], flag_name(field)
         elif env_name(field) in environ:
             raw, origin = environ[env_name(field)], env_name(field)
         elif field in from_file:

@@ -18,7 +18,8 @@ from .config import Settings
 from .paths import RuntimeDir, create_private_file, remove_file
 from .process import Child, Steps, describe_status, spawn
 from .records import SessionRecord, create_time, new_token
-from .stale import remove_dead_socket
+from .recovery import reclaim_abandoned
+from .stale import bound_abstract_displays, remove_dead_socket
 from .xserver import (DisplayFdError, HandshakeError, ServerFacts, read_display_number,
                       server_argv, verify, xauthority_entry)
 
@@ -65,6 +66,7 @@ class XServer:
         self.record = record
         self.auth_path = runtime.auth_path(token)
         self.log_path = runtime.log_path(token)
+        self.requested_number: int | None = None
         self.number: int | None = None
         self.facts: ServerFacts | None = None
         self.spawned_wall = time.time()
@@ -147,12 +149,14 @@ def launch_steps(settings: Settings, runtime: RuntimeDir, number: int | None = N
                            kind=kind, state="starting", supervisor_pid=0, supervisor_started=0.0,
                            server_pid=child.pid, server_argv=argv)
     server = XServer(child, settings, runtime, token, record)
+    server.requested_number = number
     try:
         # Done while the server initialises: these cost milliseconds we would otherwise wait.
         record.supervisor_pid, record.supervisor_started = _supervisor()
         record.server_started = create_time(child.pid)
         record.xauthority = auth_path
         record.save(runtime)
+        reclaim_abandoned(runtime, settings.kill_grace)
         server.number = yield from read_display_number(read_fd, child, deadline)
         server.facts = yield from verify(server.number, child, cookie, deadline)
     except (DisplayFdError, HandshakeError) as exc:
@@ -164,6 +168,7 @@ def launch_steps(settings: Settings, runtime: RuntimeDir, number: int | None = N
     finally:
         os.close(read_fd)
     record.display = server.display
+    record.socket_inode = server.facts.socket_inode
     record.state = "ready"
     record.save(runtime)
     return server
@@ -176,9 +181,13 @@ def _start_error(exc: Exception, server: XServer) -> errors.StartError:
                  stderr_tail=server.output_tail, display=server.display)
     kind = getattr(exc, "kind", None)
     if kind == "exited":
+        hint = "Check the --server and --screen settings."
+        requested = server.requested_number
+        if requested is not None and requested in bound_abstract_displays():
+            hint = (f"Display :{requested} is already served by another X server; "
+                    "ask for another number or :auto.")
         return errors.ServerExited(f"{describe_status(server.exit_status)} before it wrote a "
-                                   "display number", **facts,
-                                   hint="Check the --server and --screen settings.")
+                                   "display number", **facts, hint=hint)
     if kind == "timeout":
         return errors.ReadyTimeout(
             f"was not ready within the {settings.displayfd_timeout:g} s deadline ({exc})",

@@ -188,3 +188,69 @@ def describe_status(returncode: int) -> str:
 def shell_status(returncode: int) -> int:
     """The exit code a shell would report: the status, or 128+signal."""
     return 128 - returncode if returncode < 0 else returncode
+
+
+class Pinned:
+    """A process we did not spawn (or no longer parent), held by a pidfd.
+
+    ``pin`` opens the pidfd first and checks the create time afterwards: if they match, the
+    pidfd refers to exactly that process, and signals sent through it can never reach a
+    process that later reuses the pid.
+    """
+
+    def __init__(self, pid: int, pidfd: int):
+        self.pid = pid
+        self.pidfd = pidfd
+
+    def __repr__(self) -> str:
+        return f"<Pinned pid {self.pid}>"
+
+    @classmethod
+    def pin(cls, pid: int, started: float, tolerance: float = 0.005) -> Pinned | None:
+        import psutil
+
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        try:
+            if abs(psutil.Process(pid).create_time() - started) <= tolerance:
+                return cls(pid, pidfd)
+        except psutil.Error:
+            pass
+        os.close(pidfd)
+        return None
+
+    def signal(self, signum: int) -> None:
+        try:
+            signal.pidfd_send_signal(self.pidfd, signum)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+def wait_exited(processes: Sequence[Pinned], timeout: float) -> list[Pinned]:
+    """Wait (on their pidfds) until all have exited or ``timeout`` passes; return the living."""
+    deadline = time.monotonic() + timeout
+    living = {process.pidfd: process for process in processes}
+    while living:
+        ready = _poll(Wait(tuple(living), deadline))
+        if not ready:
+            break
+        for fd in ready:
+            living.pop(fd)
+    return list(living.values())
+
+
+def terminate_pinned(process: Pinned, grace: float) -> bool:
+    """SIGTERM, wait up to ``grace``, then SIGKILL; True if it ended within the grace."""
+    process.signal(signal.SIGTERM)
+    if not wait_exited([process], grace):
+        return True
+    process.signal(signal.SIGKILL)
+    wait_exited([process], grace)
+    return False

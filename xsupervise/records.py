@@ -30,6 +30,7 @@ class SessionRecord:
     server_started: float | None = None
     display: str | None = None
     xauthority: str | None = None
+    socket_inode: int | None = None
     started_at: float = dataclasses.field(default_factory=time.time)
     server_argv: list[str] = dataclasses.field(default_factory=list)
     restarts: int = 0

@@ -21,6 +21,7 @@ X11_UNIX_DIR = "/tmp/.X11-unix"
 COOKIE_PROTOCOL = b"MIT-MAGIC-COOKIE-1"
 _FAMILY_WILD = 0xFFFF  # matches any host and (with an empty number) any display
 _MAX_DISPLAY_DIGITS = 6
+_EXIT_AFTER_EOF = 0.25  # seconds
 
 
 def socket_path(number: int) -> str:
@@ -84,7 +85,10 @@ def read_display_number(read_fd: int, child: Child, deadline: float) -> Steps[in
         if read_fd in ready:
             chunk = os.read(read_fd, 64)
             if not chunk:
-                if child.has_exited():
+                # A dying process closes its fds a moment before it becomes waitable: give
+                # the exit a short while to show, to tell "exited" from "closed the fd".
+                exited = yield Wait((child.pidfd,), min(deadline, time.monotonic() + _EXIT_AFTER_EOF))
+                if exited:
                     raise DisplayFdError("exited", "exited before writing a display number")
                 raise DisplayFdError("closed", "closed -displayfd without writing a display number"
                                      + (f" (it wrote {received!r})" if received else ""))

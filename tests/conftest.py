@@ -1,0 +1,145 @@
+"""Shared fixtures. Every test runs with a private runtime directory and ends with a leak check:
+no process we started (or that was orphaned to us), no zombie, no session file, no new
+/tmp/.X11-unix entry may remain. A leak fails the test; the leftover is removed by pid/path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+TESTS = Path(__file__).parent
+FAKE_X = str(TESTS / "fake_x.py")
+X11_UNIX = "/tmp/.X11-unix"
+XSUPERVISE = [sys.executable, "-m", "xsupervise"]
+
+# Orphans (e.g. an X server whose supervisor a test SIGKILLed) are re-parented to us rather
+# than to PID 1, so the leak check sees them and they can be reaped.
+_PR_SET_CHILD_SUBREAPER = 36
+ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+requires_xvfb = pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed")
+
+
+def fake_server(mode: str) -> str:
+    """The --server value for a fake X server in ``mode`` (see fake_x.py)."""
+    return f"{FAKE_X} {mode}"
+
+
+def _x11_entries() -> set[str]:
+    try:
+        return set(os.listdir(X11_UNIX))
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    for name in list(os.environ):
+        if name.startswith("XSUPERVISE_"):
+            monkeypatch.delenv(name)
+    x11_before = _x11_entries()
+    fds_before = set(os.listdir("/proc/self/fd"))
+    yield runtime
+    leaks = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            leaks.append(f"process {child.pid} {child.status()} {child.cmdline()}")
+            child.kill()
+        except psutil.NoSuchProcess:
+            continue
+    for child in psutil.Process().children():
+        try:
+            os.waitpid(child.pid, 0)
+        except ChildProcessError:
+            pass
+    sessions = runtime / "xsupervise" / "sessions"
+    if sessions.exists():
+        leaks += [f"file {path}" for path in sessions.iterdir()]
+    from xsupervise.stale import bound_abstract_displays
+
+    live = {f"X{number}" for number in bound_abstract_displays()}
+    for name in _x11_entries() - x11_before - live:  # a live one would show as a process above
+        leaks.append(f"file {X11_UNIX}/{name}")
+        os.unlink(f"{X11_UNIX}/{name}")
+    leaked_fds = set(os.listdir("/proc/self/fd")) - fds_before
+    leaks += [f"fd {fd} -> {os.readlink(f'/proc/self/fd/{fd}')}" for fd in leaked_fds
+              if os.path.exists(f"/proc/self/fd/{fd}")]
+    assert not leaks, "leaked: " + "; ".join(leaks)
+
+
+@pytest.fixture
+def runtime_dir(isolated: Path) -> Path:
+    return isolated / "xsupervise"
+
+
+def read_line(stream, timeout: float = 15.0) -> str:
+    """One line from a child's unbuffered pipe, waiting on the pipe itself (no sleeps)."""
+    ready, _, _ = select.select([stream], [], [], timeout)
+    if not ready:
+        raise AssertionError(f"no line within {timeout} s")
+    return stream.readline().decode()
+
+
+def read_report(path: Path) -> dict[str, str]:
+    facts: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition("=")
+            facts[key] = value
+    return facts
+
+
+def start_cli(*args: str, **popen) -> subprocess.Popen:
+    # Unbuffered, so that read_line's select() sees every line that is not consumed yet.
+    return subprocess.Popen([*XSUPERVISE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            bufsize=0, **popen)
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    """Wait for a process to end (reaping it if it is our child); True if it did."""
+    deadline = time.monotonic() + timeout
+    try:
+        process = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return True
+    while time.monotonic() < deadline:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+                return True
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            return True
+        except psutil.TimeoutExpired:
+            return False
+        except psutil.NoSuchProcess:
+            return True
+    return False
+
+
+def free_display_number(start: int = 40) -> int:
+    """A display number with no socket file, lock file or abstract socket."""
+    from xsupervise.stale import bound_abstract_displays
+
+    bound = bound_abstract_displays()
+    for number in range(start, start + 500):
+        if number not in bound and not os.path.exists(f"{X11_UNIX}/X{number}") \
+                and not os.path.exists(f"/tmp/.X{number}-lock"):
+            return number
+    raise AssertionError("no free display number")

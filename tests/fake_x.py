@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""A misbehaving X server, for fault injection. Its mode is its last argument.
+
+It accepts the argv xsupervise gives a real server (``-displayfd FD`` among it) and then:
+  never        never writes a display number
+  exit         prints a complaint and exits 1 at once
+  exit-later   exits 1 after 0.3 s without writing a number
+  garbage      writes "hello" instead of a number
+  partial      writes "12" and never the newline
+  close        closes the fd without writing
+  number=N     writes N (a display it does not serve)
+  ignore-term  ignores SIGTERM and never writes
+  grandchild   starts a grandchild (same process group), then never writes
+If $FAKE_X_REPORT names a file, it writes "pid=..., grandchild=..., exit_at=..." lines there.
+"""
+import os
+import signal
+import sys
+import time
+
+args = sys.argv[1:]
+fd = int(args[args.index("-displayfd") + 1])
+mode = args[-1]
+report_path = os.environ.get("FAKE_X_REPORT")
+
+
+def report(**facts):
+    if report_path:
+        with open(report_path, "a") as stream:
+            for key, value in facts.items():
+                stream.write(f"{key}={value}\n")
+
+
+def hang():
+    while True:
+        signal.pause()
+
+
+report(pid=os.getpid())
+if mode == "never":
+    print("fake: never ready", file=sys.stderr, flush=True)
+    hang()
+elif mode == "exit":
+    print("fake: cannot open virtual screen", file=sys.stderr, flush=True)
+    sys.exit(1)
+elif mode == "exit-later":
+    time.sleep(0.3)
+    report(exit_at=time.time())
+    sys.exit(1)
+elif mode == "garbage":
+    os.write(fd, b"hello\n")
+    hang()
+elif mode == "partial":
+    os.write(fd, b"12")
+    hang()
+elif mode == "close":
+    os.close(fd)
+    hang()
+elif mode.startswith("number="):
+    os.write(fd, mode.split("=")[1].encode() + b"\n")
+    hang()
+elif mode == "ignore-term":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    report(ignoring=1)
+    hang()
+elif mode == "grandchild":
+    child = os.fork()
+    if child == 0:
+        os.close(fd)
+        hang()
+    report(grandchild=child)
+    hang()
+else:
+    sys.exit(f"fake_x: unknown mode {mode}")

@@ -1,0 +1,189 @@
+"""The xsupervise command, run as a real process against a real Xvfb (fakes for faults)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import (XSUPERVISE, fake_server, free_display_number, read_line, requires_xvfb,
+                      start_cli, wait_gone)
+from xsupervise.cli import main
+from xsupervise.stale import bound_abstract_displays
+
+
+def announced(process: subprocess.Popen) -> dict[str, str]:
+    lines = [read_line(process.stdout), read_line(process.stdout)]
+    return dict(line.strip().split("=", 1) for line in lines)
+
+
+def xdpyinfo_ok(env: dict[str, str]) -> bool:
+    return subprocess.run(["xdpyinfo"], env={**os.environ, **env}, capture_output=True,
+                          timeout=30).returncode == 0
+
+
+@requires_xvfb
+def test_start_auto_serves_until_sigterm_then_exits_0(runtime_dir: Path):
+    with start_cli("start", ":auto") as process:
+        _serve_until_sigterm(process, runtime_dir)
+
+
+def _serve_until_sigterm(process: subprocess.Popen, runtime_dir: Path) -> None:
+    env = announced(process)
+    assert env["DISPLAY"].startswith(":")
+    assert xdpyinfo_ok(env)
+    assert not xdpyinfo_ok({"DISPLAY": env["DISPLAY"], "XAUTHORITY": "/dev/null"})
+    listing = json.loads(subprocess.run([*XSUPERVISE, "list", "--json"], capture_output=True,
+                                        check=True).stdout)
+    assert [(entry["display"], entry["state"], entry["supervisor_pid"]) for entry in listing] \
+        == [(env["DISPLAY"], "ready", process.pid)]
+    server_pid = listing[0]["server_pid"]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    assert process.stderr.read() == b""
+    assert not psutil.pid_exists(server_pid)
+    assert not os.path.exists(env["XAUTHORITY"])
+    assert int(env["DISPLAY"][1:]) not in bound_abstract_displays()
+
+
+@requires_xvfb
+def test_start_explicit_number_json_displayfd_and_stop():
+    number = free_display_number()
+    read_fd, write_fd = os.pipe()
+    with start_cli("start", f":{number}", "--json", "--displayfd", str(write_fd),
+                   pass_fds=(write_fd,)) as process:
+        os.close(write_fd)
+        _stop_by_number(process, number, read_fd)
+
+
+def _stop_by_number(process: subprocess.Popen, number: int, read_fd: int) -> None:
+    try:
+        facts = json.loads(read_line(process.stdout))
+        assert os.read(read_fd, 16) == f"{number}\n".encode()
+        assert os.read(read_fd, 16) == b""  # written once, then closed, like an X server does
+    finally:
+        os.close(read_fd)
+    assert facts["display"] == f":{number}" and facts["number"] == number
+    assert facts["supervisor_pid"] == process.pid
+    assert facts["screen"] == "1280x1024x24" and "X.Org" in facts["vendor"]
+    stopped = subprocess.run([*XSUPERVISE, "stop", f":{number}"], capture_output=True, text=True)
+    assert stopped.returncode == 0, stopped.stderr
+    assert f":{number}: stopped (supervisor pid {process.pid})" in stopped.stdout
+    assert process.wait(timeout=30) == 0
+    assert not psutil.pid_exists(facts["server_pid"])
+
+
+def test_stop_of_unknown_display_exits_6(capsys):
+    assert main(["stop", ":987"]) == 6
+    assert "no session of ours runs display :987" in capsys.readouterr().err
+
+
+@requires_xvfb
+def test_run_passes_exit_status_and_display_through():
+    result = subprocess.run([*XSUPERVISE, "run", "--", "sh", "-c",
+                             'xdpyinfo >/dev/null && echo "$DISPLAY $XAUTHORITY"; exit 7'],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 7, result.stderr
+    display, xauthority = result.stdout.split()
+    assert display.startswith(":") and xauthority.endswith(".xauth")
+    assert not os.path.exists(xauthority)  # torn down before we returned
+
+
+@requires_xvfb
+def test_run_reports_128_plus_signal_and_missing_commands():
+    killed = subprocess.run([*XSUPERVISE, "run", "--", "sh", "-c", "kill -KILL $$"], timeout=60)
+    assert killed.returncode == 128 + signal.SIGKILL
+    missing = subprocess.run([*XSUPERVISE, "run", "--", "no-such-command-xyz"],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 127
+    assert "'no-such-command-xyz' was not found" in missing.stderr
+
+
+@requires_xvfb
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_run_forwards_stop_signals_to_the_command(signum: int):
+    catcher = ("import signal, sys\n"
+               "signal.signal(%d, lambda *a: sys.exit(42))\n"
+               "print('ready', flush=True)\n"
+               "signal.pause()\n" % signum)
+    with start_cli("run", "--", sys.executable, "-c", catcher) as process:
+        assert read_line(process.stdout) == "ready\n"
+        process.send_signal(signum)
+        assert process.wait(timeout=30) == 42
+
+
+@requires_xvfb
+def test_sigkilled_supervisor_takes_its_x_server_along(runtime_dir: Path):
+    with start_cli("start", "--json") as process:
+        facts = json.loads(read_line(process.stdout))
+        process.kill()
+    # PR_SET_PDEATHSIG: the server dies with its supervisor, orphaned to us (see conftest).
+    assert wait_gone(facts["server_pid"], timeout=1.0)
+    # SIGKILL left the socket file and our records; the next start clears what is ours.
+    subprocess.run([*XSUPERVISE, "run", "--", "true"], check=True, timeout=60)
+    assert list((runtime_dir / "sessions").iterdir()) == []
+    assert not os.path.exists(f"/tmp/.X11-unix/X{facts['number']}")
+
+
+@requires_xvfb
+def test_twenty_parallel_runs_get_distinct_working_displays():
+    # Each command reports its display once it works, then holds it until we close its stdin,
+    # so all twenty displays are up at the same time.
+    hold = 'xdpyinfo >/dev/null && echo "$DISPLAY" && { read _; exit 0; }'
+    processes = [subprocess.Popen([*XSUPERVISE, "run", "--", "sh", "-c", hold],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, bufsize=0) for _ in range(20)]
+    try:
+        displays = [read_line(process.stdout, timeout=60).strip() for process in processes]
+    finally:
+        for process in processes:
+            process.stdin.close()
+    codes = [process.wait(timeout=60) for process in processes]
+    errors = [process.stderr.read() for process in processes]
+    for process in processes:
+        process.stdout.close()
+        process.stderr.close()
+    assert codes == [0] * 20, errors
+    assert len(set(displays)) == 20 and all(display.startswith(":") for display in displays)
+
+
+def test_never_ready_server_via_environment_deadline_exits_4(monkeypatch, capsys):
+    monkeypatch.setenv("XSUPERVISE_DISPLAYFD_TIMEOUT", "0.3")
+    assert main(["start", "--server", fake_server("never")]) == 4
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("xsupervise: fake_x.py (pid ")
+    assert "not ready within the 0.3 s deadline" in error
+    assert "XSUPERVISE_DISPLAYFD_TIMEOUT" in error and "fake: never ready" in error
+
+
+def test_failed_start_in_run_does_not_run_the_command(tmp_path: Path, capsys):
+    marker = tmp_path / "ran"
+    code = main(["run", "--server", fake_server("exit"), "--", "touch", str(marker)])
+    assert code == 3
+    assert not marker.exists()
+    assert "fake: cannot open virtual screen" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2(capsys):
+    assert main(["start", ":nope"]) == 2
+    assert "':auto' or ':N'" in capsys.readouterr().err
+    assert main(["start", "--screen", "big"]) == 2
+    assert "--screen='big' is not valid" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run"])
+    assert exit_info.value.code == 2
+
+
+def test_help_teaches_examples_and_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        main(["start", "--help"])
+    text = capsys.readouterr().out
+    for words in ("xsupervise start :auto", "XSUPERVISE_DISPLAYFD_TIMEOUT", "exit codes:",
+                  "128+N"):
+        assert words in text
