@@ -100,7 +100,12 @@ class RuntimeDir:
         fallback = os.path.join(cache, "xsupervise", f"run-{socket.gethostname()}")
         warn(f"{why}; using {fallback}. Set XDG_RUNTIME_DIR to a private 0700 directory "
              "(systemd-logind does) to silence this.")
-        os.makedirs(os.path.dirname(fallback), mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(fallback), mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise RuntimeDirError(f"{why}, and the fallback {fallback} cannot be created "
+                                  f"({exc.strerror}); set XDG_RUNTIME_DIR to a private 0700 "
+                                  "directory you own.") from None
         return cls.create(fallback)
 
     @classmethod
