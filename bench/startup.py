@@ -17,9 +17,11 @@ are removed after it and reported (a failure for xsupervise, a note for the othe
 from __future__ import annotations
 
 import argparse
+import compileall
 import ctypes
 import os
 import random
+import select
 import shutil
 import statistics
 import subprocess
@@ -100,8 +102,14 @@ def whole_process(*argv: str):
         # stderr to a file, not a pipe: a leaked Xvfb holding a pipe would hang us.
         with tempfile.TemporaryFile() as err:
             t0 = time.perf_counter()
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=err, timeout=60)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err)
+            # Wait on a pidfd: subprocess's own wait(timeout) polls with sleeps growing to
+            # 50 ms, which rounds every whole-process time up to 63.5, 113.5, 163.5 ms...
+            with os.fdopen(os.pidfd_open(proc.pid)) as pidfd:
+                if not select.select([pidfd], [], [], 60)[0]:
+                    proc.kill()
+            proc.wait()
             elapsed = time.perf_counter() - t0
             err.seek(0)
             text = err.read().decode(errors="replace").strip()
@@ -111,6 +119,21 @@ def whole_process(*argv: str):
     return contender
 
 
+# The least any Python tool can do for `run -- true`: start Python, spawn Xvfb, read its
+# number, run the command, SIGTERM Xvfb and wait for it. Shows how much of the gap to
+# xvfb-run (a shell script) is the interpreter rather than xsupervise.
+PYTHON_FLOOR = """
+import os, subprocess
+r, w = os.pipe()
+x = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-nolisten", "tcp", "-noreset",
+                      "-screen", "0", "1280x1024x24"], pass_fds=(w,), stderr=subprocess.DEVNULL)
+os.close(w)
+os.read(r, 16)
+subprocess.run(["true"])
+x.terminate()
+x.wait()
+"""
+
 # name -> (function, what "ready" means for it)
 CONTENDERS = {
     "raw Xvfb -displayfd": (raw_xvfb, "number on -displayfd"),
@@ -119,8 +142,11 @@ CONTENDERS = {
     "xvfbwrapper": (xvfbwrapper, "socket file exists"),
     "xsupervise run -- true": (whole_process(XSUPERVISE, "run", "--", "true"), "whole process"),
     "xvfb-run -a true": (whole_process("xvfb-run", "-a", "true"), "whole process"),
+    "python floor (run -- true)": (whole_process(sys.executable, "-c", PYTHON_FLOOR),
+                                   "whole process, no checks"),
 }
 BASE, RUN, XVFB_RUN = "raw Xvfb -displayfd", "xsupervise run -- true", "xvfb-run -a true"
+FLOOR = "python floor (run -- true)"
 
 
 def stray_xvfbs() -> list[psutil.Process]:
@@ -182,6 +208,9 @@ def main() -> int:
     args = parser.parse_args()
 
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    # A pip-installed package has its bytecode compiled at install time; an editable checkout
+    # with PYTHONDONTWRITEBYTECODE set (as here) would recompile every module on every run.
+    compileall.compile_dir(str(REPO / "xsupervise"), quiet=1)
     own_runtime = None
     if not os.environ.get("XDG_RUNTIME_DIR"):  # else xsupervise warns and uses a fallback dir
         own_runtime = tempfile.mkdtemp(prefix="xsupervise-bench-")  # mode 0700
@@ -238,7 +267,7 @@ def main() -> int:
         m, values = median(name), ms(name)
         span = f"{min(values):.1f}–{max(values):.1f}" if values else "n/a"
         vs_raw = fmt(m / base) if m and base else "n/a"
-        vs_xrun = fmt(m / xrun) if m and xrun and name in (RUN, XVFB_RUN) else ""
+        vs_xrun = fmt(m / xrun) if m and xrun and name in (RUN, XVFB_RUN, FLOOR) else ""
         print(f"| {name} | {ready} | {fmt(m, '.1f')} | {span} | {vs_raw} | {vs_xrun} | "
               f"{len(errors[name])} |")
 

@@ -13,7 +13,8 @@ import psutil
 import pytest
 
 import xsupervise
-from conftest import fake_server, free_display_number, read_report, requires_xvfb, wait_gone
+from conftest import (FAKE_X, fake_server, free_display_number, read_report, requires_xvfb,
+                      wait_gone)
 from xsupervise.stale import bound_abstract_displays
 
 
@@ -214,3 +215,18 @@ def test_bad_display_requests_are_usage_errors():
     with pytest.raises(xsupervise.UsageError) as failure:
         xsupervise.Display(timeout=-1)
     assert "--timeout=-1 is not valid" in str(failure.value)
+
+
+def test_launch_steps_closed_half_way_kill_their_server():
+    """An event loop that drops a start (e.g. cancelled) closes the generator: no leak."""
+    from xsupervise.config import Settings
+    from xsupervise.launch import launch_steps
+    from xsupervise.paths import RuntimeDir
+    from xsupervise.records import load_records
+
+    runtime = RuntimeDir.discover()
+    steps = launch_steps(Settings(server=(FAKE_X, "never")), runtime)
+    next(steps)  # spawned, now waiting for the display number
+    [record] = load_records(runtime)
+    steps.close()
+    assert_gone(record.server_pid)

@@ -5,7 +5,6 @@
         subprocess.run(["xterm"], env={**os.environ, **display.env})
 """
 
-from .display import Display
 from .errors import (BadDisplayFd, EnvironmentProblem, NoSuchSession, NotServing, ReadyTimeout,
                      RuntimeDirError, ServerDied, ServerExited, ServerNotFound, SessionFailed,
                      StartError, UsageError, XSuperviseError)
@@ -28,3 +27,13 @@ __all__ = [
     "SessionFailed",
     "ServerDied",
 ]
+
+
+def __getattr__(name: str):
+    # Imported on first use: the CLI imports this package too, and Python start-up time is
+    # part of every `xsupervise run`.
+    if name == "Display":
+        from .display import Display
+
+        return Display
+    raise AttributeError(f"module 'xsupervise' has no attribute {name!r}")

@@ -7,11 +7,9 @@ Top-level keys have the names of the fields below (``displayfd_timeout = 15``).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shlex
 from collections.abc import Mapping
-from typing import Any
 
 from .errors import UsageError
 
@@ -19,21 +17,21 @@ ENV_PREFIX = "XSUPERVISE_"
 SYSTEM_CONFIG = "/etc/xsupervise/config.toml"
 
 
-def _positive_seconds(value: Any) -> float:
+def _positive_seconds(value: object) -> float:
     seconds = float(value)
     if not 0 < seconds < 86400:
         raise ValueError("must be a number of seconds above 0")
     return seconds
 
 
-def _command(value: Any) -> tuple[str, ...]:
+def _command(value: object) -> tuple[str, ...]:
     words = shlex.split(value) if isinstance(value, str) else [str(word) for word in value]
     if not words:
         raise ValueError("must name a program")
     return tuple(words)
 
 
-def _screen(value: Any) -> str:
+def _screen(value: object) -> str:
     text = str(value)
     parts = text.split("x")
     if len(parts) != 3 or not all(part.isdigit() and int(part) > 0 for part in parts):
@@ -41,18 +39,34 @@ def _screen(value: Any) -> str:
     return text
 
 
-@dataclasses.dataclass(frozen=True)
 class Settings:
-    """What a display session needs to know; every field has a documented default."""
+    """What a display session needs to know; every field has a documented default.
 
-    #: The X server command: a program on PATH and optional extra arguments.
-    server: tuple[str, ...] = ("Xvfb",)
-    #: Screen geometry handed to the server.
-    screen: str = "1280x1024x24"
-    #: How long the server may take to write its display number (and answer).
-    displayfd_timeout: float = 10.0
-    #: How long a server may take to exit after SIGTERM before it gets SIGKILL.
-    kill_grace: float = 2.0
+    (A plain class rather than a dataclass: importing dataclasses costs the CLI milliseconds.)
+    """
+
+    __slots__ = ("server", "screen", "displayfd_timeout", "kill_grace")
+
+    def __init__(self, *, server: tuple[str, ...] = ("Xvfb",), screen: str = "1280x1024x24",
+                 displayfd_timeout: float = 10.0, kill_grace: float = 2.0):
+        #: The X server command: a program on PATH and optional extra arguments.
+        self.server = server
+        #: Screen geometry handed to the server.
+        self.screen = screen
+        #: How long the server may take to write its display number and answer.
+        self.displayfd_timeout = displayfd_timeout
+        #: How long a server may take to exit after SIGTERM before it gets SIGKILL.
+        self.kill_grace = kill_grace
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Settings) and self._values() == other._values()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"Settings({fields})"
 
 
 # How to read each field from text (environment) or TOML values.
@@ -93,7 +107,7 @@ def config_file(environ: Mapping[str, str] = os.environ) -> str | None:
     return None
 
 
-def read_config_file(path: str) -> dict[str, Any]:
+def read_config_file(path: str) -> dict[str, object]:
     import tomllib  # only paid for when a config file exists
 
     try:
@@ -103,13 +117,13 @@ def read_config_file(path: str) -> dict[str, Any]:
         raise UsageError(f"cannot read config file {path}: {exc}; fix or remove it.") from exc
 
 
-def load_settings(flags: Mapping[str, Any] | None = None,
+def load_settings(flags: Mapping[str, object] | None = None,
                   environ: Mapping[str, str] = os.environ) -> Settings:
     """Resolve every field: flags (None means 'not given') > environment > file > default."""
     flags = {key: value for key, value in (flags or {}).items() if value is not None}
     path = config_file(environ)
     from_file = read_config_file(path) if path else {}
-    values: dict[str, Any] = {}
+    values: dict[str, object] = {}
     for field in _PARSERS:
         if field in flags:
             raw, origin = flags[field], flag_name(field)
@@ -124,3 +138,18 @@ def load_settings(flags: Mapping[str, Any] | None = None,
         except (TypeError, ValueError) as exc:
             raise UsageError(f"{origin}={raw!r} is not valid: {exc}.") from None
     return Settings(**values)
+
+
+def parse_display(request: str | int | None) -> int | None:
+    """':auto'/'auto'/None -> None (the server chooses); ':5'/'5'/5 -> 5."""
+    if request is None:
+        return None
+    if isinstance(request, int) and not isinstance(request, bool):
+        text = str(request)
+    else:
+        text = str(request).removeprefix(":")
+    if text == "auto":
+        return None
+    if text.isdigit() and len(text) <= 6:
+        return int(text)
+    raise UsageError(f"display {request!r} is not ':auto' or ':N' with N a number, e.g. ':99'.")

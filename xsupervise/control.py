@@ -26,10 +26,10 @@ def stop_sessions(runtime: RuntimeDir, number: int | None, wait: float) -> list[
     targets: list[tuple[Pinned, str]] = []
     for record in records:
         if record.kind == "cli":
-            pid, started, role = record.supervisor_pid, record.supervisor_started, "supervisor"
+            pid, ticks, role = record.supervisor_pid, record.supervisor_ticks, "supervisor"
         else:
-            pid, started, role = record.server_pid, record.server_started, "X server"
-        process = Pinned.pin(pid, started) if pid and started else None
+            pid, ticks, role = record.server_pid, record.server_ticks, "X server"
+        process = Pinned.pin(pid, ticks)
         if process is None:
             continue  # gone meanwhile, or the pid now belongs to someone else
         process.signal(signal.SIGTERM)

@@ -5,27 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from types import TracebackType
 
-from .config import Settings, load_settings
-from .errors import UsageError
+from .config import Settings, load_settings, parse_display
 from .launch import XServer, launch_steps
 from .paths import RuntimeDir
 from .process import run_blocking
 from .xserver import ServerFacts
-
-
-def parse_display(request: str | int | None) -> int | None:
-    """':auto'/'auto'/None -> None (the server chooses); ':5'/'5'/5 -> 5."""
-    if request is None:
-        return None
-    if isinstance(request, int) and not isinstance(request, bool):
-        text = str(request)
-    else:
-        text = str(request).removeprefix(":")
-    if text == "auto":
-        return None
-    if text.isdigit() and len(text) <= 6:
-        return int(text)
-    raise UsageError(f"display {request!r} is not ':auto' or ':N' with N a number, e.g. ':99'.")
 
 
 class Display:

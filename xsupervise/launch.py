@@ -7,23 +7,20 @@ KILL) and reaped, and every file it or we created for it is removed before the e
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
 import time
 
-from . import errors
+from . import errors, log
 from .config import Settings
-from .paths import RuntimeDir, create_private_file, remove_file
+from .paths import RuntimeDir, create_private_file, new_token, remove_file
 from .process import Child, Steps, describe_status, spawn
-from .records import SessionRecord, create_time, new_token
-from .recovery import reclaim_abandoned
 from .stale import bound_abstract_displays, remove_dead_socket
 from .xserver import (DisplayFdError, HandshakeError, ServerFacts, read_display_number,
                       server_argv, verify, xauthority_entry)
 
-log = logging.getLogger("xsupervise")
+# Imported only once the server is spawned (records needs psutil and json): see launch_steps.
 
 _TAIL_BYTES = 4096
 _TAIL_LINES = 3
@@ -42,23 +39,11 @@ def _output_tail(path: str) -> str:
     return " | ".join(lines[-_TAIL_LINES:])
 
 
-_supervisor_identity: tuple[int, float] | None = None
-
-
-def _supervisor() -> tuple[int, float]:
-    """(pid, create time) of this process, cached; recomputed in a forked child."""
-    global _supervisor_identity
-    pid = os.getpid()
-    if _supervisor_identity is None or _supervisor_identity[0] != pid:
-        _supervisor_identity = (pid, create_time(pid))
-    return _supervisor_identity
-
-
 class XServer:
     """A running X server of ours, with its files. Stop it with ``run_blocking(stop_steps())``."""
 
     def __init__(self, child: Child, settings: Settings, runtime: RuntimeDir, token: str,
-                 record: SessionRecord):
+                 record):
         self.child = child
         self.settings = settings
         self.runtime = runtime
@@ -92,7 +77,7 @@ class XServer:
         return {"DISPLAY": f":{self.number}", "XAUTHORITY": self.auth_path}
 
     def _warn_escalation(self, child: Child) -> None:
-        log.warning("%s (pid %d) did not exit within %.1f s of SIGTERM; sending SIGKILL to its "
+        log.get().warning("%s (pid %d) did not exit within %.1f s of SIGTERM; sending SIGKILL to its "
                     "process group. Raise --kill-grace (XSUPERVISE_KILL_GRACE) if it needs longer.",
                     os.path.basename(child.argv[0]), child.pid, self.settings.kill_grace)
 
@@ -105,6 +90,12 @@ class XServer:
         self.release()
         return self.exit_status
 
+    def kill_now(self) -> None:
+        """SIGKILL the group, reap, clean up; for when no waiting is possible."""
+        if self.exit_status is None:
+            self.child.signal(signal.SIGKILL)
+            self.release()
+
     def release(self) -> None:
         """After the server is reaped: remove everything of ours it leaves behind."""
         if self.exit_status is None:
@@ -115,7 +106,8 @@ class XServer:
         self.output_tail = _output_tail(self.log_path)
         for path in (self.auth_path, self.log_path):
             remove_file(path)
-        self.record.remove(self.runtime)
+        if self.record is not None:
+            self.record.remove(self.runtime)
 
 
 def launch_steps(settings: Settings, runtime: RuntimeDir, number: int | None = None, *,
@@ -145,15 +137,20 @@ def launch_steps(settings: Settings, runtime: RuntimeDir, number: int | None = N
         os.close(write_fd)
         os.close(log_fd)
     deadline = child.spawned_at + settings.displayfd_timeout
-    record = SessionRecord(token=token, name=name or (f":{number}" if number is not None else "auto"),
-                           kind=kind, state="starting", supervisor_pid=0, supervisor_started=0.0,
-                           server_pid=child.pid, server_argv=argv)
-    server = XServer(child, settings, runtime, token, record)
+    server = XServer(child, settings, runtime, token, None)
     server.requested_number = number
     try:
-        # Done while the server initialises: these cost milliseconds we would otherwise wait.
-        record.supervisor_pid, record.supervisor_started = _supervisor()
-        record.server_started = create_time(child.pid)
+        # Everything up to the first wait runs while the server initialises (~50 ms): the
+        # imports and files here cost nothing a user would notice.
+        from .records import SessionRecord, own_identity
+        from .recovery import reclaim_abandoned
+
+        log.get()
+        record = server.record = SessionRecord(
+            token=token, name=name or (f":{number}" if number is not None else "auto"),
+            kind=kind, state="starting", server_pid=child.pid, server_ticks=child.start_ticks,
+            server_argv=argv)
+        record.supervisor_pid, record.supervisor_ticks = own_identity()
         record.xauthority = auth_path
         record.save(runtime)
         reclaim_abandoned(runtime, settings.kill_grace)
@@ -162,11 +159,16 @@ def launch_steps(settings: Settings, runtime: RuntimeDir, number: int | None = N
     except (DisplayFdError, HandshakeError) as exc:
         yield from server.stop_steps()
         raise _start_error(exc, server) from None
+    except GeneratorExit:
+        # Closed half-way (the driver gave up on us): no more waiting is possible here.
+        server.kill_now()
+        raise
     except BaseException:
         yield from server.stop_steps()
         raise
     finally:
         os.close(read_fd)
+    record = server.record
     record.display = server.display
     record.socket_inode = server.facts.socket_inode
     record.state = "ready"

@@ -14,7 +14,6 @@ O_NOFOLLOW so that nothing planted there can be followed or reused.
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -97,7 +96,7 @@ class RuntimeDir:
                 warn(f"{why}; using {SYSTEM_RUNTIME_DIR}.")
             return cls.create(SYSTEM_RUNTIME_DIR)
         cache = environ.get("XDG_CACHE_HOME") or xdg_cache_home
-        fallback = os.path.join(cache, "xsupervise", f"run-{socket.gethostname()}")
+        fallback = os.path.join(cache, "xsupervise", f"run-{os.uname().nodename}")
         warn(f"{why}; using {fallback}. Set XDG_RUNTIME_DIR to a private 0700 directory "
              "(systemd-logind does) to silence this.")
         try:
@@ -133,6 +132,11 @@ class RuntimeDir:
         for name in sorted(names):
             if name.endswith(".json"):
                 yield os.path.join(self.sessions, name)
+
+
+def new_token() -> str:
+    """A fresh name for one session's files: our pid and 32 random bits."""
+    return f"{os.getpid()}-{os.urandom(4).hex()}"
 
 
 def create_private_file(path: str, data: bytes = b"") -> int:

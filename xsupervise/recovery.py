@@ -2,37 +2,32 @@
 
 A supervisor killed by SIGKILL cannot clean up. Its X server normally died with it
 (PR_SET_PDEATHSIG), leaving a record, a cookie, a log and perhaps its socket file. We
-terminate the server only if its pid *and* create time still match the record.
+terminate the server only if its pid *and* start time still match the record.
 """
 
 from __future__ import annotations
 
-import logging
-
+from . import log
 from .paths import RuntimeDir, remove_file
 from .process import Pinned, terminate_pinned
 from .records import SessionRecord, load_records
 from .stale import remove_dead_socket
 
-log = logging.getLogger("xsupervise")
-
-
 def reclaim_abandoned(runtime: RuntimeDir, grace: float = 2.0) -> list[SessionRecord]:
     """Clean up after every session whose supervisor is gone; return their records."""
     abandoned = [record for record in load_records(runtime) if not record.supervisor_alive()]
     for record in abandoned:
-        server = Pinned.pin(record.server_pid, record.server_started) \
-            if record.server_pid and record.server_started else None
+        server = Pinned.pin(record.server_pid, record.server_ticks)
         if server is not None:
             terminate_pinned(server, grace)
             server.close()
-            log.warning("stopped X server pid %d of %s: its supervisor pid %d is gone.",
+            log.get().warning("stopped X server pid %d of %s: its supervisor pid %d is gone.",
                         record.server_pid, record.display or record.name, record.supervisor_pid)
         if record.display and record.socket_inode:
             remove_dead_socket(int(record.display[1:]), record.socket_inode)
         for path in (runtime.auth_path(record.token), runtime.log_path(record.token)):
             remove_file(path)
         record.remove(runtime)
-        log.info("removed the files of %s, abandoned by dead supervisor pid %d.",
+        log.get().info("removed the files of %s, abandoned by dead supervisor pid %d.",
                  record.display or record.name, record.supervisor_pid)
     return abandoned

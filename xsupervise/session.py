@@ -7,20 +7,18 @@ Whatever ends the session, the server is stopped and reaped and its files remove
 
 from __future__ import annotations
 
-import logging
 import os
 import select
 import signal
 from collections.abc import Callable, Sequence
 
+from . import log
 from .config import Settings
 from .errors import ServerDied
 from .launch import XServer, launch_steps
 from .paths import RuntimeDir
 from .process import Child, describe_status, run_blocking, shell_status, spawn
 from .signals import Interrupted, SignalInbox
-
-log = logging.getLogger("xsupervise")
 
 EXIT_COMMAND_NOT_FOUND = 127
 EXIT_COMMAND_NOT_RUNNABLE = 126
@@ -56,7 +54,7 @@ class ForegroundSession:
                                  kind="cli"),
                     wake_fd=inbox.read_fd, on_wake=inbox.raise_if_signalled)
             except Interrupted as stop:
-                log.info("start interrupted by %s; nothing left running.",
+                log.get().info("start interrupted by %s; nothing left running.",
                          signal.Signals(stop.signum).name)
                 return 128 + stop.signum if self.command else 0
             try:
@@ -79,10 +77,10 @@ class ForegroundSession:
         try:
             command = spawn(self.command, env={**os.environ, **server.env}, own_group=False)
         except FileNotFoundError:
-            log.error("command %r was not found; nothing was run.", self.command[0])
+            log.get().error("command %r was not found; nothing was run.", self.command[0])
             return EXIT_COMMAND_NOT_FOUND
         except PermissionError:
-            log.error("command %r is not executable; nothing was run.", self.command[0])
+            log.get().error("command %r is not executable; nothing was run.", self.command[0])
             return EXIT_COMMAND_NOT_RUNNABLE
         try:
             while True:

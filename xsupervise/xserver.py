@@ -10,10 +10,8 @@ Protocol facts this module relies on (xorg-server and the X11 protocol spec):
 from __future__ import annotations
 
 import os
-import socket
 import struct
 import time
-from dataclasses import dataclass
 
 from .process import Child, Steps, Wait
 
@@ -108,16 +106,20 @@ def read_display_number(read_fd: int, child: Child, deadline: float) -> Steps[in
             raise DisplayFdError("timeout", "did not write a display number in time")
 
 
-@dataclass(frozen=True)
 class ServerFacts:
-    """What the connection setup reply told us."""
+    """What the connection setup reply told us, and the inode of /tmp/.X11-unix/X<n> (so
+    that we only ever remove the very file our server made)."""
 
-    vendor: str
-    release: int
-    width: int
-    height: int
-    depth: int
-    socket_inode: int  # of /tmp/.X11-unix/X<n>, so that we remove only the file our server made
+    __slots__ = ("vendor", "release", "width", "height", "depth", "socket_inode")
+
+    def __init__(self, vendor: str, release: int, width: int, height: int, depth: int,
+                 socket_inode: int):
+        self.vendor, self.release = vendor, release
+        self.width, self.height, self.depth = width, height, depth
+        self.socket_inode = socket_inode
+
+    def __repr__(self) -> str:
+        return f"<ServerFacts {self.vendor!r} {self.width}x{self.height}x{self.depth}>"
 
 
 class HandshakeError(Exception):
@@ -126,7 +128,9 @@ class HandshakeError(Exception):
         super().__init__(what)
 
 
-def _peer_pid(sock: socket.socket) -> int:
+def _peer_pid(sock) -> int:
+    import socket
+
     pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                           struct.calcsize("3i")))
     return pid
@@ -164,6 +168,8 @@ def parse_setup_reply(reply: bytes) -> tuple[str, int, int, int, int]:
 
 def verify(number: int, child: Child, cookie: bytes, deadline: float) -> Steps[ServerFacts]:
     """Prove display ``number`` works: our child serves its socket and accepts our cookie."""
+    import socket  # here, not at the top: it is not needed before the server is spawned
+
     path = socket_path(number)
     # Non-blocking from the start: a unix connect then fails (EAGAIN) rather than hang on
     # a server whose listen backlog is full.
