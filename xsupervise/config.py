@@ -39,24 +39,48 @@ def _screen(value: object) -> str:
     return text
 
 
+def _count(value: object) -> int:
+    number = int(value)  # type: ignore[call-overload]
+    if not 1 <= number <= 1000:
+        raise ValueError("must be a whole number from 1 to 1000")
+    return number
+
+
+# name -> default; parsers for text values are in _PARSERS below.
+FIELDS = {
+    # The X server command: a program on PATH and optional extra arguments.
+    "server": ("Xvfb",),
+    # Screen geometry handed to the server.
+    "screen": "1280x1024x24",
+    # How long the server may take to write its display number and answer.
+    "displayfd_timeout": 10.0,
+    # How long a server may take to exit after SIGTERM before it gets SIGKILL.
+    "kill_grace": 2.0,
+    # Restart policy (see policy.py): first delay, cap, uptime that resets the count,
+    # start limit (more than BURST failed starts in INTERVAL seconds: FAILED), cool-down.
+    "backoff_initial": 1.0,
+    "backoff_max": 60.0,
+    "reset_after": 60.0,
+    "start_limit_burst": 5,
+    "start_limit_interval": 60.0,
+    "failed_cooldown": 300.0,
+}
+
+
 class Settings:
-    """What a display session needs to know; every field has a documented default.
+    """What a display session needs to know; every field has a documented default (FIELDS).
 
     (A plain class rather than a dataclass: importing dataclasses costs the CLI milliseconds.)
     """
 
-    __slots__ = ("server", "screen", "displayfd_timeout", "kill_grace")
+    __slots__ = tuple(FIELDS)
 
-    def __init__(self, *, server: tuple[str, ...] = ("Xvfb",), screen: str = "1280x1024x24",
-                 displayfd_timeout: float = 10.0, kill_grace: float = 2.0):
-        #: The X server command: a program on PATH and optional extra arguments.
-        self.server = server
-        #: Screen geometry handed to the server.
-        self.screen = screen
-        #: How long the server may take to write its display number and answer.
-        self.displayfd_timeout = displayfd_timeout
-        #: How long a server may take to exit after SIGTERM before it gets SIGKILL.
-        self.kill_grace = kill_grace
+    def __init__(self, **values: object):
+        unknown = set(values) - set(FIELDS)
+        if unknown:
+            raise TypeError(f"unknown settings: {sorted(unknown)}")
+        for name, default in FIELDS.items():
+            setattr(self, name, values.get(name, default))
 
     def _values(self) -> tuple:
         return tuple(getattr(self, name) for name in self.__slots__)
@@ -68,6 +92,11 @@ class Settings:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
         return f"Settings({fields})"
 
+    def policy(self):
+        from .policy import DEFAULTS, RestartPolicy
+
+        return RestartPolicy(**{name: getattr(self, name) for name in DEFAULTS})
+
 
 # How to read each field from text (environment) or TOML values.
 _PARSERS = {
@@ -75,6 +104,12 @@ _PARSERS = {
     "screen": _screen,
     "displayfd_timeout": _positive_seconds,
     "kill_grace": _positive_seconds,
+    "backoff_initial": _positive_seconds,
+    "backoff_max": _positive_seconds,
+    "reset_after": _positive_seconds,
+    "start_limit_burst": _count,
+    "start_limit_interval": _positive_seconds,
+    "failed_cooldown": _positive_seconds,
 }
 
 

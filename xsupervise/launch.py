@@ -26,12 +26,12 @@ _TAIL_BYTES = 4096
 _TAIL_LINES = 3
 
 
-def _output_tail(path: str) -> str:
-    """The last few non-empty lines the server printed, joined into one line."""
+def _output_tail(path: str, since: int = 0) -> str:
+    """The last few non-empty lines the server printed (after offset ``since``), as one line."""
     try:
         with open(path, "rb") as stream:
             stream.seek(0, os.SEEK_END)
-            stream.seek(max(0, stream.tell() - _TAIL_BYTES))
+            stream.seek(max(since, stream.tell() - _TAIL_BYTES))
             text = stream.read().decode("utf-8", "replace")
     except OSError:
         return ""
@@ -39,19 +39,60 @@ def _output_tail(path: str) -> str:
     return " | ".join(lines[-_TAIL_LINES:])
 
 
-class XServer:
-    """A running X server of ours, with its files. Stop it with ``run_blocking(stop_steps())``."""
+class SessionFiles:
+    """A session's own files, which outlive any one X server it runs: the cookie (so clients
+    keep working across a restart), the server log, and the record that `list` reads."""
 
-    def __init__(self, child: Child, settings: Settings, runtime: RuntimeDir, token: str,
-                 record):
+    def __init__(self, runtime: RuntimeDir, name: str, kind: str):
+        self.runtime = runtime
+        self.token = new_token()
+        self.cookie = os.urandom(16)
+        self.auth_path = runtime.auth_path(self.token)
+        self.log_path = runtime.log_path(self.token)
+        self.name = name
+        self.kind = kind
+        self.record = None  # made once a server is spawned (it needs json: see launch_steps)
+        os.close(create_private_file(self.auth_path, xauthority_entry(self.cookie)))
+        try:
+            os.close(create_private_file(self.log_path))
+        except BaseException:
+            remove_file(self.auth_path)
+            raise
+
+    def __repr__(self) -> str:
+        return f"<SessionFiles {self.name} {self.token}>"
+
+    def save(self, **changes) -> None:
+        """Update the record (creating it the first time) and write it."""
+        if self.record is None:
+            from .records import SessionRecord, own_identity
+
+            pid, ticks = own_identity()
+            self.record = SessionRecord(token=self.token, name=self.name, kind=self.kind,
+                                        supervisor_pid=pid, supervisor_ticks=ticks,
+                                        xauthority=self.auth_path)
+        for field, value in changes.items():
+            setattr(self.record, field, value)
+        self.record.save(self.runtime)
+
+    def remove(self) -> None:
+        for path in (self.auth_path, self.log_path):
+            remove_file(path)
+        if self.record is not None:
+            self.record.remove(self.runtime)
+
+
+class XServer:
+    """A running X server of ours. Stop it with ``run_blocking(stop_steps())``."""
+
+    def __init__(self, child: Child, settings: Settings, files: SessionFiles, owns_files: bool,
+                 log_offset: int, requested_number: int | None):
         self.child = child
         self.settings = settings
-        self.runtime = runtime
-        self.token = token
-        self.record = record
-        self.auth_path = runtime.auth_path(token)
-        self.log_path = runtime.log_path(token)
-        self.requested_number: int | None = None
+        self.files = files
+        self.owns_files = owns_files  # a one-off Display: its files go with its server
+        self.log_offset = log_offset
+        self.requested_number = requested_number
         self.number: int | None = None
         self.facts: ServerFacts | None = None
         self.spawned_wall = time.time()
@@ -66,6 +107,14 @@ class XServer:
         return self.child.pid
 
     @property
+    def auth_path(self) -> str:
+        return self.files.auth_path
+
+    @property
+    def record(self):
+        return self.files.record
+
+    @property
     def display(self) -> str | None:
         return None if self.number is None else f":{self.number}"
 
@@ -74,15 +123,17 @@ class XServer:
         """What a client needs: DISPLAY and XAUTHORITY."""
         if self.number is None:
             raise RuntimeError("the display is not ready")
-        return {"DISPLAY": f":{self.number}", "XAUTHORITY": self.auth_path}
+        return {"DISPLAY": f":{self.number}", "XAUTHORITY": self.files.auth_path}
 
     def _warn_escalation(self, child: Child) -> None:
-        log.get().warning("%s (pid %d) did not exit within %.1f s of SIGTERM; sending SIGKILL to its "
-                    "process group. Raise --kill-grace (XSUPERVISE_KILL_GRACE) if it needs longer.",
-                    os.path.basename(child.argv[0]), child.pid, self.settings.kill_grace)
+        log.get().warning(
+            "%s (pid %d) did not exit within %.1f s of SIGTERM; sending SIGKILL to its process "
+            "group. Raise --kill-grace (XSUPERVISE_KILL_GRACE) if it needs longer.",
+            os.path.basename(child.argv[0]), child.pid, self.settings.kill_grace)
 
     def stop_steps(self) -> Steps[int]:
-        """Stop and reap the server's group; remove its socket (if it left it), cookie, log, record."""
+        """Stop and reap the server's group; remove the socket it left, if any (and our files,
+        if they are its alone)."""
         if self.exit_status is not None:
             return self.exit_status
         self.exit_status = yield from self.child.stop_steps(self.settings.kill_grace,
@@ -97,36 +148,45 @@ class XServer:
             self.release()
 
     def release(self) -> None:
-        """After the server is reaped: remove everything of ours it leaves behind."""
+        """Once the server has ended: reap it and remove what it leaves behind."""
         if self.exit_status is None:
             self.exit_status = self.child.reap()
         if self.number is not None:
             remove_dead_socket(self.number, self.facts.socket_inode if self.facts else None,
                                self.spawned_wall)
-        self.output_tail = _output_tail(self.log_path)
-        for path in (self.auth_path, self.log_path):
-            remove_file(path)
-        if self.record is not None:
-            self.record.remove(self.runtime)
+        self.output_tail = _output_tail(self.files.log_path, self.log_offset)
+        if self.owns_files:
+            self.files.remove()
 
 
 def launch_steps(settings: Settings, runtime: RuntimeDir, number: int | None = None, *,
-                 name: str | None = None, kind: str = "api") -> Steps[XServer]:
-    """Start an X server on ``number`` (None: let it choose) and return it verified ready."""
-    token = new_token()
-    cookie = os.urandom(16)
-    auth_path = runtime.auth_path(token)
-    os.close(create_private_file(auth_path, xauthority_entry(cookie)))
-    log_fd = create_private_file(runtime.log_path(token))
+                 files: SessionFiles | None = None, name: str | None = None,
+                 kind: str = "api") -> Steps[XServer]:
+    """Start an X server on ``number`` (None: let it choose) and return it verified ready.
+
+    ``files``: the session's cookie, log and record, when a session runs servers one after
+    another; without them a one-off set is made, and removed with the server.
+    """
+    owns_files = files is None
+    if files is None:
+        files = SessionFiles(runtime, name or (f":{number}" if number is not None else "auto"),
+                             kind)
+    try:
+        log_fd = os.open(files.log_path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except BaseException:
+        if owns_files:
+            files.remove()
+        raise
+    log_offset = os.lseek(log_fd, 0, os.SEEK_END)
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-    argv = server_argv(settings.server, number, write_fd, auth_path, settings.screen)
+    argv = server_argv(settings.server, number, write_fd, files.auth_path, settings.screen)
     try:
         child = spawn(argv, pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=log_fd,
                       stderr=log_fd, deathsig=signal.SIGKILL)
     except OSError as exc:
         os.close(read_fd)
-        remove_file(auth_path)
-        remove_file(runtime.log_path(token))
+        if owns_files:
+            files.remove()
         if isinstance(exc, FileNotFoundError):
             raise errors.ServerNotFound(
                 f"X server {argv[0]!r} was not found on PATH; install it (Debian: apt-get install "
@@ -137,25 +197,18 @@ def launch_steps(settings: Settings, runtime: RuntimeDir, number: int | None = N
         os.close(write_fd)
         os.close(log_fd)
     deadline = child.spawned_at + settings.displayfd_timeout
-    server = XServer(child, settings, runtime, token, None)
-    server.requested_number = number
+    server = XServer(child, settings, files, owns_files, log_offset, number)
     try:
         # Everything up to the first wait runs while the server initialises (~50 ms): the
         # imports and files here cost nothing a user would notice.
-        from .records import SessionRecord, own_identity
         from .recovery import reclaim_abandoned
 
         log.get()
-        record = server.record = SessionRecord(
-            token=token, name=name or (f":{number}" if number is not None else "auto"),
-            kind=kind, state="starting", server_pid=child.pid, server_ticks=child.start_ticks,
-            server_argv=argv)
-        record.supervisor_pid, record.supervisor_ticks = own_identity()
-        record.xauthority = auth_path
-        record.save(runtime)
+        files.save(state="starting", server_pid=child.pid, server_ticks=child.start_ticks,
+                   server_argv=argv, display=None, socket_inode=None)
         reclaim_abandoned(runtime, settings.kill_grace)
         server.number = yield from read_display_number(read_fd, child, deadline)
-        server.facts = yield from verify(server.number, child, cookie, deadline)
+        server.facts = yield from verify(server.number, child, files.cookie, deadline)
     except (DisplayFdError, HandshakeError) as exc:
         yield from server.stop_steps()
         raise _start_error(exc, server) from None
@@ -168,11 +221,7 @@ def launch_steps(settings: Settings, runtime: RuntimeDir, number: int | None = N
         raise
     finally:
         os.close(read_fd)
-    record = server.record
-    record.display = server.display
-    record.socket_inode = server.facts.socket_inode
-    record.state = "ready"
-    record.save(runtime)
+    files.save(state="ready", display=server.display, socket_inode=server.facts.socket_inode)
     return server
 
 

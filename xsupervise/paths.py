@@ -44,7 +44,7 @@ def _unfit_reason(path: str) -> str | None:
     return None
 
 
-def _ensure_private_dir(path: str) -> None:
+def ensure_private_dir(path: str) -> None:
     """Create ``path`` (0700) if needed and insist it is a real directory that only we use."""
     try:
         os.mkdir(path, 0o700)
@@ -109,9 +109,9 @@ class RuntimeDir:
 
     @classmethod
     def create(cls, path: str) -> RuntimeDir:
-        _ensure_private_dir(path)
+        ensure_private_dir(path)
         runtime = cls(path)
-        _ensure_private_dir(runtime.sessions)
+        ensure_private_dir(runtime.sessions)
         return runtime
 
     # -- per-session files -------------------------------------------------------------

@@ -1,0 +1,162 @@
+"""Restart policy: pure functions of the restart history and the clock. No processes here.
+
+- Backoff: the n-th consecutive failure makes the next start wait ``initial * 2**(n-1)``,
+  capped at ``max_delay``, times a jitter factor in [0.5, 1] (so that many sessions failing
+  together do not retry in lock-step). A server that was up ``reset_after`` seconds has
+  proven itself: the count starts again and its restart is immediate.
+- Start limit: more than ``burst`` failed starts within ``interval`` seconds puts the session
+  in FAILED. A FAILED session gets one new try after ``cooldown``; if that fails, it is
+  FAILED again at once.
+
+Every start is counted as a failure *before* it is made, and cleared only when it succeeds:
+so a supervisor killed in the middle of a start (by a relauncher's timeout) still spends
+its budget, and nothing that restarts xsupervise can turn into a storm.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+DEFAULTS = {
+    "backoff_initial": 1.0,
+    "backoff_max": 60.0,
+    "reset_after": 60.0,
+    "start_limit_burst": 5,
+    "start_limit_interval": 60.0,
+    "failed_cooldown": 300.0,
+}
+
+
+class RestartPolicy:
+    __slots__ = tuple(DEFAULTS)
+
+    def __init__(self, **values: float):
+        for name, default in DEFAULTS.items():
+            setattr(self, name, values.get(name, default))
+
+    def __repr__(self) -> str:
+        return "RestartPolicy(" + ", ".join(f"{n}={getattr(self, n)}" for n in DEFAULTS) + ")"
+
+    def delay(self, failures_in_a_row: int, jitter: Callable[[], float] = random.random) -> float:
+        """Seconds to wait before the next start after that many consecutive failures."""
+        if failures_in_a_row <= 0:
+            return 0.0
+        exponent = min(failures_in_a_row - 1, 32)  # 2**32 s is past any cap
+        base = min(self.backoff_max, self.backoff_initial * 2 ** exponent)
+        return base * (0.5 + 0.5 * jitter())
+
+
+class History:
+    """The restart history of one session name, as kept in the ledger (plain, JSON-ready data).
+
+    Several sessions may share a name (parallel `xsupervise run`s share the default one): they
+    share its budget, and each start in flight is listed under its session's token.
+    """
+
+    FIELDS = {
+        "failures": [],          # wall times of failed starts, newest last, pruned to the window
+        "in_a_row": 0,           # consecutive failed starts since a server last proved itself
+        "next_start_at": 0.0,    # no start before this wall time
+        "failed_at": None,       # FAILED since this wall time, or None
+        "on_probation": False,   # the one try after a cool-down: a failure is FAILED at once
+        "last_failure": None,    # one line: what went wrong last
+        "in_flight": {},         # token -> {"pid", "ticks", "at"}: starts not known to succeed yet
+        "starts": 0,             # every start made under this name since the last reset
+        "name": None,            # the session name (the file name may have been sanitised)
+    }
+    __slots__ = tuple(FIELDS)
+
+    def __init__(self, **values):
+        for name, default in self.FIELDS.items():
+            value = values.get(name, default)
+            setattr(self, name, type(default)(value) if isinstance(default, (list, dict)) else value)
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def failed_until(self, policy: RestartPolicy) -> float | None:
+        return None if self.failed_at is None else self.failed_at + policy.failed_cooldown
+
+
+class Decision:
+    """What ``may_start`` answers: go now, or not before ``until`` (and why)."""
+
+    __slots__ = ("go", "until", "state", "reason")
+
+    def __init__(self, go: bool, until: float = 0.0, state: str = "", reason: str = ""):
+        self.go, self.until, self.state, self.reason = go, until, state, reason
+
+    def __repr__(self) -> str:
+        return "Decision(go)" if self.go else f"Decision({self.state} until {self.until:.1f})"
+
+
+def record_failure(history: History, now: float, policy: RestartPolicy, reason: str, *,
+                   token: str | None = None, at: float | None = None,
+                   jitter: Callable[[], float] = random.random) -> None:
+    """A start failed, or a server died before it proved itself."""
+    if token is not None:
+        history.in_flight.pop(token, None)
+    history.in_a_row += 1
+    history.failures.append(now if at is None else at)
+    history.failures = [t for t in history.failures if t > now - policy.start_limit_interval]
+    history.last_failure = reason
+    history.next_start_at = max(history.next_start_at, now + policy.delay(history.in_a_row, jitter))
+    if history.on_probation or len(history.failures) > policy.start_limit_burst:
+        history.failed_at = now
+        history.on_probation = False
+
+
+def may_start(history: History, now: float, policy: RestartPolicy,
+              supervisor_alive: Callable[[int, int | None], bool],
+              jitter: Callable[[], float] = random.random) -> Decision:
+    """Whether a start may happen now.
+
+    A start left in flight by a supervisor that is gone (killed by a relauncher's timeout,
+    say) counts as the failure it was: that is what keeps relaunchers from storming.
+    """
+    for token, start in list(history.in_flight.items()):
+        if not supervisor_alive(start["pid"], start["ticks"]):
+            record_failure(history, now, policy,
+                           f"supervisor pid {start['pid']} was killed while starting its X server",
+                           token=token, at=start["at"], jitter=jitter)
+    if history.failed_at is not None:
+        until = history.failed_at + policy.failed_cooldown
+        if now < until:
+            return Decision(False, until, "failed", history.last_failure or "")
+        # The cool-down is over: one new try, on probation.
+        history.failed_at = None
+        history.on_probation = True
+        history.failures = []
+        history.next_start_at = now
+    if now < history.next_start_at:
+        return Decision(False, history.next_start_at, "backoff", history.last_failure or "")
+    return Decision(True)
+
+
+def begin_start(history: History, now: float, token: str, pid: int, ticks: int | None) -> None:
+    history.in_flight[token] = {"pid": pid, "ticks": ticks, "at": now}
+    history.starts += 1
+
+
+def record_ready(history: History, token: str) -> None:
+    history.in_flight.pop(token, None)
+
+
+def record_stable(history: History) -> None:
+    """A server stayed up ``reset_after``: it has proven itself; forget the failures."""
+    history.in_a_row = 0
+    history.failures = []
+    history.on_probation = False
+    history.failed_at = None
+    history.next_start_at = 0.0
+
+
+def record_death(history: History, now: float, policy: RestartPolicy, uptime: float, reason: str,
+                 jitter: Callable[[], float] = random.random) -> None:
+    """A ready server died. After a stable run it restarts at once; before, it is a failure."""
+    if uptime >= policy.reset_after:
+        record_stable(history)
+        history.last_failure = reason
+    else:
+        record_failure(history, now, policy, reason, jitter=jitter)
