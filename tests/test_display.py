@@ -32,7 +32,7 @@ def test_public_names_are_exported():
     assert set(xsupervise.__all__) == {
         "Display", "XSuperviseError", "UsageError", "EnvironmentProblem", "ServerNotFound",
         "RuntimeDirError", "StartError", "ServerExited", "BadDisplayFd", "NotServing",
-        "ReadyTimeout", "NoSuchSession", "SessionFailed", "ServerDied"}
+        "ReadyTimeout", "NoSuchSession", "SessionFailed"}
     for name in xsupervise.__all__:
         assert getattr(xsupervise, name)
 

@@ -6,7 +6,7 @@
 """
 
 from .errors import (BadDisplayFd, EnvironmentProblem, NoSuchSession, NotServing, ReadyTimeout,
-                     RuntimeDirError, ServerDied, ServerExited, ServerNotFound, SessionFailed,
+                     RuntimeDirError, ServerExited, ServerNotFound, SessionFailed,
                      StartError, UsageError, XSuperviseError)
 
 __version__ = "0.1.0"
@@ -25,7 +25,6 @@ __all__ = [
     "ReadyTimeout",
     "NoSuchSession",
     "SessionFailed",
-    "ServerDied",
 ]
 
 

@@ -21,7 +21,7 @@ exit codes:
   4    the X server wrote no display number before the deadline (--timeout)
   5    environment problem: X server not installed, runtime directory unusable
   6    no session of ours on that display
-  8    the X server died while in use
+  7    the session is FAILED: too many failed starts (see 'status', 'reset')
   126  COMMAND is not executable; 127: COMMAND not found
   with COMMAND, otherwise: COMMAND's exit status, or 128+N if signal N killed it
 """
@@ -53,7 +53,23 @@ def _add_display_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kill-grace", metavar="SECONDS",
                        help="time between SIGTERM and SIGKILL when stopping the server "
                             "(XSUPERVISE_KILL_GRACE; default: 2)")
-    parser.add_argument("--name", help="session name shown by 'list' (default: the display request)")
+    restart = parser.add_argument_group(
+        "restart policy (flag > XSUPERVISE_* variable > config file)",
+        "After a failure the next start waits BACKOFF_INITIAL seconds, doubling up to "
+        "BACKOFF_MAX (with jitter); a server up RESET_AFTER seconds resets the count. More "
+        "than START_LIMIT_BURST failed starts within START_LIMIT_INTERVAL seconds make the "
+        "session FAILED: no more starts until FAILED_COOLDOWN has passed (or 'reset').")
+    for flag, default in (("backoff-initial", "1"), ("backoff-max", "60"), ("reset-after", "60"),
+                          ("start-limit-burst", "5"), ("start-limit-interval", "60"),
+                          ("failed-cooldown", "300")):
+        env = "XSUPERVISE_" + flag.upper().replace("-", "_")
+        restart.add_argument(f"--{flag}", metavar="N", help=f"({env}; default: {default})")
+    parser.add_argument("--name", help="session name: the key of its restart budget, shared by "
+                                       "every start with that name (default: derived from the "
+                                       "display request and server command)")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="if the session is FAILED, exit 7 at once instead of waiting for "
+                             "the cool-down")
 
 
 def _add_start(commands) -> None:
@@ -98,7 +114,41 @@ def _add_stop(commands) -> None:
                       help="how long to wait for it to finish (default: 10)")
 
 
-_SUBCOMMANDS = {"start": _add_start, "run": _add_run, "list": _add_list, "stop": _add_stop}
+def _add_status(commands) -> None:
+    status = commands.add_parser(
+        "status", help="state, restarts, last failure and next retry of sessions",
+        description="Show running sessions, and sessions held back by their restart budget "
+                    "(backoff or FAILED) even when no supervisor runs.")
+    status.add_argument("target", nargs="?", metavar=":N|NAME", help="one session")
+    status.add_argument("--json", action="store_true", help="one JSON array")
+
+
+def _add_reset(commands) -> None:
+    reset = commands.add_parser(
+        "reset", help="clear a session's restart history (e.g. after fixing a FAILED one)",
+        description="Forget the failures recorded for NAME, so that its next start is "
+                    "immediate. A supervisor waiting for the cool-down notices within a second.")
+    reset.add_argument("name", metavar="NAME", help="the session name shown by 'status'")
+
+
+def _add_clean(commands) -> None:
+    clean = commands.add_parser(
+        "clean", help="remove stale X sockets and lock files, safely",
+        description="Judge every /tmp/.X11-unix/X<n> and /tmp/.X<n>-lock: live if anything "
+                    "serves display n (its abstract socket is bound, or a connection is "
+                    "accepted); a lock is stale only if its pid is gone or not an X server. "
+                    "Remove the stale ones we may remove (our own; anyone's for root), report "
+                    "the others' owners, never follow a symlink. Also clear what killed "
+                    "supervisors of ours left in the runtime directory.",
+        epilog="exit codes: 0 nothing stale is left; 1 stale entries remain (another user's, "
+               "or removal failed); 5 the shared directory is unsafe to work in",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    clean.add_argument("--dry-run", action="store_true", help="report only; change nothing")
+    clean.add_argument("--json", action="store_true", help="one JSON array of entries")
+
+
+_SUBCOMMANDS = {"start": _add_start, "run": _add_run, "list": _add_list, "stop": _add_stop,
+                "status": _add_status, "reset": _add_reset, "clean": _add_clean}
 
 
 def _build_parser(own_argv: Sequence[str] = ()) -> argparse.ArgumentParser:
@@ -143,6 +193,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _list(args)
         if args.command == "stop":
             return _stop(args, parser)
+        if args.command == "status":
+            return _status(args)
+        if args.command == "reset":
+            return _reset(args)
+        if args.command == "clean":
+            return _clean(args)
     except XSuperviseError as error:
         if args.verbose:
             log.get().debug("details", exc_info=True)
@@ -152,17 +208,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from .config import load_settings
-    from .config import parse_display
+    from .config import FIELDS, default_session_name, load_settings, parse_display
     from .paths import RuntimeDir
     from .session import ForegroundSession
 
     is_run = args.command == "run"
     command = args.cmd
     number = None if is_run else parse_display(args.display)
-    settings = load_settings({"server": args.server, "screen": args.screen,
-                              "displayfd_timeout": args.displayfd_timeout,
-                              "kill_grace": args.kill_grace})
+    settings = load_settings({field: getattr(args, field) for field in FIELDS})
     displayfd = None if is_run else args.displayfd
     if displayfd is not None:
         try:
@@ -189,8 +242,9 @@ def _start(args: argparse.Namespace) -> int:
             os.write(displayfd, f"{server.number}\n".encode())
             os.close(displayfd)
 
-    session = ForegroundSession(settings, RuntimeDir.discover(), number, name=args.name,
-                                command=command, announce=announce)
+    name = args.name or default_session_name(number, settings.server)
+    session = ForegroundSession(settings, RuntimeDir.discover(), number, name=name,
+                                command=command, announce=announce, no_wait=args.no_wait)
     return session.run()
 
 
@@ -230,6 +284,68 @@ def _stop(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for line in stop_sessions(RuntimeDir.discover(), number, wait=args.wait):
         print(line)
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from .config import load_settings
+    from .control import format_status, session_status
+    from .paths import RuntimeDir
+
+    now = time.time()
+    entries = session_status(RuntimeDir.discover(), args.target, load_settings().policy(), now)
+    if args.json:
+        print(json.dumps(entries, indent=1))
+    elif not entries:
+        print("no sessions")
+    for entry in [] if args.json else entries:
+        print(format_status(entry, now))
+    return 0
+
+
+def _reset(args: argparse.Namespace) -> int:
+    from .ledger import Ledger
+    from .paths import RuntimeDir
+
+    existed = Ledger(RuntimeDir.discover(), args.name).reset()
+    print(f"{args.name}: restart history cleared" if existed
+          else f"{args.name}: had no restart history")
+    return 0
+
+
+def _clean(args: argparse.Namespace) -> int:
+    import json
+
+    from .errors import EnvironmentProblem
+    from .paths import RuntimeDir
+    from .recovery import reclaim_abandoned
+    from .stale import X11_UNIX_DIR, check_shared_dir, clean, scan
+
+    if not args.dry_run:
+        for record in reclaim_abandoned(RuntimeDir.discover()):
+            if not args.json:
+                print(f"reclaimed     session {record.name} of dead supervisor pid "
+                      f"{record.supervisor_pid}")
+    problem = check_shared_dir(X11_UNIX_DIR)
+    if problem:
+        raise EnvironmentProblem(f"refusing to clean: {problem}. Inspect it (ls -ld "
+                                 f"{X11_UNIX_DIR}); it should be root's, mode 1777.")
+    entries = scan()
+    clean(entries, args.dry_run)
+    if args.json:
+        print(json.dumps([entry.as_dict() for entry in entries], indent=1))
+    else:
+        for entry in entries:
+            if entry.verdict != "live":
+                print(entry.line())
+        live = sum(entry.verdict == "live" for entry in entries)
+        print(f"{len(entries)} entries: {live} live, "
+              f"{sum(e.action in ('removed', 'would-remove') for e in entries)} "
+              f"{'would be ' if args.dry_run else ''}removed")
+    left = [e for e in entries if e.verdict == "inaccessible" or e.action == "failed"]
+    return 1 if left else 0
 
 
 def console() -> None:

@@ -188,3 +188,13 @@ def parse_display(request: str | int | None) -> int | None:
     if text.isdigit() and len(text) <= 6:
         return int(text)
     raise UsageError(f"display {request!r} is not ':auto' or ':N' with N a number, e.g. ':99'.")
+
+
+def default_session_name(number: int | None, server: tuple[str, ...]) -> str:
+    """The restart-budget key when --name is not given: the display request, the server's
+    program name and a checksum of its whole command, e.g. 'auto-Xvfb-1c291ca3'."""
+    import zlib
+
+    request = "auto" if number is None else str(number)
+    checksum = zlib.crc32("\0".join((request, *server)).encode()) & 0xFFFFFFFF
+    return f"{request}-{os.path.basename(server[0])}-{checksum:08x}"

@@ -44,3 +44,77 @@ def stop_sessions(runtime: RuntimeDir, number: int | None, wait: float) -> list[
         raise XSuperviseError(f"pid {pids} did not exit within {wait:g} s of SIGTERM; "
                               "check it with 'xsupervise list' or raise --wait.")
     return [line for _, line in targets]
+
+
+def session_status(runtime: RuntimeDir, target: str | None, policy, now: float) -> list[dict]:
+    """What `status` shows: every live session, and every name whose history holds it back
+    (backoff or FAILED) although no supervisor runs. ``target``: ':N' or a name."""
+    import json
+    import os
+
+    from .ledger import Ledger, all_ledgers
+    from .policy import History
+
+    entries = []
+    for record in live_records(runtime):
+        history = Ledger(runtime, record.name).read()
+        entries.append({
+            "name": record.name, "display": record.display, "state": record.state,
+            "restarts": record.restarts, "last_failure": record.last_failure,
+            "supervisor_pid": record.supervisor_pid, "server_pid": record.server_pid,
+            "uptime": now - record.ready_at if record.state == "ready" and record.ready_at else None,
+            "next_retry_at": record.next_retry_at if record.state in ("backoff", "failed") else None,
+            "failed_since": history.failed_at,
+        })
+    seen = {entry["name"] for entry in entries}
+    for path in all_ledgers(runtime):
+        try:
+            with open(path, "rb") as stream:
+                history = History(**{key: value for key, value in json.load(stream).items()
+                                     if key in History.FIELDS})
+        except (OSError, ValueError, TypeError):
+            continue
+        name = history.name or os.path.basename(path)[:-5]
+        if name in seen:
+            continue
+        failed_until = history.failed_until(policy)
+        if failed_until is not None and now < failed_until:
+            state, retry = "failed", failed_until
+        elif now < history.next_start_at:
+            state, retry = "backoff", history.next_start_at
+        else:
+            continue
+        entries.append({"name": name, "display": None, "state": state, "restarts": 0,
+                        "last_failure": history.last_failure, "supervisor_pid": None,
+                        "server_pid": None, "uptime": None, "next_retry_at": retry,
+                        "failed_since": history.failed_at})
+    if target is not None:
+        entries = [entry for entry in entries if target in (entry["display"], entry["name"])]
+        if not entries:
+            raise NoSuchSession(f"no session {target} is running or held back (runtime directory "
+                                f"{runtime.path}); 'xsupervise status' shows them all.")
+    return entries
+
+
+def format_status(entry: dict, now: float) -> str:
+    import time
+
+    def clock(wall: float) -> str:
+        return time.strftime("%H:%M:%S", time.localtime(wall))
+
+    parts = [entry["display"] or "-", entry["name"]]
+    state = entry["state"]
+    if state in ("backoff", "failed") and entry["next_retry_at"]:
+        parts.append(f"{state} until {clock(entry['next_retry_at'])} "
+                     f"(in {max(0.0, entry['next_retry_at'] - now):.0f} s)")
+    elif state == "ready" and entry["uptime"] is not None:
+        parts.append(f"ready, up {entry['uptime']:.0f} s")
+    else:
+        parts.append(state)
+    parts.append(f"restarts {entry['restarts']}")
+    if entry["supervisor_pid"]:
+        parts.append(f"supervisor pid {entry['supervisor_pid']}, server pid "
+                     f"{entry['server_pid'] or '-'}")
+    if entry["last_failure"]:
+        parts.append(f"last failure: {entry['last_failure']}")
+    return "  ".join(parts)

@@ -11,8 +11,7 @@
     │   ├── NotServing         3     it wrote a number, but no X connection of ours is accepted there
     │   └── ReadyTimeout       4     no display number before the deadline
     ├── NoSuchSession          6     ``stop``/``status`` named a display nobody of ours supervises
-    ├── SessionFailed          7     the restart limit was reached: the session is FAILED
-    └── ServerDied             8     a ready X server died and was not restarted
+    └── SessionFailed          7     the start limit was reached: the session is FAILED
 
 Messages are full sentences on one line: what happened, which pid/path, what to do.
 The CLI prints ``xsupervise: <message>`` and exits with ``exit_code``; the Python API
@@ -34,7 +33,6 @@ __all__ = [
     "ReadyTimeout",
     "NoSuchSession",
     "SessionFailed",
-    "ServerDied",
 ]
 
 
@@ -113,7 +111,3 @@ class NoSuchSession(XSuperviseError):
 
 class SessionFailed(XSuperviseError):
     exit_code = 7
-
-
-class ServerDied(XSuperviseError):
-    exit_code = 8

@@ -202,11 +202,13 @@ def launch_steps(settings: Settings, runtime: RuntimeDir, number: int | None = N
         # Everything up to the first wait runs while the server initialises (~50 ms): the
         # imports and files here cost nothing a user would notice.
         from .recovery import reclaim_abandoned
+        from .stale import clean_own_quietly
 
         log.get()
         files.save(state="starting", server_pid=child.pid, server_ticks=child.start_ticks,
                    server_argv=argv, display=None, socket_inode=None)
         reclaim_abandoned(runtime, settings.kill_grace)
+        clean_own_quietly()
         server.number = yield from read_display_number(read_fd, child, deadline)
         server.facts = yield from verify(server.number, child, files.cookie, deadline)
     except (DisplayFdError, HandshakeError) as exc:

@@ -124,6 +124,15 @@ class RuntimeDir:
     def log_path(self, token: str) -> str:
         return os.path.join(self.sessions, f"{token}.log")
 
+    def tokens(self) -> set[str]:
+        """The tokens of every session file here (records, cookies, logs)."""
+        try:
+            names = os.listdir(self.sessions)
+        except FileNotFoundError:
+            return set()
+        return {name.rsplit(".", 1)[0] for name in names
+                if name.endswith((".json", ".xauth", ".log"))}
+
     def record_paths(self) -> Iterator[str]:
         try:
             names = os.listdir(self.sessions)
@@ -135,8 +144,20 @@ class RuntimeDir:
 
 
 def new_token() -> str:
-    """A fresh name for one session's files: our pid and 32 random bits."""
-    return f"{os.getpid()}-{os.urandom(4).hex()}"
+    """A fresh name for one session's files: our pid and start time (so that crash recovery
+    can tell whether the process that made them is gone, even before it wrote a record) and
+    32 random bits."""
+    from .process import start_ticks
+
+    pid = os.getpid()
+    return f"{pid}.{start_ticks(pid)}-{os.urandom(4).hex()}"
+
+
+def token_owner(token: str) -> tuple[int, int] | None:
+    """(pid, start ticks) of the process that made ``token``, or None if it is not ours."""
+    owner, _, _ = token.partition("-")
+    pid, _, ticks = owner.partition(".")
+    return (int(pid), int(ticks)) if pid.isdigit() and ticks.isdigit() else None
 
 
 def create_private_file(path: str, data: bytes = b"") -> int:

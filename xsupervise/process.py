@@ -58,7 +58,7 @@ def run_blocking(steps: Steps, wake_fd: int | None = None,
             return done.value
         error = None
         try:
-            ready = _poll(wait, wake_fd)
+            ready = poll_ready(wait, wake_fd)
             if wake_fd is not None and wake_fd in ready and on_wake is not None:
                 ready.discard(wake_fd)
                 on_wake()
@@ -66,7 +66,8 @@ def run_blocking(steps: Steps, wake_fd: int | None = None,
             error = exc
 
 
-def _poll(wait: Wait, extra_fd: int | None = None) -> set[int]:
+def poll_ready(wait: Wait, extra_fd: int | None = None) -> set[int]:
+    """Block until one of the fds is readable or the deadline passes; the readable fds."""
     poller = select.poll()
     for fd in wait.fds:
         poller.register(fd, select.POLLIN)
@@ -270,7 +271,7 @@ def wait_exited(processes: Sequence[Pinned], timeout: float) -> list[Pinned]:
     deadline = time.monotonic() + timeout
     living = {process.pidfd: process for process in processes}
     while living:
-        ready = _poll(Wait(tuple(living), deadline))
+        ready = poll_ready(Wait(tuple(living), deadline))
         if not ready:
             break
         for fd in ready:

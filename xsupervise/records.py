@@ -27,7 +27,7 @@ class SessionRecord:
         "server_pid": None, "server_ticks": None,
         "display": None, "xauthority": None, "socket_inode": None,
         "started_at": None, "server_argv": (),
-        "restarts": 0, "last_failure": None, "next_retry_at": None,
+        "restarts": 0, "last_failure": None, "next_retry_at": None, "ready_at": None,
     }
     __slots__ = tuple(FIELDS)
 

@@ -8,8 +8,8 @@ terminate the server only if its pid *and* start time still match the record.
 from __future__ import annotations
 
 from . import log
-from .paths import RuntimeDir, remove_file
-from .process import Pinned, terminate_pinned
+from .paths import RuntimeDir, remove_file, token_owner
+from .process import Pinned, same_process, terminate_pinned
 from .records import SessionRecord, load_records
 from .stale import remove_dead_socket
 
@@ -30,4 +30,11 @@ def reclaim_abandoned(runtime: RuntimeDir, grace: float = 2.0) -> list[SessionRe
         record.remove(runtime)
         log.get().info("removed the files of %s, abandoned by dead supervisor pid %d.",
                  record.display or record.name, record.supervisor_pid)
+    # Files of a supervisor killed before it wrote its record: the token names its maker.
+    recorded = {record.token for record in load_records(runtime)}
+    for token in runtime.tokens() - recorded:
+        owner = token_owner(token)
+        if owner is not None and not same_process(*owner):
+            for path in (runtime.auth_path(token), runtime.log_path(token)):
+                remove_file(path)
     return abandoned
