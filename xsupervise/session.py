@@ -137,7 +137,7 @@ class ForegroundSession:
                            last_failure=decision.reason)
                 what = "FAILED, cooling down" if decision.state == "failed" else "backing off"
                 log.get().warning(
-                    "session %s is %s: next start at %s (in %.1f s). Last failure: %s",
+                    "session %s is %s: next start at %s (in %.2f s). Last failure: %s",
                     self.name, what, _clock(decision.until), decision.until - now,
                     decision.reason or "(none)")
             # Ask the ledger again at least every second: 'xsupervise reset' may have cleared it.

@@ -202,7 +202,7 @@ def _judge(entry: Entry, info: os.stat_result, bound: set[int], now: float, dire
         if not stat.S_ISSOCK(info.st_mode):
             entry.verdict, entry.reason = "suspicious", "not a socket; left alone"
             return
-        if now - info.st_ctime < YOUNG_SECONDS:
+        if now - info.st_mtime < YOUNG_SECONDS:
             entry.reason = "created moments ago; a server may still be starting"
             return
         if _connect_succeeds(entry.path):
