@@ -1,0 +1,169 @@
+"""`xsupervise clean`: stale X sockets and locks, judged from the kernel, removed safely."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+import xsupervise
+from conftest import XSUPERVISE, free_display_number, requires_xvfb
+from xsupervise.stale import check_shared_dir, lock_path, socket_path
+
+NOBODY = 65534
+AN_HOUR_AGO = time.time() - 3600
+
+
+def stale_socket(number: int, owner: int = 0) -> str:
+    """A socket file with nothing behind it, as a SIGKILLed server leaves it."""
+    path = socket_path(number)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.close()
+    os.chown(path, owner, owner)
+    os.utime(path, (AN_HOUR_AGO, AN_HOUR_AGO))  # not a server that is still starting
+    return path
+
+
+def stale_lock(number: int, pid: int, owner: int = 0) -> str:
+    path = lock_path(number)
+    Path(path).write_text(f"{pid:10d}\n")
+    os.chown(path, owner, owner)
+    return path
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def clean(*args: str, as_user: int | None = None) -> subprocess.CompletedProcess:
+    argv = [*XSUPERVISE, "clean", "--json", *args]
+    env = dict(os.environ)
+    runtime = None
+    if as_user is not None:
+        # Outside pytest's 0700 tree, which the other user could not traverse.
+        runtime = tempfile.mkdtemp(prefix="xsupervise-other-")
+        os.chown(runtime, as_user, as_user)
+        env.update(XDG_RUNTIME_DIR=runtime, HOME=runtime,
+                   PYTHONPATH=str(Path(__file__).parent.parent))
+        argv = ["setpriv", f"--reuid={as_user}", f"--regid={as_user}", "--clear-groups", *argv]
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+    finally:
+        if runtime:
+            shutil.rmtree(runtime)
+
+
+def entries_by_path(result: subprocess.CompletedProcess) -> dict[str, dict]:
+    return {entry["path"]: entry for entry in json.loads(result.stdout)}
+
+
+@pytest.fixture
+def numbers():
+    """Two display numbers nobody uses; whatever a test leaves there is removed."""
+    first = free_display_number(start=700)
+    chosen = [first, free_display_number(start=first + 1)]
+    yield chosen
+    for number in chosen:
+        for path in (socket_path(number), lock_path(number)):
+            if os.path.lexists(path):
+                os.unlink(path)
+
+
+def test_own_stale_socket_and_lock_are_removed_and_dry_run_changes_nothing(numbers):
+    sock, lock = stale_socket(numbers[0]), stale_lock(numbers[1], dead_pid())
+    dry = clean("--dry-run")
+    assert dry.returncode == 0
+    found = entries_by_path(dry)
+    assert found[sock]["verdict"] == "stale" and found[sock]["action"] == "would-remove"
+    assert found[lock]["verdict"] == "stale" and "gone or not an X server" in found[lock]["reason"]
+    assert os.path.lexists(sock) and os.path.exists(lock)
+    done = clean()
+    assert done.returncode == 0
+    assert entries_by_path(done)[sock]["action"] == "removed"
+    assert not os.path.lexists(sock) and not os.path.exists(lock)
+
+
+@pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"), reason="needs root, setpriv")
+def test_another_users_stale_files_are_reported_by_them_and_removed_by_root(numbers):
+    sock = stale_socket(numbers[0], owner=0)
+    lock = stale_lock(numbers[1], dead_pid(), owner=0)
+    as_nobody = clean(as_user=NOBODY)
+    assert as_nobody.returncode == 1, as_nobody.stderr
+    found = entries_by_path(as_nobody)
+    for path in (sock, lock):
+        assert found[path]["verdict"] == "inaccessible"
+        assert found[path]["owner"] == "root"
+        assert f"'sudo rm {path}'" in found[path]["reason"]
+    assert os.path.lexists(sock) and os.path.exists(lock)
+    os.chown(sock, NOBODY, NOBODY, follow_symlinks=False)
+    os.chown(lock, NOBODY, NOBODY)
+    as_root = clean()
+    assert as_root.returncode == 0
+    assert {entries_by_path(as_root)[p]["action"] for p in (sock, lock)} == {"removed"}
+
+
+@requires_xvfb
+def test_live_server_whose_socket_file_was_deleted_is_left_alone(numbers):
+    with xsupervise.Display() as display:
+        os.unlink(socket_path(display.number))  # a /tmp cleaner went by
+        lock = stale_lock(display.number, display.server_pid)
+        result = clean()
+        assert result.returncode == 0
+        assert entries_by_path(result)[lock]["verdict"] == "live"
+        assert os.path.exists(lock)
+        os.unlink(lock)
+        # Still served through its abstract socket, and never killed.
+        assert subprocess.run(["xdpyinfo"], env={**os.environ, **display.env},
+                              capture_output=True).returncode == 0
+
+
+def test_planted_symlink_is_never_followed(numbers, tmp_path: Path):
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    link = socket_path(numbers[0])
+    os.symlink(target, link)
+    lock_link = lock_path(numbers[1])
+    os.symlink(target, lock_link)
+    result = clean()
+    found = entries_by_path(result)
+    for path in (link, lock_link):
+        assert found[path]["verdict"] == "suspicious" and found[path]["action"] == "none"
+        assert os.path.islink(path)
+    assert target.read_text() == "keep me"
+
+
+def test_lock_held_by_a_process_that_is_not_an_x_server_is_stale(numbers):
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = stale_lock(numbers[0], other.pid)
+        result = clean("--dry-run")
+        assert entries_by_path(result)[lock]["verdict"] == "stale"
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_unsafe_shared_directories_are_refused(tmp_path: Path):
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    assert "writable by others but not sticky" in check_shared_dir(str(open_dir))
+    owned = tmp_path / "owned"
+    owned.mkdir(mode=0o1777)
+    os.chown(owned, NOBODY, NOBODY)
+    assert "not root" in check_shared_dir(str(owned))
+    link = tmp_path / "link"
+    link.symlink_to(open_dir)
+    assert "not a directory" in check_shared_dir(str(link))
+    assert check_shared_dir("/tmp") is None
