@@ -95,14 +95,13 @@ class ForegroundSession:
                 files.remove()
 
     def _first_start(self, files: SessionFiles) -> None:
-        while True:
-            self._await_budget(files, first=True)
-            try:
-                self._launch(files)
-                return
-            except StartError as error:
-                self._record_failure(files, str(error))
-                raise
+        """Tried once: a failure is recorded (it counts against the budget) and reported."""
+        self._await_budget(files, first=True)
+        try:
+            self._launch(files)
+        except StartError as error:
+            self._record_failure(files, str(error))
+            raise
 
     def _restart(self, files: SessionFiles) -> None:
         while True:
