@@ -12,6 +12,7 @@ import shlex
 from collections.abc import Mapping
 
 from .errors import UsageError
+from .policy import DEFAULTS as POLICY_DEFAULTS
 
 ENV_PREFIX = "XSUPERVISE_"
 SYSTEM_CONFIG = "/etc/xsupervise/config.toml"
@@ -56,14 +57,8 @@ FIELDS = {
     "displayfd_timeout": 10.0,
     # How long a server may take to exit after SIGTERM before it gets SIGKILL.
     "kill_grace": 2.0,
-    # Restart policy (see policy.py): first delay, cap, uptime that resets the count,
-    # start limit (more than BURST failed starts in INTERVAL seconds: FAILED), cool-down.
-    "backoff_initial": 1.0,
-    "backoff_max": 60.0,
-    "reset_after": 60.0,
-    "start_limit_burst": 5,
-    "start_limit_interval": 60.0,
-    "failed_cooldown": 300.0,
+    # The restart policy's settings (see policy.py).
+    **POLICY_DEFAULTS,
 }
 
 
@@ -93,9 +88,9 @@ class Settings:
         return f"Settings({fields})"
 
     def policy(self):
-        from .policy import DEFAULTS, RestartPolicy
+        from .policy import RestartPolicy
 
-        return RestartPolicy(**{name: getattr(self, name) for name in DEFAULTS})
+        return RestartPolicy(**{name: getattr(self, name) for name in POLICY_DEFAULTS})
 
 
 # How to read each field from text (environment) or TOML values.

@@ -15,7 +15,6 @@ its budget, and nothing that restarts xsupervise can turn into a storm.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 
 DEFAULTS = {
@@ -38,10 +37,14 @@ class RestartPolicy:
     def __repr__(self) -> str:
         return "RestartPolicy(" + ", ".join(f"{n}={getattr(self, n)}" for n in DEFAULTS) + ")"
 
-    def delay(self, failures_in_a_row: int, jitter: Callable[[], float] = random.random) -> float:
+    def delay(self, failures_in_a_row: int, jitter: Callable[[], float] | None = None) -> float:
         """Seconds to wait before the next start after that many consecutive failures."""
         if failures_in_a_row <= 0:
             return 0.0
+        if jitter is None:
+            import random  # late: the CLI imports this module before it spawns the server
+
+            jitter = random.random
         exponent = min(failures_in_a_row - 1, 32)  # 2**32 s is past any cap
         base = min(self.backoff_max, self.backoff_initial * 2 ** exponent)
         return base * (0.5 + 0.5 * jitter())
@@ -93,7 +96,7 @@ class Decision:
 
 def record_failure(history: History, now: float, policy: RestartPolicy, reason: str, *,
                    token: str | None = None, at: float | None = None,
-                   jitter: Callable[[], float] = random.random) -> None:
+                   jitter: Callable[[], float] | None = None) -> None:
     """A start failed, or a server died before it proved itself."""
     if token is not None:
         history.in_flight.pop(token, None)
@@ -109,7 +112,7 @@ def record_failure(history: History, now: float, policy: RestartPolicy, reason: 
 
 def may_start(history: History, now: float, policy: RestartPolicy,
               supervisor_alive: Callable[[int, int | None], bool],
-              jitter: Callable[[], float] = random.random) -> Decision:
+              jitter: Callable[[], float] | None = None) -> Decision:
     """Whether a start may happen now.
 
     A start left in flight by a supervisor that is gone (killed by a relauncher's timeout,
@@ -153,7 +156,7 @@ def record_stable(history: History) -> None:
 
 
 def record_death(history: History, now: float, policy: RestartPolicy, uptime: float, reason: str,
-                 jitter: Callable[[], float] = random.random) -> None:
+                 jitter: Callable[[], float] | None = None) -> None:
     """A ready server died. After a stable run it restarts at once; before, it is a failure."""
     if uptime >= policy.reset_after:
         record_stable(history)
