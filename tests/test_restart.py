@@ -124,3 +124,21 @@ def test_sigterm_while_backing_off_exits_cleanly():
         read_until(process.stderr, r"session patient is backing off", [])
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
+
+
+def test_supervisors_killed_while_waiting_leave_no_files(runtime_dir: Path):
+    for _ in range(2):  # two failures with a limit of 1: FAILED for 300 s
+        cli("start", "--name", "held", "--server", fake_server("exit"), "--start-limit-burst", "1",
+            "--no-wait")
+    for _ in range(3):
+        with start_cli("start", "--name", "held", "--start-limit-burst", "1") as waiting:
+            read_until(waiting.stderr, r"session held is FAILED, cooling down", [])
+            waiting.kill()
+    # The last one killed is reclaimed by the next waiter; nothing piles up.
+    with start_cli("start", "--name", "held", "--start-limit-burst", "1") as waiting:
+        read_until(waiting.stderr, r"session held is FAILED, cooling down", [])
+        tokens = {path.name.split(".json")[0] for path in (runtime_dir / "sessions").iterdir()
+                  if path.suffix == ".json"}
+        assert len(tokens) == 1, tokens
+        waiting.send_signal(signal.SIGTERM)
+        assert waiting.wait(timeout=10) == 0

@@ -27,6 +27,7 @@ from .paths import RuntimeDir
 from .process import (Child, Wait, describe_status, poll_ready, run_blocking, same_process,
                       shell_status, spawn)
 from .records import own_identity
+from .recovery import reclaim_abandoned
 from .signals import Interrupted, SignalInbox
 
 EXIT_COMMAND_NOT_FOUND = 127
@@ -131,6 +132,11 @@ class ForegroundSession:
             if decision.state == "failed" and (self.no_wait or not first):
                 raise SessionFailed(self._failed_line(history, decision))
             if (decision.state, decision.until) != announced:
+                if announced is None:
+                    # A start that goes ahead reclaims what killed supervisors left, once its
+                    # server is spawned; one that waits must do it now, or every supervisor
+                    # a relauncher kills while it waits would leave its files.
+                    reclaim_abandoned(self.runtime, self.settings.kill_grace)
                 announced = (decision.state, decision.until)
                 files.save(state=decision.state, next_retry_at=decision.until,
                            last_failure=decision.reason)
