@@ -120,3 +120,18 @@ def test_a_relauncher_for_ten_minutes_costs_a_bounded_number_of_spawns():
         spawns, launches = simulate_relauncher(600, kill_after=5, jitter=jitter)
         assert spawns <= 15, (spawns, jitter())
         assert launches == 120
+
+
+def test_only_one_try_after_the_cooldown_even_with_many_waiters():
+    """Regression (review): every waiter sharing the name used to get the probation try."""
+    rules = RestartPolicy(start_limit_burst=1, failed_cooldown=100)
+    history = History()
+    policy.record_failure(history, 0.0, rules, "boom")
+    policy.record_failure(history, 1.0, rules, "boom")
+    first = policy.may_start(history, 101.0, rules, lambda pid, ticks: True)
+    assert first.go
+    policy.begin_start(history, 101.0, "first", pid=1, ticks=1)
+    second = policy.may_start(history, 101.5, rules, lambda pid, ticks: True)
+    assert (second.go, second.state) == (False, "backoff")
+    policy.record_ready(history, "first")
+    assert policy.may_start(history, 102.0, rules, lambda pid, ticks: True).go

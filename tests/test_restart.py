@@ -142,3 +142,34 @@ def test_supervisors_killed_while_waiting_leave_no_files(runtime_dir: Path):
         assert len(tokens) == 1, tokens
         waiting.send_signal(signal.SIGTERM)
         assert waiting.wait(timeout=10) == 0
+
+
+@requires_xvfb
+def test_whatever_a_dead_server_left_in_its_group_is_killed(tmp_path: Path, monkeypatch):
+    """Regression (review): the group was only SIGKILLed if the server was not reaped yet."""
+    report = tmp_path / "report"
+    monkeypatch.setenv("FAKE_X_REPORT", str(report))
+    wrapper = tmp_path / "Xwrapped"
+    wrapper.write_text('#!/bin/sh\nsleep 300 &\necho "sleeper=$!" >> "$FAKE_X_REPORT"\n'
+                       'exec Xvfb "$@"\n')
+    wrapper.chmod(0o755)
+    with start_cli("start", "--json", "--server", str(wrapper), "--backoff-initial", "0.1") \
+            as process:
+        facts = json.loads(read_line(process.stdout))
+        first_sleeper = int(report.read_text().split("sleeper=")[1].split()[0])
+        os.kill(facts["server_pid"], signal.SIGTERM)
+        read_until(process.stderr, r"X server restarted on", [])
+        assert wait_gone(first_sleeper, timeout=5)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    for line in report.read_text().splitlines():
+        assert wait_gone(int(line.split("=")[1]), timeout=5)
+
+
+def test_a_missing_server_binary_does_not_spend_the_budget():
+    """Regression (review): the start stayed 'in flight' and was later counted as a crash."""
+    for _ in range(2):
+        result = cli("run", "--server", "/nonexistent/Xfoo", "--", "true")
+        assert result.returncode == 5
+        assert "'/nonexistent/Xfoo' does not exist" in result.stderr
+        assert "killed while starting" not in result.stderr and "backing off" not in result.stderr

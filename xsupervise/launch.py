@@ -97,6 +97,7 @@ class XServer:
         self.facts: ServerFacts | None = None
         self.spawned_wall = time.time()
         self.exit_status: int | None = None
+        self.released = False
         self.output_tail = ""
 
     def __repr__(self) -> str:
@@ -136,9 +137,11 @@ class XServer:
         if they are its alone)."""
         if self.exit_status is not None:
             return self.exit_status
-        self.exit_status = yield from self.child.stop_steps(self.settings.kill_grace,
-                                                            self._warn_escalation)
-        self.release()
+        try:
+            self.exit_status = yield from self.child.stop_steps(self.settings.kill_grace,
+                                                                self._warn_escalation)
+        finally:
+            self.release()  # also when a second signal cut the grace short (it was SIGKILLed)
         return self.exit_status
 
     def kill_now(self) -> None:
@@ -151,6 +154,9 @@ class XServer:
         """Once the server has ended: reap it and remove what it leaves behind."""
         if self.exit_status is None:
             self.exit_status = self.child.reap()
+        if self.released:
+            return
+        self.released = True
         if self.number is not None:
             remove_dead_socket(self.number, self.facts.socket_inode if self.facts else None,
                                self.spawned_wall)
@@ -171,15 +177,19 @@ def launch_steps(settings: Settings, runtime: RuntimeDir, number: int | None = N
     if files is None:
         files = SessionFiles(runtime, name or (f":{number}" if number is not None else "auto"),
                              kind)
+    log_fd = read_fd = write_fd = -1
     try:
         log_fd = os.open(files.log_path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        log_offset = os.lseek(log_fd, 0, os.SEEK_END)
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        argv = server_argv(settings.server, number, write_fd, files.auth_path, settings.screen)
     except BaseException:
+        for fd in (log_fd, read_fd, write_fd):
+            if fd >= 0:
+                os.close(fd)
         if owns_files:
             files.remove()
         raise
-    log_offset = os.lseek(log_fd, 0, os.SEEK_END)
-    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-    argv = server_argv(settings.server, number, write_fd, files.auth_path, settings.screen)
     try:
         child = spawn(argv, pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=log_fd,
                       stderr=log_fd, deathsig=signal.SIGKILL)
@@ -188,9 +198,10 @@ def launch_steps(settings: Settings, runtime: RuntimeDir, number: int | None = N
         if owns_files:
             files.remove()
         if isinstance(exc, FileNotFoundError):
+            where = "does not exist" if "/" in argv[0] else "was not found on PATH"
             raise errors.ServerNotFound(
-                f"X server {argv[0]!r} was not found on PATH; install it (Debian: apt-get install "
-                "xvfb) or name another with --server.") from None
+                f"X server {argv[0]!r} {where}; install it (Debian: apt-get install xvfb) or "
+                "name another with --server.") from None
         raise errors.EnvironmentProblem(f"cannot start X server {argv[0]!r}: {exc.strerror}; "
                                         "check that it is an executable program.") from None
     finally:
@@ -245,6 +256,9 @@ def _start_error(exc: Exception, server: XServer) -> errors.StartError:
         return errors.ReadyTimeout(
             f"was not ready within the {settings.displayfd_timeout:g} s deadline ({exc})",
             **facts, hint="If it is just slow, raise --timeout (XSUPERVISE_DISPLAYFD_TIMEOUT).")
+    if kind == "refused":
+        return errors.NotServing(str(exc), **facts,
+                                 hint="Does --server pass its own -auth or access options?")
     if kind in ("garbage", "closed"):
         return errors.BadDisplayFd(str(exc), **facts,
                                    hint="Is --server an X server that supports -displayfd?")

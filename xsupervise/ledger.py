@@ -20,9 +20,14 @@ _SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:@
 
 
 def file_name(name: str) -> str:
-    """A session name as a file name: unsafe characters become '_', never a path."""
-    cleaned = "".join(char if char in _SAFE else "_" for char in name)[:100]
-    return cleaned.lstrip(".") or "_"
+    """A session name as a file name: unsafe characters become '_', never a path; a name that
+    had to be changed gets a checksum of the original, so that two names never share a file."""
+    cleaned = ("".join(char if char in _SAFE else "_" for char in name)[:100]).lstrip(".")
+    if cleaned == name:
+        return cleaned
+    import zlib
+
+    return f"{cleaned or '_'}-{zlib.crc32(name.encode()) & 0xFFFFFFFF:08x}"
 
 
 class Ledger:
@@ -66,11 +71,11 @@ class Ledger:
 
     def reset(self) -> bool:
         """Forget the history; True if there was one."""
-        existed = os.path.exists(self.path)
         ensure_private_dir(self.directory)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            existed = os.path.exists(self.path)
             remove_file(self.path)
         finally:
             os.close(fd)

@@ -127,11 +127,13 @@ def may_start(history: History, now: float, policy: RestartPolicy,
         until = history.failed_at + policy.failed_cooldown
         if now < until:
             return Decision(False, until, "failed", history.last_failure or "")
-        # The cool-down is over: one new try, on probation.
+        # The cool-down is over: one new try, on probation. Everyone else sharing the name
+        # waits (another cool-down at most) until that try is ready or has failed.
         history.failed_at = None
         history.on_probation = True
         history.failures = []
-        history.next_start_at = now
+        history.next_start_at = now + policy.failed_cooldown
+        return Decision(True)
     if now < history.next_start_at:
         return Decision(False, history.next_start_at, "backoff", history.last_failure or "")
     return Decision(True)
@@ -144,6 +146,9 @@ def begin_start(history: History, now: float, token: str, pid: int, ticks: int |
 
 def record_ready(history: History, token: str) -> None:
     history.in_flight.pop(token, None)
+    if history.on_probation:  # the try after a cool-down worked: others may start again
+        history.on_probation = False
+        history.next_start_at = 0.0
 
 
 def record_stable(history: History) -> None:

@@ -102,7 +102,12 @@ class Child:
         self.pid = popen.pid
         self.own_group = own_group
         self.spawned_at = time.monotonic()
-        self.pidfd = os.pidfd_open(self.pid)
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+        except BaseException:  # e.g. out of fds: we could not watch it, so it must not live
+            popen.kill()
+            popen.wait()
+            raise
         self.start_ticks = start_ticks(self.pid)  # unreaped, so it cannot be gone
 
     def __repr__(self) -> str:

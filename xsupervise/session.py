@@ -161,6 +161,10 @@ class ForegroundSession:
             policy.record_failure(history, self.clock(), self.policy, reason, token=files.token)
         files.save(state="backoff", last_failure=reason)
 
+    def _not_in_flight(self, files: SessionFiles) -> None:
+        with self.ledger.update() as history:
+            history.in_flight.pop(files.token, None)
+
     # -- starting and supervising ----------------------------------------------------------
     def _launch(self, files: SessionFiles) -> None:
         self.server = None
@@ -168,11 +172,15 @@ class ForegroundSession:
             server = run_blocking(
                 launch_steps(self.settings, self.runtime, self.number, files=files, kind="cli"),
                 wake_fd=self.inbox.read_fd, on_wake=self.inbox.raise_if_signalled)
+        except StartError:
+            raise  # the caller records it as the failure it is
         except Interrupted as stop:
-            with self.ledger.update() as history:
-                history.in_flight.pop(files.token, None)  # not a failure of the server
+            self._not_in_flight(files)  # a stop, not a failure of the server
             self._on_signal(stop.signum)
             raise _Stop(self._stop_code(stop.signum)) from None
+        except BaseException:
+            self._not_in_flight(files)  # e.g. the server binary is missing: not a crash
+            raise
         self.server = server
         self.ready_at = time.monotonic()
         with self.ledger.update() as history:
@@ -195,8 +203,9 @@ class ForegroundSession:
                 with self.ledger.update() as history:
                     policy.record_stable(history)
                 stable_at = None
-        status = server.child.reap()
-        run_blocking(server.stop_steps())  # removes the socket file it may have left
+        # Not reaped first: stop_steps still sees the group and SIGKILLs whatever the server
+        # left in it, then reaps it and removes the socket file it may have left.
+        status = run_blocking(server.stop_steps())
         uptime = time.monotonic() - self.ready_at
         reason = (f"X server {server.display} (pid {server.pid}) {describe_status(status)} after "
                   f"{uptime:.1f} s up. Its last output: {server.output_tail or '(nothing)'}")

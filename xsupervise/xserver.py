@@ -205,8 +205,12 @@ def verify(number: int, child: Child, cookie: bytes, deadline: float) -> Steps[S
         if reply[0] != 1:
             reason = reply[8:8 + reply[1]].decode("latin-1", "replace").strip() if reply[0] == 0 \
                 else "it asked for further authentication"
-            raise HandshakeError(f"refused our X11 connection with our cookie on {path}: {reason}")
+            raise HandshakeError(f"refused our X11 connection with our cookie on {path}: {reason}",
+                                 kind="refused")
         vendor, release, width, height, depth = parse_setup_reply(reply)
         return ServerFacts(vendor, release, width, height, depth, inode)
+    except (OSError, struct.error, IndexError, UnicodeError) as exc:
+        # The server vanished mid-handshake, or answered something that is not X11.
+        raise HandshakeError(f"broke our X11 handshake on {path} ({exc})") from None
     finally:
         sock.close()
