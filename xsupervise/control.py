@@ -49,11 +49,9 @@ def stop_sessions(runtime: RuntimeDir, number: int | None, wait: float) -> list[
 def session_status(runtime: RuntimeDir, target: str | None, policy, now: float) -> list[dict]:
     """What `status` shows: every live session, and every name whose history holds it back
     (backoff or FAILED) although no supervisor runs. ``target``: ':N' or a name."""
-    import json
     import os
 
-    from .ledger import Ledger, all_ledgers
-    from .policy import History
+    from .ledger import Ledger, all_ledgers, read_history
 
     entries = []
     for record in live_records(runtime):
@@ -68,12 +66,7 @@ def session_status(runtime: RuntimeDir, target: str | None, policy, now: float) 
         })
     seen = {entry["name"] for entry in entries}
     for path in all_ledgers(runtime):
-        try:
-            with open(path, "rb") as stream:
-                history = History(**{key: value for key, value in json.load(stream).items()
-                                     if key in History.FIELDS})
-        except (OSError, ValueError, TypeError):
-            continue
+        history = read_history(path)
         name = history.name or os.path.basename(path)[:-5]
         if name in seen:
             continue

@@ -76,10 +76,7 @@ class SessionFiles:
         self.record.save(self.runtime)
 
     def remove(self) -> None:
-        for path in (self.auth_path, self.log_path):
-            remove_file(path)
-        if self.record is not None:
-            self.record.remove(self.runtime)
+        self.runtime.remove_session(self.token)
 
 
 class XServer:

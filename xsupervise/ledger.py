@@ -60,14 +60,7 @@ class Ledger:
         return self._read()
 
     def _read(self) -> History:
-        try:
-            with open(self.path, "rb") as stream:
-                data = json.load(stream)
-            return History(**{key: value for key, value in data.items() if key in History.FIELDS})
-        except FileNotFoundError:
-            return History()
-        except (OSError, ValueError, TypeError):
-            return History()  # a torn or foreign file: start afresh rather than trust it
+        return read_history(self.path)
 
     def reset(self) -> bool:
         """Forget the history; True if there was one."""
@@ -80,6 +73,16 @@ class Ledger:
         finally:
             os.close(fd)
         return existed
+
+
+def read_history(path: str) -> History:
+    """The history in a ledger file; a missing, torn or foreign file reads as a fresh one."""
+    try:
+        with open(path, "rb") as stream:
+            data = json.load(stream)
+        return History(**{key: value for key, value in data.items() if key in History.FIELDS})
+    except (OSError, ValueError, TypeError):
+        return History()
 
 
 def all_ledgers(runtime: RuntimeDir) -> list[str]:

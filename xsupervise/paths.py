@@ -124,6 +124,11 @@ class RuntimeDir:
     def log_path(self, token: str) -> str:
         return os.path.join(self.sessions, f"{token}.log")
 
+    def remove_session(self, token: str) -> None:
+        """Remove every file of one session: record, cookie, log (whichever exist)."""
+        for path in (self.record_path(token), self.auth_path(token), self.log_path(token)):
+            remove_file(path)
+
     def tokens(self) -> set[str]:
         """The tokens of every session file here (records, cookies, logs)."""
         try:

@@ -11,7 +11,7 @@ import json
 import os
 import time
 
-from .paths import RuntimeDir, remove_file, write_private_file
+from .paths import RuntimeDir, write_private_file
 from .process import same_process
 
 
@@ -49,9 +49,6 @@ class SessionRecord:
     def save(self, runtime: RuntimeDir) -> None:
         write_private_file(runtime.record_path(self.token),
                            json.dumps(self.as_dict(), indent=1).encode())
-
-    def remove(self, runtime: RuntimeDir) -> None:
-        remove_file(runtime.record_path(self.token))
 
     def supervisor_alive(self) -> bool:
         return same_process(self.supervisor_pid, self.supervisor_ticks)

@@ -8,7 +8,7 @@ terminate the server only if its pid *and* start time still match the record.
 from __future__ import annotations
 
 from . import log
-from .paths import RuntimeDir, remove_file, token_owner
+from .paths import RuntimeDir, token_owner
 from .process import Pinned, same_process, terminate_pinned
 from .records import SessionRecord, load_records
 from .stale import remove_dead_socket
@@ -25,9 +25,7 @@ def reclaim_abandoned(runtime: RuntimeDir, grace: float = 2.0) -> list[SessionRe
                         record.server_pid, record.display or record.name, record.supervisor_pid)
         if record.display and record.socket_inode:
             remove_dead_socket(int(record.display[1:]), record.socket_inode)
-        for path in (runtime.auth_path(record.token), runtime.log_path(record.token)):
-            remove_file(path)
-        record.remove(runtime)
+        runtime.remove_session(record.token)
         log.get().info("removed the files of %s, abandoned by dead supervisor pid %d.",
                  record.display or record.name, record.supervisor_pid)
     # Files of a supervisor killed before it wrote its record: the token names its maker.
@@ -35,6 +33,5 @@ def reclaim_abandoned(runtime: RuntimeDir, grace: float = 2.0) -> list[SessionRe
     for token in runtime.tokens() - recorded:
         owner = token_owner(token)
         if owner is not None and not same_process(*owner):
-            for path in (runtime.auth_path(token), runtime.log_path(token)):
-                remove_file(path)
+            runtime.remove_session(token)
     return abandoned
