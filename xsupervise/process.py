@@ -18,7 +18,7 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -41,13 +41,28 @@ class Wait:
 Steps = Generator
 
 
-def run_blocking(steps: Steps, wake_fd: int | None = None,
-                 on_wake: Callable[[], None] | None = None):
+class Events:
+    """Things a driver watches besides the steps' own fds (signals, a COMMAND, a watchdog).
+
+    ``handle`` is called with the ready fds among ``fds()`` (possibly none, when ``deadline()``
+    has passed); an exception it raises is thrown into the steps, so that their cleanup runs.
+    """
+
+    def fds(self) -> tuple[int, ...]:
+        return ()
+
+    def deadline(self) -> float | None:
+        return None
+
+    def handle(self, ready: set[int]) -> None:
+        pass
+
+
+def run_blocking(steps: Steps, events: Events | None = None):
     """Drive ``steps`` to completion in this thread with poll(2).
 
-    An exception raised while we wait (KeyboardInterrupt, or ``on_wake``, called when
-    ``wake_fd`` becomes readable) is thrown into the steps, so that their cleanup runs
-    before it propagates.
+    An exception raised while we wait (KeyboardInterrupt, or one raised by ``events``) is
+    thrown into the steps, so that their cleanup runs before it propagates.
     """
     ready: set[int] | None = None  # a fresh generator must first be sent None
     error: BaseException | None = None
@@ -58,21 +73,33 @@ def run_blocking(steps: Steps, wake_fd: int | None = None,
             return done.value
         error = None
         try:
-            ready = poll_ready(wait, wake_fd)
-            if wake_fd is not None and wake_fd in ready and on_wake is not None:
-                ready.discard(wake_fd)
-                on_wake()
+            ready = _wait_with_events(wait, events) if events is not None else poll_ready(wait)
         except BaseException as exc:  # noqa: BLE001 - handed to the steps, which re-raise it
             error = exc
 
 
-def poll_ready(wait: Wait, extra_fd: int | None = None) -> set[int]:
+def _wait_with_events(wait: Wait, events: Events) -> set[int]:
+    """Poll until the steps' own fds or deadline are due, handling ``events`` meanwhile."""
+    while True:
+        own_fds = events.fds()
+        own_deadline = events.deadline()
+        deadline = wait.deadline
+        if own_deadline is not None and (deadline is None or own_deadline < deadline):
+            deadline = own_deadline
+        ready = poll_ready(Wait(wait.fds + own_fds, deadline))
+        mine = ready.intersection(own_fds)
+        if mine or (own_deadline is not None and time.monotonic() >= own_deadline):
+            events.handle(mine)
+        ready -= mine
+        if ready or (wait.deadline is not None and time.monotonic() >= wait.deadline):
+            return ready
+
+
+def poll_ready(wait: Wait) -> set[int]:
     """Block until one of the fds is readable or the deadline passes; the readable fds."""
     poller = select.poll()
     for fd in wait.fds:
         poller.register(fd, select.POLLIN)
-    if extra_fd is not None:
-        poller.register(extra_fd, select.POLLIN)
     if wait.deadline is None:
         timeout_ms = None
     else:

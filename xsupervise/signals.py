@@ -1,9 +1,9 @@
 """Turn SIGTERM/SIGINT/SIGHUP into events that a poll loop waits on.
 
 Handlers only queue the signal; the wakeup fd becomes readable. Nothing is raised from a
-handler, so there is no window in which a signal can skip a cleanup: while a display starts,
-the driver turns a queued signal into ``Interrupted`` *inside* the launch steps, which stop
-the server before the exception propagates.
+handler, so there is no window in which a signal can skip a cleanup: the driver's event
+handler raises *inside* the steps (process.run_blocking), which stop the server before the
+exception propagates.
 """
 
 from __future__ import annotations
@@ -12,14 +12,6 @@ import os
 import signal
 
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-class Interrupted(BaseException):
-    """A stop signal arrived while a display was starting."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
 
 class SignalInbox:
@@ -41,12 +33,6 @@ class SignalInbox:
             pass
         pending, self._pending = self._pending, []
         return pending
-
-    def raise_if_signalled(self) -> None:
-        """For run_blocking's on_wake: a queued stop signal aborts what is being waited for."""
-        pending = self.drain()
-        if pending:
-            raise Interrupted(pending[-1])
 
     def close(self) -> None:
         for signum, handler in self._previous.items():
