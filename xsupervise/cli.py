@@ -26,21 +26,7 @@ exit codes:
   with COMMAND, otherwise: COMMAND's exit status, or 128+N if signal N killed it
 """
 
-def _setup_logging(verbose: bool) -> None:
-    """One plain line per message on stderr: 'xsupervise: ...'."""
-
-    def configure(logging) -> None:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("xsupervise: %(message)s"))
-        logger = logging.getLogger(log.NAME)
-        logger.handlers[:] = [handler]
-        logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
-        logger.propagate = False
-
-    log.configure_on_first_use(configure)
-
-
-def _add_display_options(parser: argparse.ArgumentParser) -> None:
+def _add_display_options(parser: argparse.ArgumentParser, with_name: bool = True) -> None:
     group = parser.add_argument_group("display options (flag > XSUPERVISE_* variable > config file)")
     group.add_argument("--server", metavar="CMD",
                        help="X server command, e.g. 'Xephyr' or 'Xvnc -SecurityTypes None' "
@@ -64,6 +50,8 @@ def _add_display_options(parser: argparse.ArgumentParser) -> None:
                           ("failed-cooldown", "300")):
         env = "XSUPERVISE_" + flag.upper().replace("-", "_")
         restart.add_argument(f"--{flag}", metavar="N", help=f"({env}; default: {default})")
+    if not with_name:
+        return
     parser.add_argument("--name", help="session name: the key of its restart budget, shared by "
                                        "every start with that name (default: derived from the "
                                        "display request and server command)")
@@ -88,6 +76,10 @@ def _add_start(commands) -> None:
                        help="print one JSON object instead of DISPLAY=/XAUTHORITY= lines")
     start.add_argument("--displayfd", type=int, metavar="FD",
                        help="also write the display number and a newline to this inherited fd")
+    start.add_argument("--detach", action="store_true",
+                       help="ask the running 'xsupervise serve' to start and keep the display, "
+                            "print it, and exit (no COMMAND); see --socket")
+    _add_socket_option(start)
 
 
 def _add_run(commands) -> None:
@@ -103,6 +95,7 @@ def _add_run(commands) -> None:
 def _add_list(commands) -> None:
     listing = commands.add_parser("list", help="list the running sessions of this user")
     listing.add_argument("--json", action="store_true", help="one JSON array")
+    _add_socket_option(listing)
 
 
 def _add_stop(commands) -> None:
@@ -112,6 +105,7 @@ def _add_stop(commands) -> None:
     stop.add_argument("--all", action="store_true", help="stop every session of this user")
     stop.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
                       help="how long to wait for it to finish (default: 10)")
+    _add_socket_option(stop)
 
 
 def _add_status(commands) -> None:
@@ -121,6 +115,7 @@ def _add_status(commands) -> None:
                     "(backoff or FAILED) even when no supervisor runs.")
     status.add_argument("target", nargs="?", metavar=":N|NAME", help="one session")
     status.add_argument("--json", action="store_true", help="one JSON array")
+    _add_socket_option(status)
 
 
 def _add_reset(commands) -> None:
@@ -129,6 +124,7 @@ def _add_reset(commands) -> None:
         description="Forget the failures recorded for NAME, so that its next start is "
                     "immediate. A supervisor waiting for the cool-down notices within a second.")
     reset.add_argument("name", metavar="NAME", help="the session name shown by 'status'")
+    _add_socket_option(reset)
 
 
 def _add_clean(commands) -> None:
@@ -147,7 +143,33 @@ def _add_clean(commands) -> None:
     clean.add_argument("--json", action="store_true", help="one JSON array of entries")
 
 
-_SUBCOMMANDS = {"start": _add_start, "run": _add_run, "list": _add_list, "stop": _add_stop,
+def _add_serve(commands) -> None:
+    serve = commands.add_parser(
+        "serve", help="run as a daemon: the config file's displays, plus a control socket",
+        usage="xsupervise serve [--config FILE] [--socket PATH] [options]",
+        description="Supervise every display declared in the config file ([session.NAME] "
+                    "tables) and those requested over the control socket, each with the "
+                    "restart policy. Under systemd: Type=notify (READY=1 once every configured "
+                    "display is ready or FAILED), WATCHDOG=1, the journal, socket activation "
+                    "(xsupervise.socket). SIGHUP re-reads the config; SIGTERM stops everything.",
+        epilog="example config (/etc/xsupervise/config.toml, or $XDG_CONFIG_HOME/xsupervise/"
+               "config.toml):\n  [session.main]\n  display = \":99\"\n  screen = "
+               "\"1920x1080x24\"\n\n  [session.vnc]\n  server = \"Xvnc -SecurityTypes None\"\n"
+               "  start_limit_burst = 3\n\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("--config", metavar="FILE", help="config file (XSUPERVISE_CONFIG)")
+    _add_socket_option(serve)
+    _add_display_options(serve, with_name=False)
+
+
+def _add_socket_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--socket", metavar="PATH",
+                        help="the daemon's control socket (XSUPERVISE_SOCKET; default: "
+                             "$XDG_RUNTIME_DIR/xsupervise/control.sock, for root "
+                             "/run/xsupervise/control.sock)")
+
+
+_SUBCOMMANDS = {"start": _add_start, "serve": _add_serve, "run": _add_run, "list": _add_list, "stop": _add_stop,
                 "status": _add_status, "reset": _add_reset, "clean": _add_clean}
 
 
@@ -185,10 +207,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"'{args.command}' takes no COMMAND after '--'")
     if args.command == "run" and not command:
         parser.error("give the command to run after '--', e.g. xsupervise run -- xterm")
-    _setup_logging(args.verbose)
+    if getattr(args, "detach", False) and command:
+        parser.error("--detach starts a display in the daemon; it takes no COMMAND")
+    log.setup("DEBUG" if args.verbose else "INFO" if args.command == "serve" else "WARNING")
     try:
+        if args.command == "start" and args.detach:
+            return _start_detached(args)
         if args.command in ("start", "run"):
             return _start(args)
+        if args.command == "serve":
+            return _serve(args)
         if args.command == "list":
             return _list(args)
         if args.command == "stop":
@@ -226,18 +254,13 @@ def _start(args: argparse.Namespace) -> int:
     def announce(server) -> None:
         if is_run:
             return
-        if args.json:
-            import json
-
-            facts = server.facts
-            print(json.dumps({
-                "display": server.display, "number": server.number,
-                "xauthority": server.auth_path, "server_pid": server.pid,
-                "supervisor_pid": os.getpid(), "name": server.record.name,
-                "vendor": facts.vendor, "screen": f"{facts.width}x{facts.height}x{facts.depth}"}),
-                flush=True)
-        else:
-            print(f"DISPLAY={server.display}\nXAUTHORITY={server.auth_path}", flush=True)
+        facts = server.facts
+        _print_display({
+            "display": server.display, "number": server.number,
+            "xauthority": server.auth_path, "server_pid": server.pid,
+            "supervisor_pid": os.getpid(), "name": server.record.name,
+            "vendor": facts.vendor, "screen": f"{facts.width}x{facts.height}x{facts.depth}"},
+            args.json)
         if displayfd is not None:
             os.write(displayfd, f"{server.number}\n".encode())
             os.close(displayfd)
@@ -248,24 +271,84 @@ def _start(args: argparse.Namespace) -> int:
     return session.run()
 
 
+def _print_display(facts: dict, as_json: bool) -> None:
+    """What `start` prints once the display is ready: shell lines, or one JSON object."""
+    if as_json:
+        import json
+
+        print(json.dumps(facts), flush=True)
+    else:
+        print(f"DISPLAY={facts['display']}\nXAUTHORITY={facts['xauthority']}", flush=True)
+
+
+def _daemon(args: argparse.Namespace):
+    """A connected client of the running `xsupervise serve`, or None if none answers.
+
+    `list`, `status`, `stop` and `reset` ask the daemon when one answers (it sees what it
+    supervises, and also reads every session record of its runtime directory); otherwise
+    they read the runtime directory themselves.
+    """
+    from .client import running_daemon
+
+    return running_daemon(args.socket)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .config import FIELDS
+    from .controlsocket import bind, default_path, from_systemd
+    from .daemon import serve
+    from .paths import RuntimeDir
+
+    if args.config:
+        os.environ["XSUPERVISE_CONFIG"] = args.config
+    runtime = RuntimeDir.discover()
+    listener = from_systemd() or bind(args.socket or default_path(runtime))
+    flags = {field: getattr(args, field) for field in FIELDS}
+    return serve(runtime, listener, flags)
+
+
+def _start_detached(args: argparse.Namespace) -> int:
+    from .client import Client
+    from .config import FIELDS, parse_display
+
+    parse_display(args.display)  # a bad request is a usage error here, not in the daemon
+    options = {field: getattr(args, field) for field in FIELDS if getattr(args, field) is not None}
+    if args.name:
+        options["name"] = args.name
+    with Client(args.socket, timeout=None) as daemon:
+        reply = daemon.start(args.display, no_wait=args.no_wait, **options)
+    reply.pop("ok", None)
+    reply.pop("env", None)
+    reply["number"] = int(reply["display"][1:])
+    _print_display(reply, args.json)
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from .paths import RuntimeDir
-    from .records import live_records
+    from .records import SessionRecord
 
-    records = live_records(RuntimeDir.discover())
+    daemon = _daemon(args)
+    if daemon is not None:
+        with daemon:
+            records = [SessionRecord(**data) for data in daemon.list()]
+    else:
+        from .paths import RuntimeDir
+        from .records import live_records
+
+        records = live_records(RuntimeDir.discover())
     if args.json:
         print(json.dumps([record.as_dict() for record in records], indent=1))
         return 0
     if not records:
         print("no sessions")
         return 0
-    print(f"{'DISPLAY':8} {'STATE':9} {'KIND':4} {'SUPERVISOR':>10} {'SERVER':>8} {'UPTIME':>8}  NAME")
+    print(f"{'DISPLAY':8} {'STATE':9} {'KIND':6} {'SUPERVISOR':>10} {'SERVER':>8} {'UPTIME':>8}  NAME")
     now = time.time()
     for record in records:
-        print(f"{record.display or '-':8} {record.state:9} {record.kind:4} "
+        print(f"{record.display or '-':8} {record.state:9} {record.kind:6} "
               f"{record.supervisor_pid:>10} {record.server_pid or '-':>8} "
               f"{int(now - record.started_at):>7}s  {record.name}")
     return 0
@@ -281,7 +364,14 @@ def _stop(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     number = None if args.all else parse_display(args.display)
     if number is None and not args.all:
         parser.error("give a display number, e.g. xsupervise stop :5")
-    for line in stop_sessions(RuntimeDir.discover(), number, wait=args.wait):
+    daemon = _daemon(args)
+    if daemon is not None:
+        with daemon:
+            lines = daemon.request("stop", wait=args.wait, **(
+                {"all": True} if args.all else {"display": f":{number}"}))["stopped"]
+    else:
+        lines = stop_sessions(RuntimeDir.discover(), number, wait=args.wait)
+    for line in lines:
         print(line)
     return 0
 
@@ -295,7 +385,13 @@ def _status(args: argparse.Namespace) -> int:
     from .paths import RuntimeDir
 
     now = time.time()
-    entries = session_status(RuntimeDir.discover(), args.target, load_settings().policy(), now)
+    daemon = _daemon(args)
+    if daemon is not None:
+        with daemon:
+            entries = daemon.status(args.target)
+    else:
+        entries = session_status(RuntimeDir.discover(), args.target, load_settings().policy(),
+                                 now)
     if args.json:
         print(json.dumps(entries, indent=1))
     elif not entries:
@@ -309,7 +405,12 @@ def _reset(args: argparse.Namespace) -> int:
     from .ledger import Ledger
     from .paths import RuntimeDir
 
-    existed = Ledger(RuntimeDir.discover(), args.name).reset()
+    daemon = _daemon(args)
+    if daemon is not None:
+        with daemon:
+            existed = daemon.reset(args.name)
+    else:
+        existed = Ledger(RuntimeDir.discover(), args.name).reset()
     print(f"{args.name}: restart history cleared" if existed
           else f"{args.name}: had no restart history")
     return 0

@@ -193,3 +193,68 @@ def default_session_name(number: int | None, server: tuple[str, ...]) -> str:
     request = "auto" if number is None else str(number)
     checksum = zlib.crc32("\0".join((request, *server)).encode()) & 0xFFFFFFFF
     return f"{request}-{os.path.basename(server[0])}-{checksum:08x}"
+
+
+class SessionSpec:
+    """One display session declared in the config file's ``[session.NAME]`` table."""
+
+    __slots__ = ("name", "number", "settings")
+
+    def __init__(self, name: str, number: int | None, settings: Settings):
+        self.name = name
+        self.number = number
+        self.settings = settings
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SessionSpec) and (self.name, self.number, self.settings) == (
+            other.name, other.number, other.settings)
+
+    def __repr__(self) -> str:
+        return f"SessionSpec({self.name!r}, display={self.number}, {self.settings!r})"
+
+
+SESSION_TABLE = "session"
+
+
+def load_session_specs(flags: Mapping[str, object] | None = None,
+                       environ: Mapping[str, str] = os.environ) -> tuple[str | None,
+                                                                          list[SessionSpec]]:
+    """The config file in force and the sessions it declares, for ``xsupervise serve``.
+
+    A session table's own keys win over everything else (it is the most specific); the keys
+    it does not set come from flags > environment > top-level file keys > defaults, as for
+    ``start``. Unknown keys are errors: a typo must not silently fall back to a default.
+    """
+    base = load_settings(flags, environ)
+    path = config_file(environ)
+    data = read_config_file(path) if path else {}
+    unknown = set(data) - set(_PARSERS) - {SESSION_TABLE}
+    if unknown:
+        raise UsageError(f"unknown key(s) {', '.join(sorted(unknown))} in {path}; the known "
+                         f"ones are {', '.join(_PARSERS)} and [{SESSION_TABLE}.NAME] tables.")
+    tables = data.get(SESSION_TABLE, {})
+    if not isinstance(tables, dict):
+        raise UsageError(f"'{SESSION_TABLE}' in {path} must be tables: [{SESSION_TABLE}.NAME].")
+    specs = []
+    for name, table in tables.items():
+        where = f"[{SESSION_TABLE}.{name}] in {path}"
+        if not isinstance(table, dict):
+            raise UsageError(f"{where} must be a table of settings.")
+        unknown = set(table) - set(_PARSERS) - {"display"}
+        if unknown:
+            raise UsageError(f"unknown key(s) {', '.join(sorted(unknown))} in {where}; the "
+                             f"known ones are display, {', '.join(_PARSERS)}.")
+        values = {field: getattr(base, field) for field in FIELDS}
+        for field, raw in table.items():
+            if field == "display":
+                continue
+            try:
+                values[field] = _PARSERS[field](raw)
+            except (TypeError, ValueError) as exc:
+                raise UsageError(f"{field}={raw!r} in {where} is not valid: {exc}.") from None
+        try:
+            number = parse_display(table.get("display", ":auto"))
+        except UsageError as exc:
+            raise UsageError(f"{where}: {exc}") from None
+        specs.append(SessionSpec(name, number, Settings(**values)))
+    return path, specs

@@ -20,6 +20,14 @@ def stop_sessions(runtime: RuntimeDir, number: int | None, wait: float) -> list[
     stopped directly. Returns one line per stopped session."""
     records = [record for record in live_records(runtime)
                if number is None or record.display == f":{number}"]
+    served = [record for record in records if record.kind == "daemon"]
+    records = [record for record in records if record.kind != "daemon"]
+    if served and number is not None and not records:
+        # Signalling a daemon would stop all its displays: this one is stopped through it.
+        raise XSuperviseError(
+            f"display :{number} belongs to xsupervise serve (pid {served[0].supervisor_pid}), "
+            "which does not answer on its control socket here; give its --socket, or stop "
+            "the daemon itself.")
     if not records and number is not None:
         raise NoSuchSession(f"no session of ours runs display :{number} (runtime directory "
                             f"{runtime.path}); 'xsupervise list' shows what runs.")

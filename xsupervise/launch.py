@@ -14,6 +14,7 @@ import time
 
 from . import errors, log
 from .config import Settings
+from .notify import child_environment
 from .paths import RuntimeDir, create_private_file, new_token, remove_file
 from .process import Child, Steps, describe_status, spawn
 from .stale import bound_abstract_displays, remove_dead_socket
@@ -188,8 +189,9 @@ def launch_steps(settings: Settings, runtime: RuntimeDir, number: int | None = N
             files.remove()
         raise
     try:
-        child = spawn(argv, pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=log_fd,
-                      stderr=log_fd, deathsig=signal.SIGKILL)
+        child = spawn(argv, env=child_environment(), pass_fds=(write_fd,),
+                      stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
+                      deathsig=signal.SIGKILL)
     except OSError as exc:
         os.close(read_fd)
         if owns_files:

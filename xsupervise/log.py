@@ -28,3 +28,47 @@ def get():
         configure, _pending_configuration = _pending_configuration, None
         configure(logging)
     return logging.getLogger(NAME)
+
+
+def journal_is_stderr(environ=None, stderr_fd: int = 2) -> bool:
+    """True when our stderr is the journal stream systemd gave us (JOURNAL_STREAM=dev:inode),
+    not a pipe or terminal it was redirected to since (systemd.exec(5))."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    device, _, inode = environ.get("JOURNAL_STREAM", "").partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        info = os.fstat(stderr_fd)
+    except OSError:
+        return False
+    return (info.st_dev, info.st_ino) == (int(device), int(inode))
+
+
+def handler_for(logging, environ=None, stderr=None):
+    """Under systemd: a JournalHandler, which sends a record's upper-case ``extra`` fields
+    (SESSION, DISPLAY, SERVER_PID, STATE) as journal fields. Otherwise: one plain line per
+    message on stderr, 'xsupervise: ...'."""
+    import sys
+
+    stderr = stderr or sys.stderr
+    if journal_is_stderr(environ, stderr.fileno()):
+        from systemd.journal import JournalHandler
+
+        return JournalHandler(SYSLOG_IDENTIFIER=NAME)
+    handler = logging.StreamHandler(stderr)
+    handler.setFormatter(logging.Formatter("xsupervise: %(message)s"))
+    return handler
+
+
+def setup(level_name: str) -> None:
+    """Configure our logger on first use: the right handler, the given level."""
+
+    def configure(logging) -> None:
+        logger = logging.getLogger(NAME)
+        logger.handlers[:] = [handler_for(logging)]
+        logger.setLevel(getattr(logging, level_name))
+        logger.propagate = False
+
+    configure_on_first_use(configure)

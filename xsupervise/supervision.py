@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from . import log, policy
 from .config import Settings
-from .errors import SessionFailed, StartError
+from .errors import EnvironmentProblem, SessionFailed, StartError
 from .launch import SessionFiles, XServer, launch_steps
 from .ledger import Ledger
 from .paths import RuntimeDir
@@ -122,6 +122,16 @@ class SessionCore:
                 self._record_failure(str(error))
                 if first and not self.retry_first_start:
                     raise
+                self._log("error", "%s", error)
+                self.on_event(self, "start-failed")
+                continue
+            except EnvironmentProblem as error:
+                # E.g. the server binary is missing. The CLI reports it (exit 5); a daemon's
+                # configured session retries by the policy, and says so, rather than giving up
+                # because a mount or package was not there yet at boot.
+                if not self.retry_first_start:
+                    raise
+                self._record_failure(str(error))
                 self._log("error", "%s", error)
                 self.on_event(self, "start-failed")
                 continue

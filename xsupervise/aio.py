@@ -1,0 +1,54 @@
+"""Drive generator steps (process.py) on an asyncio event loop: the async twin of run_blocking.
+
+Waiting is done with ``loop.add_reader`` on the steps' fds (pipes, sockets, pidfds) and a
+timer at their deadline, so the loop is never blocked. A cancellation is thrown into the
+steps like any other exception: they stop their X server (TERM, grace, KILL, reap), remove
+its files, and re-raise; a second cancellation during the grace escalates to SIGKILL at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from .process import Steps, Wait
+
+
+async def run_steps(steps: Steps):
+    """Run ``steps`` to completion on the running loop; return their value."""
+    loop = asyncio.get_running_loop()
+    ready: set[int] | None = None  # a fresh generator must first be sent None
+    error: BaseException | None = None
+    while True:
+        try:
+            wait = steps.throw(error) if error is not None else steps.send(ready)  # type: ignore[arg-type]
+        except StopIteration as done:
+            return done.value
+        error = None
+        try:
+            ready = await _wait(loop, wait)
+        except BaseException as exc:  # noqa: BLE001 - e.g. CancelledError: handed to the steps
+            error = exc
+
+
+async def _wait(loop: asyncio.AbstractEventLoop, wait: Wait) -> set[int]:
+    future = loop.create_future()
+    ready: set[int] = set()
+
+    def wake(fd: int | None = None) -> None:
+        if fd is not None:
+            ready.add(fd)
+        if not future.done():
+            future.set_result(None)
+
+    for fd in wait.fds:
+        loop.add_reader(fd, wake, fd)
+    # loop.time() is time.monotonic(), the clock of Wait.deadline.
+    timer = loop.call_at(wait.deadline, wake) if wait.deadline is not None else None
+    try:
+        await future
+    finally:
+        for fd in wait.fds:
+            loop.remove_reader(fd)
+        if timer is not None:
+            timer.cancel()
+    return ready

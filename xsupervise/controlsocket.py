@@ -1,0 +1,176 @@
+"""The daemon's control socket: taken from systemd, or bound by us, never both, never twice.
+
+Socket activation (``xsupervise.socket``): systemd passes the listening socket; we take the
+one named ``control`` (FileDescriptorName=, i.e. LISTEN_FDNAMES), or the only one passed,
+check that it is a listening Unix stream socket, and never bind another.
+
+Otherwise we bind PATH ourselves, under an flock on PATH.lock held for our lifetime (two
+daemons starting at once cannot both decide the file is stale). A socket file nobody serves
+is stale and replaced; one that accepts a connection is served by a live process, and we
+refuse to start, naming that process (pid and command, from SO_PEERCRED and psutil).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import stat
+import struct
+
+from .errors import EnvironmentProblem, UsageError
+from .paths import RuntimeDir, remove_file
+
+SOCKET_NAME = "control.sock"
+FD_NAME = "control"  # FileDescriptorName= in xsupervise.socket
+ENV_SOCKET = "XSUPERVISE_SOCKET"
+
+
+class SocketInUse(EnvironmentProblem):
+    """Another live process serves the control socket's path."""
+
+
+def default_path(runtime: RuntimeDir, environ=os.environ) -> str:
+    return environ.get(ENV_SOCKET) or os.path.join(runtime.path, SOCKET_NAME)
+
+
+def describe_pid(pid: int) -> str:
+    """'pid 42 (xsupervise serve)', with the command line as psutil sees it."""
+    import psutil
+
+    try:
+        command = " ".join(psutil.Process(pid).cmdline()) or psutil.Process(pid).name()
+    except psutil.Error:
+        command = "?"
+    return f"pid {pid} ({command})"
+
+
+def peer_pid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[0]
+
+
+def peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def who_serves(path: str) -> int | None:
+    """The pid of the process listening on ``path`` (for systemd's sockets, PID 1 or
+    systemd-socket-activate), or None if nothing accepts connections there."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(path)
+        return peer_pid(probe)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:  # the backlog is full: very much alive
+            return 0
+        raise EnvironmentProblem(f"cannot probe control socket {path}: {exc.strerror}; check "
+                                 "its owner and mode, or choose another with --socket.") from None
+    finally:
+        probe.close()
+
+
+class Listener:
+    """The listening control socket and how we came by it."""
+
+    def __init__(self, sock: socket.socket, path: str | None, activated: bool,
+                 lock_fd: int = -1):
+        self.sock = sock
+        self.path = path
+        self.activated = activated
+        self.lock_fd = lock_fd
+        self._inode = None if activated else os.stat(path).st_ino
+
+    def __repr__(self) -> str:
+        how = "from systemd" if self.activated else "bound by us"
+        return f"<Listener {self.path or '(unnamed)'} {how}>"
+
+    def close(self) -> None:
+        """Stop listening. A socket we bound is removed (if it is still ours); systemd's is not."""
+        self.sock.close()
+        if not self.activated and self.path:
+            try:
+                if os.lstat(self.path).st_ino == self._inode:
+                    remove_file(self.path)
+            except FileNotFoundError:
+                pass
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)  # releases the lock
+            self.lock_fd = -1
+
+
+def from_systemd() -> Listener | None:
+    """The control socket systemd passed us (LISTEN_FDS), or None when not socket-activated."""
+    if not os.environ.get("LISTEN_FDS"):
+        return None
+    from systemd.daemon import is_socket_unix, listen_fds_with_names
+
+    passed = listen_fds_with_names()  # {fd: name}; also unsets LISTEN_* for our children
+    if not passed:
+        return None
+    named = [fd for fd, name in passed.items() if name == FD_NAME]
+    if len(named) == 1:
+        chosen = named[0]
+    elif len(passed) == 1:
+        chosen = next(iter(passed))
+    else:
+        raise UsageError(f"systemd passed {len(passed)} sockets ({', '.join(passed.values())}) "
+                         f"and none is named '{FD_NAME}'; set FileDescriptorName={FD_NAME} in "
+                         "the .socket unit.")
+    if not is_socket_unix(chosen, socket.SOCK_STREAM, 1):
+        raise UsageError(f"the socket systemd passed (fd {chosen}) is not a listening Unix "
+                         "stream socket; use ListenStream=/path in the .socket unit.")
+    for fd in passed:
+        if fd != chosen:
+            os.close(fd)
+    sock = socket.socket(fileno=chosen)
+    os.set_inheritable(chosen, False)
+    name = sock.getsockname()
+    return Listener(sock, name if isinstance(name, str) and name else None, activated=True)
+
+
+def bind(path: str) -> Listener:
+    """Bind and listen on ``path`` (0600), replacing a stale socket file; refuse a live one."""
+    lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600)
+    try:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(lock_fd, 32, 0).decode(errors="replace").strip()
+            who = describe_pid(int(holder)) if holder.isdigit() else "another process"
+            raise SocketInUse(f"control socket {path} is held by {who}; stop that xsupervise "
+                              "serve first, or give this one another --socket.") from None
+        os.ftruncate(lock_fd, 0)
+        os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
+        serving = who_serves(path)
+        if serving is not None:
+            raise SocketInUse(
+                f"control socket {path} is already served by {describe_pid(serving)}; only one "
+                "may listen on it. If that is systemd (xsupervise.socket), start xsupervise."
+                "service instead of a second daemon; otherwise stop it or use --socket.")
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(info.st_mode):
+                raise EnvironmentProblem(f"{path} exists and is not a socket; remove it or "
+                                         "choose another --socket.")
+            os.unlink(path)  # stale: nothing accepts connections on it
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        sock.listen(64)
+        return Listener(sock, path, activated=False, lock_fd=lock_fd)
+    except BaseException:
+        os.close(lock_fd)
+        raise
