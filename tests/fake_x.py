@@ -11,6 +11,7 @@ It accepts the argv xsupervise gives a real server (``-displayfd FD`` among it) 
   number=N     writes N (a display it does not serve)
   ignore-term  ignores SIGTERM and never writes
   grandchild   starts a grandchild (same process group), then never writes
+  slow=S       waits S seconds, then becomes a real Xvfb with the same arguments
 If $FAKE_X_REPORT names a file, it writes "pid=..., grandchild=..., exit_at=..." lines there.
 """
 import os
@@ -70,5 +71,9 @@ elif mode == "grandchild":
         hang()
     report(grandchild=child)
     hang()
+elif mode.startswith("slow="):
+    time.sleep(float(mode.split("=")[1]))
+    report(exec_at=time.time())
+    os.execvp("Xvfb", ["Xvfb", *args[:-1]])
 else:
     sys.exit(f"fake_x: unknown mode {mode}")

@@ -96,7 +96,6 @@ class SessionCore:
     def steps(self) -> Steps:
         try:
             yield from self._start(first=True)
-            self.number = self.server.number  # restarts ask for the same number
             while True:
                 yield from self._watch()
                 yield from self._start(first=False)
@@ -217,6 +216,7 @@ class SessionCore:
             self._not_in_flight()
             raise
         self.server = server
+        self.number = server.number  # restarts ask for the same number
         self.state = "ready"
         self.ready_at = time.monotonic()
         with self.ledger.update() as history:
