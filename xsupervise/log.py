@@ -30,7 +30,7 @@ def get():
     return logging.getLogger(NAME)
 
 
-def journal_is_stderr(environ=None, stderr_fd: int = 2) -> bool:
+def journal_is_stderr(environ=None, stderr=None) -> bool:
     """True when our stderr is the journal stream systemd gave us (JOURNAL_STREAM=dev:inode),
     not a pipe or terminal it was redirected to since (systemd.exec(5))."""
     import os
@@ -40,8 +40,8 @@ def journal_is_stderr(environ=None, stderr_fd: int = 2) -> bool:
     if not (device.isdigit() and inode.isdigit()):
         return False
     try:
-        info = os.fstat(stderr_fd)
-    except OSError:
+        info = os.fstat(stderr.fileno() if stderr is not None else 2)
+    except (AttributeError, ValueError, OSError):  # e.g. replaced by an in-memory stream
         return False
     return (info.st_dev, info.st_ino) == (int(device), int(inode))
 
@@ -53,7 +53,7 @@ def handler_for(logging, environ=None, stderr=None):
     import sys
 
     stderr = stderr or sys.stderr
-    if journal_is_stderr(environ, stderr.fileno()):
+    if journal_is_stderr(environ, stderr):
         from systemd.journal import JournalHandler
 
         return JournalHandler(SYSLOG_IDENTIFIER=NAME)
