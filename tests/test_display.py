@@ -30,7 +30,7 @@ def assert_gone(pid: int) -> None:
 
 def test_public_names_are_exported():
     assert set(xsupervise.__all__) == {
-        "Display", "XSuperviseError", "UsageError", "EnvironmentProblem", "ServerNotFound",
+        "Display", "AsyncDisplay", "XSuperviseError", "UsageError", "EnvironmentProblem", "ServerNotFound",
         "RuntimeDirError", "StartError", "ServerExited", "BadDisplayFd", "NotServing",
         "ReadyTimeout", "NoSuchSession", "SessionFailed"}
     for name in xsupervise.__all__:

@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Display",
+    "AsyncDisplay",
     "XSuperviseError",
     "UsageError",
     "EnvironmentProblem",
@@ -31,8 +32,8 @@ __all__ = [
 def __getattr__(name: str):
     # Imported on first use: the CLI imports this package too, and Python start-up time is
     # part of every `xsupervise run`.
-    if name == "Display":
-        from .display import Display
+    if name in ("Display", "AsyncDisplay"):
+        from . import display
 
-        return Display
+        return getattr(display, name)
     raise AttributeError(f"module 'xsupervise' has no attribute {name!r}")

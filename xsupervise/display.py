@@ -98,3 +98,60 @@ class Display:
     def facts(self) -> ServerFacts:
         """Vendor and screen geometry, from the server's handshake reply."""
         return self._ready().facts  # type: ignore[return-value]
+
+
+class AsyncDisplay:
+    """``Display`` for asyncio: ``async with AsyncDisplay(":auto") as display: ...``.
+
+    The same launch path, driven by the event loop (``aio.run_steps``): waiting is done with
+    ``loop.add_reader`` on the server's pipe, socket and pidfd, so the loop is never blocked
+    while the server starts or stops. Cancellation is safe: a task cancelled mid-start stops
+    the server's process group (TERM, grace, KILL), reaps it and removes its files before the
+    CancelledError propagates; cancelling it again during the grace kills at once.
+
+    As with ``Display``, the server dies if the thread running the loop exits.
+    """
+
+    def __init__(self, display: str | int | None = ":auto", *, timeout: float | None = None,
+                 screen: str | None = None, server: str | Sequence[str] | None = None,
+                 kill_grace: float | None = None, name: str | None = None,
+                 runtime_dir: str | None = None, settings: Settings | None = None):
+        # A Display holds the settings and the accessors; only the driving differs.
+        self._display = Display(display, timeout=timeout, screen=screen, server=server,
+                                kill_grace=kill_grace, name=name, runtime_dir=runtime_dir,
+                                settings=settings)
+
+    def __repr__(self) -> str:
+        return repr(self._display).replace("<Display", "<AsyncDisplay", 1)
+
+    async def start(self) -> AsyncDisplay:
+        from .aio import run_steps
+
+        inner = self._display
+        if inner._server is not None:
+            raise RuntimeError("this AsyncDisplay is already started; use a new one")
+        inner._server = await run_steps(launch_steps(inner._settings, inner._runtime(),
+                                                     inner._number, name=inner._name,
+                                                     kind="api"))
+        return self
+
+    async def stop(self) -> None:
+        """Stop the server (TERM, grace, KILL), reap it and remove its files. Idempotent."""
+        from .aio import run_steps
+
+        if self._display._server is not None:
+            await run_steps(self._display._server.stop_steps())
+
+    async def __aenter__(self) -> AsyncDisplay:
+        return await self.start()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        await self.stop()
+
+    display = property(lambda self: self._display.display, doc=Display.display.__doc__)
+    number = property(lambda self: self._display.number)
+    env = property(lambda self: self._display.env, doc=Display.env.__doc__)
+    server_pid = property(lambda self: self._display.server_pid)
+    xauthority = property(lambda self: self._display.xauthority)
+    facts = property(lambda self: self._display.facts, doc=Display.facts.__doc__)
