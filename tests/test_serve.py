@@ -203,6 +203,13 @@ def test_control_requests_start_list_status_stop_and_reset(tmp_path: Path, notif
             with pytest.raises(ControlError) as unknown:
                 client.stop(name="nope")
             assert unknown.value.exit_code == 6
+            with pytest.raises(ControlError) as auto:  # ":auto" must not mean "everything"
+                client.stop(":auto")
+            assert auto.value.exit_code == 2
+            two = [client.start(":auto") for _ in range(2)]  # unnamed: a display each
+            assert two[0]["display"] != two[1]["display"]
+            client.stop(two[0]["display"])
+            client.stop(two[1]["display"])
         # The command line talks to the daemon too.
         cli = subprocess.run([*XSUPERVISE, "list", "--socket", daemon.socket], text=True,
                              capture_output=True, timeout=30)
@@ -319,6 +326,29 @@ def test_socket_activation_takes_the_socket_and_binds_none(tmp_path: Path, notif
         assert daemon.stop() == 0
 
 
+def test_a_stop_racing_a_start_leaves_no_session_and_no_files(tmp_path: Path, notifications,
+                                                              runtime_dir: Path):
+    daemon = Daemon(tmp_path, notifications)
+    try:
+        notifications.until("READY")
+        for attempt in range(20):
+            with daemon.client() as starter, daemon.client() as stopper:
+                starter._sock.sendall(json.dumps({
+                    "op": "start", "name": f"racy{attempt}", "server": fake_server("never"),
+                    "displayfd_timeout": 30}).encode() + b"\n")
+                stopped = stopper.request("stop", all=True)
+                reply = json.loads(starter._sock.makefile("rb").readline())
+            assert stopped["ok"]
+            if reply["ok"]:  # the stop came first: the start went ahead; stop it now
+                with daemon.client() as client:
+                    client.stop(name=f"racy{attempt}")
+        with daemon.client() as client:
+            assert client.ping()["sessions"] == 0
+        assert list((runtime_dir / "sessions").iterdir()) == []
+    finally:
+        assert daemon.stop() == 0
+
+
 # -- access and abuse ------------------------------------------------------------------------
 
 def _ask_as(uid: int, path: str) -> dict:
@@ -417,6 +447,21 @@ def test_ten_thousand_malformed_requests_leave_it_answering(tmp_path: Path, noti
                 half_open.append(hanging)
                 sent += 1
         assert sent >= 10_000 and answered == 9_600
+        # Clients that pipeline requests and never read the replies: evicted, fds freed.
+        for _wave in range(3):
+            for _ in range(60):
+                greedy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                greedy.setblocking(False)
+                greedy.connect(daemon.socket)
+                try:
+                    greedy.send(b'{"op": "ping"}\n' * 4000)
+                except BlockingIOError:
+                    pass
+                half_open.append(greedy)
+        with daemon.client() as client:
+            assert client.ping()["pid"] == daemon.pid
+        open_fds = len(os.listdir(f"/proc/{daemon.pid}/fd"))
+        assert open_fds < 64 + 30, f"{open_fds} fds open: clients beyond the limit were kept"
         # 300 half-open clients are still connected: the daemon dropped the idlest for room.
         with daemon.client() as client:
             assert client.ping()["pid"] == daemon.pid

@@ -165,7 +165,7 @@ def load_settings(flags: Mapping[str, object] | None = None,
             continue
         try:
             values[field] = _PARSERS[field](raw)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise UsageError(f"{origin}={raw!r} is not valid: {exc}.") from None
     return Settings(**values)
 
@@ -250,7 +250,7 @@ def load_session_specs(flags: Mapping[str, object] | None = None,
                 continue
             try:
                 values[field] = _PARSERS[field](raw)
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, OverflowError) as exc:
                 raise UsageError(f"{field}={raw!r} in {where} is not valid: {exc}.") from None
         try:
             number = parse_display(table.get("display", ":auto"))

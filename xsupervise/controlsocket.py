@@ -134,43 +134,67 @@ def from_systemd() -> Listener | None:
     return Listener(sock, name if isinstance(name, str) and name else None, activated=True)
 
 
+_MAX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
+
+
 def bind(path: str) -> Listener:
     """Bind and listen on ``path`` (0600), replacing a stale socket file; refuse a live one."""
-    lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                      0o600)
+    if len(os.fsencode(path)) > _MAX_PATH:
+        raise UsageError(f"control socket path {path} is longer than {_MAX_PATH} bytes, the "
+                         "most a Unix socket address holds; choose a shorter --socket.")
     try:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(lock_fd, 32, 0).decode(errors="replace").strip()
-            who = describe_pid(int(holder)) if holder.isdigit() else "another process"
-            raise SocketInUse(f"control socket {path} is held by {who}; stop that xsupervise "
-                              "serve first, or give this one another --socket.") from None
-        os.ftruncate(lock_fd, 0)
-        os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
-        serving = who_serves(path)
-        if serving is not None:
-            raise SocketInUse(
-                f"control socket {path} is already served by {describe_pid(serving)}; only one "
-                "may listen on it. If that is systemd (xsupervise.socket), start xsupervise."
-                "service instead of a second daemon; otherwise stop it or use --socket.")
-        try:
-            info = os.lstat(path)
-        except FileNotFoundError:
-            pass
-        else:
-            if not stat.S_ISSOCK(info.st_mode):
-                raise EnvironmentProblem(f"{path} exists and is not a socket; remove it or "
-                                         "choose another --socket.")
-            os.unlink(path)  # stale: nothing accepts connections on it
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        old_umask = os.umask(0o177)
-        try:
-            sock.bind(path)
-        finally:
-            os.umask(old_umask)
-        sock.listen(64)
-        return Listener(sock, path, activated=False, lock_fd=lock_fd)
+        lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          0o600)
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot create {path}.lock: {exc.strerror}; check that "
+                                 f"{os.path.dirname(path) or '.'} exists and is ours, or "
+                                 "choose another --socket.") from None
+    try:
+        owner = os.fstat(lock_fd).st_uid
+        if owner != os.getuid():
+            raise EnvironmentProblem(f"{path}.lock belongs to uid {owner}, not to us; someone "
+                                     "else controls that directory: choose another --socket.")
+        return _bind_locked(path, lock_fd)
     except BaseException:
         os.close(lock_fd)
         raise
+
+
+def _bind_locked(path: str, lock_fd: int) -> Listener:
+    """The rest of bind(), holding the lock file open (the caller closes it on failure)."""
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(lock_fd, 32, 0).decode(errors="replace").strip()
+        who = describe_pid(int(holder)) if holder.isdigit() else "another process"
+        raise SocketInUse(f"control socket {path} is held by {who}; stop that xsupervise "
+                          "serve first, or give this one another --socket.") from None
+    os.ftruncate(lock_fd, 0)
+    os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
+    serving = who_serves(path)
+    if serving is not None:
+        raise SocketInUse(
+            f"control socket {path} is already served by {describe_pid(serving)}; only one "
+            "may listen on it. If that is systemd (xsupervise.socket), start xsupervise."
+            "service instead of a second daemon; otherwise stop it or use --socket.")
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(info.st_mode):
+            raise EnvironmentProblem(f"{path} exists and is not a socket; remove it or "
+                                     "choose another --socket.")
+        os.unlink(path)  # stale: nothing accepts connections on it
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+        sock.listen(64)
+    except OSError as exc:
+        sock.close()
+        raise EnvironmentProblem(f"cannot listen on {path}: {exc.strerror}; choose another "
+                                 "--socket.") from None
+    finally:
+        os.umask(old_umask)
+    return Listener(sock, path, activated=False, lock_fd=lock_fd)

@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 import time
 
 from . import __version__, log
@@ -38,16 +39,23 @@ MAX_CLIENTS = 64
 MAX_LINE = 64 * 1024
 IDLE_TIMEOUT = 10.0
 WRITE_TIMEOUT = 10.0
+# READY=1 waits for the configured sessions, but not forever: a server that hangs costs the
+# whole --timeout per try, so with the default policy it may never become FAILED. After this
+# long, READY=1 is sent anyway and STATUS= names what is not ready (systemd's own start
+# timeout, TimeoutStartSec=90 in our unit, must not kill and restart us in a loop).
+READY_DEADLINE = 60.0
 
 
 class Managed:
     """A session the daemon runs: its spec, where it came from, its core and task."""
 
-    def __init__(self, spec: SessionSpec, origin: str, core: SessionCore):
+    def __init__(self, key: str, spec: SessionSpec, origin: str, core: SessionCore):
+        self.key = key  # in Daemon.sessions: the name, or name#N for an unnamed request
         self.spec = spec
         self.origin = origin  # "config" or "request"
         self.core = core
         self.task: asyncio.Task | None = None
+        self.stopping = False
         self.ready = asyncio.Event()
         self.error: BaseException | None = None  # why the task ended, if it did by an error
 
@@ -81,6 +89,7 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._readiness: asyncio.Task | None = None
         self._changed = asyncio.Event()  # a session changed state (see _announce_when_settled)
+        self._requests = 0
 
     # -- life cycle ----------------------------------------------------------------------
     async def run(self) -> int:
@@ -88,16 +97,20 @@ class Daemon:
         self.config_path, specs = load_session_specs(self.flags)  # a bad file: exit 2 now
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+        # Python >= 3.13 would unlink the socket's path on close, even systemd's: we remove
+        # our own in Listener.close, and never the one systemd holds.
+        cleanup = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
         server = await asyncio.start_unix_server(self._serve_client, sock=self.listener.sock,
-                                                 limit=MAX_LINE)
+                                                 limit=MAX_LINE, **cleanup)
+        await self._reclaim()
         log.get().info("serving on %s (%s); config %s with %d session(s).",
                        self.listener.path or "a socket from systemd",
                        "socket-activated" if self.listener.activated else "bound by us",
                        self.config_path or "(none)", len(specs))
         for spec in specs:
             self._start_session(spec, "config")
-        self._readiness = loop.create_task(self._announce_when_settled())
+        self._readiness = loop.create_task(self._announce_when_settled(first=True))
         watchdog = loop.create_task(self._watchdog()) if self.notifier.interval else None
         try:
             await self._stop.wait()
@@ -108,11 +121,21 @@ class Daemon:
                     task.cancel()
             server.close()
             for client in list(self.clients.values()):
-                client.writer.close()
+                client.writer.transport.abort()
             await self._stop_sessions(list(self.sessions.values()))
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
         return 0
+
+    def _on_reload_signal(self) -> None:
+        if not self._stop.is_set():
+            asyncio.get_running_loop().create_task(self.reload())
+
+    async def _reclaim(self) -> None:
+        """Clear what killed supervisors left, in a thread: it may wait for a server's exit."""
+        from .recovery import reclaim_abandoned
+
+        await asyncio.get_running_loop().run_in_executor(None, reclaim_abandoned, self.runtime)
 
     def _on_stop_signal(self, signum: int) -> None:
         self._signals += 1
@@ -130,25 +153,44 @@ class Daemon:
             self.notifier.ping()
             await asyncio.sleep(self.notifier.interval)
 
-    async def _announce_when_settled(self) -> None:
+    async def _announce_when_settled(self, first: bool = False) -> None:
+        """READY=1 once every configured session is ready or FAILED (or READY_DEADLINE)."""
+        deadline = time.monotonic() + READY_DEADLINE
         while not all(managed.settled() for managed in self._configured()):
             self._changed.clear()
-            await self._changed.wait()
+            try:
+                await asyncio.wait_for(self._changed.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                log.get().error("not every configured display is ready after %g s; reporting "
+                                "ready anyway so that systemd does not restart us in a loop: %s",
+                                READY_DEADLINE, self.status_line())
+                break
         self.notifier.ready(self.status_line())
-        log.get().info("ready: %s", self.status_line())
+        log.get().info("%s: %s", "ready" if first else "reloaded", self.status_line())
 
     def _configured(self) -> list[Managed]:
         return [managed for managed in self.sessions.values() if managed.origin == "config"]
 
     # -- sessions ------------------------------------------------------------------------
-    def _start_session(self, spec: SessionSpec, origin: str, no_wait: bool = False) -> Managed:
+    def _start_session(self, spec: SessionSpec, origin: str, no_wait: bool = False,
+                       key: str | None = None) -> Managed:
+        key = key or spec.name
         core = SessionCore(spec.settings, self.runtime, spec.number, name=spec.name,
                            kind="daemon", retry_first_start=origin == "config",
-                           give_up_when_failed=no_wait, on_event=self._on_event)
-        managed = Managed(spec, origin, core)
+                           give_up_when_failed=no_wait, reclaim=False, on_event=self._on_event)
+        managed = Managed(key, spec, origin, core)
         managed.task = asyncio.get_running_loop().create_task(self._run_session(managed))
-        self.sessions[spec.name] = managed
+        # Also when the task is cancelled before it ever ran (its finally would not run).
+        managed.task.add_done_callback(lambda _task: self._session_over(managed))
+        self.sessions[key] = managed
         return managed
+
+    def _session_over(self, managed: Managed) -> None:
+        managed.core.files.remove()  # idempotent; the steps remove them when they ran
+        if self.sessions.get(managed.key) is managed:
+            del self.sessions[managed.key]
+        self._changed.set()
+        self.notifier.status(self.status_line())
 
     async def _run_session(self, managed: Managed) -> None:
         try:
@@ -164,22 +206,20 @@ class Daemon:
             managed.error = error
             log.get().exception("session %s crashed", managed.spec.name,
                                 extra=managed.core.log_fields())
-        finally:
-            if self.sessions.get(managed.spec.name) is managed:
-                del self.sessions[managed.spec.name]
-            self._changed.set()
-            self.notifier.status(self.status_line())
 
     def _on_event(self, core: SessionCore, event: str) -> None:
-        managed = self.sessions.get(core.name)
-        if managed is not None and managed.core is core and event == "ready":
-            managed.ready.set()
+        if event == "ready":
+            for managed in self.sessions.values():
+                if managed.core is core:
+                    managed.ready.set()
         self._changed.set()
         self.notifier.status(self.status_line())
 
     async def _stop_sessions(self, sessions: list[Managed]) -> None:
         for managed in sessions:
-            managed.task.cancel()
+            if not managed.stopping:  # a second cancel would cut the server's grace short
+                managed.stopping = True
+                managed.task.cancel()
         if sessions:
             await asyncio.wait([managed.task for managed in sessions])
 
@@ -208,7 +248,7 @@ class Daemon:
                 self.config_path, specs = load_session_specs(self.flags)
             except XSuperviseError as error:
                 log.get().error("config not reloaded, keeping the old one: %s", error)
-                self.notifier.ready(self.status_line())
+                self._announce_again()
                 return
             wanted = {spec.name: spec for spec in specs}
             outdated = [managed for name, managed in self.sessions.items()
@@ -219,10 +259,13 @@ class Daemon:
                     self._start_session(spec, "config")
             log.get().info("reloaded %s: %d session(s), %d stopped or restarted.",
                            self.config_path or "(no config file)", len(specs), len(outdated))
-            if self._readiness is not None:
-                self._readiness.cancel()
-            self._readiness = asyncio.get_running_loop().create_task(
-                self._announce_when_settled())
+            self._announce_again()
+
+    def _announce_again(self) -> None:
+        """After RELOADING=1: READY=1 again once the (new) configured sessions are settled."""
+        if self._readiness is not None:
+            self._readiness.cancel()
+        self._readiness = asyncio.get_running_loop().create_task(self._announce_when_settled())
 
     # -- the control socket ----------------------------------------------------------------
     async def _serve_client(self, reader: asyncio.StreamReader,
@@ -260,7 +303,10 @@ class Daemon:
             pass
         finally:
             self.clients.pop(writer, None)
-            writer.close()
+            if writer.transport.get_write_buffer_size():
+                writer.transport.abort()  # it does not read: do not wait to flush to it
+            else:
+                writer.close()
 
     def _make_room(self) -> bool:
         """At MAX_CLIENTS, drop the connection idle longest (never one being answered)."""
@@ -271,7 +317,7 @@ class Daemon:
             return False
         oldest = min(idle, key=lambda client: client.last_activity)
         self.clients.pop(oldest.writer, None)
-        oldest.writer.close()
+        oldest.writer.transport.abort()  # frees its fd now; close() would wait to flush
         return True
 
     async def _reply(self, client: _Client, reply: dict) -> None:
@@ -308,12 +354,17 @@ class Daemon:
         number = parse_display(_field(request, "display", str, ":auto"))
         flags = {field: request[field] for field in FIELDS if field in request}
         settings = load_settings(flags)
-        name = _field(request, "name", str, None) or default_session_name(number, settings.server)
-        managed = self.sessions.get(name)
+        given = _field(request, "name", str, None)
+        name = given or default_session_name(number, settings.server)
+        # A named request joins a running session of that name. Unnamed ones get a display
+        # of their own (as `xsupervise start` does), sharing only the default name's budget.
+        managed = self.sessions.get(name) if given else None
         if managed is None:
+            self._requests += 1
             spec = SessionSpec(name, number, settings)
             managed = self._start_session(spec, "request",
-                                          no_wait=bool(_field(request, "no_wait", bool, False)))
+                                          no_wait=bool(_field(request, "no_wait", bool, False)),
+                                          key=name if given else f"{name}#{self._requests}")
         waiter = asyncio.ensure_future(managed.ready.wait())
         try:
             await asyncio.wait([managed.task, waiter], return_when=asyncio.FIRST_COMPLETED)
@@ -338,6 +389,11 @@ class Daemon:
         if not (display or name or every):
             raise UsageError('stop needs "display": ":N", "name": NAME or "all": true.')
         number = parse_display(display) if display else None
+        if display and number is None:
+            raise UsageError(f'stop needs a display number, not {display!r}, e.g. ":5".')
+        wait = _field(request, "wait", (int, float), 10.0)
+        if isinstance(wait, bool) or not 0 <= wait <= 3600:
+            raise UsageError('"wait" must be a number of seconds from 0 to 3600.')
         ours = [managed for managed in self.sessions.values()
                 if every or managed.spec.name == name
                 or (display and managed.core.display == f":{number}")]
@@ -349,7 +405,7 @@ class Daemon:
 
             try:  # sessions of other supervisors in our runtime directory (blocking: a thread)
                 lines += await asyncio.get_running_loop().run_in_executor(
-                    None, stop_sessions, self.runtime, number, float(request.get("wait", 10)))
+                    None, stop_sessions, self.runtime, number, float(wait))
             except NoSuchSession:
                 if not ours:
                     raise
@@ -381,10 +437,11 @@ class Daemon:
 OPS = ("ping", "start", "stop", "list", "status", "reset")
 
 
-def _field(request: dict, key: str, kind: type, default):
+def _field(request: dict, key: str, kind: type | tuple[type, ...], default):
     value = request.get(key, default)
     if value is not default and not isinstance(value, kind):
-        raise UsageError(f'"{key}" must be a {kind.__name__}, not {type(value).__name__}.')
+        wanted = kind.__name__ if isinstance(kind, type) else "number"
+        raise UsageError(f'"{key}" must be a {wanted}, not {type(value).__name__}.')
     return value
 
 

@@ -165,11 +165,13 @@ class XServer:
 
 def launch_steps(settings: Settings, runtime: RuntimeDir, number: int | None = None, *,
                  files: SessionFiles | None = None, name: str | None = None,
-                 kind: str = "api") -> Steps[XServer]:
+                 kind: str = "api", reclaim: bool = True) -> Steps[XServer]:
     """Start an X server on ``number`` (None: let it choose) and return it verified ready.
 
     ``files``: the session's cookie, log and record, when a session runs servers one after
     another; without them a one-off set is made, and removed with the server.
+    ``reclaim``: clear what killed supervisors left (blocking for up to twice the kill grace
+    if an abandoned server resists SIGTERM); the daemon does that in a thread instead.
     """
     owns_files = files is None
     if files is None:
@@ -217,7 +219,8 @@ def launch_steps(settings: Settings, runtime: RuntimeDir, number: int | None = N
         log.get()
         files.save(state="starting", server_pid=child.pid, server_ticks=child.start_ticks,
                    server_argv=argv, display=None, socket_inode=None)
-        reclaim_abandoned(runtime, settings.kill_grace)
+        if reclaim:
+            reclaim_abandoned(runtime, settings.kill_grace)
         clean_own_quietly()
         server.number = yield from read_display_number(read_fd, child, deadline)
         server.facts = yield from verify(server.number, child, files.cookie, deadline)

@@ -48,7 +48,7 @@ class SessionCore:
 
     def __init__(self, settings: Settings, runtime: RuntimeDir, number: int | None, *,
                  name: str, kind: str, retry_first_start: bool = False,
-                 give_up_when_failed: bool = False,
+                 give_up_when_failed: bool = False, reclaim: bool = True,
                  on_event: Callable[[SessionCore, str], None] = lambda core, event: None,
                  clock: Callable[[], float] = time.time):
         self.settings = settings
@@ -59,6 +59,7 @@ class SessionCore:
         self.kind = kind
         self.retry_first_start = retry_first_start
         self.give_up_when_failed = give_up_when_failed
+        self.reclaim = reclaim  # see launch_steps
         self.on_event = on_event
         self.clock = clock
         self.ledger = Ledger(runtime, name)
@@ -164,7 +165,7 @@ class SessionCore:
                 self.state = "failed"
                 raise SessionFailed(self._failed_line(history, decision))
             if (decision.state, decision.until) != announced:
-                if announced is None:
+                if announced is None and self.reclaim:
                     # A start that goes ahead reclaims what killed supervisors left, once its
                     # server is spawned; one that waits must do it now, or every supervisor
                     # a relauncher kills while it waits would leave its files.
@@ -208,7 +209,8 @@ class SessionCore:
         self.state = "starting"
         try:
             server = yield from launch_steps(self.settings, self.runtime, self.number,
-                                             files=self.files, kind=self.kind)
+                                             files=self.files, kind=self.kind,
+                                             reclaim=self.reclaim)
         except StartError:
             raise  # the caller records it as the failure it is
         except BaseException:
