@@ -76,6 +76,9 @@ def _add_start(commands) -> None:
                        help="print one JSON object instead of DISPLAY=/XAUTHORITY= lines")
     start.add_argument("--displayfd", type=int, metavar="FD",
                        help="also write the display number and a newline to this inherited fd")
+    start.add_argument("--substitute", action="store_true",
+                       help="fill {display}, {display_number} and {xauthority} into COMMAND's "
+                            "arguments once the display is ready ({{ and }} for literal braces)")
     start.add_argument("--detach", action="store_true",
                        help="ask the running 'xsupervise serve' to start and keep the display, "
                             "print it, and exit (no COMMAND); see --socket")
@@ -267,7 +270,8 @@ def _start(args: argparse.Namespace) -> int:
 
     name = args.name or default_session_name(number, settings.server)
     session = ForegroundSession(settings, RuntimeDir.discover(), number, name=name,
-                                command=command, announce=announce, no_wait=args.no_wait)
+                                command=command, announce=announce, no_wait=args.no_wait,
+                                substitute=getattr(args, "substitute", False))
     return session.run()
 
 

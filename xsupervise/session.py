@@ -39,6 +39,32 @@ def _delivered_by_terminal(signum: int) -> bool:
         return False
 
 
+def fill_command(argv: Sequence[str], server: XServer) -> list[str]:
+    """COMMAND with {display} (':5'), {display_number} ('5') and {xauthority} filled in, and
+    '{{' / '}}' turned into single braces; any other {name} is left as it is."""
+    values = {"display": server.display, "display_number": str(server.number),
+              "xauthority": server.auth_path}
+
+    def fill(arg: str) -> str:
+        out, i = [], 0
+        while i < len(arg):
+            if arg.startswith(("{{", "}}"), i):
+                out.append(arg[i])
+                i += 2
+                continue
+            if arg[i] == "{":
+                end = arg.find("}", i)
+                if end > 0 and arg[i + 1:end] in values:
+                    out.append(values[arg[i + 1:end]])
+                    i = end + 1
+                    continue
+            out.append(arg[i])
+            i += 1
+        return "".join(out)
+
+    return [fill(arg) for arg in argv]
+
+
 class _Stop(Exception):
     """Internal: the session is over; ``code`` is the exit code."""
 
@@ -51,12 +77,13 @@ class ForegroundSession(Events):
                  name: str, command: Sequence[str] = (), no_wait: bool = False,
                  announce: Callable[[XServer], None] = lambda server: None,
                  clock: Callable[[], float] = time.time,
-                 notifier: Notifier | None = None):
+                 notifier: Notifier | None = None, substitute: bool = False):
         self.settings = settings
         self.runtime = runtime
         self.number = number
         self.name = name
         self.command_argv = list(command)
+        self.substitute = substitute  # fill {display} etc. into COMMAND (see fill_command)
         self.no_wait = no_wait
         self.announce = announce
         self.clock = clock
@@ -99,9 +126,9 @@ class ForegroundSession(Events):
             self.notifier.status(f"display {core.display}: X server died; restarting")
 
     def _start_command(self, server: XServer) -> None:
+        argv = fill_command(self.command_argv, server) if self.substitute else self.command_argv
         try:
-            self.command = spawn(self.command_argv, env=child_environment(server.env),
-                                 own_group=False)
+            self.command = spawn(argv, env=child_environment(server.env), own_group=False)
         except FileNotFoundError:
             log.get().error("command %r was not found; nothing was run.", self.command_argv[0])
             raise _Stop(EXIT_COMMAND_NOT_FOUND) from None

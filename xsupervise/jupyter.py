@@ -1,0 +1,82 @@
+"""Build jupyter-server-proxy server-process dicts that run a launcher on a supervised display.
+
+jupyter-server-proxy relaunches a failing process at once and without limit, and on its
+readiness timeout SIGKILLs only its direct child. Wrapped in ``xsupervise start :auto
+--name NAME --substitute -- COMMAND``, that child is an xsupervise supervisor:
+
+- the X server is verified before COMMAND runs, and dies with the supervisor (PDEATHSIG),
+  as does COMMAND: a SIGKILL leaks nothing;
+- every launch under one NAME (stable per user and launcher) spends one restart budget, so
+  relaunches wait out the backoff instead of spawning X servers: no storm;
+- ``{display}``, ``{display_number}`` and ``{xauthority}`` in COMMAND are filled in by
+  xsupervise once the display is ready; ``{port}``, ``{unix_socket}`` and ``{base_url}`` are
+  left for jupyter-server-proxy.
+
+    def setup_desktop():           # registered under jupyter_serverproxy_servers
+        return xsupervise.jupyter.server_process(
+            "desktop", ["websockify", "--web", WEB, "{port}", "--", "x11vnc", "-display",
+                        "{display}"], title="Desktop")
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from collections.abc import Mapping, Sequence
+
+from .config import load_settings
+
+# Substituted by jupyter-server-proxy (with str.format) before the command runs.
+PROXY_FIELDS = ("port", "unix_socket", "base_url")
+APP_START_SECONDS = 30.0  # default allowance for the launcher's own app to start listening
+
+
+def _escape(arg: str) -> str:
+    """Double every brace, so that jupyter-server-proxy's str.format gives back ours intact,
+    except around the fields it fills in itself."""
+    escaped = arg.replace("{", "{{").replace("}", "}}")
+    for field in PROXY_FIELDS:
+        escaped = escaped.replace("{{" + field + "}}", "{" + field + "}")
+    return escaped
+
+
+def session_name(launcher: str, user: str | None = None) -> str:
+    """The restart-budget key: stable per user and launcher, e.g. 'jupyter-alice-desktop'."""
+    return f"jupyter-{user or getpass.getuser()}-{launcher}"
+
+
+def proxy_timeout(settings=None, app_start: float = APP_START_SECONDS) -> float:
+    """How long jupyter-server-proxy should wait for the app: a start may first wait out the
+    longest backoff, then the X server's deadline, then the app's own start."""
+    settings = settings or load_settings()
+    return settings.backoff_max + settings.displayfd_timeout + app_start
+
+
+def server_process(launcher: str, command: Sequence[str], *, title: str | None = None,
+                   screen: str | None = None, server: str | Sequence[str] | None = None,
+                   environment: Mapping[str, str] | None = None,
+                   unix_socket: bool = False, app_start: float = APP_START_SECONDS,
+                   xsupervise: Sequence[str] | None = None, **extra) -> dict:
+    """The dict a ``jupyter_serverproxy_servers`` entry point returns for ``launcher``.
+
+    ``command`` is the launcher's own command; ``extra`` goes into the dict unchanged (e.g.
+    ``absolute_url``, ``new_browser_tab``). ``xsupervise``: how to run xsupervise (default: this
+    Python's ``-m xsupervise``).
+    """
+    wrapper = list(xsupervise or (sys.executable, "-m", "xsupervise"))
+    wrapper += ["start", ":auto", "--name", session_name(launcher), "--substitute"]
+    if screen:
+        wrapper += ["--screen", screen]
+    if server:
+        wrapper += ["--server", server if isinstance(server, str) else " ".join(server)]
+    spec = {
+        "command": [*(_escape(arg) for arg in wrapper), "--",
+                    *(_escape(arg) for arg in command)],
+        "timeout": proxy_timeout(load_settings({"screen": screen, "server": server}), app_start),
+        "environment": dict(environment or {}),
+        "launcher_entry": {"enabled": True, "title": title or launcher},
+        **extra,
+    }
+    if unix_socket:
+        spec["unix_socket"] = True
+    return spec
