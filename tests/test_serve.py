@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import XSUPERVISE, fake_server, requires_xvfb, wait_gone
+from conftest import XSUPERVISE, fake_server, requires_xvfb
 from xsupervise.client import Client, ControlError
 
 requires_socket_activate = pytest.mark.skipif(

@@ -17,10 +17,10 @@ import fcntl
 import os
 import socket
 import stat
-import struct
 
 from .errors import EnvironmentProblem, UsageError
 from .paths import RuntimeDir, remove_file
+from .process import peer_credentials
 
 SOCKET_NAME = "control.sock"
 FD_NAME = "control"  # FileDescriptorName= in xsupervise.socket
@@ -46,16 +46,6 @@ def describe_pid(pid: int) -> str:
     return f"pid {pid} ({command})"
 
 
-def peer_pid(sock: socket.socket) -> int:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[0]
-
-
-def peer_uid(sock: socket.socket) -> int:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
-
-
 def who_serves(path: str) -> int | None:
     """The pid of the process listening on ``path`` (for systemd's sockets, PID 1 or
     systemd-socket-activate), or None if nothing accepts connections there."""
@@ -63,7 +53,7 @@ def who_serves(path: str) -> int | None:
     probe.settimeout(2.0)
     try:
         probe.connect(path)
-        return peer_pid(probe)
+        return peer_credentials(probe)[0]
     except (FileNotFoundError, ConnectionRefusedError):
         return None
     except OSError as exc:

@@ -29,10 +29,11 @@ from . import __version__, log
 from .aio import run_steps
 from .config import FIELDS, SessionSpec, default_session_name, load_session_specs, \
     load_settings, parse_display
-from .controlsocket import Listener, peer_uid
+from .controlsocket import Listener
 from .errors import NoSuchSession, StartError, UsageError, XSuperviseError
 from .notify import Notifier
 from .paths import RuntimeDir
+from .process import peer_credentials
 from .supervision import SessionCore, clock_time
 
 MAX_CLIENTS = 64
@@ -272,7 +273,7 @@ class Daemon:
                             writer: asyncio.StreamWriter) -> None:
         client = _Client(writer)
         try:
-            uid = peer_uid(writer.get_extra_info("socket"))
+            _pid, uid, _gid = peer_credentials(writer.get_extra_info("socket"))
             if uid not in (os.getuid(), 0):
                 await self._reply(client, _error(f"uid {uid} may not use this daemon (it runs as "
                                                  f"uid {os.getuid()}); ask as that user.", 2))

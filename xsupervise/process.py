@@ -212,6 +212,17 @@ def spawn(argv: Sequence[str], *, env: dict[str, str] | None = None, pass_fds: S
     return Child(popen, argv, own_group)
 
 
+def peer_credentials(sock) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a connected Unix socket: for a
+    client's connection, the process that called listen(); for a server's, the one that
+    connected (SO_PEERCRED, fixed by the kernel at that moment)."""
+    import socket
+    import struct
+
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)
+
+
 def describe_status(returncode: int) -> str:
     """'exited with status 1' / 'was killed by SIGKILL', for log lines."""
     if returncode < 0:

@@ -13,7 +13,7 @@ import os
 import struct
 import time
 
-from .process import Child, Steps, Wait
+from .process import Child, Steps, Wait, peer_credentials
 
 X11_UNIX_DIR = "/tmp/.X11-unix"
 COOKIE_PROTOCOL = b"MIT-MAGIC-COOKIE-1"
@@ -128,14 +128,6 @@ class HandshakeError(Exception):
         super().__init__(what)
 
 
-def _peer_pid(sock) -> int:
-    import socket
-
-    pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                          struct.calcsize("3i")))
-    return pid
-
-
 def _served_by(child: Child, pid: int) -> bool:
     """The listening socket's owner is our child, or in its process group (a wrapper script)."""
     if pid == child.pid:
@@ -181,7 +173,7 @@ def verify(number: int, child: Child, cookie: bytes, deadline: float) -> Steps[S
             raise HandshakeError(f"wrote display number {number} but nothing answers on {path} "
                                  f"({exc.strerror})") from None
         inode = os.lstat(path).st_ino
-        peer = _peer_pid(sock)
+        peer = peer_credentials(sock)[0]
         if not _served_by(child, peer):
             raise HandshakeError(f"wrote display number {number} but {path} is served by "
                                  f"pid {peer}, not by it")
