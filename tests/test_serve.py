@@ -8,6 +8,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -442,22 +443,26 @@ def test_ten_thousand_malformed_requests_leave_it_answering(tmp_path: Path, noti
             sent += 1
             for _ in range(3):
                 hanging = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                half_open.append(hanging)
                 hanging.connect(daemon.socket)
                 hanging.sendall(b'{"op": "ping"')
-                half_open.append(hanging)
                 sent += 1
         assert sent >= 10_000 and answered == 9_600
         # Clients that pipeline requests and never read the replies: evicted, fds freed.
         for _wave in range(3):
             for _ in range(60):
                 greedy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                greedy.setblocking(False)
+                half_open.append(greedy)
+                # A blocking connect waits for room in the listen backlog; a non-blocking
+                # one fails with EAGAIN whenever the daemon is a few accepts behind.
+                greedy.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                                  struct.pack("ll", 30, 0))
                 greedy.connect(daemon.socket)
+                greedy.setblocking(False)
                 try:
                     greedy.send(b'{"op": "ping"}\n' * 4000)
                 except BlockingIOError:
                     pass
-                half_open.append(greedy)
         with daemon.client() as client:
             assert client.ping()["pid"] == daemon.pid
         open_fds = len(os.listdir(f"/proc/{daemon.pid}/fd"))
