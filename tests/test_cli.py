@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -127,6 +128,28 @@ def test_sigkilled_supervisor_takes_its_x_server_along(runtime_dir: Path):
     assert wait_gone(facts["server_pid"], timeout=1.0)
     # SIGKILL left the socket file and our records; the next start clears what is ours.
     subprocess.run([*XSUPERVISE, "run", "--", "true"], check=True, timeout=60)
+    assert list((runtime_dir / "sessions").iterdir()) == []
+    assert not os.path.exists(f"/tmp/.X11-unix/X{facts['number']}")
+
+
+@requires_xvfb
+def test_exit_with_parent_tears_down_cleanly_when_the_parent_is_sigkilled(runtime_dir: Path):
+    # The parent is a shell, as jupyter-server-proxy would be a Jupyter server: it dies by
+    # SIGKILL, and its xsupervise child (orphaned to us, see conftest) must stop on its own.
+    parent = subprocess.Popen(
+        ["sh", "-c", '"$@" & wait', "sh", *XSUPERVISE, "start", "--json", "--exit-with-parent",
+         "--", "sleep", "300"], stdout=subprocess.PIPE, bufsize=0)
+    with parent:
+        facts = json.loads(read_line(parent.stdout))
+        parent.kill()
+    pidfd = os.pidfd_open(facts["supervisor_pid"])
+    try:
+        assert select.select([pidfd], [], [], 10.0)[0], "the supervisor outlived its parent"
+    finally:
+        os.close(pidfd)
+    _, status = os.waitpid(facts["supervisor_pid"], 0)  # ours to reap: we are the subreaper
+    # SIGTERM went to COMMAND (sleep), which died of it: 128 + 15, after a full teardown.
+    assert os.waitstatus_to_exitcode(status) == 128 + signal.SIGTERM
     assert list((runtime_dir / "sessions").iterdir()) == []
     assert not os.path.exists(f"/tmp/.X11-unix/X{facts['number']}")
 

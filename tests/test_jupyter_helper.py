@@ -15,15 +15,23 @@ def render(spec: dict, port: int = 8765) -> list[str]:
     return [arg.format(port=port, unix_socket="", base_url="/user/x/") for arg in spec["command"]]
 
 
+def render_environment(spec: dict, port: int = 8765) -> dict[str, str]:
+    return {key.format(port=port, unix_socket="", base_url="/user/x/"):
+            value.format(port=port, unix_socket="", base_url="/user/x/")
+            for key, value in spec["environment"].items()}
+
+
 def test_the_dict_wraps_the_command_and_leaves_proxy_fields_to_the_proxy():
     spec = jupyter.server_process("desktop", ["app", "--port", "{port}", "--on", "{display}",
                                               "--literal={{braces}}", "{base_url}desk"],
-                                  title="Desktop", screen="1024x768x24", absolute_url=False)
+                                  title="Desktop", screen="1024x768x24", absolute_url=False,
+                                  environment={"PS1": "{user}$ ", "APP_PORT": "{port}"})
     command = render(spec)
     cut = command.index("--")
-    assert command[cut - 7:cut] == ["start", ":auto", "--name",
+    assert command[cut - 8:cut] == ["start", ":auto", "--name",
                                     f"jupyter-{getpass.getuser()}-desktop", "--substitute",
-                                    "--screen", "1024x768x24"]
+                                    "--exit-with-parent", "--screen", "1024x768x24"]
+    assert render_environment(spec) == {"PS1": "{user}$ ", "APP_PORT": "8765"}
     assert command[cut + 1:] == ["app", "--port", "8765", "--on", "{display}",
                                  "--literal={{braces}}", "/user/x/desk"]
     assert spec["launcher_entry"] == {"enabled": True, "title": "Desktop"}

@@ -79,6 +79,7 @@ def _add_start(commands) -> None:
     start.add_argument("--substitute", action="store_true",
                        help="fill {display}, {display_number} and {xauthority} into COMMAND's "
                             "arguments once the display is ready ({{ and }} for literal braces)")
+    _add_exit_with_parent(start)
     start.add_argument("--detach", action="store_true",
                        help="ask the running 'xsupervise serve' to start and keep the display, "
                             "print it, and exit (no COMMAND); see --socket")
@@ -93,6 +94,14 @@ def _add_run(commands) -> None:
         epilog="example:\n  xsupervise run -- pytest -x\n\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_display_options(run)
+    _add_exit_with_parent(run)
+
+
+def _add_exit_with_parent(parser) -> None:
+    parser.add_argument("--exit-with-parent", action="store_true",
+                        help="stop as on SIGTERM when the process that started us exits, even "
+                             "by SIGKILL (for launchers such as jupyter-server-proxy; the parent "
+                             "must not start us from a thread that ends before we do)")
 
 
 def _add_list(commands) -> None:
@@ -201,6 +210,11 @@ def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
+# Our parent as first seen, as early as possible: for --exit-with-parent's check that it did
+# not exit before we asked to be told.
+PARENT_PID = os.getppid()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     own, command = _split_command(list(sys.argv[1:] if argv is None else argv))
     parser = _build_parser(own)
@@ -271,7 +285,9 @@ def _start(args: argparse.Namespace) -> int:
     name = args.name or default_session_name(number, settings.server)
     session = ForegroundSession(settings, RuntimeDir.discover(), number, name=name,
                                 command=command, announce=announce, no_wait=args.no_wait,
-                                substitute=getattr(args, "substitute", False))
+                                substitute=getattr(args, "substitute", False),
+                                parent_pid=PARENT_PID if getattr(args, "exit_with_parent", False)
+                                else None)
     return session.run()
 
 

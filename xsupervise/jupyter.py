@@ -6,6 +6,7 @@ readiness timeout SIGKILLs only its direct child. Wrapped in ``xsupervise start 
 
 - the X server is verified before COMMAND runs, and dies with the supervisor (PDEATHSIG),
   as does COMMAND: a SIGKILL leaks nothing;
+- the supervisor stops cleanly when Jupyter exits, however it exits (``--exit-with-parent``);
 - every launch under one NAME (stable per user and launcher) spends one restart budget, so
   relaunches wait out the backoff instead of spawning X servers: no storm;
 - ``{display}``, ``{display_number}`` and ``{xauthority}`` in COMMAND are filled in by
@@ -64,7 +65,8 @@ def server_process(launcher: str, command: Sequence[str], *, title: str | None =
     Python's ``-m xsupervise``).
     """
     wrapper = list(xsupervise or (sys.executable, "-m", "xsupervise"))
-    wrapper += ["start", ":auto", "--name", session_name(launcher), "--substitute"]
+    wrapper += ["start", ":auto", "--name", session_name(launcher), "--substitute",
+                "--exit-with-parent"]
     if screen:
         wrapper += ["--screen", screen]
     if server:
@@ -73,7 +75,9 @@ def server_process(launcher: str, command: Sequence[str], *, title: str | None =
         "command": [*(_escape(arg) for arg in wrapper), "--",
                     *(_escape(arg) for arg in command)],
         "timeout": proxy_timeout(load_settings({"screen": screen, "server": server}), app_start),
-        "environment": dict(environment or {}),
+        # jupyter-server-proxy str.formats the environment too.
+        "environment": {_escape(key): _escape(value)
+                        for key, value in (environment or {}).items()},
         "launcher_entry": {"enabled": True, "title": title or launcher},
         **extra,
     }

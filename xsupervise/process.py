@@ -120,6 +120,17 @@ def _die_with_parent(parent_pid: int, deathsig: int):
     return setup
 
 
+def signal_when_parent_dies(parent_pid: int, signum: int = signal.SIGTERM) -> bool:
+    """Ask the kernel to send us ``signum`` when our parent (the thread that forked us) exits.
+
+    ``parent_pid`` is the parent as first seen; False if it is already gone (we have been
+    re-parented), in which case no signal will ever come.
+    """
+    if _libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    return os.getppid() == parent_pid
+
+
 class Child:
     """A process we spawned and have not reaped; ``pidfd`` becomes readable when it exits."""
 

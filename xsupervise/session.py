@@ -21,7 +21,8 @@ from .config import Settings
 from .launch import XServer
 from .notify import Notifier, child_environment
 from .paths import RuntimeDir
-from .process import Child, Events, run_blocking, shell_status, spawn
+from .process import (Child, Events, run_blocking, shell_status, signal_when_parent_dies,
+                      spawn)
 from .signals import SignalInbox
 from .supervision import SessionCore, clock_time
 
@@ -77,7 +78,8 @@ class ForegroundSession(Events):
                  name: str, command: Sequence[str] = (), no_wait: bool = False,
                  announce: Callable[[XServer], None] = lambda server: None,
                  clock: Callable[[], float] = time.time,
-                 notifier: Notifier | None = None, substitute: bool = False):
+                 notifier: Notifier | None = None, substitute: bool = False,
+                 parent_pid: int | None = None):
         self.settings = settings
         self.runtime = runtime
         self.number = number
@@ -85,6 +87,7 @@ class ForegroundSession(Events):
         self.command_argv = list(command)
         self.substitute = substitute  # fill {display} etc. into COMMAND (see fill_command)
         self.no_wait = no_wait
+        self.parent_pid = parent_pid  # if set: stop as on SIGTERM when that parent exits
         self.announce = announce
         self.clock = clock
         self.notifier = notifier or Notifier()
@@ -95,6 +98,12 @@ class ForegroundSession(Events):
     def run(self) -> int:
         """Supervise until done; return the exit code."""
         with SignalInbox() as self.inbox:
+            # Only now that SIGTERM lands in the inbox: our teardown runs, not the default action.
+            if self.parent_pid is not None \
+                    and not signal_when_parent_dies(self.parent_pid, signal.SIGTERM):
+                log.get().warning("parent pid %d exited before we started; nothing was "
+                                  "started.", self.parent_pid)
+                return 128 + signal.SIGTERM if self.command_argv else 0
             core = SessionCore(self.settings, self.runtime, self.number, name=self.name,
                                kind="cli", give_up_when_failed=self.no_wait,
                                on_event=self._on_event, clock=self.clock)
