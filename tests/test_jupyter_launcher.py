@@ -1,0 +1,185 @@
+"""The example launcher (examples/xinfo) under a real Jupyter server with jupyter-server-proxy.
+
+These tests need the test extras (jupyter_server, jupyter-server-proxy) and the example
+package installed: ``pip install -e '.[test]' ./examples/xinfo`` (the README's test command).
+"""
+
+from __future__ import annotations
+
+import getpass
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import XSUPERVISE, fake_server, requires_xvfb, wait_gone
+from xsupervise.config import load_settings
+
+pytest.importorskip("jupyter_server", reason="needs the test extras: pip install -e '.[test]'")
+pytest.importorskip("jupyter_server_proxy", reason="needs the test extras: pip install -e '.[test]'")
+
+TOKEN = "xsupervise-test-token"
+BASE_URL = "/user/tester/"
+SESSION_NAME = f"jupyter-{getpass.getuser()}-xinfo"
+
+
+@pytest.fixture(autouse=True)
+def example_installed():
+    if importlib.util.find_spec("xsupervise_xinfo") is None:
+        pytest.fail("the example launcher is not installed: pip install -e ./examples/xinfo")
+
+
+class JupyterServer:
+    """``jupyter server`` on loopback, with its own config, data and runtime directories."""
+
+    def __init__(self, tmp_path: Path, environment: dict[str, str] | None = None,
+                 debug: bool = False):
+        env = dict(os.environ, **(environment or {}))
+        for name in ("config", "data", "runtime"):
+            env[f"JUPYTER_{name.upper()}_DIR"] = str(tmp_path / f"jupyter-{name}")
+        self.log: list[str] = []
+        self._running = threading.Event()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser",
+             "--ServerApp.ip=127.0.0.1", "--ServerApp.port=0",
+             f"--IdentityProvider.token={TOKEN}", f"--ServerApp.base_url={BASE_URL}",
+             f"--ServerApp.root_dir={tmp_path}", *(["--debug"] if debug else [])],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True)
+        # Read its log all along (a full pipe would block it); "is running at" is the event.
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
+        if not self._running.wait(60):
+            self.stop(signal.SIGKILL)
+            raise AssertionError("jupyter server did not start:\n" + "".join(self.log[-30:]))
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", "".join(self.log))
+        self.url = f"http://127.0.0.1:{match.group(1)}"
+
+    def _read_log(self) -> None:
+        for line in self.process.stderr:
+            self.log.append(line)
+            if "is running at" in line:
+                self._running.set()
+
+    def get(self, path: str, timeout: float) -> tuple[int, bytes]:
+        request = urllib.request.Request(self.url + BASE_URL + path,
+                                         headers={"Authorization": f"token {TOKEN}"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, error.read()
+
+    def descendants(self) -> list[psutil.Process]:
+        return psutil.Process(self.process.pid).children(recursive=True)
+
+    def stop(self, signum: int = signal.SIGTERM) -> list[psutil.Process]:
+        """Stop Jupyter with ``signum``; return the processes it had started (now orphans)."""
+        family = self.descendants() if self.process.poll() is None else []
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        self.process.wait(timeout=30)
+        self._reader.join(timeout=10)
+        self.process.stderr.close()
+        return family
+
+
+def supervisors_of(jupyter: JupyterServer) -> list[psutil.Process]:
+    return [p for p in jupyter.descendants() if p.cmdline()[1:3] == ["-m", "xsupervise"]]
+
+
+@requires_xvfb
+def test_the_example_answers_through_jupyter_with_the_real_displays_facts(tmp_path: Path,
+                                                                          runtime_dir: Path):
+    jupyter = JupyterServer(tmp_path)
+    try:
+        # The launcher's own path: jupyter-server-proxy starts it on first request.
+        status, body = jupyter.get("xinfo/", timeout=120)
+        assert status == 200, body
+        facts = json.loads(body)
+        # The display xsupervise verified and records, and the one the app's X client asked.
+        listing = json.loads(subprocess.run([*XSUPERVISE, "list", "--json"], check=True,
+                                            capture_output=True, text=True).stdout)
+        [record] = [r for r in listing if r["name"] == SESSION_NAME]
+        assert facts["display"] == record["display"]
+        assert (facts["width"], facts["height"], facts["depth"]) == (1024, 768, 24)
+        assert facts["vendor"] == "The X.Org Foundation" and facts["screens"] == 1
+        [supervisor] = supervisors_of(jupyter)
+        assert supervisor.ppid() == jupyter.process.pid and supervisor.pid == record["supervisor_pid"]
+        server = psutil.Process(record["server_pid"])
+        assert server.ppid() == supervisor.pid and Path(server.exe()).name == "Xvfb"
+
+        # The generic /proxy/<port>/ path reaches the same app, on the port jupyter-server-proxy
+        # gave it (read off the app's own command line).
+        [app] = [p for p in supervisor.children() if "xsupervise_xinfo.app" in p.cmdline()]
+        port = app.cmdline()[app.cmdline().index("--port") + 1]
+        status, body = jupyter.get(f"proxy/{port}/", timeout=30)
+        assert status == 200, body
+        assert json.loads(body) == facts
+
+    finally:
+        # The harshest end: Jupyter SIGKILLed. --exit-with-parent still stops all cleanly.
+        family = jupyter.stop(signal.SIGKILL)
+    assert {supervisor.pid, server.pid, app.pid} <= {process.pid for process in family}
+    for process in family:
+        assert wait_gone(process.pid, timeout=15), f"{process.pid} outlived Jupyter"
+    assert list((runtime_dir / "sessions").iterdir()) == []
+
+
+STORM_MINUTE = 60.0
+
+
+def test_a_never_ready_x_server_cannot_storm_through_jupyter(tmp_path: Path, runtime_dir: Path):
+    """A minute of requests to a launcher whose X server never answers.
+
+    jupyter-server-proxy relaunches its child at once whenever it exits non-zero, and SIGKILLs
+    it at its readiness timeout; each request after that starts it again. With a 1 s X deadline
+    a relauncher without a budget would spawn about one X server a second. xsupervise spends
+    one restart budget per launcher: at most start_limit_burst + 1 X spawns, then FAILED.
+    """
+    report = tmp_path / "x-spawns"
+    environment = {
+        "XSUPERVISE_SERVER": fake_server("never"),
+        "FAKE_X_REPORT": str(report),
+        "XSUPERVISE_DISPLAYFD_TIMEOUT": "1",
+        # A short backoff cap also makes the proxy's timeout short (4 + 1 + 30 s), so that
+        # its SIGKILL-and-relaunch happens within the minute too.
+        "XSUPERVISE_BACKOFF_MAX": "4",
+    }
+    jupyter = JupyterServer(tmp_path, environment, debug=True)
+    statuses: list[int | str] = []
+    try:
+        end = time.monotonic() + STORM_MINUTE
+        while (left := end - time.monotonic()) > 0:
+            try:
+                statuses.append(jupyter.get("xinfo/", timeout=min(3.0, left))[0])
+            except (TimeoutError, urllib.error.URLError):
+                statuses.append("timeout")
+    finally:
+        family = jupyter.stop(signal.SIGTERM)
+
+    spawns = sum(1 for line in report.read_text().splitlines() if line.startswith("pid="))
+    launches = sum("Started xinfo" in line for line in jupyter.log)
+    budget = load_settings().start_limit_burst + 1  # then FAILED for failed_cooldown (300 s)
+    assert 1 <= spawns <= budget, f"{spawns} X servers spawned in a minute (budget {budget})"
+    # The proxy did relaunch its child many times, and did give up on one at its timeout.
+    assert launches >= 3, f"jupyter-server-proxy launched xsupervise only {launches} times"
+    gave_up = sum("could not start xinfo in time" in line for line in jupyter.log)
+    print(f"{len(statuses)} requests, {launches} launches of xsupervise, {gave_up} proxy "
+          f"timeouts, {spawns} X servers spawned")
+    assert gave_up >= 1, "the proxy never reached its timeout: the minute did not cover it"
+    for process in family:
+        assert wait_gone(process.pid, timeout=15), f"{process.pid} outlived Jupyter"
+    assert list((runtime_dir / "sessions").iterdir()) == []
