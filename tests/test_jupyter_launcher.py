@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -57,19 +58,34 @@ class JupyterServer:
              f"--ServerApp.root_dir={tmp_path}", *(["--debug"] if debug else [])],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True)
-        # Read its log all along (a full pipe would block it); "is running at" is the event.
+        # Read its log all along (a full pipe would block it); the event is the line that
+        # follows "is running at" and gives the URL, with the port it bound.
+        self.url = ""
         self._reader = threading.Thread(target=self._read_log, daemon=True)
         self._reader.start()
-        if not self._running.wait(60):
+        if not self._running.wait(60) or not self._accepts_connections(timeout=30):
             self.stop(signal.SIGKILL)
             raise AssertionError("jupyter server did not start:\n" + "".join(self.log[-30:]))
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/", "".join(self.log))
-        self.url = f"http://127.0.0.1:{match.group(1)}"
+
+    def _accepts_connections(self, timeout: float) -> bool:
+        # Jupyter logs its URL before its event loop binds the port, and says nothing after:
+        # there is no event to wait for, so try to connect until it works (bounded).
+        host, port = self.url.removeprefix("http://").split(":")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                socket.create_connection((host, int(port)), timeout=1).close()
+                return True
+            except ConnectionRefusedError:
+                time.sleep(0.02)
+        return False
 
     def _read_log(self) -> None:
         for line in self.process.stderr:
             self.log.append(line)
-            if "is running at" in line:
+            match = re.search(r"(http://127\.0\.0\.1:\d+)" + re.escape(BASE_URL), line)
+            if match and not self.url:
+                self.url = match.group(1)
                 self._running.set()
 
     def get(self, path: str, timeout: float) -> tuple[int, bytes]:
