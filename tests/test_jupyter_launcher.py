@@ -38,7 +38,7 @@ SESSION_NAME = f"jupyter-{getpass.getuser()}-xinfo"
 @pytest.fixture(autouse=True)
 def example_installed():
     if importlib.util.find_spec("xsupervise_xinfo") is None:
-        pytest.fail("the example launcher is not installed: pip install -e ./examples/xinfo")
+        pytest.fail("the example launcher is not installed: pip install ./examples/xinfo")
 
 
 class JupyterServer:
