@@ -155,6 +155,20 @@ def test_exit_with_parent_tears_down_cleanly_when_the_parent_is_sigkilled(runtim
 
 
 @requires_xvfb
+def test_a_command_that_ignores_sigterm_gets_sigkill_after_the_grace():
+    stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "print('ignoring TERM', flush=True); time.sleep(300)")
+    with start_cli("start", "--kill-grace", "0.5", "--", sys.executable, "-c", stubborn) as process:
+        assert read_line(process.stdout).startswith("DISPLAY=")
+        read_line(process.stdout)  # XAUTHORITY=
+        assert read_line(process.stdout) == "ignoring TERM\n"
+        process.send_signal(signal.SIGTERM)
+        # Nobody sends a second signal: the supervisor itself escalates, then tears down.
+        assert process.wait(timeout=15) == 128 + signal.SIGKILL
+        assert b"sending SIGKILL" in process.stderr.read()
+
+
+@requires_xvfb
 def test_twenty_parallel_runs_get_distinct_working_displays():
     # Each command reports its display once it works, then holds it until we close its stdin,
     # so all twenty displays are up at the same time.

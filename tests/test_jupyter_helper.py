@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import os
 import subprocess
 
 from conftest import requires_xvfb
@@ -28,9 +29,11 @@ def test_the_dict_wraps_the_command_and_leaves_proxy_fields_to_the_proxy():
                                   environment={"PS1": "{user}$ ", "APP_PORT": "{port}"})
     command = render(spec)
     cut = command.index("--")
-    assert command[cut - 8:cut] == ["start", ":auto", "--name",
-                                    f"jupyter-{getpass.getuser()}-desktop", "--substitute",
-                                    "--exit-with-parent", "--screen", "1024x768x24"]
+    assert command[cut - 11:cut] == ["start", ":auto", "--name",
+                                     f"jupyter-{getpass.getuser()}-desktop", "--substitute",
+                                     "--relaunched", "--exit-with-parent",
+                                     "--parent-pid", str(os.getpid()),  # the Jupyter server
+                                     "--screen", "1024x768x24"]
     assert render_environment(spec) == {"PS1": "{user}$ ", "APP_PORT": "8765"}
     assert command[cut + 1:] == ["app", "--port", "8765", "--on", "{display}",
                                  "--literal={{braces}}", "/user/x/desk"]

@@ -24,6 +24,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+import xsupervise.jupyter
+
 from conftest import XSUPERVISE, fake_server, requires_xvfb, wait_gone
 from xsupervise.config import load_settings
 
@@ -199,3 +201,62 @@ def test_a_never_ready_x_server_cannot_storm_through_jupyter(tmp_path: Path, run
     for process in family:
         assert wait_gone(process.pid, timeout=15), f"{process.pid} outlived Jupyter"
     assert list((runtime_dir / "sessions").iterdir()) == []
+
+
+# -- jupyter-server-proxy's relauncher (simpervisor) against failures after the display --------
+
+RELAUNCH_SECONDS = 10.0
+
+
+def relaunch_for(command: list[str], seconds: float) -> None:
+    """Run ``command`` as jupyter-server-proxy does: simpervisor relaunches it at once each time
+    it exits non-zero, while the proxy waits ``seconds`` for an app that never answers."""
+    import asyncio
+
+    from simpervisor import SupervisedProcess
+
+    async def never_ready(_process) -> bool:
+        return False
+
+    async def main() -> None:
+        process = SupervisedProcess("launcher", *command, ready_func=never_ready,
+                                    ready_timeout=seconds, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+        await process.start()
+        assert not await process.ready()
+        if process.running:
+            await process.terminate()  # SIGTERM, as Jupyter's own shutdown does
+
+    asyncio.run(main())
+
+
+@requires_xvfb
+def test_an_app_that_crashes_at_once_spends_the_budget(tmp_path: Path, runtime_dir: Path):
+    """An app that exits 1 as soon as it starts (port taken, ImportError...): each relaunch
+    would start a fresh X server at once. With --relaunched, its failures back off."""
+    report = tmp_path / "x-spawns"
+    spec = xsupervise.jupyter.server_process(
+        "crash", ["sh", "-c", "exit 1"], server=fake_server("slow=0").split())  # a real Xvfb
+    command = [arg.format(port=0, unix_socket="", base_url="/") for arg in spec["command"]]
+    os.environ["FAKE_X_REPORT"] = str(report)
+    try:
+        relaunch_for(command, RELAUNCH_SECONDS)
+    finally:
+        del os.environ["FAKE_X_REPORT"]
+    spawns = sum(1 for line in report.read_text().splitlines() if line.startswith("pid="))
+    # Backoff after each failure: 1, 2, 4, 8 s (times a jitter in [0.5, 1]) fit at most 5
+    # starts into 10 s; without the budget it was over a hundred.
+    assert 2 <= spawns <= 5, f"{spawns} X servers in {RELAUNCH_SECONDS:g} s"
+    assert list((runtime_dir / "sessions").iterdir()) == []
+
+
+def test_a_missing_x_server_spends_the_budget_too(tmp_path: Path):
+    launches = tmp_path / "launches"
+    wrapper = ["sh", "-c", f'echo launch >> {launches}; exec "$0" "$@"', sys.executable, "-m",
+               "xsupervise"]
+    spec = xsupervise.jupyter.server_process("nox", ["true"], server="/nonexistent/Xvfb",
+                                             xsupervise=wrapper)
+    command = [arg.format(port=0, unix_socket="", base_url="/") for arg in spec["command"]]
+    relaunch_for(command, RELAUNCH_SECONDS)
+    count = len(launches.read_text().splitlines())
+    assert 2 <= count <= 6, f"xsupervise was launched {count} times in {RELAUNCH_SECONDS:g} s"

@@ -37,7 +37,8 @@ def _add_display_options(parser: argparse.ArgumentParser, with_name: bool = True
                        help="deadline for the server to write its display number and answer "
                             "(XSUPERVISE_DISPLAYFD_TIMEOUT; default: 10)")
     group.add_argument("--kill-grace", metavar="SECONDS",
-                       help="time between SIGTERM and SIGKILL when stopping the server "
+                       help="time between SIGTERM and SIGKILL when stopping the server, "
+                            "and COMMAND after a SIGTERM/SIGHUP we passed on to it "
                             "(XSUPERVISE_KILL_GRACE; default: 2)")
     restart = parser.add_argument_group(
         "restart policy (flag > XSUPERVISE_* variable > config file)",
@@ -79,7 +80,7 @@ def _add_start(commands) -> None:
     start.add_argument("--substitute", action="store_true",
                        help="fill {display}, {display_number} and {xauthority} into COMMAND's "
                             "arguments once the display is ready ({{ and }} for literal braces)")
-    _add_exit_with_parent(start)
+    _add_launcher_options(start)
     start.add_argument("--detach", action="store_true",
                        help="ask the running 'xsupervise serve' to start and keep the display, "
                             "print it, and exit (no COMMAND); see --socket")
@@ -94,14 +95,25 @@ def _add_run(commands) -> None:
         epilog="example:\n  xsupervise run -- pytest -x\n\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_display_options(run)
-    _add_exit_with_parent(run)
+    _add_launcher_options(run)
 
 
-def _add_exit_with_parent(parser) -> None:
-    parser.add_argument("--exit-with-parent", action="store_true",
-                        help="stop as on SIGTERM when the process that started us exits, even "
-                             "by SIGKILL (for launchers such as jupyter-server-proxy; the parent "
-                             "must not start us from a thread that ends before we do)")
+def _add_launcher_options(parser) -> None:
+    group = parser.add_argument_group(
+        "when run by a launcher (see 'Embedding in a Jupyter launcher' in the README)")
+    group.add_argument("--exit-with-parent", action="store_true",
+                       help="stop as on SIGTERM when the process that started us exits, even "
+                            "by SIGKILL (the parent must not start us from a thread that ends "
+                            "before we do)")
+    group.add_argument("--parent-pid", type=int, metavar="PID",
+                       help="with --exit-with-parent: the pid our parent has, as it knows it; "
+                            "if we are not its child any more, it died before we could watch "
+                            "it, and we start nothing (default: our parent when we started)")
+    group.add_argument("--relaunched", action="store_true",
+                       help="we are restarted whenever we exit non-zero (jupyter-server-proxy, "
+                            "Restart=always): a missing X server and a COMMAND that fails "
+                            "before RESET_AFTER also count against the restart budget, so "
+                            "relaunches wait instead of storming")
 
 
 def _add_list(commands) -> None:
@@ -224,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"'{args.command}' takes no COMMAND after '--'")
     if args.command == "run" and not command:
         parser.error("give the command to run after '--', e.g. xsupervise run -- xterm")
+    if getattr(args, "parent_pid", None) is not None and not args.exit_with_parent:
+        parser.error("--parent-pid goes with --exit-with-parent")
     if getattr(args, "detach", False) and command:
         parser.error("--detach starts a display in the daemon; it takes no COMMAND")
     log.setup("DEBUG" if args.verbose else "INFO" if args.command == "serve" else "WARNING")
@@ -286,8 +300,9 @@ def _start(args: argparse.Namespace) -> int:
     session = ForegroundSession(settings, RuntimeDir.discover(), number, name=name,
                                 command=command, announce=announce, no_wait=args.no_wait,
                                 substitute=getattr(args, "substitute", False),
-                                parent_pid=PARENT_PID if getattr(args, "exit_with_parent", False)
-                                else None)
+                                parent_pid=(args.parent_pid or PARENT_PID)
+                                if args.exit_with_parent else None,
+                                relaunched=args.relaunched)
     return session.run()
 
 

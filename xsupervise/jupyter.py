@@ -8,7 +8,9 @@ readiness timeout SIGKILLs only its direct child. Wrapped in ``xsupervise start 
   as does COMMAND: a SIGKILL leaks nothing;
 - the supervisor stops cleanly when Jupyter exits, however it exits (``--exit-with-parent``);
 - every launch under one NAME (stable per user and launcher) spends one restart budget, so
-  relaunches wait out the backoff instead of spawning X servers: no storm;
+  relaunches wait out the backoff instead of spawning X servers: no storm. With
+  ``--relaunched`` a missing X server, and an app that fails before it has run
+  ``reset_after`` seconds, count too;
 - ``{display}``, ``{display_number}`` and ``{xauthority}`` in COMMAND are filled in by
   xsupervise once the display is ready; ``{port}``, ``{unix_socket}`` and ``{base_url}`` are
   left for jupyter-server-proxy.
@@ -22,6 +24,8 @@ readiness timeout SIGKILLs only its direct child. Wrapped in ``xsupervise start 
 from __future__ import annotations
 
 import getpass
+import os
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -43,7 +47,12 @@ def _escape(arg: str) -> str:
 
 def session_name(launcher: str, user: str | None = None) -> str:
     """The restart-budget key: stable per user and launcher, e.g. 'jupyter-alice-desktop'."""
-    return f"jupyter-{user or getpass.getuser()}-{launcher}"
+    if user is None:
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # a container's uid with no passwd entry and no $USER
+            user = f"uid{os.getuid()}"
+    return f"jupyter-{user}-{launcher}"
 
 
 def proxy_timeout(settings=None, app_start: float = APP_START_SECONDS) -> float:
@@ -66,11 +75,14 @@ def server_process(launcher: str, command: Sequence[str], *, title: str | None =
     """
     wrapper = list(xsupervise or (sys.executable, "-m", "xsupervise"))
     wrapper += ["start", ":auto", "--name", session_name(launcher), "--substitute",
-                "--exit-with-parent"]
+                "--relaunched", "--exit-with-parent"]
+    if xsupervise is None:
+        # jupyter-server-proxy calls us in the Jupyter server process, which will be the parent.
+        wrapper += ["--parent-pid", str(os.getpid())]
     if screen:
         wrapper += ["--screen", screen]
     if server:
-        wrapper += ["--server", server if isinstance(server, str) else " ".join(server)]
+        wrapper += ["--server", server if isinstance(server, str) else shlex.join(server)]
     spec = {
         "command": [*(_escape(arg) for arg in wrapper), "--",
                     *(_escape(arg) for arg in command)],

@@ -21,8 +21,8 @@ from .config import Settings
 from .launch import XServer
 from .notify import Notifier, child_environment
 from .paths import RuntimeDir
-from .process import (Child, Events, run_blocking, shell_status, signal_when_parent_dies,
-                      spawn)
+from .process import (Child, Events, describe_status, run_blocking, shell_status,
+                      signal_when_parent_dies, spawn)
 from .signals import SignalInbox
 from .supervision import SessionCore, clock_time
 
@@ -79,7 +79,7 @@ class ForegroundSession(Events):
                  announce: Callable[[XServer], None] = lambda server: None,
                  clock: Callable[[], float] = time.time,
                  notifier: Notifier | None = None, substitute: bool = False,
-                 parent_pid: int | None = None):
+                 parent_pid: int | None = None, relaunched: bool = False):
         self.settings = settings
         self.runtime = runtime
         self.number = number
@@ -88,6 +88,12 @@ class ForegroundSession(Events):
         self.substitute = substitute  # fill {display} etc. into COMMAND (see fill_command)
         self.no_wait = no_wait
         self.parent_pid = parent_pid  # if set: stop as on SIGTERM when that parent exits
+        # Something restarts us whenever we exit non-zero: make those exits spend the budget.
+        self.relaunched = relaunched
+        self.core: SessionCore | None = None
+        self.command_started_at = 0.0
+        self.stop_requested = False  # a stop signal came while COMMAND ran
+        self.command_kill_at: float | None = None  # SIGKILL COMMAND then if it is still running
         self.announce = announce
         self.clock = clock
         self.notifier = notifier or Notifier()
@@ -104,9 +110,10 @@ class ForegroundSession(Events):
                 log.get().warning("parent pid %d exited before we started; nothing was "
                                   "started.", self.parent_pid)
                 return 128 + signal.SIGTERM if self.command_argv else 0
-            core = SessionCore(self.settings, self.runtime, self.number, name=self.name,
-                               kind="cli", give_up_when_failed=self.no_wait,
-                               on_event=self._on_event, clock=self.clock)
+            core = self.core = SessionCore(
+                self.settings, self.runtime, self.number, name=self.name, kind="cli",
+                give_up_when_failed=self.no_wait, count_environment_problems=self.relaunched,
+                on_event=self._on_event, clock=self.clock)
             try:
                 run_blocking(core.steps(), self)
             except _Stop as stop:
@@ -138,6 +145,7 @@ class ForegroundSession(Events):
         argv = fill_command(self.command_argv, server) if self.substitute else self.command_argv
         try:
             self.command = spawn(argv, env=child_environment(server.env), own_group=False)
+            self.command_started_at = time.monotonic()
         except FileNotFoundError:
             log.get().error("command %r was not found; nothing was run.", self.command_argv[0])
             raise _Stop(EXIT_COMMAND_NOT_FOUND) from None
@@ -152,7 +160,8 @@ class ForegroundSession(Events):
         return (self.inbox.read_fd,)
 
     def deadline(self) -> float | None:
-        return self.notifier.next_ping
+        deadlines = [self.notifier.next_ping, self.command_kill_at]
+        return min((d for d in deadlines if d is not None), default=None)
 
     def handle(self, ready: set[int]) -> None:
         if self.notifier.ping_due():
@@ -160,16 +169,35 @@ class ForegroundSession(Events):
         if self.inbox.read_fd in ready:
             for signum in self.inbox.drain():
                 self._on_signal(signum)
+        if self.command_kill_at is not None and time.monotonic() >= self.command_kill_at \
+                and self.command.returncode is None:
+            log.get().warning("COMMAND %r (pid %d) was still running %g s after it was asked to "
+                              "stop; sending SIGKILL.", self.command_argv[0], self.command.pid,
+                              self.settings.kill_grace)
+            self.command.signal(signal.SIGKILL)
+            self.command_kill_at = None
         if self.command is not None and self.command.returncode is None \
                 and self.command.pidfd in ready:
-            self._stopping(shell_status(self.command.reap()))
+            code = shell_status(self.command.reap())
+            if code != 0 and self.relaunched and not self.stop_requested:
+                ran = time.monotonic() - self.command_started_at
+                self.core.record_app_failure(
+                    f"COMMAND {self.command_argv[0]!r} (pid {self.command.pid}) "
+                    f"{describe_status(self.command.returncode)} after {ran:.1f} s on "
+                    f"{self.core.display}.")
+            self._stopping(code)
 
     def _on_signal(self, signum: int) -> None:
         if self.exit_code is not None:
             raise _Stop(self.exit_code)  # a second signal: the core escalates to SIGKILL
         if self.command is not None and self.command.returncode is None:
-            if not _delivered_by_terminal(signum):
-                self.command.signal(signum)
+            self.stop_requested = True
+            if _delivered_by_terminal(signum):
+                return  # COMMAND has it too, and decides (an interactive shell ignores Ctrl-C)
+            self.command.signal(signum)
+            if self.command_kill_at is None:
+                # Nobody may be left to send a second signal (--exit-with-parent): escalate.
+                self.command_kill_at = time.monotonic() + self.settings.kill_grace
             return  # we end when COMMAND does
         self._stopping(128 + signum if self.command_argv else 0)
 

@@ -49,6 +49,7 @@ class SessionCore:
     def __init__(self, settings: Settings, runtime: RuntimeDir, number: int | None, *,
                  name: str, kind: str, retry_first_start: bool = False,
                  give_up_when_failed: bool = False, reclaim: bool = True,
+                 count_environment_problems: bool = False,
                  on_event: Callable[[SessionCore, str], None] = lambda core, event: None,
                  clock: Callable[[], float] = time.time):
         self.settings = settings
@@ -58,6 +59,9 @@ class SessionCore:
         self.name = name
         self.kind = kind
         self.retry_first_start = retry_first_start
+        # Record e.g. a missing server binary against the budget even when it ends the session:
+        # for supervisors that a relauncher restarts whenever they exit (``start --relaunched``).
+        self.count_environment_problems = count_environment_problems
         self.give_up_when_failed = give_up_when_failed
         self.reclaim = reclaim  # see launch_steps
         self.on_event = on_event
@@ -130,6 +134,8 @@ class SessionCore:
                 # configured session retries by the policy, and says so, rather than giving up
                 # because a mount or package was not there yet at boot.
                 if not self.retry_first_start:
+                    if self.count_environment_problems:
+                        self._record_failure(str(error))
                     raise
                 self._record_failure(str(error))
                 self._log("error", "%s", error)
@@ -198,6 +204,14 @@ class SessionCore:
                                   token=self.files.token)
         self.state, self.last_failure = "backoff", reason
         self.files.save(state="backoff", last_failure=reason)
+
+    def record_app_failure(self, reason: str) -> None:
+        """What runs on the display failed: count it like a death of the server (a failure
+        before ``reset_after`` s of uptime, a fresh start after), so the next start waits."""
+        uptime = time.monotonic() - self.ready_at
+        with self.ledger.update() as history:
+            policy.record_death(history, self.clock(), self.policy, uptime, reason)
+        self.last_failure = reason
 
     def _not_in_flight(self) -> None:
         with self.ledger.update() as history:
