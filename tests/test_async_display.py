@@ -38,12 +38,16 @@ def test_concurrent_starts_in_one_loop(runtime_dir: Path):
         displays = [xsupervise.AsyncDisplay(":auto", screen=f"{640 + 16 * i}x480x24")
                     for i in range(4)]
         await asyncio.gather(*(display.start() for display in displays))
+        # Sampled now: a start() that blocked the loop would leave a beat between starts only.
+        ticks_while_starting = ticks
         try:
+            assert ticks_while_starting >= 10, f"the loop was blocked: {ticks} heartbeats"
+            with pytest.raises(RuntimeError, match="already started"):
+                await displays[0].start()
             assert len({display.display for display in displays}) == 4
             infos = await asyncio.gather(*(xdpyinfo(display.env) for display in displays))
             for i, info in enumerate(infos):
                 assert f"{640 + 16 * i}x480 pixels" in info
-            assert ticks >= 5, f"the loop was blocked: {ticks} heartbeats"
             pids = [display.server_pid for display in displays]
         finally:
             await asyncio.gather(*(display.stop() for display in displays))
@@ -100,3 +104,19 @@ def test_a_failed_start_raises_the_documented_error():
         assert "cannot open virtual screen" in failure.value.stderr_tail
 
     asyncio.run(main())
+
+
+@requires_xvfb
+def test_a_second_start_racing_the_first_is_refused(runtime_dir: Path):
+    async def main() -> None:
+        display = xsupervise.AsyncDisplay(":auto")
+        first, second = await asyncio.gather(display.start(), display.start(),
+                                             return_exceptions=True)
+        try:
+            assert first is display
+            assert isinstance(second, RuntimeError) and "already started" in str(second)
+        finally:
+            await display.stop()
+
+    asyncio.run(main())
+    assert list((runtime_dir / "sessions").iterdir()) == []

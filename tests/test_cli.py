@@ -154,6 +154,21 @@ def test_exit_with_parent_tears_down_cleanly_when_the_parent_is_sigkilled(runtim
     assert not os.path.exists(f"/tmp/.X11-unix/X{facts['number']}")
 
 
+def test_exit_with_parent_starts_nothing_if_the_parent_is_already_gone(tmp_path: Path):
+    # The launcher said who it is (--parent-pid); we are not its child any more: it died
+    # between spawning us and our asking to be told, so no signal would ever come.
+    report = tmp_path / "report"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    result = subprocess.run([*XSUPERVISE, "start", "--exit-with-parent", "--parent-pid",
+                             str(gone.pid), "--server", fake_server("slow=0"), "--", "sleep",
+                             "300"], capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "FAKE_X_REPORT": str(report)})
+    assert result.returncode == 128 + signal.SIGTERM
+    assert f"parent pid {gone.pid} exited before we started" in result.stderr
+    assert not report.exists()  # no X server was spawned
+
+
 @requires_xvfb
 def test_a_command_that_ignores_sigterm_gets_sigkill_after_the_grace():
     stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "

@@ -120,6 +120,7 @@ class AsyncDisplay:
         self._display = Display(display, timeout=timeout, screen=screen, server=server,
                                 kill_grace=kill_grace, name=name, runtime_dir=runtime_dir,
                                 settings=settings)
+        self._started = False
 
     def __repr__(self) -> str:
         return repr(self._display).replace("<Display", "<AsyncDisplay", 1)
@@ -128,8 +129,11 @@ class AsyncDisplay:
         from .aio import run_steps
 
         inner = self._display
-        if inner._server is not None:
+        # Checked and set before the first await: a second start() racing the first must not
+        # launch a server that nothing would stop.
+        if self._started:
             raise RuntimeError("this AsyncDisplay is already started; use a new one")
+        self._started = True
         inner._server = await run_steps(launch_steps(inner._settings, inner._runtime(),
                                                      inner._number, name=inner._name,
                                                      kind="api"))
