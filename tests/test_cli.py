@@ -170,6 +170,20 @@ def test_exit_with_parent_starts_nothing_if_the_parent_is_already_gone(tmp_path:
 
 
 @requires_xvfb
+def test_what_command_leaves_running_is_stopped_too(tmp_path: Path):
+    # COMMAND starts a background child and exits: the child is orphaned, adopted by the
+    # supervisor (a subreaper), and stopped with the display instead of outliving it.
+    pidfile = tmp_path / "orphan"
+    result = subprocess.run([*XSUPERVISE, "run", "--", "sh", "-c",
+                             f"sleep 300 & echo $! > {pidfile}"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    orphan = int(pidfile.read_text())
+    assert not psutil.pid_exists(orphan)
+    assert f"COMMAND left 1 process(es) running (pid {orphan}); stopped them." in result.stderr
+
+
+@requires_xvfb
 def test_a_command_that_ignores_sigterm_gets_sigkill_after_the_grace():
     stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                 "print('ignoring TERM', flush=True); time.sleep(300)")

@@ -47,11 +47,13 @@ def test_the_dict_wraps_the_command_and_leaves_proxy_fields_to_the_proxy():
 @requires_xvfb
 def test_the_rendered_command_runs_on_a_verified_display():
     spec = jupyter.server_process("echo", ["sh", "-c", "echo {display} {display_number} {port} "
-                                           "{xauthority}; xdpyinfo >/dev/null && echo answered"])
+                                           "{xauthority} {{port}} {{x}} '{port:05d}' 'a}b{c'; "
+                                           "xdpyinfo >/dev/null && echo answered"])
     result = subprocess.run(render(spec), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     display = lines[0].removeprefix("DISPLAY=")
     xauthority = lines[1].removeprefix("XAUTHORITY=")
-    assert lines[2] == f"{display} {display[1:]} 8765 {xauthority}"
+    # What the app gets: both sets of fields filled, '{{ }}' literal, lone braces as written.
+    assert lines[2] == f"{display} {display[1:]} 8765 {xauthority} {{port}} {{x}} 08765 a}}b{{c"
     assert lines[3] == "answered"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -36,13 +37,25 @@ PROXY_FIELDS = ("port", "unix_socket", "base_url")
 APP_START_SECONDS = 30.0  # default allowance for the launcher's own app to start listening
 
 
+# In a command or environment value, as the launcher author writes it: '{{' and '}}' (kept
+# literal to the end), a field jupyter-server-proxy fills (with an optional conversion or
+# format spec), or a lone brace (our own fields are made of those).
+_TOKEN = re.compile(r"\{\{|\}\}|\{(?:" + "|".join(PROXY_FIELDS) + r")(?:![rsa])?(?::[^{}]*)?\}|[{}]")
+
+
 def _escape(arg: str) -> str:
-    """Double every brace, so that jupyter-server-proxy's str.format gives back ours intact,
-    except around the fields it fills in itself."""
-    escaped = arg.replace("{", "{{").replace("}", "}}")
-    for field in PROXY_FIELDS:
-        escaped = escaped.replace("{{" + field + "}}", "{" + field + "}")
-    return escaped
+    """Write ``arg`` so that jupyter-server-proxy's ``str.format`` fills only its own fields
+    and hands every other brace on to ``start --substitute``, which fills ours and turns
+    '{{' and '}}' into single braces."""
+    def escape(match: re.Match) -> str:
+        token = match.group()
+        if token in ("{{", "}}"):
+            return token * 2  # '{{' after the proxy's format, '{' after ours
+        if len(token) > 1:
+            return token  # {port}, {base_url!s}, {port:d}: the proxy's
+        return token * 2  # a brace of ours: the proxy's format gives it back single
+
+    return _TOKEN.sub(escape, arg)
 
 
 def session_name(launcher: str, user: str | None = None) -> str:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Generator, Sequence
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True)
 
 class Wait:
@@ -129,6 +130,65 @@ def signal_when_parent_dies(parent_pid: int, signum: int = signal.SIGTERM) -> bo
     if _libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     return os.getppid() == parent_pid
+
+
+def become_subreaper() -> None:
+    """Orphans among our descendants (what COMMAND started and left) become our children,
+    not init's: we can then stop them without any risk of pid reuse (see stop_adopted)."""
+    if _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+def _children_of_ours() -> set[int]:
+    pids: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as listing:
+                pids.update(int(pid) for pid in listing.read().split())
+        except FileNotFoundError:  # a thread that just ended
+            continue
+    return pids
+
+
+def stop_adopted(grace: float) -> list[int]:
+    """SIGTERM every child we still have (all of them orphans we adopted as a subreaper:
+    call this after our own children are reaped), SIGKILL those left after ``grace``, reap
+    them all. They are unreaped children of ours, so their pids cannot have been reused.
+    Returns the pids that were still running."""
+    running: list[int] = []
+    for _ in range(3):  # adopted processes may still be forking; a few rounds catch them
+        pids = _children_of_ours()
+        if not pids:
+            break
+        pidfds = {}
+        for pid in pids:
+            try:
+                pidfds[pid] = os.pidfd_open(pid)
+                os.kill(pid, signal.SIGTERM)  # a zombie ignores it
+            except ProcessLookupError:
+                continue
+        running += [pid for pid in pidfds if not _is_zombie(pid)]
+        deadline = time.monotonic() + grace
+        waiting = dict(pidfds)
+        while waiting:
+            ready = poll_ready(Wait(tuple(waiting.values()), deadline))
+            if not ready:
+                break
+            waiting = {pid: fd for pid, fd in waiting.items() if fd not in ready}
+        for pid, fd in pidfds.items():
+            if pid in waiting:
+                os.kill(pid, signal.SIGKILL)
+            os.close(fd)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+    return running
+
+
+def _is_zombie(pid: int) -> bool:
+    stat = _proc_stat(pid)
+    return stat is None or stat[0] in ("Z", "X")
 
 
 class Child:

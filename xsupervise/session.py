@@ -21,8 +21,8 @@ from .config import Settings
 from .launch import XServer
 from .notify import Notifier, child_environment
 from .paths import RuntimeDir
-from .process import (Child, Events, describe_status, run_blocking, shell_status,
-                      signal_when_parent_dies, spawn)
+from .process import (Child, Events, become_subreaper, describe_status, run_blocking,
+                      shell_status, signal_when_parent_dies, spawn, stop_adopted)
 from .signals import SignalInbox
 from .supervision import SessionCore, clock_time
 
@@ -110,6 +110,8 @@ class ForegroundSession(Events):
                 log.get().warning("parent pid %d exited before we started; nothing was "
                                   "started.", self.parent_pid)
                 return 128 + signal.SIGTERM if self.command_argv else 0
+            if self.command_argv:
+                become_subreaper()  # so that what COMMAND leaves behind is ours to stop
             core = self.core = SessionCore(
                 self.settings, self.runtime, self.number, name=self.name, kind="cli",
                 give_up_when_failed=self.no_wait, count_environment_problems=self.relaunched,
@@ -123,6 +125,12 @@ class ForegroundSession(Events):
                     self.notifier.stopping()
                 if self.command is not None and self.command.returncode is None:
                     run_blocking(self.command.stop_steps(self.settings.kill_grace))
+                if self.command_argv:
+                    left = stop_adopted(self.settings.kill_grace)
+                    if left:
+                        log.get().warning("COMMAND left %d process(es) running (pid %s); "
+                                          "stopped them.", len(left),
+                                          " ".join(map(str, sorted(left))))
         raise AssertionError("a session's steps end only by raising")
 
     # -- what the core tells us --------------------------------------------------------
