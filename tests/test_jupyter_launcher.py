@@ -1,7 +1,8 @@
 """The example launcher (examples/xinfo) under a real Jupyter server with jupyter-server-proxy.
 
 These tests need the test extras (jupyter_server, jupyter-server-proxy) and the example
-package installed: ``pip install -e '.[test]' ./examples/xinfo`` (the README's test command).
+package installed: ``pip install -e '.[test]' && pip install ./examples/xinfo`` (the README's
+test command).
 """
 
 from __future__ import annotations
