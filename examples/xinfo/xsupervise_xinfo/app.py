@@ -30,6 +30,8 @@ def read_display_facts(display: str) -> dict:
     except FileNotFoundError:
         raise XClientError("xdpyinfo is not installed (Debian/Ubuntu: apt install x11-utils)") \
             from None
+    except OSError as error:  # e.g. out of processes: still one clear answer, not a dropped one
+        raise XClientError(f"cannot run xdpyinfo: {error}") from None
     except subprocess.TimeoutExpired:
         raise XClientError(f"xdpyinfo got no answer from {display} "
                            f"within {XDPYINFO_TIMEOUT:g} s") from None
