@@ -157,30 +157,23 @@ def stop_adopted(grace: float) -> list[int]:
     Returns the pids that were still running."""
     running: list[int] = []
     for _ in range(3):  # adopted processes may still be forking; a few rounds catch them
-        pids = _children_of_ours()
-        if not pids:
-            break
-        pidfds = {}
-        for pid in pids:
+        adopted = []
+        for pid in _children_of_ours():
             try:
-                pidfds[pid] = os.pidfd_open(pid)
-                os.kill(pid, signal.SIGTERM)  # a zombie ignores it
+                adopted.append(Pinned(pid, os.pidfd_open(pid)))
             except ProcessLookupError:
                 continue
-        running += [pid for pid in pidfds if not _is_zombie(pid)]
-        deadline = time.monotonic() + grace
-        waiting = dict(pidfds)
-        while waiting:
-            ready = poll_ready(Wait(tuple(waiting.values()), deadline))
-            if not ready:
-                break
-            waiting = {pid: fd for pid, fd in waiting.items() if fd not in ready}
-        for pid, fd in pidfds.items():
-            if pid in waiting:
-                os.kill(pid, signal.SIGKILL)
-            os.close(fd)
+        if not adopted:
+            break
+        running += [process.pid for process in adopted if not _is_zombie(process.pid)]
+        for process in adopted:
+            process.signal(signal.SIGTERM)  # a zombie ignores it
+        for process in wait_exited(adopted, grace):
+            process.signal(signal.SIGKILL)
+        for process in adopted:
+            process.close()
             try:
-                os.waitpid(pid, 0)
+                os.waitpid(process.pid, 0)
             except ChildProcessError:
                 pass
     return running
