@@ -47,15 +47,9 @@ def _escape(arg: str) -> str:
     """Write ``arg`` so that jupyter-server-proxy's ``str.format`` fills only its own fields
     and hands every other brace on to ``start --substitute``, which fills ours and turns
     '{{' and '}}' into single braces."""
-    def escape(match: re.Match) -> str:
-        token = match.group()
-        if token in ("{{", "}}"):
-            return token * 2  # '{{' after the proxy's format, '{' after ours
-        if len(token) > 1:
-            return token  # {port}, {base_url!s}, {port:d}: the proxy's
-        return token * 2  # a brace of ours: the proxy's format gives it back single
-
-    return _TOKEN.sub(escape, arg)
+    # A proxy field ({port}, {port:d}, ...) stays as it is; a brace, single or doubled, is
+    # doubled, so that the proxy's format gives back exactly what --substitute expects.
+    return _TOKEN.sub(lambda match: match.group() * (2 if len(match.group()) <= 2 else 1), arg)
 
 
 def session_name(launcher: str, user: str | None = None) -> str:

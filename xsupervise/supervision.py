@@ -133,11 +133,10 @@ class SessionCore:
                 # E.g. the server binary is missing. The CLI reports it (exit 5); a daemon's
                 # configured session retries by the policy, and says so, rather than giving up
                 # because a mount or package was not there yet at boot.
+                if self.retry_first_start or self.count_environment_problems:
+                    self._record_failure(str(error))
                 if not self.retry_first_start:
-                    if self.count_environment_problems:
-                        self._record_failure(str(error))
                     raise
-                self._record_failure(str(error))
                 self._log("error", "%s", error)
                 self.on_event(self, "start-failed")
                 continue
