@@ -588,3 +588,22 @@ def test_exactly_one_unit_listens_on_each_address():
             text = (directory / service).read_text()
             assert "Type=notify" in text and "Listen" not in text
             assert ("serve" if "@" not in service else "start :%i") in text
+        # The daemon always gets its socket from xsupervise.socket: started alone it would
+        # bind the path itself, and the socket unit started later would take it over.
+        for directory in (UNITS, UNITS / "user"):
+            unit = _unit_keys(directory / "xsupervise.service")
+            assert "xsupervise.socket" in unit["Requires"].split()
+            assert "xsupervise.socket" in unit["After"].split()
+            # A spent restart budget (exit 7) must end the unit, not loop past its start timeout.
+            template = _unit_keys(directory / "xsupervise@.service")
+            assert "--no-wait" in template["ExecStart"].split()
+            assert template["RestartPreventExitStatus"] == "7"
+
+
+def _unit_keys(path: Path) -> dict[str, str]:
+    keys = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            keys[key.strip()] = value.strip()
+    return keys

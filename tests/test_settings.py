@@ -96,6 +96,16 @@ def test_unfit_xdg_runtime_dir_falls_back_with_a_warning(tmp_path: Path, problem
     assert not (real / "xsupervise").exists()
 
 
+@pytest.mark.skipif(os.getuid() != 0, reason="root's rule")
+def test_root_login_shell_shares_the_system_services_directory(tmp_path: Path, monkeypatch):
+    # pam_systemd sets /run/user/0 in a root login shell; the system service and the
+    # xsupervise@ units run without it. Both must see the same sessions and restart budgets.
+    system = tmp_path / "system"
+    monkeypatch.setattr("xsupervise.paths.SYSTEM_RUNTIME_DIR", str(system))
+    runtime = RuntimeDir.discover(environ={"XDG_RUNTIME_DIR": "/run/user/0/"}, warn=pytest.fail)
+    assert runtime.path == str(system)
+
+
 def test_runtime_dir_owned_by_someone_else_is_refused(tmp_path: Path):
     planted = tmp_path / "planted"
     planted.mkdir(mode=0o700)

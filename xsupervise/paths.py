@@ -2,9 +2,10 @@
 
 ``$XDG_RUNTIME_DIR/xsupervise/`` when that variable names a usable directory (absolute,
 a real directory, owned by us, mode 0700: pyxdg returns the variable unchecked, so we check).
-Otherwise: ``/run/xsupervise`` for root (the system service's directory), and for other users
-``$XDG_CACHE_HOME/xsupervise/run-<host>`` with a warning: a path under the user's own home,
-which no other user can create first, unlike any name in the shared /tmp.
+Otherwise, and for root instead of logind's ``/run/user/0``: ``/run/xsupervise`` (the system
+service's directory); for other users ``$XDG_CACHE_HOME/xsupervise/run-<host>`` with a
+warning: a path under the user's own home, which no other user can create first, unlike any
+name in the shared /tmp.
 
 Inside it: ``sessions/<token>.json`` (a running session's record), ``<token>.xauth`` (its
 cookie) and ``<token>.log`` (its X server's output). Files are created 0600 with O_EXCL and
@@ -21,6 +22,10 @@ from collections.abc import Callable, Iterator, Mapping
 from .errors import RuntimeDirError
 
 SYSTEM_RUNTIME_DIR = "/run/xsupervise"
+# pam_systemd gives a root login shell XDG_RUNTIME_DIR=/run/user/0: a directory logind removes
+# at logout, and not the one the system service and the xsupervise@ units use. Root's displays
+# are the system's, so root uses /run/xsupervise there too (and `list`, `reset` see them).
+ROOT_LOGIN_RUNTIME_DIR = "/run/user/0"
 
 
 def _warn(message: str) -> None:
@@ -84,6 +89,8 @@ class RuntimeDir:
             base = environ["XDG_RUNTIME_DIR"] if environ is not os.environ else get_runtime_dir()
         except KeyError:
             base = None
+        if base and os.getuid() == 0 and os.path.normpath(base) == ROOT_LOGIN_RUNTIME_DIR:
+            return cls.create(SYSTEM_RUNTIME_DIR)
         if base:
             reason = _unfit_reason(base)
             if reason is None:
