@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import XSUPERVISE, fake_server, requires_xvfb
+from conftest import XSUPERVISE, fake_server, free_display_number, requires_xvfb
 from xsupervise.client import Client, ControlError
 
 requires_socket_activate = pytest.mark.skipif(
@@ -138,17 +138,24 @@ def test_ready_only_once_the_configured_display_answers(tmp_path: Path, notifica
         daemon.stop()
 
 
-def test_ready_also_when_a_configured_display_is_failed(tmp_path: Path, notifications):
+@pytest.mark.parametrize("mode", ["exit", "number"])
+def test_ready_also_when_a_configured_display_is_failed(tmp_path: Path, notifications, mode):
+    # "number": the server writes a display number but nothing answers there. A daemon that
+    # took the number for readiness would report the display ready, not FAILED.
+    number = free_display_number(start=920)
+    server, why = {"exit": (fake_server("exit"), "cannot open virtual screen"),
+                   "number": (fake_server(f"number={number}"),
+                              f"wrote display number {number} but nothing answers")}[mode]
     config = write_config(tmp_path / "config.toml", {
-        "broken": {"server": fake_server("exit"), "start_limit_burst": 2,
+        "broken": {"server": server, "start_limit_burst": 2, "displayfd_timeout": 2,
                    "backoff_initial": 0.05, "backoff_max": 0.1}})
     daemon = Daemon(tmp_path, notifications, config=config)
     try:
         ready = notifications.until("READY")
-        assert "1 FAILED (broken)" in ready["STATUS"], ready
+        assert ready["STATUS"] == "0 displays ready, 1 FAILED (broken)", ready
         with daemon.client() as client:
             (entry,) = client.status("broken")
-        assert entry["state"] == "failed" and "cannot open virtual screen" in entry["last_failure"]
+        assert entry["state"] == "failed" and why in entry["last_failure"], entry
         assert daemon.process.poll() is None  # FAILED loudly, but still serving
         assert "session broken is FAILED" in daemon.output()
     finally:
@@ -201,6 +208,10 @@ def test_control_requests_start_list_status_stop_and_reset(tmp_path: Path, notif
                 client.start(":auto", name="bad", server=fake_server("exit"))
             assert refused.value.exit_code == 3 and "cannot open virtual screen" in str(refused.value)
             assert client.reset("bad") is True
+            with pytest.raises(ControlError) as typo:  # a misspelt setting is no silent default
+                client.start(":auto", name="typo", scren="800x600x24")
+            assert typo.value.exit_code == 2 and "unknown field(s) for start: scren" in str(
+                typo.value)
             with pytest.raises(ControlError) as unknown:
                 client.stop(name="nope")
             assert unknown.value.exit_code == 6
@@ -280,6 +291,45 @@ def test_a_second_daemon_on_a_served_path_names_the_first(tmp_path: Path, notifi
             assert client.ping()["pid"] == first.pid  # the first one is unharmed
     finally:
         assert first.stop() == 0
+
+
+def test_a_listener_too_busy_to_accept_is_named_as_such_and_left_alone(tmp_path: Path):
+    from xsupervise.controlsocket import SocketInUse, bind
+
+    path = str(tmp_path / "control.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stuck:
+        stuck.bind(path)
+        stuck.listen(0)  # never accepts: once its backlog is full, a connect() blocks
+        queued = []
+        try:
+            while True:
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+                queued.append(client)
+                client.connect(path)
+        except BlockingIOError:
+            pass
+        try:
+            with pytest.raises(SocketInUse) as refused:
+                bind(path)
+        finally:
+            for client in queued:
+                client.close()
+    assert "too busy to accept a connection" in str(refused.value)
+    assert "pid -1" not in str(refused.value) and os.path.exists(path)
+
+
+def test_a_reply_that_is_not_json_is_one_clear_error(tmp_path: Path):
+    path = str(tmp_path / "other.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+        other.bind(path)
+        other.listen(1)
+        with Client(path, timeout=10) as client:  # connects
+            peer, _ = other.accept()
+            with peer:
+                peer.sendall(b"220 hello, I am not xsupervise\n")
+                with pytest.raises(ControlError) as failure:
+                    client.ping()
+    assert "is not a JSON object" in str(failure.value) and path in str(failure.value)
 
 
 def test_a_stale_socket_file_is_replaced(tmp_path: Path, notifications):

@@ -94,7 +94,13 @@ class Client:
         except OSError as exc:
             raise ControlError(f"lost the connection to {self.path}: {exc.strerror}.") from None
         line, _, self._buffer = self._buffer.partition(b"\n")
-        reply = json.loads(line)
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            raise ControlError(f"the reply on {self.path} is not a JSON object ({line[:60]!r}); "
+                               "is something other than xsupervise serving it?")
         if not reply.get("ok"):
             raise ControlError(reply.get("error", "the daemon gave no reason"),
                                int(reply.get("exit_code", 1)))

@@ -27,6 +27,9 @@ FD_NAME = "control"  # FileDescriptorName= in xsupervise.socket
 ENV_SOCKET = "XSUPERVISE_SOCKET"
 
 
+BUSY = -1  # who_serves: something listens, but a connection (and so its pid) is not to be had
+
+
 class SocketInUse(EnvironmentProblem):
     """Another live process serves the control socket's path."""
 
@@ -39,6 +42,9 @@ def describe_pid(pid: int) -> str:
     """'pid 42 (xsupervise serve)', with the command line as psutil sees it."""
     import psutil
 
+    if pid == BUSY:
+        return "a process too busy to accept a connection (its backlog is full)"
+
     try:
         command = " ".join(psutil.Process(pid).cmdline()) or psutil.Process(pid).name()
     except psutil.Error:
@@ -48,7 +54,8 @@ def describe_pid(pid: int) -> str:
 
 def who_serves(path: str) -> int | None:
     """The pid of the process listening on ``path`` (for systemd's sockets, PID 1 or
-    systemd-socket-activate), or None if nothing accepts connections there."""
+    systemd-socket-activate), BUSY if it listens but accepts nothing, or None if nothing
+    listens there."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     probe.settimeout(2.0)
     try:
@@ -56,9 +63,11 @@ def who_serves(path: str) -> int | None:
         return peer_credentials(probe)[0]
     except (FileNotFoundError, ConnectionRefusedError):
         return None
+    except socket.timeout:
+        return BUSY
     except OSError as exc:
         if exc.errno == errno.EAGAIN:  # the backlog is full: very much alive
-            return 0
+            return BUSY
         raise EnvironmentProblem(f"cannot probe control socket {path}: {exc.strerror}; check "
                                  "its owner and mode, or choose another with --socket.") from None
     finally:

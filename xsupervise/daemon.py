@@ -96,6 +96,7 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.config_path, specs = load_session_specs(self.flags)  # a bad file: exit 2 now
+        self.policy = load_settings(self.flags).policy()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
@@ -247,6 +248,7 @@ class Daemon:
             self.notifier.reloading()
             try:
                 self.config_path, specs = load_session_specs(self.flags)
+                self.policy = load_settings(self.flags).policy()
             except XSuperviseError as error:
                 log.get().error("config not reloaded, keeping the old one: %s", error)
                 self._announce_again()
@@ -255,6 +257,8 @@ class Daemon:
             outdated = [managed for name, managed in self.sessions.items()
                         if managed.origin == "config" and wanted.get(name) != managed.spec]
             await self._stop_sessions(outdated)
+            if self._stop.is_set():  # SIGTERM came while we stopped them: start nothing new
+                return
             for spec in specs:
                 if spec.name not in self.sessions:
                     self._start_session(spec, "config")
@@ -338,6 +342,10 @@ class Daemon:
         handler = getattr(self, "_op_" + request["op"], None) if request["op"] in OPS else None
         if handler is None:
             return _error(f"unknown op {request['op'][:40]!r}; known: {', '.join(OPS)}.", 2)
+        unknown = sorted(set(request) - {"op", *OPS[request["op"]]})
+        if unknown:
+            return _error(f"unknown field(s) for {request['op']}: {', '.join(unknown)[:200]}; "
+                          f"known: {', '.join(OPS[request['op']]) or '(none)'}.", 2)
         try:
             return {"ok": True, **await handler(request)}
         except XSuperviseError as error:
@@ -423,7 +431,7 @@ class Daemon:
         from .control import session_status
 
         target = _field(request, "target", str, None)
-        entries = session_status(self.runtime, target, load_settings().policy(), time.time())
+        entries = session_status(self.runtime, target, self.policy, time.time())
         return {"sessions": entries, "status": self.status_line()}
 
     async def _op_reset(self, request: dict) -> dict:
@@ -435,7 +443,11 @@ class Daemon:
         return {"name": name, "had_history": Ledger(self.runtime, name).reset()}
 
 
-OPS = ("ping", "start", "stop", "list", "status", "reset")
+# Each op and the fields it takes besides "op": any other field is refused, so that a typo
+# (e.g. "scren") is an error instead of a silent default.
+OPS = {"ping": (), "start": ("display", "name", "no_wait", *FIELDS),
+       "stop": ("display", "name", "all", "wait"), "list": (), "status": ("target",),
+       "reset": ("name",)}
 
 
 def _field(request: dict, key: str, kind: type | tuple[type, ...], default):
