@@ -8,6 +8,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -341,6 +342,7 @@ def test_a_stale_socket_file_is_replaced(tmp_path: Path, notifications):
         notifications.until("READY")
         with daemon.client() as client:
             assert client.ping()["pid"] == daemon.pid
+        assert stat.S_IMODE(os.stat(daemon.socket).st_mode) == 0o600  # ours alone to connect to
     finally:
         assert daemon.stop() == 0
     assert not (tmp_path / "control.sock").exists()  # ours, so removed on exit
