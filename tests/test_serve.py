@@ -648,8 +648,9 @@ def test_exactly_one_unit_listens_on_each_address():
             assert "xsupervise.socket" in unit["After"].split()
             # A spent restart budget (exit 7) must end the unit, not loop past its start timeout.
             template = _unit_keys(directory / "xsupervise@.service")
-            assert "--no-wait" in template["ExecStart"].split()
-            assert template["RestartPreventExitStatus"] == "7"
+            assert {"--no-wait", "--relaunched"} <= set(template["ExecStart"].split())
+            assert template["RestartPreventExitStatus"].split() == ["2", "7"]
+            assert unit["RestartPreventExitStatus"] == "2"
 
 
 def _unit_keys(path: Path) -> dict[str, str]:

@@ -100,10 +100,16 @@ def test_unfit_xdg_runtime_dir_falls_back_with_a_warning(tmp_path: Path, problem
 def test_root_login_shell_shares_the_system_services_directory(tmp_path: Path, monkeypatch):
     # pam_systemd sets /run/user/0 in a root login shell; the system service and the
     # xsupervise@ units run without it. Both must see the same sessions and restart budgets.
-    system = tmp_path / "system"
+    system, login = tmp_path / "system", tmp_path / "user-0"
+    login.mkdir(mode=0o700)
     monkeypatch.setattr("xsupervise.paths.SYSTEM_RUNTIME_DIR", str(system))
-    runtime = RuntimeDir.discover(environ={"XDG_RUNTIME_DIR": "/run/user/0/"}, warn=pytest.fail)
-    assert runtime.path == str(system)
+    monkeypatch.setattr("xsupervise.paths.ROOT_LOGIN_RUNTIME_DIR", str(login))
+    runtime = RuntimeDir.discover(environ={"XDG_RUNTIME_DIR": f"{login}/"}, warn=pytest.fail)
+    assert runtime.path == str(system) and not (login / "xsupervise").exists()
+    # Units of root's own user manager (systemctl --user as root) keep their %t.
+    unit = RuntimeDir.discover(environ={"XDG_RUNTIME_DIR": str(login),
+                                        "INVOCATION_ID": "0" * 32}, warn=pytest.fail)
+    assert unit.path == str(login / "xsupervise")
 
 
 def test_runtime_dir_owned_by_someone_else_is_refused(tmp_path: Path):

@@ -316,7 +316,7 @@ def _print_display(facts: dict, as_json: bool) -> None:
         print(f"DISPLAY={facts['display']}\nXAUTHORITY={facts['xauthority']}", flush=True)
 
 
-def _daemon(args: argparse.Namespace):
+def _daemon(args: argparse.Namespace, timeout: float = 60.0):
     """A connected client of the running `xsupervise serve`, or None if none answers.
 
     `list`, `status`, `stop` and `reset` ask the daemon when one answers (it sees what it
@@ -325,7 +325,7 @@ def _daemon(args: argparse.Namespace):
     """
     from .client import running_daemon
 
-    return running_daemon(args.socket)
+    return running_daemon(args.socket, timeout)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -399,7 +399,8 @@ def _stop(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     number = None if args.all else parse_display(args.display)
     if number is None and not args.all:
         parser.error("give a display number, e.g. xsupervise stop :5")
-    daemon = _daemon(args)
+    # The daemon replies once every server has gone, which may take the whole --wait.
+    daemon = _daemon(args, timeout=max(60.0, args.wait + 30.0))
     if daemon is not None:
         with daemon:
             lines = daemon.request("stop", wait=args.wait, **(

@@ -102,8 +102,9 @@ class Client:
             raise ControlError(f"the reply on {self.path} is not a JSON object ({line[:60]!r}); "
                                "is something other than xsupervise serving it?")
         if not reply.get("ok"):
-            raise ControlError(reply.get("error", "the daemon gave no reason"),
-                               int(reply.get("exit_code", 1)))
+            code = reply.get("exit_code")
+            raise ControlError(str(reply.get("error", "the daemon gave no reason")),
+                               code if isinstance(code, int) and not isinstance(code, bool) else 1)
         return reply
 
     def ping(self) -> dict:
@@ -128,12 +129,12 @@ class Client:
         return self.request("reset", name=name)["had_history"]
 
 
-def running_daemon(path: str | None = None) -> Client | None:
+def running_daemon(path: str | None = None, timeout: float | None = 60.0) -> Client | None:
     """A connected client if a daemon answers on the control socket, else None."""
     path = path or default_socket_path()
     if not os.path.exists(path):
         return None
     try:
-        return Client(path).connect()
+        return Client(path, timeout).connect()
     except DaemonUnavailable:
         return None

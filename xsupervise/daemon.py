@@ -30,7 +30,7 @@ from .aio import run_steps
 from .config import FIELDS, SessionSpec, default_session_name, load_session_specs, \
     load_settings, parse_display
 from .controlsocket import Listener
-from .errors import NoSuchSession, StartError, UsageError, XSuperviseError
+from .errors import EnvironmentProblem, NoSuchSession, StartError, UsageError, XSuperviseError
 from .notify import Notifier
 from .paths import RuntimeDir
 from .process import peer_credentials
@@ -85,6 +85,7 @@ class Daemon:
         self.sessions: dict[str, Managed] = {}
         self.clients: dict[asyncio.StreamWriter, _Client] = {}
         self.config_path: str | None = None
+        self.policy = load_settings(self.flags).policy()  # for status; re-read on SIGHUP
         self._stop = asyncio.Event()
         self._signals = 0
         self._reload_lock = asyncio.Lock()
@@ -96,7 +97,6 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.config_path, specs = load_session_specs(self.flags)  # a bad file: exit 2 now
-        self.policy = load_settings(self.flags).policy()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
@@ -247,12 +247,13 @@ class Daemon:
         async with self._reload_lock:
             self.notifier.reloading()
             try:
-                self.config_path, specs = load_session_specs(self.flags)
-                self.policy = load_settings(self.flags).policy()
+                config_path, specs = load_session_specs(self.flags)
+                policy = load_settings(self.flags).policy()
             except XSuperviseError as error:
                 log.get().error("config not reloaded, keeping the old one: %s", error)
                 self._announce_again()
                 return
+            self.config_path, self.policy = config_path, policy
             wanted = {spec.name: spec for spec in specs}
             outdated = [managed for name, managed in self.sessions.items()
                         if managed.origin == "config" and wanted.get(name) != managed.spec]
@@ -360,6 +361,9 @@ class Daemon:
                 "status": self.status_line()}
 
     async def _op_start(self, request: dict) -> dict:
+        if self._stop.is_set():  # shutting down: a session started now would outlive the list
+            raise EnvironmentProblem("the daemon is stopping; retry once it is back, or run "
+                                     "'xsupervise start' without --detach.")
         number = parse_display(_field(request, "display", str, ":auto"))
         flags = {field: request[field] for field in FIELDS if field in request}
         settings = load_settings(flags)
@@ -464,8 +468,7 @@ def _error(message: str, exit_code: int) -> dict:
 
 def serve(runtime: RuntimeDir, listener: Listener, flags: dict | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; the exit code."""
-    daemon = Daemon(runtime, listener, flags=flags)
     try:
-        return asyncio.run(daemon.run())
+        return asyncio.run(Daemon(runtime, listener, flags=flags).run())
     finally:
         listener.close()

@@ -25,6 +25,7 @@ SYSTEM_RUNTIME_DIR = "/run/xsupervise"
 # pam_systemd gives a root login shell XDG_RUNTIME_DIR=/run/user/0: a directory logind removes
 # at logout, and not the one the system service and the xsupervise@ units use. Root's displays
 # are the system's, so root uses /run/xsupervise there too (and `list`, `reset` see them).
+# Units of root's own user manager (INVOCATION_ID set) keep /run/user/0, their %t.
 ROOT_LOGIN_RUNTIME_DIR = "/run/user/0"
 
 
@@ -89,7 +90,8 @@ class RuntimeDir:
             base = environ["XDG_RUNTIME_DIR"] if environ is not os.environ else get_runtime_dir()
         except KeyError:
             base = None
-        if base and os.getuid() == 0 and os.path.normpath(base) == ROOT_LOGIN_RUNTIME_DIR:
+        if (base and os.getuid() == 0 and os.path.normpath(base) == ROOT_LOGIN_RUNTIME_DIR
+                and "INVOCATION_ID" not in environ):
             return cls.create(SYSTEM_RUNTIME_DIR)
         if base:
             reason = _unfit_reason(base)
