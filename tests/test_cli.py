@@ -15,8 +15,8 @@ import pytest
 
 from conftest import (XSUPERVISE, fake_server, free_display_number, read_line, requires_xvfb,
                       start_cli, wait_gone)
-from xsupervise.cli import main
-from xsupervise.stale import bound_abstract_displays
+from xsupervise._cli import main
+from xsupervise._stale import bound_abstract_displays
 
 
 def announced(process: subprocess.Popen) -> dict[str, str]:

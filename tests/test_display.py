@@ -15,7 +15,7 @@ import pytest
 import xsupervise
 from conftest import (FAKE_X, fake_server, free_display_number, read_report, requires_xvfb,
                       wait_gone)
-from xsupervise.stale import bound_abstract_displays
+from xsupervise._stale import bound_abstract_displays
 
 
 def xdpyinfo(env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -219,10 +219,10 @@ def test_bad_display_requests_are_usage_errors():
 
 def test_launch_steps_closed_half_way_kill_their_server():
     """An event loop that drops a start (e.g. cancelled) closes the generator: no leak."""
-    from xsupervise.config import Settings
-    from xsupervise.launch import launch_steps
-    from xsupervise.paths import RuntimeDir
-    from xsupervise.records import load_records
+    from xsupervise._settings import Settings
+    from xsupervise._launcher import launch_steps
+    from xsupervise._paths import RuntimeDir
+    from xsupervise._records import load_records
 
     runtime = RuntimeDir.discover()
     steps = launch_steps(Settings(server=(FAKE_X, "never")), runtime)

@@ -28,7 +28,7 @@ import pytest
 import xsupervise.jupyter
 
 from conftest import XSUPERVISE, fake_server, requires_xvfb, wait_gone
-from xsupervise.config import load_settings
+from xsupervise._settings import load_settings
 
 pytest.importorskip("jupyter_server", reason="needs the test extras: pip install -e '.[test]'")
 pytest.importorskip("jupyter_server_proxy", reason="needs the test extras: pip install -e '.[test]'")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from xsupervise import policy
-from xsupervise.policy import History, RestartPolicy
+from xsupervise import _policy as policy
+from xsupervise._policy import History, RestartPolicy
 
 MAX_JITTER = lambda: 1.0  # noqa: E731 - the longest delays
 MIN_JITTER = lambda: 0.0  # noqa: E731 - the shortest

@@ -295,7 +295,7 @@ def test_a_second_daemon_on_a_served_path_names_the_first(tmp_path: Path, notifi
 
 
 def test_a_listener_too_busy_to_accept_is_named_as_such_and_left_alone(tmp_path: Path):
-    from xsupervise.controlsocket import SocketInUse, bind
+    from xsupervise._listener import SocketInUse, bind
 
     path = str(tmp_path / "control.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stuck:
@@ -544,11 +544,11 @@ def test_journal_fields_reach_the_handler(tmp_path: Path, monkeypatch):
 
     from systemd.journal import JournalHandler
 
-    from xsupervise import log
-    from xsupervise.aio import run_steps
-    from xsupervise.config import load_settings
-    from xsupervise.paths import RuntimeDir
-    from xsupervise.supervision import SessionCore
+    from xsupervise import _log as log
+    from xsupervise._aio import run_steps
+    from xsupervise._settings import load_settings
+    from xsupervise._paths import RuntimeDir
+    from xsupervise._session import Session
 
     with open(tmp_path / "stderr", "w") as stderr:
         info = os.fstat(stderr.fileno())
@@ -568,7 +568,7 @@ def test_journal_fields_reach_the_handler(tmp_path: Path, monkeypatch):
             if event == "ready":
                 task.cancel()
 
-        core = SessionCore(load_settings(), RuntimeDir.discover(), None, name="journal",
+        core = Session(load_settings(), RuntimeDir.discover(), None, name="journal",
                            kind="daemon", on_event=on_event)
         task = asyncio.current_task()
         try:

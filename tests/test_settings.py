@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from xsupervise.config import Settings, load_settings
-from xsupervise.errors import RuntimeDirError, UsageError
-from xsupervise.paths import RuntimeDir
+from xsupervise._settings import Settings, load_settings
+from xsupervise._errors import RuntimeDirError, UsageError
+from xsupervise._paths import RuntimeDir
 
 
 def write_config(home: Path, text: str) -> Path:
@@ -89,7 +89,7 @@ def test_unfit_xdg_runtime_dir_falls_back_with_a_warning(tmp_path: Path, problem
         value = str(tmp_path / "link")
     warnings = []
     fallback = tmp_path / "system"
-    monkeypatch.setattr("xsupervise.paths.SYSTEM_RUNTIME_DIR", str(fallback))  # we are root
+    monkeypatch.setattr("xsupervise._paths.SYSTEM_RUNTIME_DIR", str(fallback))  # we are root
     runtime = RuntimeDir.discover(environ={"XDG_RUNTIME_DIR": value}, warn=warnings.append)
     assert runtime.path == str(fallback)
     assert len(warnings) == 1 and f"XDG_RUNTIME_DIR={value}" in warnings[0]
@@ -102,8 +102,8 @@ def test_root_login_shell_shares_the_system_services_directory(tmp_path: Path, m
     # xsupervise@ units run without it. Both must see the same sessions and restart budgets.
     system, login = tmp_path / "system", tmp_path / "user-0"
     login.mkdir(mode=0o700)
-    monkeypatch.setattr("xsupervise.paths.SYSTEM_RUNTIME_DIR", str(system))
-    monkeypatch.setattr("xsupervise.paths.ROOT_LOGIN_RUNTIME_DIR", str(login))
+    monkeypatch.setattr("xsupervise._paths.SYSTEM_RUNTIME_DIR", str(system))
+    monkeypatch.setattr("xsupervise._paths.ROOT_LOGIN_RUNTIME_DIR", str(login))
     runtime = RuntimeDir.discover(environ={"XDG_RUNTIME_DIR": f"{login}/"}, warn=pytest.fail)
     assert runtime.path == str(system) and not (login / "xsupervise").exists()
     # Units of root's own user manager (systemctl --user as root) keep their %t.
@@ -143,7 +143,7 @@ def test_unprivileged_user_without_xdg_runtime_dir_gets_a_private_home_directory
 
 
 def _check_fallback_as_nobody(home: Path) -> None:
-    code = ("from xsupervise.paths import RuntimeDir; import os, stat; r = RuntimeDir.discover(); "
+    code = ("from xsupervise._paths import RuntimeDir; import os, stat; r = RuntimeDir.discover(); "
             "print(r.path, oct(stat.S_IMODE(os.lstat(r.path).st_mode)), os.lstat(r.path).st_uid)")
     env = {"HOME": str(home), "PATH": os.environ["PATH"],
            "PYTHONPATH": str(Path(__file__).parent.parent)}

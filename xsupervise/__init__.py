@@ -5,7 +5,7 @@
         subprocess.run(["xterm"], env={**os.environ, **display.env})
 """
 
-from .errors import (BadDisplayFd, EnvironmentProblem, NoSuchSession, NotServing, ReadyTimeout,
+from ._errors import (BadDisplayFd, EnvironmentProblem, NoSuchSession, NotServing, ReadyTimeout,
                      RuntimeDirError, ServerExited, ServerNotFound, SessionFailed,
                      StartError, UsageError, XSuperviseError)
 
@@ -33,7 +33,7 @@ def __getattr__(name: str):
     # Imported on first use: the CLI imports this package too, and Python start-up time is
     # part of every `xsupervise run`.
     if name in ("Display", "AsyncDisplay"):
-        from . import display
+        from . import _display as display
 
         return getattr(display, name)
     raise AttributeError(f"module 'xsupervise' has no attribute {name!r}")

@@ -15,7 +15,7 @@ import json
 import os
 import socket
 
-from .errors import EnvironmentProblem, XSuperviseError
+from ._errors import EnvironmentProblem, XSuperviseError
 
 
 class ControlError(XSuperviseError):
@@ -31,8 +31,8 @@ class DaemonUnavailable(EnvironmentProblem):
 
 
 def default_socket_path() -> str:
-    from .controlsocket import default_path
-    from .paths import RuntimeDir
+    from ._listener import default_path
+    from ._paths import RuntimeDir
 
     return default_path(RuntimeDir.discover())
 

@@ -30,7 +30,7 @@ import shlex
 import sys
 from collections.abc import Mapping, Sequence
 
-from .config import load_settings
+from ._settings import load_settings
 
 # Substituted by jupyter-server-proxy (with str.format) before the command runs.
 PROXY_FIELDS = ("port", "unix_socket", "base_url")

@@ -18,7 +18,7 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -35,6 +35,24 @@ class Wait:
 
     def __repr__(self) -> str:
         return f"Wait(fds={self.fds}, deadline={self.deadline})"
+
+
+class Offload:
+    """Run blocking ``fn(*args)`` off the event loop: in a worker thread under asyncio
+    (``_aio.run_steps``), inline under ``run_blocking``. The steps are sent its return value,
+    or have its exception thrown into them."""
+
+    __slots__ = ("fn", "args")
+
+    def __init__(self, fn: Callable[..., object], *args: object):
+        self.fn = fn
+        self.args = args
+
+    def __repr__(self) -> str:
+        return f"Offload({getattr(self.fn, '__name__', self.fn)})"
+
+    def call(self) -> object:
+        return self.fn(*self.args)
 
 
 # A generator of Waits that is sent the set of ready fds and returns a T. (Spelled as a
@@ -74,7 +92,10 @@ def run_blocking(steps: Steps, events: Events | None = None):
             return done.value
         error = None
         try:
-            ready = _wait_with_events(wait, events) if events is not None else poll_ready(wait)
+            if isinstance(wait, Offload):
+                ready = wait.call()
+            else:
+                ready = _wait_with_events(wait, events) if events is not None else poll_ready(wait)
         except BaseException as exc:  # noqa: BLE001 - handed to the steps, which re-raise it
             error = exc
 

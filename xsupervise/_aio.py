@@ -1,4 +1,4 @@
-"""Drive generator steps (process.py) on an asyncio event loop: the async twin of run_blocking.
+"""Drive generator steps (_process.py) on an asyncio event loop: the async twin of run_blocking.
 
 Waiting is done with ``loop.add_reader`` on the steps' fds (pipes, sockets, pidfds) and a
 timer at their deadline, so the loop is never blocked. A cancellation is thrown into the
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .process import Steps, Wait
+from ._process import Offload, Steps, Wait
 
 
 async def run_steps(steps: Steps):
@@ -25,7 +25,10 @@ async def run_steps(steps: Steps):
             return done.value
         error = None
         try:
-            ready = await _wait(loop, wait)
+            if isinstance(wait, Offload):
+                ready = await loop.run_in_executor(None, wait.call)
+            else:
+                ready = await _wait(loop, wait)
         except BaseException as exc:  # noqa: BLE001 - e.g. CancelledError: handed to the steps
             error = exc
 

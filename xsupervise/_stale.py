@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 
-from .xserver import X11_UNIX_DIR, lock_path, socket_path  # noqa: F401 (re-exported)
+from ._x11 import X11_UNIX_DIR, lock_path, socket_path  # noqa: F401 (re-exported)
 
 
 def bound_abstract_displays() -> set[int]:

@@ -18,9 +18,9 @@ import os
 import socket
 import stat
 
-from .errors import EnvironmentProblem, UsageError
-from .paths import RuntimeDir, remove_file
-from .process import peer_credentials
+from ._errors import EnvironmentProblem, UsageError
+from ._paths import RuntimeDir, remove_file
+from ._process import peer_credentials
 
 SOCKET_NAME = "control.sock"
 FD_NAME = "control"  # FileDescriptorName= in xsupervise.socket

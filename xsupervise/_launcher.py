@@ -12,13 +12,13 @@ import signal
 import subprocess
 import time
 
-from . import errors, log
-from .config import Settings
-from .notify import child_environment
-from .paths import RuntimeDir, create_private_file, new_token, remove_file
-from .process import Child, Steps, describe_status, spawn
-from .stale import bound_abstract_displays, remove_dead_socket
-from .xserver import (DisplayFdError, HandshakeError, ServerFacts, read_display_number,
+from . import _errors as errors, _log as log
+from ._settings import Settings
+from ._notify import child_environment
+from ._paths import RuntimeDir, create_private_file, new_token, remove_file
+from ._process import Child, Steps, describe_status, spawn
+from ._stale import bound_abstract_displays, remove_dead_socket
+from ._x11 import (DisplayFdError, HandshakeError, ServerFacts, read_display_number,
                       server_argv, verify, xauthority_entry)
 
 # Imported only once the server is spawned (records needs psutil and json): see launch_steps.
@@ -66,7 +66,7 @@ class SessionFiles:
     def save(self, **changes) -> None:
         """Update the record (creating it the first time) and write it."""
         if self.record is None:
-            from .records import SessionRecord, own_identity
+            from ._records import SessionRecord, own_identity
 
             pid, ticks = own_identity()
             self.record = SessionRecord(token=self.token, name=self.name, kind=self.kind,
@@ -213,8 +213,8 @@ def launch_steps(settings: Settings, runtime: RuntimeDir, number: int | None = N
     try:
         # Everything up to the first wait runs while the server initialises (~50 ms): the
         # imports and files here cost nothing a user would notice.
-        from .recovery import reclaim_abandoned
-        from .stale import clean_own_quietly
+        from ._recovery import reclaim_abandoned
+        from ._stale import clean_own_quietly
 
         log.get()
         files.save(state="starting", server_pid=child.pid, server_ticks=child.start_ticks,

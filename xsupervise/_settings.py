@@ -11,8 +11,8 @@ import os
 import shlex
 from collections.abc import Mapping
 
-from .errors import UsageError
-from .policy import DEFAULTS as POLICY_DEFAULTS
+from ._errors import UsageError
+from ._policy import DEFAULTS as POLICY_DEFAULTS
 
 ENV_PREFIX = "XSUPERVISE_"
 SYSTEM_CONFIG = "/etc/xsupervise/config.toml"
@@ -57,7 +57,7 @@ FIELDS = {
     "displayfd_timeout": 10.0,
     # How long a server may take to exit after SIGTERM before it gets SIGKILL.
     "kill_grace": 2.0,
-    # The restart policy's settings (see policy.py).
+    # The restart policy's settings (see _policy.py).
     **POLICY_DEFAULTS,
 }
 
@@ -88,7 +88,7 @@ class Settings:
         return f"Settings({fields})"
 
     def policy(self):
-        from .policy import RestartPolicy
+        from ._policy import RestartPolicy
 
         return RestartPolicy(**{name: getattr(self, name) for name in POLICY_DEFAULTS})
 

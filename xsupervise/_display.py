@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from types import TracebackType
 
-from .config import Settings, load_settings, parse_display
-from .launch import XServer, launch_steps
-from .paths import RuntimeDir
-from .process import run_blocking
-from .xserver import ServerFacts
+from ._settings import Settings, load_settings, parse_display
+from ._launcher import XServer, launch_steps
+from ._paths import RuntimeDir
+from ._process import run_blocking
+from ._x11 import ServerFacts
 
 
 class Display:
@@ -126,7 +126,7 @@ class AsyncDisplay:
         return repr(self._display).replace("<Display", "<AsyncDisplay", 1)
 
     async def start(self) -> AsyncDisplay:
-        from .aio import run_steps
+        from ._aio import run_steps
 
         inner = self._display
         # Checked and set before the first await: a second start() racing the first must not
@@ -141,7 +141,7 @@ class AsyncDisplay:
 
     async def stop(self) -> None:
         """Stop the server (TERM, grace, KILL), reap it and remove its files. Idempotent."""
-        from .aio import run_steps
+        from ._aio import run_steps
 
         if self._display._server is not None:
             await run_steps(self._display._server.stop_steps())

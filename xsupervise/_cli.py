@@ -10,8 +10,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import log
-from .errors import UsageError, XSuperviseError
+from . import _log as log
+from ._errors import UsageError, XSuperviseError
 
 EXIT_CODES = """\
 exit codes:
@@ -267,9 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from .config import FIELDS, default_session_name, load_settings, parse_display
-    from .paths import RuntimeDir
-    from .session import ForegroundSession
+    from ._settings import FIELDS, default_session_name, load_settings, parse_display
+    from ._paths import RuntimeDir
+    from ._foreground import ForegroundSupervisor
 
     is_run = args.command == "run"
     command = args.cmd
@@ -297,7 +297,7 @@ def _start(args: argparse.Namespace) -> int:
             os.close(displayfd)
 
     name = args.name or default_session_name(number, settings.server)
-    session = ForegroundSession(settings, RuntimeDir.discover(), number, name=name,
+    session = ForegroundSupervisor(settings, RuntimeDir.discover(), number, name=name,
                                 command=command, announce=announce, no_wait=args.no_wait,
                                 substitute=getattr(args, "substitute", False),
                                 parent_pid=(args.parent_pid or PARENT_PID)
@@ -329,10 +329,10 @@ def _daemon(args: argparse.Namespace, timeout: float = 60.0):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .config import FIELDS
-    from .controlsocket import bind, default_path, from_systemd
-    from .daemon import serve
-    from .paths import RuntimeDir
+    from ._settings import FIELDS
+    from ._listener import bind, default_path, from_systemd
+    from ._daemon import serve
+    from ._paths import RuntimeDir
 
     if args.config:
         os.environ["XSUPERVISE_CONFIG"] = args.config
@@ -344,7 +344,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _start_detached(args: argparse.Namespace) -> int:
     from .client import Client
-    from .config import FIELDS, parse_display
+    from ._settings import FIELDS, parse_display
 
     parse_display(args.display)  # a bad request is a usage error here, not in the daemon
     options = {field: getattr(args, field) for field in FIELDS if getattr(args, field) is not None}
@@ -363,15 +363,15 @@ def _list(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from .records import SessionRecord
+    from ._records import SessionRecord
 
     daemon = _daemon(args)
     if daemon is not None:
         with daemon:
             records = [SessionRecord(**data) for data in daemon.list()]
     else:
-        from .paths import RuntimeDir
-        from .records import live_records
+        from ._paths import RuntimeDir
+        from ._records import live_records
 
         records = live_records(RuntimeDir.discover())
     if args.json:
@@ -390,9 +390,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .control import stop_sessions
-    from .config import parse_display
-    from .paths import RuntimeDir
+    from ._local_ops import stop_sessions
+    from ._settings import parse_display
+    from ._paths import RuntimeDir
 
     if args.all == bool(args.display):
         parser.error("give either :N or --all")
@@ -416,9 +416,9 @@ def _status(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from .config import load_settings
-    from .control import format_status, session_status
-    from .paths import RuntimeDir
+    from ._settings import load_settings
+    from ._local_ops import format_status, session_status
+    from ._paths import RuntimeDir
 
     now = time.time()
     daemon = _daemon(args)
@@ -438,8 +438,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _reset(args: argparse.Namespace) -> int:
-    from .ledger import Ledger
-    from .paths import RuntimeDir
+    from ._ledger import Ledger
+    from ._paths import RuntimeDir
 
     daemon = _daemon(args)
     if daemon is not None:
@@ -455,10 +455,10 @@ def _reset(args: argparse.Namespace) -> int:
 def _clean(args: argparse.Namespace) -> int:
     import json
 
-    from .errors import EnvironmentProblem
-    from .paths import RuntimeDir
-    from .recovery import reclaim_abandoned
-    from .stale import X11_UNIX_DIR, check_shared_dir, clean, scan
+    from ._errors import EnvironmentProblem
+    from ._paths import RuntimeDir
+    from ._recovery import reclaim_abandoned
+    from ._stale import X11_UNIX_DIR, check_shared_dir, clean, scan
 
     if not args.dry_run:
         for record in reclaim_abandoned(RuntimeDir.discover()):

@@ -9,7 +9,7 @@ States: starting -> ready -> (server died) backoff -> starting -> ready ... -> f
 - Once a display has been ready, a dead server is restarted on the *same* number, with the
   same cookie, so that its clients can reconnect.
 
-``SessionCore.steps()`` is written as generator steps (see process.py): ``xsupervise start``
+``Session.steps()`` is written as generator steps (see _process.py): ``xsupervise start``
 drives it with poll(2), ``xsupervise serve`` runs many at once on an asyncio loop. It never
 returns; it ends by raising: StartError (first start), SessionFailed, or whatever its driver
 threw into it (a stop). Before it ends, the server is stopped and reaped and the session's
@@ -21,15 +21,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from . import log, policy
-from .config import Settings
-from .errors import EnvironmentProblem, SessionFailed, StartError
-from .launch import SessionFiles, XServer, launch_steps
-from .ledger import Ledger
-from .paths import RuntimeDir
-from .process import Steps, Wait, describe_status, same_process
-from .records import own_identity
-from .recovery import reclaim_abandoned
+from . import _log as log, _policy as policy
+from ._settings import Settings
+from ._errors import EnvironmentProblem, SessionFailed, StartError
+from ._launcher import SessionFiles, XServer, launch_steps
+from ._ledger import Ledger
+from ._paths import RuntimeDir
+from ._process import Steps, Wait, describe_status, same_process
+from ._records import own_identity
+from ._recovery import reclaim_abandoned
 
 _LEDGER_RECHECK = 1.0  # seconds: 'xsupervise reset' is noticed this fast by a waiting session
 
@@ -38,7 +38,7 @@ def clock_time(wall: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(wall))
 
 
-class SessionCore:
+class Session:
     """The state of one session and the steps that run it.
 
     ``on_event(core, event)`` is called as things happen: "ready" (the first time), "restarted",
@@ -50,7 +50,7 @@ class SessionCore:
                  name: str, kind: str, retry_first_start: bool = False,
                  give_up_when_failed: bool = False, reclaim: bool = True,
                  count_environment_problems: bool = False,
-                 on_event: Callable[[SessionCore, str], None] = lambda core, event: None,
+                 on_event: Callable[[Session, str], None] = lambda core, event: None,
                  clock: Callable[[], float] = time.time):
         self.settings = settings
         self.policy = settings.policy()
@@ -77,7 +77,7 @@ class SessionCore:
         self.ready_at = 0.0  # time.monotonic() of the last ready
 
     def __repr__(self) -> str:
-        return f"<SessionCore {self.name} {self.display or '-'} {self.state}>"
+        return f"<Session {self.name} {self.display or '-'} {self.state}>"
 
     @property
     def display(self) -> str | None:
@@ -90,7 +90,7 @@ class SessionCore:
         return self.server.env
 
     def log_fields(self) -> dict[str, object]:
-        """Structured fields for the journal (see log.py)."""
+        """Structured fields for the journal (see _log.py)."""
         return {"SESSION": self.name, "DISPLAY": self.display or "",
                 "SERVER_PID": self.server.pid if self.server else "", "STATE": self.state}
 

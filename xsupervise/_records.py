@@ -11,8 +11,8 @@ import json
 import os
 import time
 
-from .paths import RuntimeDir, write_private_file
-from .process import same_process
+from ._paths import RuntimeDir, write_private_file
+from ._process import same_process
 
 
 class SessionRecord:
@@ -74,6 +74,6 @@ def live_records(runtime: RuntimeDir) -> list[SessionRecord]:
 
 def own_identity() -> tuple[int, int | None]:
     pid = os.getpid()
-    from .process import start_ticks
+    from ._process import start_ticks
 
     return pid, start_ticks(pid)

@@ -13,7 +13,7 @@ import os
 import struct
 import time
 
-from .process import Child, Steps, Wait, peer_credentials
+from ._process import Child, Steps, Wait, peer_credentials
 
 X11_UNIX_DIR = "/tmp/.X11-unix"
 COOKIE_PROTOCOL = b"MIT-MAGIC-COOKIE-1"

@@ -19,7 +19,7 @@ import stat
 import sys
 from collections.abc import Callable, Iterator, Mapping
 
-from .errors import RuntimeDirError
+from ._errors import RuntimeDirError
 
 SYSTEM_RUNTIME_DIR = "/run/xsupervise"
 # pam_systemd gives a root login shell XDG_RUNTIME_DIR=/run/user/0: a directory logind removes
@@ -161,7 +161,7 @@ def new_token() -> str:
     """A fresh name for one session's files: our pid and start time (so that crash recovery
     can tell whether the process that made them is gone, even before it wrote a record) and
     32 random bits."""
-    from .process import start_ticks
+    from ._process import start_ticks
 
     pid = os.getpid()
     return f"{pid}.{start_ticks(pid)}-{os.urandom(4).hex()}"

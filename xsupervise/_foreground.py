@@ -1,6 +1,6 @@
 """One display supervised in the foreground: what ``xsupervise start`` and ``run`` do.
 
-The session itself (budget, launch, watch, restart) is ``supervision.SessionCore``; this
+The session itself (budget, launch, watch, restart) is ``_session.Session``; this
 adds what a foreground process owns: stop signals, an optional COMMAND, the announcement
 of the display, and sd_notify (so that a ``Type=notify`` unit running ``start :N`` is right).
 
@@ -16,15 +16,15 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 
-from . import log
-from .config import Settings
-from .launch import XServer
-from .notify import Notifier, child_environment
-from .paths import RuntimeDir
-from .process import (Child, Events, become_subreaper, describe_status, run_blocking,
+from . import _log as log
+from ._settings import Settings
+from ._launcher import XServer
+from ._notify import Notifier, child_environment
+from ._paths import RuntimeDir
+from ._process import (Child, Events, become_subreaper, describe_status, run_blocking,
                       shell_status, signal_when_parent_dies, spawn, stop_adopted)
-from .signals import SignalInbox
-from .supervision import SessionCore, clock_time
+from ._signals import SignalInbox
+from ._session import Session, clock_time
 
 EXIT_COMMAND_NOT_FOUND = 127
 EXIT_COMMAND_NOT_RUNNABLE = 126
@@ -73,7 +73,7 @@ class _Stop(Exception):
         self.code = code
 
 
-class ForegroundSession(Events):
+class ForegroundSupervisor(Events):
     def __init__(self, settings: Settings, runtime: RuntimeDir, number: int | None, *,
                  name: str, command: Sequence[str] = (), no_wait: bool = False,
                  announce: Callable[[XServer], None] = lambda server: None,
@@ -90,7 +90,7 @@ class ForegroundSession(Events):
         self.parent_pid = parent_pid  # if set: stop as on SIGTERM when that parent exits
         # Something restarts us whenever we exit non-zero: make those exits spend the budget.
         self.relaunched = relaunched
-        self.core: SessionCore | None = None
+        self.core: Session | None = None
         self.command_started_at = 0.0
         self.stop_requested = False  # a stop signal came while COMMAND ran
         self.command_kill_at: float | None = None  # SIGKILL COMMAND then if it is still running
@@ -112,7 +112,7 @@ class ForegroundSession(Events):
                 return 128 + signal.SIGTERM if self.command_argv else 0
             if self.command_argv:
                 become_subreaper()  # so that what COMMAND leaves behind is ours to stop
-            core = self.core = SessionCore(
+            core = self.core = Session(
                 self.settings, self.runtime, self.number, name=self.name, kind="cli",
                 give_up_when_failed=self.no_wait, count_environment_problems=self.relaunched,
                 on_event=self._on_event, clock=self.clock)
@@ -134,7 +134,7 @@ class ForegroundSession(Events):
         raise AssertionError("a session's steps end only by raising")
 
     # -- what the core tells us --------------------------------------------------------
-    def _on_event(self, core: SessionCore, event: str) -> None:
+    def _on_event(self, core: Session, event: str) -> None:
         if event == "ready":
             self.announce(core.server)
             if self.command_argv:

@@ -3,7 +3,7 @@
 Sessions come from the config file (``[session.NAME]`` tables: started at once, retried by
 the restart policy until they work or are FAILED, then again after each cool-down) or from
 ``start`` requests on the control socket (tried once, then restarted like ``xsupervise start``
-does). Each runs ``supervision.SessionCore`` as an asyncio task: the same launch path and
+does). Each runs ``_session.Session`` as an asyncio task: the same launch path and
 restart policy as the command line.
 
 systemd: READY=1 once every configured session is ready or FAILED; STATUS= one line;
@@ -25,16 +25,16 @@ import signal
 import sys
 import time
 
-from . import __version__, log
-from .aio import run_steps
-from .config import FIELDS, SessionSpec, default_session_name, load_session_specs, \
+from . import __version__, _log as log
+from ._aio import run_steps
+from ._settings import FIELDS, SessionSpec, default_session_name, load_session_specs, \
     load_settings, parse_display
-from .controlsocket import Listener
-from .errors import EnvironmentProblem, NoSuchSession, StartError, UsageError, XSuperviseError
-from .notify import Notifier
-from .paths import RuntimeDir
-from .process import peer_credentials
-from .supervision import SessionCore, clock_time
+from ._listener import Listener
+from ._errors import EnvironmentProblem, NoSuchSession, StartError, UsageError, XSuperviseError
+from ._notify import Notifier
+from ._paths import RuntimeDir
+from ._process import peer_credentials
+from ._session import Session, clock_time
 
 MAX_CLIENTS = 64
 MAX_LINE = 64 * 1024
@@ -47,10 +47,10 @@ WRITE_TIMEOUT = 10.0
 READY_DEADLINE = 60.0
 
 
-class Managed:
+class DaemonEntry:
     """A session the daemon runs: its spec, where it came from, its core and task."""
 
-    def __init__(self, key: str, spec: SessionSpec, origin: str, core: SessionCore):
+    def __init__(self, key: str, spec: SessionSpec, origin: str, core: Session):
         self.key = key  # in Daemon.sessions: the name, or name#N for an unnamed request
         self.spec = spec
         self.origin = origin  # "config" or "request"
@@ -61,7 +61,7 @@ class Managed:
         self.error: BaseException | None = None  # why the task ended, if it did by an error
 
     def __repr__(self) -> str:
-        return f"<Managed {self.spec.name} from {self.origin}: {self.core!r}>"
+        return f"<DaemonEntry {self.spec.name} from {self.origin}: {self.core!r}>"
 
     def settled(self) -> bool:
         """Ready at least once, FAILED, or over: what READY=1 waits for."""
@@ -82,7 +82,7 @@ class Daemon:
         self.listener = listener
         self.flags = flags or {}
         self.notifier = notifier or Notifier()
-        self.sessions: dict[str, Managed] = {}
+        self.sessions: dict[str, DaemonEntry] = {}
         self.clients: dict[asyncio.StreamWriter, _Client] = {}
         self.config_path: str | None = None
         self.policy = load_settings(self.flags).policy()  # for status; re-read on SIGHUP
@@ -135,7 +135,7 @@ class Daemon:
 
     async def _reclaim(self) -> None:
         """Clear what killed supervisors left, in a thread: it may wait for a server's exit."""
-        from .recovery import reclaim_abandoned
+        from ._recovery import reclaim_abandoned
 
         await asyncio.get_running_loop().run_in_executor(None, reclaim_abandoned, self.runtime)
 
@@ -170,31 +170,31 @@ class Daemon:
         self.notifier.ready(self.status_line())
         log.get().info("%s: %s", "ready" if first else "reloaded", self.status_line())
 
-    def _configured(self) -> list[Managed]:
+    def _configured(self) -> list[DaemonEntry]:
         return [managed for managed in self.sessions.values() if managed.origin == "config"]
 
     # -- sessions ------------------------------------------------------------------------
     def _start_session(self, spec: SessionSpec, origin: str, no_wait: bool = False,
-                       key: str | None = None) -> Managed:
+                       key: str | None = None) -> DaemonEntry:
         key = key or spec.name
-        core = SessionCore(spec.settings, self.runtime, spec.number, name=spec.name,
+        core = Session(spec.settings, self.runtime, spec.number, name=spec.name,
                            kind="daemon", retry_first_start=origin == "config",
                            give_up_when_failed=no_wait, reclaim=False, on_event=self._on_event)
-        managed = Managed(key, spec, origin, core)
+        managed = DaemonEntry(key, spec, origin, core)
         managed.task = asyncio.get_running_loop().create_task(self._run_session(managed))
         # Also when the task is cancelled before it ever ran (its finally would not run).
         managed.task.add_done_callback(lambda _task: self._session_over(managed))
         self.sessions[key] = managed
         return managed
 
-    def _session_over(self, managed: Managed) -> None:
+    def _session_over(self, managed: DaemonEntry) -> None:
         managed.core.files.remove()  # idempotent; the steps remove them when they ran
         if self.sessions.get(managed.key) is managed:
             del self.sessions[managed.key]
         self._changed.set()
         self.notifier.status(self.status_line())
 
-    async def _run_session(self, managed: Managed) -> None:
+    async def _run_session(self, managed: DaemonEntry) -> None:
         try:
             await run_steps(managed.core.steps())
         except asyncio.CancelledError:
@@ -209,7 +209,7 @@ class Daemon:
             log.get().exception("session %s crashed", managed.spec.name,
                                 extra=managed.core.log_fields())
 
-    def _on_event(self, core: SessionCore, event: str) -> None:
+    def _on_event(self, core: Session, event: str) -> None:
         if event == "ready":
             for managed in self.sessions.values():
                 if managed.core is core:
@@ -217,7 +217,7 @@ class Daemon:
         self._changed.set()
         self.notifier.status(self.status_line())
 
-    async def _stop_sessions(self, sessions: list[Managed]) -> None:
+    async def _stop_sessions(self, sessions: list[DaemonEntry]) -> None:
         for managed in sessions:
             if not managed.stopping:  # a second cancel would cut the server's grace short
                 managed.stopping = True
@@ -414,7 +414,7 @@ class Daemon:
                  f"xsupervise serve pid {os.getpid()})" for m in ours]
         await self._stop_sessions(ours)
         if display or every:
-            from .control import stop_sessions
+            from ._local_ops import stop_sessions
 
             try:  # sessions of other supervisors in our runtime directory (blocking: a thread)
                 lines += await asyncio.get_running_loop().run_in_executor(
@@ -427,19 +427,19 @@ class Daemon:
         return {"stopped": lines}
 
     async def _op_list(self, request: dict) -> dict:
-        from .records import live_records
+        from ._records import live_records
 
         return {"sessions": [record.as_dict() for record in live_records(self.runtime)]}
 
     async def _op_status(self, request: dict) -> dict:
-        from .control import session_status
+        from ._local_ops import session_status
 
         target = _field(request, "target", str, None)
         entries = session_status(self.runtime, target, self.policy, time.time())
         return {"sessions": entries, "status": self.status_line()}
 
     async def _op_reset(self, request: dict) -> dict:
-        from .ledger import Ledger
+        from ._ledger import Ledger
 
         name = _field(request, "name", str, None)
         if not name:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import signal
 
-from .errors import NoSuchSession, XSuperviseError
-from .paths import RuntimeDir
-from .process import Pinned, wait_exited
-from .records import live_records
+from ._errors import NoSuchSession, XSuperviseError
+from ._paths import RuntimeDir
+from ._process import Pinned, wait_exited
+from ._records import live_records
 
 
 def stop_sessions(runtime: RuntimeDir, number: int | None, wait: float) -> list[str]:
@@ -59,7 +59,7 @@ def session_status(runtime: RuntimeDir, target: str | None, policy, now: float) 
     (backoff or FAILED) although no supervisor runs. ``target``: ':N' or a name."""
     import os
 
-    from .ledger import Ledger, all_ledgers, read_history
+    from ._ledger import Ledger, all_ledgers, read_history
 
     entries = []
     for record in live_records(runtime):

@@ -7,11 +7,11 @@ terminate the server only if its pid *and* start time still match the record.
 
 from __future__ import annotations
 
-from . import log
-from .paths import RuntimeDir, token_owner
-from .process import Pinned, same_process, terminate_pinned
-from .records import SessionRecord, load_records
-from .stale import remove_dead_socket
+from . import _log as log
+from ._paths import RuntimeDir, token_owner
+from ._process import Pinned, same_process, terminate_pinned
+from ._records import SessionRecord, load_records
+from ._stale import remove_dead_socket
 
 def reclaim_abandoned(runtime: RuntimeDir, grace: float = 2.0) -> list[SessionRecord]:
     """Clean up after every session whose supervisor is gone; return their records."""

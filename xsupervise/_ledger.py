@@ -13,8 +13,8 @@ import json
 import os
 from collections.abc import Iterator
 
-from .paths import RuntimeDir, ensure_private_dir, remove_file, write_private_file
-from .policy import History
+from ._paths import RuntimeDir, ensure_private_dir, remove_file, write_private_file
+from ._policy import History
 
 _SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:@+")
 
