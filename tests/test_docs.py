@@ -15,19 +15,21 @@
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
-import sys
 import textwrap
 import tomllib
 from pathlib import Path
 
 import pytest
-
 from conftest import XSUPERVISE, read_line, requires_xvfb, start_cli
+
 from xsupervise import _errors
 from xsupervise._cli import _build_parser  # the CLI's parser builder
 from xsupervise._settings import FIELDS, env_name, flag_name
@@ -46,8 +48,7 @@ def blocks(*languages: str) -> list[tuple[str, str]]:
         for match in FENCE.finditer(text):
             if match.group(2) in languages:
                 line = text.count("\n", 0, match.start()) + 1
-                found.append((f"{path.relative_to(ROOT)}:{line}",
-                              textwrap.dedent(match.group(3))))
+                found.append((f"{path.relative_to(ROOT)}:{line}", textwrap.dedent(match.group(3))))
     return found
 
 
@@ -55,7 +56,7 @@ def shell_commands() -> list[tuple[str, dict[str, str], list[str]]]:
     """(where, environment assignments, words) of every simple command in shell blocks."""
     commands = []
     for where, text in blocks("sh", "console"):
-        console = text.startswith("$ ")
+        console = any(line.startswith("$ ") for line in text.splitlines())
         for line in text.replace("\\\n", " ").splitlines():
             if console and not line.startswith("$ "):
                 continue  # output
@@ -85,9 +86,9 @@ def xsupervise_args(words: list[str]) -> list[str] | None:
     return None
 
 
-def parse(args: list[str]):
+def parse(args: list[str]) -> argparse.Namespace:
     """The real parser's reading of ``args`` (COMMAND after '--' is kept from it, as main does)."""
-    own = args[:args.index("--")] if "--" in args else args
+    own = args[: args.index("--")] if "--" in args else args
     try:
         return _build_parser(own).parse_args(own)
     except SystemExit as error:
@@ -99,20 +100,22 @@ def how_to_check(args: list[str]) -> str:
     if "--help" in args or "-h" in args:
         return "help"
     options = parse(args)
-    command = args[args.index("--") + 1:] if "--" in args else []
+    command = args[args.index("--") + 1 :] if "--" in args else []
     if getattr(options, "socket", None):
         return "parse"  # a daemon's socket
-    if options.command in ("list", "reset") or options.command == "status" and not options.target:
+    if options.command in ("list", "reset") or (options.command == "status" and not options.target):
         return "run"
     if options.command == "clean" and options.dry_run:
         return "run"
-    if options.command == "start" and options.display == ":auto" and not options.detach \
-            and not options.server and not command:
-        return "foreground"
-    if options.command in ("start", "run") and getattr(options, "display", ":auto") == ":auto" \
-            and not getattr(options, "detach", False) and not options.server \
-            and command[:1] and command[0] in SAFE_COMMANDS:
-        return "run"
+    # A fresh display (not a fixed number that may be taken here) of the default X server:
+    fresh = options.command == "run" or (
+        options.command == "start" and options.display == ":auto" and not options.detach
+    )
+    if fresh and not options.server:
+        if not command:
+            return "foreground"
+        if command[0] in SAFE_COMMANDS:
+            return "run"
     # serve, stop, clean, status of a target, --detach, a fixed display number, another
     # server or a COMMAND that is not ours to run here.
     return "parse"
@@ -128,9 +131,12 @@ def unit_exists(name: str, user: bool) -> bool:
 COMMANDS = shell_commands()
 
 
-@pytest.mark.parametrize("where,env,words", COMMANDS,
-                         ids=[f"{where} {shlex.join(words)[:50]}" for where, _, words in COMMANDS])
-def test_shown_command(where: str, env: dict[str, str], words: list[str]):
+@pytest.mark.parametrize(
+    "where,env,words",
+    COMMANDS,
+    ids=[f"{where} {shlex.join(words)[:50]}" for where, _, words in COMMANDS],
+)
+def test_shown_command(where: str, env: dict[str, str], words: list[str]) -> None:
     for word in words:  # files a command installs or copies from this checkout
         if word.startswith("systemd/"):
             assert (ROOT / word).is_file(), f"{where}: {word} does not exist"
@@ -141,11 +147,16 @@ def test_shown_command(where: str, env: dict[str, str], words: list[str]):
     if args is None:
         return  # apt-get, pip, nc...: not ours to run here
     kind = how_to_check(args)
-    if kind in ("help", "run", "foreground") and not os.path.exists("/usr/bin/Xvfb"):
+    if kind in ("help", "run", "foreground") and shutil.which("Xvfb") is None:
         pytest.skip("Xvfb is not installed")
     if kind in ("help", "run"):
-        done = subprocess.run([*XSUPERVISE, *args], env={**os.environ, **env},
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [*XSUPERVISE, *args],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         # clean --dry-run exits 1 when stale entries (of other users) remain: not a failure.
         allowed = {0, 1} if "clean" in args else {0}
         assert done.returncode in allowed, f"{where}: {shlex.join(words)}: {done.stderr}"
@@ -155,21 +166,31 @@ def test_shown_command(where: str, env: dict[str, str], words: list[str]):
         with start_cli(*args, env={**os.environ, **env}) as process:
             assert read_line(process.stdout).startswith("DISPLAY=:")
             process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=30) == 0, process.stderr.read()
+            _, stderr = process.communicate(timeout=30)
+            assert process.returncode == 0, f"{where}: {shlex.join(words)}: {stderr!r}"
 
 
-def test_every_kind_of_check_is_used():
+def test_every_kind_of_check_is_used() -> None:
     """The checker cannot quietly fall back to parsing everything."""
-    kinds = {how_to_check(args) for _, _, words in COMMANDS
-             if (args := xsupervise_args(words)) is not None}
+    kinds = {
+        how_to_check(args)
+        for _, _, words in COMMANDS
+        if (args := xsupervise_args(words)) is not None
+    }
     assert kinds == {"help", "run", "foreground", "parse"}
 
 
-@pytest.mark.parametrize("unit", sorted((ROOT / "systemd").rglob("*.service")),
-                         ids=lambda path: str(path.relative_to(ROOT)))
-def test_units_exec_start_parses(unit: Path):
-    lines = [line.removeprefix("ExecStart=") for line in unit.read_text().splitlines()
-             if line.startswith("ExecStart=")]
+@pytest.mark.parametrize(
+    "unit",
+    sorted((ROOT / "systemd").rglob("*.service")),
+    ids=lambda path: str(path.relative_to(ROOT)),
+)
+def test_units_exec_start_parses(unit: Path) -> None:
+    lines = [
+        line.removeprefix("ExecStart=")
+        for line in unit.read_text().splitlines()
+        if line.startswith("ExecStart=")
+    ]
     assert lines
     for line in lines:
         assert parse(xsupervise_args(shlex.split(line.replace("%i", "99"))) or [])
@@ -177,15 +198,15 @@ def test_units_exec_start_parses(unit: Path):
 
 @requires_xvfb
 @pytest.mark.parametrize("where,code", blocks("python"), ids=[w for w, _ in blocks("python")])
-def test_python_example(where: str, code: str):
+def test_python_example(where: str, code: str) -> None:
     compiled = compile(code, where, "exec")
     if code.startswith("# Compiled only"):
         return  # the first line says why (a daemon must be running)
-    exec(compiled, {"__name__": "__docs__"})  # noqa: S102 - our own docs
+    exec(compiled, {"__name__": "__docs__"})
 
 
 @pytest.mark.parametrize("where,text", blocks("toml"), ids=[w for w, _ in blocks("toml")])
-def test_toml_example(where: str, text: str):
+def test_toml_example(where: str, text: str) -> None:
     data = tomllib.loads(text)
     if "project" in data:
         return  # a pyproject.toml excerpt
@@ -200,7 +221,7 @@ def slug(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def test_relative_links_resolve():
+def test_relative_links_resolve() -> None:
     pages = [*DOCS, ROOT / "bench" / "README.md", ROOT / "CHANGELOG.md"]
     checked = 0
     for page in pages:
@@ -212,8 +233,9 @@ def test_relative_links_resolve():
             assert resolved.exists(), f"{page.relative_to(ROOT)}: broken link {target}"
             if anchor:
                 headings = re.findall(r"^#+ (.*)$", FENCE.sub("", resolved.read_text()), re.M)
-                assert anchor in {slug(heading) for heading in headings}, \
+                assert anchor in {slug(heading) for heading in headings}, (
                     f"{page.relative_to(ROOT)}: no heading for #{anchor} in {path or page.name}"
+                )
             checked += 1
     assert checked > 20
 
@@ -221,12 +243,12 @@ def test_relative_links_resolve():
 def table(path: Path, after: str) -> list[list[str]]:
     """The cells of the first Markdown table after the line ``after``."""
     lines = path.read_text().split(after + "\n", 1)[1].splitlines()
-    rows = [line for line in lines[next(i for i, line in enumerate(lines) if line[:1] == "|"):]]
-    rows = rows[:next((i for i, line in enumerate(rows) if line[:1] != "|"), len(rows))]
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = list(itertools.takewhile(lambda line: line.startswith("|"), lines[start:]))
     return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[2:]]
 
 
-def test_exit_codes_table_matches_the_exception_classes():
+def test_exit_codes_table_matches_the_exception_classes() -> None:
     rows = table(ROOT / "README.md", "## Exit codes")
     named = {cells[1].strip("`"): cells[0] for cells in rows if cells[1]}
     assert len(named) >= 7
@@ -237,19 +259,24 @@ def test_exit_codes_table_matches_the_exception_classes():
         assert str(int(getattr(_errors, name).exit_code)) in listed, f"{name}'s code missing"
 
 
-def test_settings_table_matches_the_settings():
+def test_settings_table_matches_the_settings() -> None:
     rows = table(ROOT / "docs" / "settings.md", "# Settings")
     assert [cells[0].strip("`") for cells in rows] == list(FIELDS)
     for key, flag, env, default, _ in rows:
         key = key.strip("`")
         assert (flag, env) == (f"`{flag_name(key)}`", f"`{env_name(key)}`"), key
         value = FIELDS[key]
-        shown = " ".join(value) if isinstance(value, tuple) else f"{value:g}" \
-            if isinstance(value, float) else str(value)
+        shown = (
+            " ".join(value)
+            if isinstance(value, tuple)
+            else f"{value:g}"
+            if isinstance(value, float)
+            else str(value)
+        )
         assert default.split("`")[1] == shown, f"{key}: docs say {default}, code {shown}"
 
 
-def test_module_map_names_every_module():
+def test_module_map_names_every_module() -> None:
     text = (ROOT / "docs" / "architecture.md").read_text()
     mapped = set(re.findall(r"^  (\w+\.py) ", text, re.M))
     modules = {path.name for path in (ROOT / "xsupervise").glob("*.py")}
