@@ -26,7 +26,6 @@ import psutil
 import pytest
 
 import xsupervise.jupyter
-
 from conftest import XSUPERVISE, fake_server, requires_xvfb, wait_gone
 
 pytest.importorskip("jupyter_server", reason="needs the test extras: pip install -e '.[test]'")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import XSUPERVISE, fake_server, read_line, requires_xvfb, start_cli, wait_gone
 
 FAST_POLICY = ["--backoff-initial", "0.2", "--reset-after", "30", "--start-limit-burst", "3",

@@ -19,8 +19,17 @@ from . import _log as log
 from ._clock import SYSTEM_CLOCK, Clock, clock_time
 from ._notify import Notifier, child_environment
 from ._paths import RuntimeDir
-from ._process import (Child, Events, become_subreaper, describe_status, run_blocking,
-                       shell_status, signal_when_parent_dies, spawn, stop_adopted)
+from ._process import (
+    Child,
+    Events,
+    become_subreaper,
+    describe_status,
+    run_blocking,
+    shell_status,
+    signal_when_parent_dies,
+    spawn,
+    stop_adopted,
+)
 from ._session import Session
 from ._settings import Settings
 from ._signals import SignalInbox

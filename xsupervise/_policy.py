@@ -21,7 +21,7 @@ from ._states import State
 
 TYPE_CHECKING = False  # typing costs the CLI milliseconds to import: only for the checker
 if TYPE_CHECKING:
-    from typing import Any, TypedDict
+    from typing import Any, ClassVar, TypedDict
 
     class InFlight(TypedDict):
         pid: int
@@ -75,7 +75,7 @@ class History:
     share its budget, and each start in flight is listed under its session's token.
     """
 
-    FIELDS: dict[str, Any] = {
+    FIELDS: ClassVar[dict[str, Any]] = {
         "failures": [],          # wall times of failed starts, newest last, pruned to the window
         "in_a_row": 0,           # consecutive failed starts since a server last proved itself
         "next_start_at": 0.0,    # no start before this wall time
@@ -100,7 +100,8 @@ class History:
     def __init__(self, **values: Any) -> None:
         for name, default in self.FIELDS.items():
             value = values.get(name, default)
-            setattr(self, name, type(default)(value) if isinstance(default, (list, dict)) else value)
+            copied = type(default)(value) if isinstance(default, list | dict) else value
+            setattr(self, name, copied)
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.FIELDS}

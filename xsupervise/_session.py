@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import _log as log, _policy as policy
+from . import _log as log
+from . import _policy as policy
 from ._clock import SYSTEM_CLOCK, Clock, clock_time
 from ._errors import EnvironmentProblem, SessionFailed, StartError
 from ._launcher import SessionFiles, launch_steps
@@ -38,7 +39,7 @@ __all__ = ["Mode", "Session", "State", "clock_time"]
 
 TYPE_CHECKING = False  # typing costs the CLI milliseconds to import: only for the checker
 if TYPE_CHECKING:
-    from ._clock import Launcher, LaunchedServer, Steps
+    from ._clock import LaunchedServer, Launcher, Steps
 
 _LEDGER_RECHECK = 1.0  # seconds: 'xsupervise reset' is noticed this fast by a waiting session
 
