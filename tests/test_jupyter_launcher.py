@@ -26,9 +26,7 @@ import psutil
 import pytest
 
 import xsupervise.jupyter
-
 from conftest import XSUPERVISE, fake_server, requires_xvfb, wait_gone
-from xsupervise._settings import load_settings
 
 pytest.importorskip("jupyter_server", reason="needs the test extras: pip install -e '.[test]'")
 pytest.importorskip("jupyter_server_proxy", reason="needs the test extras: pip install -e '.[test]'")
@@ -157,48 +155,72 @@ def test_the_example_answers_through_jupyter_with_the_real_displays_facts(tmp_pa
     assert list((runtime_dir / "sessions").iterdir()) == []
 
 
-STORM_MINUTE = 60.0
+STORM_SECONDS = 8.0
+STORM_LAUNCHER = "storm"
+# The example's app, declared in Jupyter's config by the same helper, with a short allowance
+# for the app's own start: the proxy's timeout (backoff_max + X deadline + app_start) is then
+# 0.5 + 0.5 + 3 s instead of the example's 30 s and more.
+STORM_CONFIG = f"""
+import sys
+import xsupervise.jupyter
+
+c.ServerProxy.servers = {{
+    {STORM_LAUNCHER!r}: xsupervise.jupyter.server_process(
+        {STORM_LAUNCHER!r},
+        [sys.executable, "-m", "xsupervise_xinfo.app", "--port", "{{port}}", "--display",
+         "{{display}}"],
+        app_start=3.0),
+}}
+"""
 
 
+@pytest.mark.realtime
 def test_a_never_ready_x_server_cannot_storm_through_jupyter(tmp_path: Path, runtime_dir: Path):
-    """A minute of requests to a launcher whose X server never answers.
+    """Requests for 8 s to a launcher whose X server never answers.
 
     jupyter-server-proxy relaunches its child at once whenever it exits non-zero, and SIGKILLs
-    it at its readiness timeout; each request after that starts it again. With a 1 s X deadline
-    a relauncher without a budget would spawn about one X server a second. xsupervise spends
-    one restart budget per launcher: at most start_limit_burst + 1 X spawns, then FAILED.
+    it at its readiness timeout; each request after that starts it again. With a 0.5 s X
+    deadline a relauncher without a budget would spawn an X server about every second.
+    xsupervise spends one restart budget per launcher: at most start_limit_burst + 1 X spawns,
+    then FAILED. (The same minute with the default policy: test_session_machine.py.)
     """
     report = tmp_path / "x-spawns"
     environment = {
         "XSUPERVISE_SERVER": fake_server("never"),
         "FAKE_X_REPORT": str(report),
-        "XSUPERVISE_DISPLAYFD_TIMEOUT": "1",
-        # A short backoff cap also makes the proxy's timeout short (4 + 1 + 30 s), so that
-        # its SIGKILL-and-relaunch happens within the minute too.
-        "XSUPERVISE_BACKOFF_MAX": "4",
+        "XSUPERVISE_DISPLAYFD_TIMEOUT": "0.5",
+        "XSUPERVISE_BACKOFF_INITIAL": "0.2",
+        # A short backoff cap also makes the proxy's timeout short, so that its
+        # SIGKILL-and-relaunch happens within the window too.
+        "XSUPERVISE_BACKOFF_MAX": "0.5",
+        "XSUPERVISE_START_LIMIT_BURST": "2",
     }
+    config = tmp_path / "jupyter-config"
+    config.mkdir()
+    (config / "jupyter_server_config.py").write_text(STORM_CONFIG)
     jupyter = JupyterServer(tmp_path, environment, debug=True)
     statuses: list[int | str] = []
     try:
-        end = time.monotonic() + STORM_MINUTE
+        end = time.monotonic() + STORM_SECONDS
         while (left := end - time.monotonic()) > 0:
             try:
-                statuses.append(jupyter.get("xinfo/", timeout=min(3.0, left))[0])
+                statuses.append(jupyter.get(f"{STORM_LAUNCHER}/", timeout=min(3.0, left))[0])
             except (TimeoutError, urllib.error.URLError):
                 statuses.append("timeout")
     finally:
         family = jupyter.stop(signal.SIGTERM)
 
     spawns = sum(1 for line in report.read_text().splitlines() if line.startswith("pid="))
-    launches = sum("Started xinfo" in line for line in jupyter.log)
-    budget = load_settings().start_limit_burst + 1  # then FAILED for failed_cooldown (300 s)
-    assert 1 <= spawns <= budget, f"{spawns} X servers spawned in a minute (budget {budget})"
+    launches = sum(f"Started {STORM_LAUNCHER}" in line for line in jupyter.log)
+    budget = int(environment["XSUPERVISE_START_LIMIT_BURST"]) + 1  # then FAILED for 300 s
+    assert 1 <= spawns <= budget, f"{spawns} X servers spawned in {STORM_SECONDS:g} s " \
+                                  f"(budget {budget})"
     # The proxy did relaunch its child many times, and did give up on one at its timeout.
     assert launches >= 3, f"jupyter-server-proxy launched xsupervise only {launches} times"
-    gave_up = sum("could not start xinfo in time" in line for line in jupyter.log)
+    gave_up = sum(f"could not start {STORM_LAUNCHER} in time" in line for line in jupyter.log)
     print(f"{len(statuses)} requests, {launches} launches of xsupervise, {gave_up} proxy "
           f"timeouts, {spawns} X servers spawned")
-    assert gave_up >= 1, "the proxy never reached its timeout: the minute did not cover it"
+    assert gave_up >= 1, "the proxy never reached its timeout: the window did not cover it"
     for process in family:
         assert wait_gone(process.pid, timeout=15), f"{process.pid} outlived Jupyter"
     assert list((runtime_dir / "sessions").iterdir()) == []
@@ -206,7 +228,10 @@ def test_a_never_ready_x_server_cannot_storm_through_jupyter(tmp_path: Path, run
 
 # -- jupyter-server-proxy's relauncher (simpervisor) against failures after the display --------
 
-RELAUNCH_SECONDS = 10.0
+# A short backoff (0.25 s, doubling) in a short window: the same bounds as the default
+# policy's 1 s in 10 s (test_session_machine.py checks those in simulated time).
+RELAUNCH_SECONDS = 4.0
+RELAUNCH_BACKOFF = "0.25"
 
 
 def relaunch_for(command: list[str], seconds: float) -> None:
@@ -231,33 +256,35 @@ def relaunch_for(command: list[str], seconds: float) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.realtime
 @requires_xvfb
-def test_an_app_that_crashes_at_once_spends_the_budget(tmp_path: Path, runtime_dir: Path):
+def test_an_app_that_crashes_at_once_spends_the_budget(tmp_path: Path, runtime_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch):
     """An app that exits 1 as soon as it starts (port taken, ImportError...): each relaunch
     would start a fresh X server at once. With --relaunched, its failures back off."""
     report = tmp_path / "x-spawns"
     spec = xsupervise.jupyter.server_process(
         "crash", ["sh", "-c", "exit 1"], server=fake_server("slow=0").split())  # a real Xvfb
     command = [arg.format(port=0, unix_socket="", base_url="/") for arg in spec["command"]]
-    os.environ["FAKE_X_REPORT"] = str(report)
-    try:
-        relaunch_for(command, RELAUNCH_SECONDS)
-    finally:
-        del os.environ["FAKE_X_REPORT"]
+    monkeypatch.setenv("FAKE_X_REPORT", str(report))
+    monkeypatch.setenv("XSUPERVISE_BACKOFF_INITIAL", RELAUNCH_BACKOFF)
+    relaunch_for(command, RELAUNCH_SECONDS)
     spawns = sum(1 for line in report.read_text().splitlines() if line.startswith("pid="))
-    # Backoff after each failure: 1, 2, 4, 8 s (times a jitter in [0.5, 1]) fit at most 5
-    # starts into 10 s; without the budget it was over a hundred.
+    # Backoff after each failure: 0.25, 0.5, 1, 2 s (times a jitter in [0.5, 1]) fit at most
+    # 5 starts into 4 s; without the budget it was over a hundred in 10 s.
     assert 2 <= spawns <= 5, f"{spawns} X servers in {RELAUNCH_SECONDS:g} s"
     assert list((runtime_dir / "sessions").iterdir()) == []
 
 
-def test_a_missing_x_server_spends_the_budget_too(tmp_path: Path):
+@pytest.mark.realtime
+def test_a_missing_x_server_spends_the_budget_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     launches = tmp_path / "launches"
     wrapper = ["sh", "-c", f'echo launch >> {launches}; exec "$0" "$@"', sys.executable, "-m",
                "xsupervise"]
     spec = xsupervise.jupyter.server_process("nox", ["true"], server="/nonexistent/Xvfb",
                                              xsupervise=wrapper)
     command = [arg.format(port=0, unix_socket="", base_url="/") for arg in spec["command"]]
+    monkeypatch.setenv("XSUPERVISE_BACKOFF_INITIAL", RELAUNCH_BACKOFF)
     relaunch_for(command, RELAUNCH_SECONDS)
     count = len(launches.read_text().splitlines())
     assert 2 <= count <= 6, f"xsupervise was launched {count} times in {RELAUNCH_SECONDS:g} s"

@@ -548,7 +548,7 @@ def test_journal_fields_reach_the_handler(tmp_path: Path, monkeypatch):
     from xsupervise._aio import run_steps
     from xsupervise._settings import load_settings
     from xsupervise._paths import RuntimeDir
-    from xsupervise._session import Session
+    from xsupervise._session import Mode, Session
 
     with open(tmp_path / "stderr", "w") as stderr:
         info = os.fstat(stderr.fileno())
@@ -569,7 +569,7 @@ def test_journal_fields_reach_the_handler(tmp_path: Path, monkeypatch):
                 task.cancel()
 
         core = Session(load_settings(), RuntimeDir.discover(), None, name="journal",
-                           kind="daemon", on_event=on_event)
+                       mode=Mode.DAEMON_REQUESTED, on_event=on_event)
         task = asyncio.current_task()
         try:
             await run_steps(core.steps())

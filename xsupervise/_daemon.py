@@ -34,7 +34,7 @@ from ._errors import EnvironmentProblem, NoSuchSession, StartError, UsageError, 
 from ._notify import Notifier
 from ._paths import RuntimeDir
 from ._process import peer_credentials
-from ._session import Session, clock_time
+from ._session import Mode, Session, clock_time
 
 MAX_CLIENTS = 64
 MAX_LINE = 64 * 1024
@@ -177,9 +177,9 @@ class Daemon:
     def _start_session(self, spec: SessionSpec, origin: str, no_wait: bool = False,
                        key: str | None = None) -> DaemonEntry:
         key = key or spec.name
-        core = Session(spec.settings, self.runtime, spec.number, name=spec.name,
-                           kind="daemon", retry_first_start=origin == "config",
-                           give_up_when_failed=no_wait, reclaim=False, on_event=self._on_event)
+        mode = Mode.DAEMON_CONFIGURED if origin == "config" else Mode.DAEMON_REQUESTED
+        core = Session(spec.settings, self.runtime, spec.number, name=spec.name, mode=mode,
+                       no_wait=no_wait, on_event=self._on_event)
         managed = DaemonEntry(key, spec, origin, core)
         managed.task = asyncio.get_running_loop().create_task(self._run_session(managed))
         # Also when the task is cancelled before it ever ran (its finally would not run).

@@ -13,18 +13,31 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable, Sequence
 
 from . import _log as log
-from ._settings import Settings
-from ._launcher import XServer
+from ._clock import SYSTEM_CLOCK, Clock, clock_time
 from ._notify import Notifier, child_environment
 from ._paths import RuntimeDir
-from ._process import (Child, Events, become_subreaper, describe_status, run_blocking,
-                      shell_status, signal_when_parent_dies, spawn, stop_adopted)
+from ._process import (
+    Child,
+    Events,
+    become_subreaper,
+    describe_status,
+    run_blocking,
+    shell_status,
+    signal_when_parent_dies,
+    spawn,
+    stop_adopted,
+)
+from ._session import Session
+from ._settings import Settings
 from ._signals import SignalInbox
-from ._session import Session, clock_time
+from ._states import Mode
+
+TYPE_CHECKING = False  # typing costs the CLI milliseconds to import: only for the checker
+if TYPE_CHECKING:
+    from ._clock import LaunchedServer
 
 EXIT_COMMAND_NOT_FOUND = 127
 EXIT_COMMAND_NOT_RUNNABLE = 126
@@ -40,14 +53,15 @@ def _delivered_by_terminal(signum: int) -> bool:
         return False
 
 
-def fill_command(argv: Sequence[str], server: XServer) -> list[str]:
+def fill_command(argv: Sequence[str], server: LaunchedServer) -> list[str]:
     """COMMAND with {display} (':5'), {display_number} ('5') and {xauthority} filled in, and
     '{{' / '}}' turned into single braces; any other {name} is left as it is."""
-    values = {"display": server.display, "display_number": str(server.number),
+    values = {"display": server.display or "", "display_number": str(server.number),
               "xauthority": server.auth_path}
 
     def fill(arg: str) -> str:
-        out, i = [], 0
+        out: list[str] = []
+        i = 0
         while i < len(arg):
             if arg.startswith(("{{", "}}"), i):
                 out.append(arg[i])
@@ -69,17 +83,17 @@ def fill_command(argv: Sequence[str], server: XServer) -> list[str]:
 class _Stop(Exception):
     """Internal: the session is over; ``code`` is the exit code."""
 
-    def __init__(self, code: int):
+    def __init__(self, code: int) -> None:
         self.code = code
 
 
 class ForegroundSupervisor(Events):
     def __init__(self, settings: Settings, runtime: RuntimeDir, number: int | None, *,
                  name: str, command: Sequence[str] = (), no_wait: bool = False,
-                 announce: Callable[[XServer], None] = lambda server: None,
-                 clock: Callable[[], float] = time.time,
+                 announce: Callable[[LaunchedServer], None] = lambda server: None,
+                 clock: Clock = SYSTEM_CLOCK,
                  notifier: Notifier | None = None, substitute: bool = False,
-                 parent_pid: int | None = None, relaunched: bool = False):
+                 parent_pid: int | None = None, relaunched: bool = False) -> None:
         self.settings = settings
         self.runtime = runtime
         self.number = number
@@ -89,7 +103,7 @@ class ForegroundSupervisor(Events):
         self.no_wait = no_wait
         self.parent_pid = parent_pid  # if set: stop as on SIGTERM when that parent exits
         # Something restarts us whenever we exit non-zero: make those exits spend the budget.
-        self.relaunched = relaunched
+        self.mode = Mode.RELAUNCHED if relaunched else Mode.CLI
         self.core: Session | None = None
         self.command_started_at = 0.0
         self.stop_requested = False  # a stop signal came while COMMAND ran
@@ -113,9 +127,8 @@ class ForegroundSupervisor(Events):
             if self.command_argv:
                 become_subreaper()  # so that what COMMAND leaves behind is ours to stop
             core = self.core = Session(
-                self.settings, self.runtime, self.number, name=self.name, kind="cli",
-                give_up_when_failed=self.no_wait, count_environment_problems=self.relaunched,
-                on_event=self._on_event, clock=self.clock)
+                self.settings, self.runtime, self.number, name=self.name, mode=self.mode,
+                no_wait=self.no_wait, on_event=self._on_event, clock=self.clock)
             try:
                 run_blocking(core.steps(), self)
             except _Stop as stop:
@@ -135,13 +148,14 @@ class ForegroundSupervisor(Events):
 
     # -- what the core tells us --------------------------------------------------------
     def _on_event(self, core: Session, event: str) -> None:
-        if event == "ready":
-            self.announce(core.server)
+        server = core.server  # set on "ready" and "restarted"
+        if event == "ready" and server is not None:
+            self.announce(server)
             if self.command_argv:
-                self._start_command(core.server)
-            self.notifier.ready(f"display {core.display} ready (X server pid {core.server.pid})")
-        elif event == "restarted":
-            self.notifier.status(f"display {core.display} ready (X server pid {core.server.pid}, "
+                self._start_command(server)
+            self.notifier.ready(f"display {core.display} ready (X server pid {server.pid})")
+        elif event == "restarted" and server is not None:
+            self.notifier.status(f"display {core.display} ready (X server pid {server.pid}, "
                                  f"restart {core.restarts})")
         elif event == "waiting":
             self.notifier.status(f"display {core.display or '(none yet)'} in {core.state} until "
@@ -149,11 +163,11 @@ class ForegroundSupervisor(Events):
         elif event == "died":
             self.notifier.status(f"display {core.display}: X server died; restarting")
 
-    def _start_command(self, server: XServer) -> None:
+    def _start_command(self, server: LaunchedServer) -> None:
         argv = fill_command(self.command_argv, server) if self.substitute else self.command_argv
         try:
             self.command = spawn(argv, env=child_environment(server.env), own_group=False)
-            self.command_started_at = time.monotonic()
+            self.command_started_at = self.clock.monotonic()
         except FileNotFoundError:
             log.get().error("command %r was not found; nothing was run.", self.command_argv[0])
             raise _Stop(EXIT_COMMAND_NOT_FOUND) from None
@@ -162,10 +176,15 @@ class ForegroundSupervisor(Events):
             raise _Stop(EXIT_COMMAND_NOT_RUNNABLE) from None
 
     # -- what we watch besides the core's own fds (process.Events) -------------------------
+    def _signals(self) -> SignalInbox:
+        if self.inbox is None:
+            raise RuntimeError("the supervisor is not running")
+        return self.inbox
+
     def fds(self) -> tuple[int, ...]:
         if self.command is not None and self.command.returncode is None:
-            return (self.inbox.read_fd, self.command.pidfd)
-        return (self.inbox.read_fd,)
+            return (self._signals().read_fd, self.command.pidfd)
+        return (self._signals().read_fd,)
 
     def deadline(self) -> float | None:
         deadlines = [self.notifier.next_ping, self.command_kill_at]
@@ -174,25 +193,28 @@ class ForegroundSupervisor(Events):
     def handle(self, ready: set[int]) -> None:
         if self.notifier.ping_due():
             self.notifier.ping()  # we are in our poll loop, so we are healthy
-        if self.inbox.read_fd in ready:
-            for signum in self.inbox.drain():
+        inbox = self._signals()
+        if inbox.read_fd in ready:
+            for signum in inbox.drain():
                 self._on_signal(signum)
-        if self.command_kill_at is not None and time.monotonic() >= self.command_kill_at \
-                and self.command.returncode is None:
+        command = self.command
+        if command is None or command.returncode is not None:
+            return
+        if self.command_kill_at is not None and self.clock.monotonic() >= self.command_kill_at:
             log.get().warning("COMMAND %r (pid %d) was still running %g s after it was asked to "
-                              "stop; sending SIGKILL.", self.command_argv[0], self.command.pid,
+                              "stop; sending SIGKILL.", self.command_argv[0], command.pid,
                               self.settings.kill_grace)
-            self.command.signal(signal.SIGKILL)
+            command.signal(signal.SIGKILL)
             self.command_kill_at = None
-        if self.command is not None and self.command.returncode is None \
-                and self.command.pidfd in ready:
-            code = shell_status(self.command.reap())
-            if code != 0 and self.relaunched and not self.stop_requested:
-                ran = time.monotonic() - self.command_started_at
+        if command.pidfd in ready:
+            status = command.reap()
+            code = shell_status(status)
+            if code != 0 and self.mode.counts_app_failures and not self.stop_requested \
+                    and self.core is not None:
+                ran = self.clock.monotonic() - self.command_started_at
                 self.core.record_app_failure(
-                    f"COMMAND {self.command_argv[0]!r} (pid {self.command.pid}) "
-                    f"{describe_status(self.command.returncode)} after {ran:.1f} s on "
-                    f"{self.core.display}.")
+                    f"COMMAND {self.command_argv[0]!r} (pid {command.pid}) "
+                    f"{describe_status(status)} after {ran:.1f} s on {self.core.display}.")
             self._stopping(code)
 
     def _on_signal(self, signum: int) -> None:
@@ -205,7 +227,7 @@ class ForegroundSupervisor(Events):
             self.command.signal(signum)
             if self.command_kill_at is None:
                 # Nobody may be left to send a second signal (--exit-with-parent): escalate.
-                self.command_kill_at = time.monotonic() + self.settings.kill_grace
+                self.command_kill_at = self.clock.monotonic() + self.settings.kill_grace
             return  # we end when COMMAND does
         self._stopping(128 + signum if self.command_argv else 0)
 

@@ -17,6 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ._states import State
+
+TYPE_CHECKING = False  # typing costs the CLI milliseconds to import: only for the checker
+if TYPE_CHECKING:
+    from typing import Any, ClassVar, TypedDict
+
+    class InFlight(TypedDict):
+        pid: int
+        ticks: int | None
+        at: float
+
+
 DEFAULTS = {
     "backoff_initial": 1.0,
     "backoff_max": 60.0,
@@ -29,8 +41,14 @@ DEFAULTS = {
 
 class RestartPolicy:
     __slots__ = tuple(DEFAULTS)
+    backoff_initial: float
+    backoff_max: float
+    reset_after: float
+    start_limit_burst: int
+    start_limit_interval: float
+    failed_cooldown: float
 
-    def __init__(self, **values: float):
+    def __init__(self, **values: float) -> None:
         for name, default in DEFAULTS.items():
             setattr(self, name, values.get(name, default))
 
@@ -46,7 +64,7 @@ class RestartPolicy:
 
             jitter = random.random
         exponent = min(failures_in_a_row - 1, 32)  # 2**32 s is past any cap
-        base = min(self.backoff_max, self.backoff_initial * 2 ** exponent)
+        base = min(self.backoff_max, self.backoff_initial * 2.0**exponent)
         return base * (0.5 + 0.5 * jitter())
 
 
@@ -57,7 +75,7 @@ class History:
     share its budget, and each start in flight is listed under its session's token.
     """
 
-    FIELDS = {
+    FIELDS: ClassVar[dict[str, Any]] = {
         "failures": [],          # wall times of failed starts, newest last, pruned to the window
         "in_a_row": 0,           # consecutive failed starts since a server last proved itself
         "next_start_at": 0.0,    # no start before this wall time
@@ -69,13 +87,23 @@ class History:
         "name": None,            # the session name (the file name may have been sanitised)
     }
     __slots__ = tuple(FIELDS)
+    failures: list[float]
+    in_a_row: int
+    next_start_at: float
+    failed_at: float | None
+    on_probation: bool
+    last_failure: str | None
+    in_flight: dict[str, InFlight]
+    starts: int
+    name: str | None
 
-    def __init__(self, **values):
+    def __init__(self, **values: Any) -> None:
         for name, default in self.FIELDS.items():
             value = values.get(name, default)
-            setattr(self, name, type(default)(value) if isinstance(default, (list, dict)) else value)
+            copied = type(default)(value) if isinstance(default, list | dict) else value
+            setattr(self, name, copied)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.FIELDS}
 
     def failed_until(self, policy: RestartPolicy) -> float | None:
@@ -87,7 +115,8 @@ class Decision:
 
     __slots__ = ("go", "until", "state", "reason")
 
-    def __init__(self, go: bool, until: float = 0.0, state: str = "", reason: str = ""):
+    def __init__(self, go: bool, until: float = 0.0, state: State | None = None,
+                 reason: str = "") -> None:
         self.go, self.until, self.state, self.reason = go, until, state, reason
 
     def __repr__(self) -> str:
@@ -126,7 +155,7 @@ def may_start(history: History, now: float, policy: RestartPolicy,
     if history.failed_at is not None:
         until = history.failed_at + policy.failed_cooldown
         if now < until:
-            return Decision(False, until, "failed", history.last_failure or "")
+            return Decision(False, until, State.FAILED, history.last_failure or "")
         # The cool-down is over: one new try, on probation. Everyone else sharing the name
         # waits (another cool-down at most) until that try is ready or has failed.
         history.failed_at = None
@@ -135,7 +164,7 @@ def may_start(history: History, now: float, policy: RestartPolicy,
         history.next_start_at = now + policy.failed_cooldown
         return Decision(True)
     if now < history.next_start_at:
-        return Decision(False, history.next_start_at, "backoff", history.last_failure or "")
+        return Decision(False, history.next_start_at, State.BACKOFF, history.last_failure or "")
     return Decision(True)
 
 
