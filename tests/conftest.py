@@ -30,6 +30,18 @@ ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 requires_xvfb = pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # @pytest.mark.root("why"): the test chowns to other users, acts as another uid or relies
+    # on root's own rules; as anyone else it would fail for that reason alone.
+    if os.geteuid() == 0:
+        return
+    for item in items:
+        marker = item.get_closest_marker("root")
+        if marker is not None:
+            why = marker.args[0] if marker.args else "it acts as or for another user"
+            item.add_marker(pytest.mark.skip(reason=f"needs root: {why}"))
+
+
 def fake_server(mode: str) -> str:
     """The --server value for a fake X server in ``mode`` (see fake_x.py)."""
     return f"{FAKE_X} {mode}"

@@ -42,7 +42,6 @@ __all__ = [
     "ReadyTimeout",
     "NoSuchSession",
     "SessionFailed",
-    "__version__",
 ]
 
 # typing.TYPE_CHECKING without importing typing (start-up time); type checkers treat any
