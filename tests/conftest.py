@@ -30,6 +30,18 @@ ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 requires_xvfb = pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # @pytest.mark.root("why"): the test chowns to other users, acts as another uid or relies
+    # on root's own rules; as anyone else it would fail for that reason alone.
+    if os.geteuid() == 0:
+        return
+    for item in items:
+        marker = item.get_closest_marker("root")
+        if marker is not None:
+            why = marker.args[0] if marker.args else "it acts as or for another user"
+            item.add_marker(pytest.mark.skip(reason=f"needs root: {why}"))
+
+
 def fake_server(mode: str) -> str:
     """The --server value for a fake X server in ``mode`` (see fake_x.py)."""
     return f"{FAKE_X} {mode}"
@@ -76,8 +88,11 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         leaks.append(f"file {X11_UNIX}/{name}")
         os.unlink(f"{X11_UNIX}/{name}")
     leaked_fds = set(os.listdir("/proc/self/fd")) - fds_before
-    leaks += [f"fd {fd} -> {os.readlink(f'/proc/self/fd/{fd}')}" for fd in leaked_fds
-              if os.path.exists(f"/proc/self/fd/{fd}")]
+    leaks += [
+        f"fd {fd} -> {os.readlink(f'/proc/self/fd/{fd}')}"
+        for fd in leaked_fds
+        if os.path.exists(f"/proc/self/fd/{fd}")
+    ]
     assert not leaks, "leaked: " + "; ".join(leaks)
 
 
@@ -105,8 +120,9 @@ def read_report(path: Path) -> dict[str, str]:
 
 def start_cli(*args: str, **popen) -> subprocess.Popen:
     # Unbuffered, so that read_line's select() sees every line that is not consumed yet.
-    return subprocess.Popen([*XSUPERVISE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            bufsize=0, **popen)
+    return subprocess.Popen(
+        [*XSUPERVISE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, **popen
+    )
 
 
 def wait_gone(pid: int, timeout: float) -> bool:
@@ -139,7 +155,10 @@ def free_display_number(start: int = 40) -> int:
 
     bound = bound_abstract_displays()
     for number in range(start, start + 500):
-        if number not in bound and not os.path.exists(f"{X11_UNIX}/X{number}") \
-                and not os.path.exists(f"/tmp/.X{number}-lock"):
+        if (
+            number not in bound
+            and not os.path.exists(f"{X11_UNIX}/X{number}")
+            and not os.path.exists(f"/tmp/.X{number}-lock")
+        ):
             return number
     raise AssertionError("no free display number")

@@ -14,6 +14,7 @@ It accepts the argv xsupervise gives a real server (``-displayfd FD`` among it) 
   slow=S       waits S seconds, then becomes a real Xvfb with the same arguments
 If $FAKE_X_REPORT names a file, it writes "pid=..., grandchild=..., exit_at=..." lines there.
 """
+
 import os
 import signal
 import sys

@@ -80,6 +80,7 @@ def numbers():
                 os.unlink(path)
 
 
+@pytest.mark.root("it chowns its stale files to root")
 def test_own_stale_socket_and_lock_are_removed_and_dry_run_changes_nothing(numbers):
     sock, lock = stale_socket(numbers[0]), stale_lock(numbers[1], dead_pid())
     dry = clean("--dry-run")
@@ -94,6 +95,7 @@ def test_own_stale_socket_and_lock_are_removed_and_dry_run_changes_nothing(numbe
     assert not os.path.lexists(sock) and not os.path.exists(lock)
 
 
+@pytest.mark.root("it runs clean as uid 65534 and as root")
 @pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"), reason="needs root, setpriv")
 def test_another_users_stale_files_are_reported_by_them_and_removed_by_root(numbers):
     sock = stale_socket(numbers[0], owner=0)
@@ -113,6 +115,7 @@ def test_another_users_stale_files_are_reported_by_them_and_removed_by_root(numb
     assert {entries_by_path(as_root)[p]["action"] for p in (sock, lock)} == {"removed"}
 
 
+@pytest.mark.root("it chowns a lock file to root")
 @requires_xvfb
 def test_live_server_whose_socket_file_was_deleted_is_left_alone(numbers):
     with xsupervise.Display() as display:
@@ -143,6 +146,7 @@ def test_planted_symlink_is_never_followed(numbers, tmp_path: Path):
     assert target.read_text() == "keep me"
 
 
+@pytest.mark.root("it chowns a lock file to root")
 def test_lock_held_by_a_process_that_is_not_an_x_server_is_stale(numbers):
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -154,6 +158,7 @@ def test_lock_held_by_a_process_that_is_not_an_x_server_is_stale(numbers):
         other.wait()
 
 
+@pytest.mark.root("it chowns to uid 65534 and expects root-owned directories")
 def test_unsafe_shared_directories_are_refused(tmp_path: Path):
     open_dir = tmp_path / "open"
     open_dir.mkdir()

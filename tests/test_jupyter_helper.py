@@ -17,26 +17,48 @@ def render(spec: dict, port: int = 8765) -> list[str]:
 
 
 def render_environment(spec: dict, port: int = 8765) -> dict[str, str]:
-    return {key.format(port=port, unix_socket="", base_url="/user/x/"):
-            value.format(port=port, unix_socket="", base_url="/user/x/")
-            for key, value in spec["environment"].items()}
+    return {
+        key.format(port=port, unix_socket="", base_url="/user/x/"): value.format(
+            port=port, unix_socket="", base_url="/user/x/"
+        )
+        for key, value in spec["environment"].items()
+    }
 
 
 def test_the_dict_wraps_the_command_and_leaves_proxy_fields_to_the_proxy():
-    spec = jupyter.server_process("desktop", ["app", "--port", "{port}", "--on", "{display}",
-                                              "--literal={{braces}}", "{base_url}desk"],
-                                  title="Desktop", screen="1024x768x24", absolute_url=False,
-                                  environment={"PS1": "{user}$ ", "APP_PORT": "{port}"})
+    spec = jupyter.server_process(
+        "desktop",
+        ["app", "--port", "{port}", "--on", "{display}", "--literal={{braces}}", "{base_url}desk"],
+        title="Desktop",
+        screen="1024x768x24",
+        absolute_url=False,
+        environment={"PS1": "{user}$ ", "APP_PORT": "{port}"},
+    )
     command = render(spec)
     cut = command.index("--")
-    assert command[cut - 11:cut] == ["start", ":auto", "--name",
-                                     f"jupyter-{getpass.getuser()}-desktop", "--substitute",
-                                     "--relaunched", "--exit-with-parent",
-                                     "--parent-pid", str(os.getpid()),  # the Jupyter server
-                                     "--screen", "1024x768x24"]
+    assert command[cut - 11 : cut] == [
+        "start",
+        ":auto",
+        "--name",
+        f"jupyter-{getpass.getuser()}-desktop",
+        "--substitute",
+        "--relaunched",
+        "--exit-with-parent",
+        "--parent-pid",
+        str(os.getpid()),  # the Jupyter server
+        "--screen",
+        "1024x768x24",
+    ]
     assert render_environment(spec) == {"PS1": "{user}$ ", "APP_PORT": "8765"}
-    assert command[cut + 1:] == ["app", "--port", "8765", "--on", "{display}",
-                                 "--literal={{braces}}", "/user/x/desk"]
+    assert command[cut + 1 :] == [
+        "app",
+        "--port",
+        "8765",
+        "--on",
+        "{display}",
+        "--literal={{braces}}",
+        "/user/x/desk",
+    ]
     assert spec["launcher_entry"] == {"enabled": True, "title": "Desktop"}
     assert spec["absolute_url"] is False
     settings = load_settings()
@@ -46,9 +68,16 @@ def test_the_dict_wraps_the_command_and_leaves_proxy_fields_to_the_proxy():
 
 @requires_xvfb
 def test_the_rendered_command_runs_on_a_verified_display():
-    spec = jupyter.server_process("echo", ["sh", "-c", "echo {display} {display_number} {port} "
-                                           "{xauthority} {{port}} {{x}} '{port:05d}' 'a}b{c'; "
-                                           "xdpyinfo >/dev/null && echo answered"])
+    spec = jupyter.server_process(
+        "echo",
+        [
+            "sh",
+            "-c",
+            "echo {display} {display_number} {port} "
+            "{xauthority} {{port}} {{x}} '{port:05d}' 'a}b{c'; "
+            "xdpyinfo >/dev/null && echo answered",
+        ],
+    )
     result = subprocess.run(render(spec), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

@@ -428,6 +428,7 @@ def _ask_as(uid: int, path: str) -> dict:
     return json.loads(data)
 
 
+@pytest.mark.root("it acts as another uid")
 @requires_socket_activate
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another uid")
 def test_another_uid_is_refused(tmp_path: Path, notifications):

@@ -75,6 +75,7 @@ def test_runtime_dir_under_a_valid_xdg_runtime_dir(tmp_path: Path):
     assert stat.S_IMODE(os.lstat(runtime.sessions).st_mode) == 0o700
 
 
+@pytest.mark.root("root falls back to the system runtime directory")
 @pytest.mark.parametrize("problem", ["relative", "open-mode", "symlink", "missing"])
 def test_unfit_xdg_runtime_dir_falls_back_with_a_warning(tmp_path: Path, problem: str,
                                                          monkeypatch):
@@ -96,6 +97,7 @@ def test_unfit_xdg_runtime_dir_falls_back_with_a_warning(tmp_path: Path, problem
     assert not (real / "xsupervise").exists()
 
 
+@pytest.mark.root("root's login shell rule")
 @pytest.mark.skipif(os.getuid() != 0, reason="root's rule")
 def test_root_login_shell_shares_the_system_services_directory(tmp_path: Path, monkeypatch):
     # pam_systemd sets /run/user/0 in a root login shell; the system service and the
@@ -112,6 +114,7 @@ def test_root_login_shell_shares_the_system_services_directory(tmp_path: Path, m
     assert unit.path == str(login / "xsupervise")
 
 
+@pytest.mark.root("it chowns to uid 65534")
 def test_runtime_dir_owned_by_someone_else_is_refused(tmp_path: Path):
     planted = tmp_path / "planted"
     planted.mkdir(mode=0o700)
@@ -130,6 +133,7 @@ def test_symlink_planted_as_runtime_dir_is_refused(tmp_path: Path):
     assert "is not a directory (or is a symlink)" in str(failure.value)
 
 
+@pytest.mark.root("it runs as uid 65534")
 @pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
 def test_unprivileged_user_without_xdg_runtime_dir_gets_a_private_home_directory():
     # Outside pytest's own 0700 tmp tree, which the unprivileged user cannot traverse.

@@ -3,12 +3,28 @@
     import xsupervise
     with xsupervise.Display(":auto", timeout=10) as display:
         subprocess.run(["xterm"], env={**os.environ, **display.env})
+
+The public API is what ``__all__`` lists, plus ``xsupervise.client`` (the daemon's client) and
+``xsupervise.jupyter`` (jupyter-server-proxy helpers). Modules named ``_*`` are private.
 """
 
-from ._errors import (BadDisplayFd, EnvironmentProblem, NoSuchSession, NotServing, ReadyTimeout,
-                     RuntimeDirError, ServerExited, ServerNotFound, SessionFailed,
-                     StartError, UsageError, XSuperviseError)
+from ._errors import (
+    BadDisplayFd,
+    EnvironmentProblem,
+    NoSuchSession,
+    NotServing,
+    ReadyTimeout,
+    RuntimeDirError,
+    ServerExited,
+    ServerNotFound,
+    SessionFailed,
+    StartError,
+    UsageError,
+    XSuperviseError,
+)
 
+# The one version source: pyproject.toml reads it (tool.setuptools.dynamic). A literal, not
+# importlib.metadata, which would add ~40 ms to every `xsupervise run`.
 __version__ = "0.1.0"
 
 __all__ = [
@@ -28,12 +44,22 @@ __all__ = [
     "SessionFailed",
 ]
 
+# typing.TYPE_CHECKING without importing typing (start-up time); type checkers treat any
+# name TYPE_CHECKING as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._display import AsyncDisplay, Display
 
-def __getattr__(name: str):
+
+def __getattr__(name: str) -> object:
     # Imported on first use: the CLI imports this package too, and Python start-up time is
     # part of every `xsupervise run`.
     if name in ("Display", "AsyncDisplay"):
-        from . import _display as display
+        from . import _display
 
-        return getattr(display, name)
+        return getattr(_display, name)
     raise AttributeError(f"module 'xsupervise' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "Display", "AsyncDisplay"})

@@ -89,7 +89,10 @@ def all_ledgers(runtime: RuntimeDir) -> list[str]:
     """Paths of every ledger file (for `status`)."""
     directory = os.path.join(runtime.path, "ledger")
     try:
-        return sorted(os.path.join(directory, name) for name in os.listdir(directory)
-                      if name.endswith(".json"))
+        return sorted(
+            os.path.join(directory, name)
+            for name in os.listdir(directory)
+            if name.endswith(".json")
+        )
     except FileNotFoundError:
         return []

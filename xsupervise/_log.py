@@ -8,19 +8,25 @@ call ``log.get()`` when they have something to say, and the CLI registers its co
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import ModuleType
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    import logging
+    from typing import TextIO
 
 NAME = "xsupervise"
-_pending_configuration: Callable | None = None
+_pending_configuration: Callable[[ModuleType], None] | None = None
 
 
-def configure_on_first_use(configure: Callable) -> None:
+def configure_on_first_use(configure: Callable[[ModuleType], None]) -> None:
     """``configure(logging)`` runs once, right before the logger is first used."""
     global _pending_configuration
     _pending_configuration = configure
 
 
-def get():
+def get() -> logging.Logger:
     global _pending_configuration
     import logging
 
@@ -30,7 +36,9 @@ def get():
     return logging.getLogger(NAME)
 
 
-def journal_is_stderr(environ=None, stderr=None) -> bool:
+def journal_is_stderr(
+    environ: Mapping[str, str] | None = None, stderr: TextIO | None = None
+) -> bool:
     """True when our stderr is the journal stream systemd gave us (JOURNAL_STREAM=dev:inode),
     not a pipe or terminal it was redirected to since (systemd.exec(5))."""
     import os
@@ -46,7 +54,11 @@ def journal_is_stderr(environ=None, stderr=None) -> bool:
     return (info.st_dev, info.st_ino) == (int(device), int(inode))
 
 
-def handler_for(logging, environ=None, stderr=None):
+def handler_for(
+    logging_module: ModuleType,
+    environ: Mapping[str, str] | None = None,
+    stderr: TextIO | None = None,
+) -> logging.Handler:
     """Under systemd: a JournalHandler, which sends a record's upper-case ``extra`` fields
     (SESSION, DISPLAY, SERVER_PID, STATE) as journal fields. Otherwise: one plain line per
     message on stderr, 'xsupervise: ...'."""
@@ -56,19 +68,20 @@ def handler_for(logging, environ=None, stderr=None):
     if journal_is_stderr(environ, stderr):
         from systemd.journal import JournalHandler
 
-        return JournalHandler(SYSLOG_IDENTIFIER=NAME)
-    handler = logging.StreamHandler(stderr)
-    handler.setFormatter(logging.Formatter("xsupervise: %(message)s"))
+        journal: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER=NAME)
+        return journal
+    handler: logging.Handler = logging_module.StreamHandler(stderr)
+    handler.setFormatter(logging_module.Formatter("xsupervise: %(message)s"))
     return handler
 
 
 def setup(level_name: str) -> None:
     """Configure our logger on first use: the right handler, the given level."""
 
-    def configure(logging) -> None:
-        logger = logging.getLogger(NAME)
-        logger.handlers[:] = [handler_for(logging)]
-        logger.setLevel(getattr(logging, level_name))
+    def configure(logging_module: ModuleType) -> None:
+        logger = logging_module.getLogger(NAME)
+        logger.handlers[:] = [handler_for(logging_module)]
+        logger.setLevel(getattr(logging_module, level_name))
         logger.propagate = False
 
     configure_on_first_use(configure)

@@ -13,8 +13,14 @@ import time
 from collections.abc import Mapping
 
 # Variables systemd gives the service process itself, and no child of it.
-SERVICE_ONLY_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
-                          "LISTEN_PID", "LISTEN_FDNAMES")
+SERVICE_ONLY_VARIABLES = (
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+)
 
 
 def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:

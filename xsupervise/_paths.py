@@ -57,15 +57,21 @@ def ensure_private_dir(path: str) -> None:
     except FileExistsError:
         pass
     except OSError as exc:
-        raise RuntimeDirError(f"cannot create runtime directory {path}: {exc.strerror}; "
-                              "set XDG_RUNTIME_DIR to a private directory you own.") from exc
+        raise RuntimeDirError(
+            f"cannot create runtime directory {path}: {exc.strerror}; "
+            "set XDG_RUNTIME_DIR to a private directory you own."
+        ) from exc
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode):
-        raise RuntimeDirError(f"runtime directory {path} is not a directory (or is a symlink); "
-                              "remove it or set XDG_RUNTIME_DIR elsewhere.")
+        raise RuntimeDirError(
+            f"runtime directory {path} is not a directory (or is a symlink); "
+            "remove it or set XDG_RUNTIME_DIR elsewhere."
+        )
     if info.st_uid != os.getuid():
-        raise RuntimeDirError(f"runtime directory {path} belongs to uid {info.st_uid}, not to us "
-                              f"(uid {os.getuid()}); remove it or set XDG_RUNTIME_DIR elsewhere.")
+        raise RuntimeDirError(
+            f"runtime directory {path} belongs to uid {info.st_uid}, not to us "
+            f"(uid {os.getuid()}); remove it or set XDG_RUNTIME_DIR elsewhere."
+        )
     if stat.S_IMODE(info.st_mode) != 0o700:
         os.chmod(path, 0o700)  # ours, merely too open (e.g. an old umask): tighten it
 
@@ -81,8 +87,9 @@ class RuntimeDir:
         return f"RuntimeDir({self.path!r})"
 
     @classmethod
-    def discover(cls, environ: Mapping[str, str] = os.environ,
-                 warn: Callable[[str], None] = _warn) -> RuntimeDir:
+    def discover(
+        cls, environ: Mapping[str, str] = os.environ, warn: Callable[[str], None] = _warn
+    ) -> RuntimeDir:
         from xdg.BaseDirectory import get_runtime_dir, xdg_cache_home
 
         base: str | None
@@ -90,8 +97,12 @@ class RuntimeDir:
             base = environ["XDG_RUNTIME_DIR"] if environ is not os.environ else get_runtime_dir()
         except KeyError:
             base = None
-        if (base and os.getuid() == 0 and os.path.normpath(base) == ROOT_LOGIN_RUNTIME_DIR
-                and "INVOCATION_ID" not in environ):
+        if (
+            base
+            and os.getuid() == 0
+            and os.path.normpath(base) == ROOT_LOGIN_RUNTIME_DIR
+            and "INVOCATION_ID" not in environ
+        ):
             return cls.create(SYSTEM_RUNTIME_DIR)
         if base:
             reason = _unfit_reason(base)
@@ -106,14 +117,18 @@ class RuntimeDir:
             return cls.create(SYSTEM_RUNTIME_DIR)
         cache = environ.get("XDG_CACHE_HOME") or xdg_cache_home
         fallback = os.path.join(cache, "xsupervise", f"run-{os.uname().nodename}")
-        warn(f"{why}; using {fallback}. Set XDG_RUNTIME_DIR to a private 0700 directory "
-             "(systemd-logind does) to silence this.")
+        warn(
+            f"{why}; using {fallback}. Set XDG_RUNTIME_DIR to a private 0700 directory "
+            "(systemd-logind does) to silence this."
+        )
         try:
             os.makedirs(os.path.dirname(fallback), mode=0o700, exist_ok=True)
         except OSError as exc:
-            raise RuntimeDirError(f"{why}, and the fallback {fallback} cannot be created "
-                                  f"({exc.strerror}); set XDG_RUNTIME_DIR to a private 0700 "
-                                  "directory you own.") from None
+            raise RuntimeDirError(
+                f"{why}, and the fallback {fallback} cannot be created "
+                f"({exc.strerror}); set XDG_RUNTIME_DIR to a private 0700 "
+                "directory you own."
+            ) from None
         return cls.create(fallback)
 
     @classmethod
@@ -144,8 +159,9 @@ class RuntimeDir:
             names = os.listdir(self.sessions)
         except FileNotFoundError:
             return set()
-        return {name.rsplit(".", 1)[0] for name in names
-                if name.endswith((".json", ".xauth", ".log"))}
+        return {
+            name.rsplit(".", 1)[0] for name in names if name.endswith((".json", ".xauth", ".log"))
+        }
 
     def record_paths(self) -> Iterator[str]:
         try:

@@ -14,41 +14,73 @@ import time
 from ._paths import RuntimeDir, write_private_file
 from ._process import same_process
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import ClassVar
+
 
 class SessionRecord:
     """What `list`, `stop`, `status` and crash recovery know of a session. (A plain class: the
     CLI imports this while the server starts, and dataclasses would cost it milliseconds.)"""
 
-    FIELDS = {
-        "token": None, "name": None,
-        "kind": "api",        # "cli" (an `xsupervise start` process) or "api" (a Display)
+    FIELDS: ClassVar[dict[str, object]] = {
+        "token": None,
+        "name": None,
+        "kind": "api",  # "cli" (an `xsupervise start` process) or "api" (a Display)
         "state": "starting",  # starting, ready, backoff, failed, stopping
-        "supervisor_pid": None, "supervisor_ticks": None,
-        "server_pid": None, "server_ticks": None,
-        "display": None, "xauthority": None, "socket_inode": None,
-        "started_at": None, "server_argv": (),
-        "restarts": 0, "last_failure": None, "next_retry_at": None, "ready_at": None,
+        "supervisor_pid": None,
+        "supervisor_ticks": None,
+        "server_pid": None,
+        "server_ticks": None,
+        "display": None,
+        "xauthority": None,
+        "socket_inode": None,
+        "started_at": None,
+        "server_argv": (),
+        "restarts": 0,
+        "last_failure": None,
+        "next_retry_at": None,
+        "ready_at": None,
     }
     __slots__ = tuple(FIELDS)
+    token: str
+    name: str | None
+    kind: str
+    state: str
+    supervisor_pid: int | None
+    supervisor_ticks: int | None
+    server_pid: int | None
+    server_ticks: int | None
+    display: str | None  # ":N"
+    xauthority: str | None
+    socket_inode: int | None
+    started_at: float
+    server_argv: Sequence[str]
+    restarts: int
+    last_failure: str | None
+    next_retry_at: float | None
+    ready_at: float | None
 
-    def __init__(self, **values):
+    def __init__(self, **values: object):
         unknown = set(values) - set(self.FIELDS)
         if unknown:
             raise TypeError(f"unknown record fields: {sorted(unknown)}")
         for name, default in self.FIELDS.items():
             setattr(self, name, values.get(name, default))
-        if self.started_at is None:
+        if values.get("started_at") is None:
             self.started_at = time.time()
 
     def __repr__(self) -> str:
         return f"<SessionRecord {self.name} {self.display or '-'} {self.state}>"
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in self.FIELDS}
 
     def save(self, runtime: RuntimeDir) -> None:
-        write_private_file(runtime.record_path(self.token),
-                           json.dumps(self.as_dict(), indent=1).encode())
+        write_private_file(
+            runtime.record_path(self.token), json.dumps(self.as_dict(), indent=1).encode()
+        )
 
     def supervisor_alive(self) -> bool:
         return same_process(self.supervisor_pid, self.supervisor_ticks)
@@ -56,13 +88,16 @@ class SessionRecord:
 
 def load_records(runtime: RuntimeDir) -> list[SessionRecord]:
     """Every readable record; a torn or foreign file is skipped, never trusted."""
-    records = []
+    records: list[SessionRecord] = []
     for path in runtime.record_paths():
         try:
             with open(path, "rb") as stream:
                 data = json.load(stream)
-            records.append(SessionRecord(**{key: value for key, value in data.items()
-                                            if key in SessionRecord.FIELDS}))
+            records.append(
+                SessionRecord(
+                    **{key: value for key, value in data.items() if key in SessionRecord.FIELDS}
+                )
+            )
         except (OSError, ValueError, TypeError):
             continue
     return records

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+from types import FrameType
 
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -21,7 +22,7 @@ class SignalInbox:
         self._previous_wakeup = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
         self._previous = {signum: signal.signal(signum, self._handle) for signum in HANDLED}
 
-    def _handle(self, signum: int, _frame) -> None:
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
         self._pending.append(signum)
 
     def drain(self) -> list[int]:
@@ -44,5 +45,5 @@ class SignalInbox:
     def __enter__(self) -> SignalInbox:
         return self
 
-    def __exit__(self, *_exc) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import struct
 import time
+from collections.abc import Generator
 
-from ._process import Child, Steps, Wait, peer_credentials
+from ._process import Child, Wait, peer_credentials
 
 X11_UNIX_DIR = "/tmp/.X11-unix"
 COOKIE_PROTOCOL = b"MIT-MAGIC-COOKIE-1"
@@ -43,8 +44,9 @@ def screen_args(server: str, screen: str) -> list[str]:
     return ["-screen", "0", screen]
 
 
-def server_argv(server: tuple[str, ...], number: int | None, displayfd: int,
-                auth_path: str, screen: str) -> list[str]:
+def server_argv(
+    server: tuple[str, ...], number: int | None, displayfd: int, auth_path: str, screen: str
+) -> list[str]:
     argv = [server[0]]
     if number is not None:
         argv.append(f":{number}")
@@ -60,11 +62,17 @@ def xauthority_entry(cookie: bytes) -> bytes:
     The number is not known before the server chooses it; FamilyWild with an empty address
     and number matches any, and the server itself ignores both fields when it loads -auth.
     """
+
     def counted(data: bytes) -> bytes:
         return struct.pack(">H", len(data)) + data
 
-    return struct.pack(">H", _FAMILY_WILD) + counted(b"") + counted(b"") \
-        + counted(COOKIE_PROTOCOL) + counted(cookie)
+    return (
+        struct.pack(">H", _FAMILY_WILD)
+        + counted(b"")
+        + counted(b"")
+        + counted(COOKIE_PROTOCOL)
+        + counted(cookie)
+    )
 
 
 class DisplayFdError(Exception):
@@ -75,7 +83,9 @@ class DisplayFdError(Exception):
         super().__init__(what)
 
 
-def read_display_number(read_fd: int, child: Child, deadline: float) -> Steps[int]:
+def read_display_number(
+    read_fd: int, child: Child, deadline: float
+) -> Generator[Wait, set[int], int]:
     """Read ``digits "\\n"`` from -displayfd. Stop the moment the child exits or the pipe closes."""
     received = b""
     while True:
@@ -85,21 +95,27 @@ def read_display_number(read_fd: int, child: Child, deadline: float) -> Steps[in
             if not chunk:
                 # A dying process closes its fds a moment before it becomes waitable: give
                 # the exit a short while to show, to tell "exited" from "closed the fd".
-                exited = yield Wait((child.pidfd,), min(deadline, time.monotonic() + _EXIT_AFTER_EOF))
+                grace = min(deadline, time.monotonic() + _EXIT_AFTER_EOF)
+                exited = yield Wait((child.pidfd,), grace)
                 if exited:
                     raise DisplayFdError("exited", "exited before writing a display number")
-                raise DisplayFdError("closed", "closed -displayfd without writing a display number"
-                                     + (f" (it wrote {received!r})" if received else ""))
+                raise DisplayFdError(
+                    "closed",
+                    "closed -displayfd without writing a display number"
+                    + (f" (it wrote {received!r})" if received else ""),
+                )
             received += chunk
             line, newline, rest = received.partition(b"\n")
             if newline:
                 if line.isdigit() and len(line) <= _MAX_DISPLAY_DIGITS and not rest:
                     return int(line)
-                raise DisplayFdError("garbage", f"wrote {received[:40]!r} to -displayfd, "
-                                     "not a display number")
+                raise DisplayFdError(
+                    "garbage", f"wrote {received[:40]!r} to -displayfd, not a display number"
+                )
             if not line.isdigit() or len(line) > _MAX_DISPLAY_DIGITS:
-                raise DisplayFdError("garbage", f"wrote {received[:40]!r} to -displayfd, "
-                                     "not a display number")
+                raise DisplayFdError(
+                    "garbage", f"wrote {received[:40]!r} to -displayfd, not a display number"
+                )
         elif child.pidfd in ready:
             raise DisplayFdError("exited", "exited before writing a display number")
         elif time.monotonic() >= deadline:
@@ -112,8 +128,9 @@ class ServerFacts:
 
     __slots__ = ("vendor", "release", "width", "height", "depth", "socket_inode")
 
-    def __init__(self, vendor: str, release: int, width: int, height: int, depth: int,
-                 socket_inode: int):
+    def __init__(
+        self, vendor: str, release: int, width: int, height: int, depth: int, socket_inode: int
+    ):
         self.vendor, self.release = vendor, release
         self.width, self.height, self.depth = width, height, depth
         self.socket_inode = socket_inode
@@ -148,35 +165,40 @@ def setup_request(cookie: bytes) -> bytes:
 
 def parse_setup_reply(reply: bytes) -> tuple[str, int, int, int, int]:
     """(vendor, release, width, height, depth) of screen 0 from a Success reply."""
-    release, = struct.unpack_from("<I", reply, 8)
-    vendor_len, = struct.unpack_from("<H", reply, 24)
-    formats, = struct.unpack_from("<B", reply, 29)
-    vendor = reply[40:40 + vendor_len].decode("latin-1")
+    (release,) = struct.unpack_from("<I", reply, 8)
+    (vendor_len,) = struct.unpack_from("<H", reply, 24)
+    (formats,) = struct.unpack_from("<B", reply, 29)
+    vendor = reply[40 : 40 + vendor_len].decode("latin-1")
     screen = 40 + vendor_len + (-vendor_len % 4) + 8 * formats
     width, height = struct.unpack_from("<HH", reply, screen + 20)
-    depth, = struct.unpack_from("<B", reply, screen + 38)
+    (depth,) = struct.unpack_from("<B", reply, screen + 38)
     return vendor, release, width, height, depth
 
 
-def verify(number: int, child: Child, cookie: bytes, deadline: float) -> Steps[ServerFacts]:
+def verify(
+    number: int, child: Child, cookie: bytes, deadline: float
+) -> Generator[Wait, set[int], ServerFacts]:
     """Prove display ``number`` works: our child serves its socket and accepts our cookie."""
     import socket  # here, not at the top: it is not needed before the server is spawned
 
     path = socket_path(number)
     # Non-blocking from the start: a unix connect then fails (EAGAIN) rather than hang on
     # a server whose listen backlog is full.
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    flags = socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+    sock = socket.socket(socket.AF_UNIX, flags)
     try:
         try:
             sock.connect(path)
         except OSError as exc:
-            raise HandshakeError(f"wrote display number {number} but nothing answers on {path} "
-                                 f"({exc.strerror})") from None
+            raise HandshakeError(
+                f"wrote display number {number} but nothing answers on {path} ({exc.strerror})"
+            ) from None
         inode = os.lstat(path).st_ino
         peer = peer_credentials(sock)[0]
         if not _served_by(child, peer):
-            raise HandshakeError(f"wrote display number {number} but {path} is served by "
-                                 f"pid {peer}, not by it")
+            raise HandshakeError(
+                f"wrote display number {number} but {path} is served by pid {peer}, not by it"
+            )
         sock.send(setup_request(cookie))
         reply = b""
         needed = 8
@@ -192,13 +214,19 @@ def verify(number: int, child: Child, cookie: bytes, deadline: float) -> Steps[S
             elif child.pidfd in ready:
                 raise HandshakeError(f"exited while answering our X11 connection on {path}")
             elif time.monotonic() >= deadline:
-                raise HandshakeError(f"accepted an X11 connection on {path} but did not answer it "
-                                     "in time", kind="timeout")
+                raise HandshakeError(
+                    f"accepted an X11 connection on {path} but did not answer it in time",
+                    kind="timeout",
+                )
         if reply[0] != 1:
-            reason = reply[8:8 + reply[1]].decode("latin-1", "replace").strip() if reply[0] == 0 \
+            reason = (
+                reply[8 : 8 + reply[1]].decode("latin-1", "replace").strip()
+                if reply[0] == 0
                 else "it asked for further authentication"
-            raise HandshakeError(f"refused our X11 connection with our cookie on {path}: {reason}",
-                                 kind="refused")
+            )
+            raise HandshakeError(
+                f"refused our X11 connection with our cookie on {path}: {reason}", kind="refused"
+            )
         vendor, release, width, height, depth = parse_setup_reply(reply)
         return ServerFacts(vendor, release, width, height, depth, inode)
     except (OSError, struct.error, IndexError, UnicodeError) as exc:

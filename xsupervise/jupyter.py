@@ -30,17 +30,21 @@ import shlex
 import sys
 from collections.abc import Mapping, Sequence
 
-from ._settings import load_settings
+from ._settings import Settings, load_settings
+
+__all__ = ["server_process", "session_name", "proxy_timeout", "APP_START_SECONDS"]
 
 # Substituted by jupyter-server-proxy (with str.format) before the command runs.
-PROXY_FIELDS = ("port", "unix_socket", "base_url")
+_PROXY_FIELDS = ("port", "unix_socket", "base_url")
 APP_START_SECONDS = 30.0  # default allowance for the launcher's own app to start listening
 
 
 # In a command or environment value, as the launcher author writes it: '{{' and '}}' (kept
 # literal to the end), a field jupyter-server-proxy fills (with an optional conversion or
 # format spec), or a lone brace (our own fields are made of those).
-_TOKEN = re.compile(r"\{\{|\}\}|\{(?:" + "|".join(PROXY_FIELDS) + r")(?:![rsa])?(?::[^{}]*)?\}|[{}]")
+_TOKEN = re.compile(
+    r"\{\{|\}\}|\{(?:" + "|".join(_PROXY_FIELDS) + r")(?:![rsa])?(?::[^{}]*)?\}|[{}]"
+)
 
 
 def _escape(arg: str) -> str:
@@ -62,18 +66,26 @@ def session_name(launcher: str, user: str | None = None) -> str:
     return f"jupyter-{user}-{launcher}"
 
 
-def proxy_timeout(settings=None, app_start: float = APP_START_SECONDS) -> float:
+def proxy_timeout(settings: Settings | None = None, app_start: float = APP_START_SECONDS) -> float:
     """How long jupyter-server-proxy should wait for the app: a start may first wait out the
     longest backoff, then the X server's deadline, then the app's own start."""
     settings = settings or load_settings()
     return settings.backoff_max + settings.displayfd_timeout + app_start
 
 
-def server_process(launcher: str, command: Sequence[str], *, title: str | None = None,
-                   screen: str | None = None, server: str | Sequence[str] | None = None,
-                   environment: Mapping[str, str] | None = None,
-                   unix_socket: bool = False, app_start: float = APP_START_SECONDS,
-                   xsupervise: Sequence[str] | None = None, **extra) -> dict:
+def server_process(
+    launcher: str,
+    command: Sequence[str],
+    *,
+    title: str | None = None,
+    screen: str | None = None,
+    server: str | Sequence[str] | None = None,
+    environment: Mapping[str, str] | None = None,
+    unix_socket: bool = False,
+    app_start: float = APP_START_SECONDS,
+    xsupervise: Sequence[str] | None = None,
+    **extra: object,
+) -> dict[str, object]:
     """The dict a ``jupyter_serverproxy_servers`` entry point returns for ``launcher``.
 
     ``command`` is the launcher's own command; ``extra`` goes into the dict unchanged (e.g.
@@ -81,8 +93,15 @@ def server_process(launcher: str, command: Sequence[str], *, title: str | None =
     Python's ``-m xsupervise``).
     """
     wrapper = list(xsupervise or (sys.executable, "-m", "xsupervise"))
-    wrapper += ["start", ":auto", "--name", session_name(launcher), "--substitute",
-                "--relaunched", "--exit-with-parent"]
+    wrapper += [
+        "start",
+        ":auto",
+        "--name",
+        session_name(launcher),
+        "--substitute",
+        "--relaunched",
+        "--exit-with-parent",
+    ]
     if xsupervise is None:
         # jupyter-server-proxy calls us in the Jupyter server process, which will be the parent.
         wrapper += ["--parent-pid", str(os.getpid())]
@@ -90,13 +109,11 @@ def server_process(launcher: str, command: Sequence[str], *, title: str | None =
         wrapper += ["--screen", screen]
     if server:
         wrapper += ["--server", server if isinstance(server, str) else shlex.join(server)]
-    spec = {
-        "command": [*(_escape(arg) for arg in wrapper), "--",
-                    *(_escape(arg) for arg in command)],
+    spec: dict[str, object] = {
+        "command": [*(_escape(arg) for arg in wrapper), "--", *(_escape(arg) for arg in command)],
         "timeout": proxy_timeout(load_settings({"screen": screen, "server": server}), app_start),
         # jupyter-server-proxy str.formats the environment too.
-        "environment": {_escape(key): _escape(value)
-                        for key, value in (environment or {}).items()},
+        "environment": {_escape(key): _escape(value) for key, value in (environment or {}).items()},
         "launcher_entry": {"enabled": True, "title": title or launcher},
         **extra,
     }
