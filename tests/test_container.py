@@ -38,8 +38,8 @@ def _announced(process: subprocess.Popen[bytes]) -> dict[str, str]:
 def _stop(process: subprocess.Popen[bytes]) -> tuple[int, bytes]:
     process.send_signal(signal.SIGTERM)
     code = process.wait(timeout=30)
-    assert process.stderr is not None
-    return code, process.stderr.read()
+    _, err = process.communicate()
+    return code, err
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_check_no_such_display_or_name_is_one_line(monkeypatch, capsys):
 def _dockerfile() -> dict[str, str]:
     """The final stage's instructions (continuation lines joined), by keyword."""
     text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
-    final = text.split("\nFROM ")[-1]
+    final = "FROM " + text.split("\nFROM ")[-1]
     found: dict[str, str] = {}
     for line in final.splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
@@ -178,7 +178,15 @@ class _Pid1:
     def health(self, number: int) -> int:
         options, _, command = _dockerfile()["HEALTHCHECK"].partition(" CMD ")
         argv = [arg if arg != ":99" else f":{number}" for arg in _installed(json.loads(command))]
-        return subprocess.run(argv, capture_output=True, timeout=30).returncode
+        # `docker exec`: in the container's PID namespace, where its records' pids are right.
+        enter = ["nsenter", "--target", str(self.pid), "--pid", "--mount", "--"]
+        return subprocess.run([*enter, *argv], capture_output=True, timeout=30).returncode
+
+    def stop(self) -> tuple[int, bytes]:
+        os.kill(self.pid, signal.SIGTERM)
+        code = self.process.wait(timeout=30)
+        _, err = self.process.communicate()  # and closes our ends of its pipes
+        return code, err
 
 
 def _children(pid: int) -> list[int]:
@@ -204,12 +212,12 @@ def test_docker_cmd_as_pid1_is_healthy_and_stops_cleanly_on_sigterm():
     number = free_display_number()
     pid1 = _Pid1(number)
     assert pid1.env["DISPLAY"] == f":{number}"
-    (server,) = _children(pid1.pid)
-    assert pid1.health(number) == 0
-    # unshare --fork waits for its child, so Docker's SIGTERM goes to PID 1 itself.
-    os.kill(pid1.pid, signal.SIGTERM)
-    assert pid1.process.wait(timeout=30) == 0
-    assert pid1.process.stderr is not None and pid1.process.stderr.read() == b""
+    try:
+        (server,) = _children(pid1.pid)
+        assert pid1.health(number) == 0
+    finally:
+        # unshare --fork waits for its child, so Docker's SIGTERM goes to PID 1 itself.
+        assert pid1.stop() == (0, b"")
     assert _state(server) is None and _state(pid1.pid) is None
     assert not os.path.exists(f"/tmp/.X11-unix/X{number}")
     assert number not in bound_abstract_displays()
@@ -229,13 +237,14 @@ def test_docker_cmd_as_pid1_reaps_orphans():
                 "    sys.stdin.read()\nos._exit(0)\n")
         read_fd, write_fd = os.pipe()
         try:
-            helper = subprocess.Popen(
-                ["nsenter", "--target", str(pid1.pid), "--pid", "--mount", "--",
-                 sys.executable, "-c", code], stdin=read_fd, stdout=subprocess.PIPE)
-            os.close(read_fd)
-            assert helper.stdout is not None
-            inner = int(helper.stdout.readline())
-            assert helper.wait(timeout=30) == 0  # the middle process is gone: an orphan now
+            with subprocess.Popen(
+                    ["nsenter", "--target", str(pid1.pid), "--pid", "--mount", "--",
+                     sys.executable, "-c", code], stdin=read_fd, stdout=subprocess.PIPE
+            ) as helper:
+                os.close(read_fd)
+                assert helper.stdout is not None
+                inner = int(helper.stdout.readline())
+                assert helper.wait(timeout=30) == 0  # the middle one is gone: an orphan now
             orphan = _orphan(pid1.pid, inner)
             pidfd = os.pidfd_open(orphan)
         finally:
@@ -249,8 +258,7 @@ def test_docker_cmd_as_pid1_reaps_orphans():
             time.sleep(0.05)  # PID 1 reaps it on SIGCHLD; we can only look
         assert _state(orphan) is None, f"orphan {orphan} left a zombie under PID 1"
     finally:
-        os.kill(pid1.pid, signal.SIGTERM)
-        assert pid1.process.wait(timeout=30) == 0
+        assert pid1.stop() == (0, b"")
 
 
 def _orphan(pid1: int, inner: int) -> int:
