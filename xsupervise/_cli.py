@@ -399,12 +399,11 @@ def _stop(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     number = None if args.all else parse_display(args.display)
     if number is None and not args.all:
         parser.error("give a display number, e.g. xsupervise stop :5")
-    # The daemon replies once every server has gone, which may take the whole --wait.
-    daemon = _daemon(args, timeout=max(60.0, args.wait + 30.0))
+    daemon = _daemon(args)
     if daemon is not None:
-        with daemon:
-            lines = daemon.request("stop", wait=args.wait, **(
-                {"all": True} if args.all else {"display": f":{number}"}))["stopped"]
+        with daemon:  # it waits for the reply as long as the daemon may take: --wait
+            lines = daemon.stop(None if args.all else f":{number}", all=args.all,
+                                wait=args.wait)
     else:
         lines = stop_sessions(RuntimeDir.discover(), number, wait=args.wait)
     for line in lines:
