@@ -11,7 +11,9 @@ import argparse
 import os
 import sys
 
-from . import _cli_commands as commands, _cli_parsers as parsers, _log as log
+from . import _cli_commands as commands
+from . import _cli_parsers as parsers
+from . import _log as log
 from ._errors import XSuperviseError
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
@@ -27,7 +29,7 @@ NO_COMMAND, OPTIONAL_COMMAND, REQUIRED_COMMAND = "none", "optional", "required"
 class Subcommand:
     """One subcommand: how its parser is built, what handles it, whether it takes COMMAND."""
 
-    __slots__ = ("add_parser", "handle", "command")
+    __slots__ = ("add_parser", "command", "handle")
 
     def __init__(self, add_parser: Callable[[Subparsers], None],
                  handle: Callable[[argparse.Namespace, argparse.ArgumentParser], int],

@@ -225,7 +225,8 @@ def clean(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ._errors import EnvironmentProblem
     from ._paths import RuntimeDir
     from ._recovery import reclaim_abandoned
-    from ._stale import X11_UNIX_DIR, check_shared_dir, clean, scan
+    from ._stale import check_shared_dir, clean, scan
+    from ._x11 import X11_UNIX_DIR
 
     if not args.dry_run:
         for record in reclaim_abandoned(RuntimeDir.discover()):

@@ -14,7 +14,8 @@ import socket
 import sys
 import time
 
-from . import _log as log, _protocol as protocol
+from . import _log as log
+from . import _protocol as protocol
 from ._errors import ExitCode, XSuperviseError
 from ._process import peer_credentials
 

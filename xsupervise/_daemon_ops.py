@@ -65,6 +65,7 @@ class DaemonOps:
             raise StartError(f"session {name_or_default} ended before it was ready", server="?",
                              pid=None, elapsed=0.0)
         facts = server.facts
+        assert facts is not None  # a server is verified before its session is ready
         return {"name": name_or_default, "display": server.display, "env": server.env,
                 "xauthority": server.auth_path, "server_pid": server.pid,
                 "supervisor_pid": os.getpid(), "vendor": facts.vendor,

@@ -17,6 +17,7 @@ import fcntl
 import os
 import socket
 import stat
+from collections.abc import Mapping
 
 from ._errors import EnvironmentProblem, UsageError
 from ._paths import RuntimeDir, remove_file
@@ -34,7 +35,7 @@ class SocketInUse(EnvironmentProblem):
     """Another live process serves the control socket's path."""
 
 
-def default_path(runtime: RuntimeDir, environ=os.environ) -> str:
+def default_path(runtime: RuntimeDir, environ: Mapping[str, str] = os.environ) -> str:
     return environ.get(ENV_SOCKET) or os.path.join(runtime.path, SOCKET_NAME)
 
 
@@ -63,7 +64,7 @@ def who_serves(path: str) -> int | None:
         return peer_credentials(probe)[0]
     except (FileNotFoundError, ConnectionRefusedError):
         return None
-    except socket.timeout:
+    except TimeoutError:
         return BUSY
     except OSError as exc:
         if exc.errno == errno.EAGAIN:  # the backlog is full: very much alive
@@ -83,7 +84,7 @@ class Listener:
         self.path = path
         self.activated = activated
         self.lock_fd = lock_fd
-        self._inode = None if activated else os.stat(path).st_ino
+        self._inode = None if activated or path is None else os.stat(path).st_ino
 
     def __repr__(self) -> str:
         how = "from systemd" if self.activated else "bound by us"

@@ -13,6 +13,11 @@ from ._paths import RuntimeDir
 from ._process import Pinned, wait_exited
 from ._records import live_records
 
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
+if TYPE_CHECKING:
+    from ._policy import RestartPolicy
+    from ._protocol import StatusEntry
+
 
 def stop_sessions(runtime: RuntimeDir, number: int | None, wait: float) -> list[str]:
     """Stop display ``number`` (None: all). A CLI session's supervisor gets SIGTERM and tears
@@ -33,6 +38,7 @@ def stop_sessions(runtime: RuntimeDir, number: int | None, wait: float) -> list[
                             f"{runtime.path}); 'xsupervise list' shows what runs.")
     targets: list[tuple[Pinned, str]] = []
     for record in records:
+        pid: int | None
         if record.kind == "cli":
             pid, ticks, role = record.supervisor_pid, record.supervisor_ticks, "supervisor"
         else:
@@ -54,14 +60,15 @@ def stop_sessions(runtime: RuntimeDir, number: int | None, wait: float) -> list[
     return [line for _, line in targets]
 
 
-def session_status(runtime: RuntimeDir, target: str | None, policy, now: float) -> list[dict]:
+def session_status(runtime: RuntimeDir, target: str | None, policy: RestartPolicy,
+                   now: float) -> list[StatusEntry]:
     """What `status` shows: every live session, and every name whose history holds it back
     (backoff or FAILED) although no supervisor runs. ``target``: ':N' or a name."""
     import os
 
     from ._ledger import Ledger, all_ledgers, read_history
 
-    entries = []
+    entries: list[StatusEntry] = []
     for record in live_records(runtime):
         history = Ledger(runtime, record.name).read()
         entries.append({
@@ -97,7 +104,7 @@ def session_status(runtime: RuntimeDir, target: str | None, policy, now: float) 
     return entries
 
 
-def format_status(entry: dict, now: float) -> str:
+def format_status(entry: StatusEntry, now: float) -> str:
     import time
 
     def clock(wall: float) -> str:

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
+if TYPE_CHECKING:
+    import logging
+
 NAME = "xsupervise"
 _pending_configuration: Callable | None = None
 
@@ -20,7 +24,7 @@ def configure_on_first_use(configure: Callable) -> None:
     _pending_configuration = configure
 
 
-def get():
+def get() -> logging.Logger:
     global _pending_configuration
     import logging
 

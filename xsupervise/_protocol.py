@@ -24,10 +24,24 @@ from ._settings import FIELDS as SETTINGS
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
 if TYPE_CHECKING:
-    from typing import Any, TypeAlias
+    from typing import Any, TypeAlias, TypedDict
 
     Reply: TypeAlias = dict[str, Any]
     """A decoded reply; its fields are the op's ``Op.reply`` (plus ``ok``)."""
+
+    class StatusEntry(TypedDict):
+        """One of ``status``'s "sessions" (and of ``xsupervise status --json``)."""
+
+        name: str
+        display: str | None
+        state: str
+        restarts: int
+        last_failure: str | None
+        supervisor_pid: int | None
+        server_pid: int | None
+        uptime: float | None  # seconds, when ready
+        next_retry_at: float | None  # wall time, in backoff or FAILED
+        failed_since: float | None  # wall time
 
 MAX_LINE = 64 * 1024  # bytes in one request line, newline included
 IDLE_TIMEOUT = 10.0  # seconds a client may take to send a complete line
@@ -45,7 +59,7 @@ class Field:
     """A request field: its JSON type (None: any, checked later by the settings), default,
     and an optional extra check that returns the error sentence, or None when it is fine."""
 
-    __slots__ = ("name", "kind", "default", "check")
+    __slots__ = ("check", "default", "kind", "name")
 
     def __init__(self, name: str, kind: type | tuple[type, ...] | None, default: object = None,
                  check: Callable[[object], str | None] | None = None):
@@ -73,7 +87,7 @@ class Field:
 class Op:
     """One op: the fields it takes besides "op", and the fields of its reply besides "ok"."""
 
-    __slots__ = ("name", "fields", "reply")
+    __slots__ = ("fields", "name", "reply")
 
     def __init__(self, name: str, fields: tuple[Field, ...], reply: tuple[str, ...]):
         self.name = name

@@ -30,8 +30,26 @@ class SessionRecord:
         "restarts": 0, "last_failure": None, "next_retry_at": None, "ready_at": None,
     }
     __slots__ = tuple(FIELDS)
+    # (Annotations only, for type checkers: the slots above are the attributes.)
+    token: str
+    name: str
+    kind: str
+    state: str
+    supervisor_pid: int
+    supervisor_ticks: int | None
+    server_pid: int | None
+    server_ticks: int | None
+    display: str | None
+    xauthority: str | None
+    socket_inode: int | None
+    started_at: float
+    server_argv: list[str]
+    restarts: int
+    last_failure: str | None
+    next_retry_at: float | None
+    ready_at: float | None
 
-    def __init__(self, **values):
+    def __init__(self, **values: object):
         unknown = set(values) - set(self.FIELDS)
         if unknown:
             raise TypeError(f"unknown record fields: {sorted(unknown)}")

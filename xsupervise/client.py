@@ -21,8 +21,13 @@ from ._errors import EnvironmentProblem, ExitCode, UsageError, XSuperviseError
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
 if TYPE_CHECKING:
     from types import TracebackType
+    from typing import Any, Self, TypeAlias
 
-    from ._protocol import Reply
+    from ._protocol import Reply, StatusEntry
+
+    # (Inside Client, `list` means its method.)
+    Records: TypeAlias = "list[dict[str, Any]]"
+    StatusEntries: TypeAlias = "list[StatusEntry]"
 
 # How much longer than the "wait" it gives the daemon we wait for a stop's reply.
 _STOP_REPLY_MARGIN = 30.0
@@ -59,7 +64,7 @@ class Client:
     def __repr__(self) -> str:
         return f"<Client {self.path}>"
 
-    def connect(self) -> Client:
+    def connect(self) -> Self:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         sock.settimeout(self.timeout)
         try:
@@ -80,7 +85,7 @@ class Client:
             self._sock.close()
             self._sock = None
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self if self._sock is not None else self.connect()
 
     def __exit__(self, _type: type[BaseException] | None, _value: BaseException | None,
@@ -105,7 +110,7 @@ class Client:
                     raise ControlError(f"the daemon on {self.path} closed the connection "
                                        "without a reply.")
                 self._buffer += chunk
-        except socket.timeout:
+        except TimeoutError:
             raise ControlError(f"no reply from the daemon on {self.path} within "
                                f"{sock.gettimeout():g} s.") from None
         except OSError as exc:
@@ -141,7 +146,7 @@ class Client:
         """Start (or join) a session; returns display, env, xauthority, server_pid, name.
 
         ``settings``: any setting, e.g. ``screen="1920x1080x24"``, ``server="Xephyr"``."""
-        fields = {"name": name} if name else {}
+        fields: dict[str, object] = {"name": name} if name else {}
         if no_wait:
             fields["no_wait"] = True
         return self.request("start", display=display, **fields, **settings)
@@ -172,14 +177,14 @@ class Client:
         lines: list[str] = reply["stopped"]
         return lines
 
-    def list(self) -> list[dict[str, object]]:
+    def list(self) -> Records:
         """The session records, as ``xsupervise list --json`` shows them."""
-        sessions: list[dict[str, object]] = self.request("list")["sessions"]
+        sessions: Records = self.request("list")["sessions"]
         return sessions
 
-    def status(self, target: str | None = None) -> list[dict[str, object]]:
+    def status(self, target: str | None = None) -> StatusEntries:
         """What ``xsupervise status --json`` shows: every session, or ``target`` (":N", name)."""
-        sessions: list[dict[str, object]] = self.request(
+        sessions: StatusEntries = self.request(
             "status", **({"target": target} if target else {}))["sessions"]
         return sessions
 
