@@ -97,11 +97,18 @@ class Client:
 
         The request is checked against the protocol first: what the daemon would refuse
         raises the same ControlError without a round trip."""
+        return self._ask(op, fields)
+
+    def _ask(self, op: str, fields: dict[str, object],
+             reply_within: float | None = None) -> Reply:
+        """``request``; ``reply_within``: wait at least that long for the reply."""
         try:
             protocol.check_request({"op": op, **fields})
         except UsageError as error:
             raise ControlError(str(error), error.exit_code) from None
         sock = self._socket()
+        if reply_within is not None and self.timeout is not None:
+            sock.settimeout(max(self.timeout, reply_within))
         try:
             sock.sendall(protocol.encode({"op": op, **fields}))
             while b"\n" not in self._buffer:
@@ -115,6 +122,9 @@ class Client:
                                f"{sock.gettimeout():g} s.") from None
         except OSError as exc:
             raise ControlError(f"lost the connection to {self.path}: {exc.strerror}.") from None
+        finally:
+            if reply_within is not None and self._sock is not None:
+                self._sock.settimeout(self.timeout)
         line, _, self._buffer = self._buffer.partition(b"\n")
         try:
             reply = json.loads(line)
@@ -139,58 +149,50 @@ class Client:
     # One method per op of the protocol (_protocol.OPS), taking that op's fields.
     def ping(self) -> Reply:
         """The daemon's pid, version, number of sessions and status line."""
-        return self.request("ping")
+        return self._ask("ping", {})
 
     def start(self, display: str = ":auto", *, name: str | None = None, no_wait: bool = False,
               **settings: object) -> Reply:
         """Start (or join) a session; returns display, env, xauthority, server_pid, name.
 
         ``settings``: any setting, e.g. ``screen="1920x1080x24"``, ``server="Xephyr"``."""
-        fields: dict[str, object] = {"name": name} if name else {}
+        fields: dict[str, object] = {"display": display, **settings}
+        if name:
+            fields["name"] = name
         if no_wait:
             fields["no_wait"] = True
-        return self.request("start", display=display, **fields, **settings)
+        return self._ask("start", fields)
 
     def stop(self, display: str | None = None, *, name: str | None = None, all: bool = False,
              wait: float | None = None) -> list[str]:
         """Stop display ":N", the session ``name``, or ``all``; one line per stopped session.
 
-        ``wait``: seconds the daemon waits for them to exit (its default: 10); the reply is
-        awaited that long too, whatever this client's timeout."""
+        ``wait``: seconds the daemon gives them to exit (its default: 10); the reply is
+        awaited that long too, even beyond this client's timeout."""
         fields: dict[str, object] = {
             key: value for key, value in (("display", display), ("name", name)) if value}
         if all:
             fields["all"] = True
-        if wait is None:
-            return self._stopped(self.request("stop", **fields))
-        timeout = self.timeout
-        sock = self._socket()
-        if timeout is not None and timeout < wait + _STOP_REPLY_MARGIN:
-            sock.settimeout(wait + _STOP_REPLY_MARGIN)
-        try:
-            return self._stopped(self.request("stop", wait=wait, **fields))
-        finally:
-            sock.settimeout(timeout)
-
-    @staticmethod
-    def _stopped(reply: Reply) -> list[str]:
+        if wait is not None:
+            fields["wait"] = wait
+        reply = self._ask("stop", fields, None if wait is None else wait + _STOP_REPLY_MARGIN)
         lines: list[str] = reply["stopped"]
         return lines
 
     def list(self) -> Records:
         """The session records, as ``xsupervise list --json`` shows them."""
-        sessions: Records = self.request("list")["sessions"]
+        sessions: Records = self._ask("list", {})["sessions"]
         return sessions
 
     def status(self, target: str | None = None) -> StatusEntries:
         """What ``xsupervise status --json`` shows: every session, or ``target`` (":N", name)."""
-        sessions: StatusEntries = self.request(
-            "status", **({"target": target} if target else {}))["sessions"]
+        sessions: StatusEntries = self._ask(
+            "status", {"target": target} if target else {})["sessions"]
         return sessions
 
     def reset(self, name: str) -> bool:
         """Clear the restart history of ``name``; whether it had any."""
-        return bool(self.request("reset", name=name)["had_history"])
+        return bool(self._ask("reset", {"name": name})["had_history"])
 
 
 def running_daemon(path: str | None = None, timeout: float | None = 60.0) -> Client | None:
