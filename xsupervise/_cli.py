@@ -31,9 +31,12 @@ class Subcommand:
 
     __slots__ = ("add_parser", "command", "handle")
 
-    def __init__(self, add_parser: Callable[[Subparsers], None],
-                 handle: Callable[[argparse.Namespace, argparse.ArgumentParser], int],
-                 command: str = NO_COMMAND):
+    def __init__(
+        self,
+        add_parser: Callable[[Subparsers], None],
+        handle: Callable[[argparse.Namespace, argparse.ArgumentParser], int],
+        command: str = NO_COMMAND,
+    ):
         self.add_parser = add_parser
         self.handle = handle
         self.command = command
@@ -59,7 +62,9 @@ def _build_parser(own_argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xsupervise",
         description="Run headless X servers safely: verified ready, never leaked.",
-        epilog=parsers.EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=parsers.EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens on stderr")
     subparsers = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
     # Building every subcommand's parser costs milliseconds on each run: build only the one
@@ -76,12 +81,13 @@ def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
     otherwise take COMMAND's own options for ours)."""
     if "--" in argv:
         cut = argv.index("--")
-        return argv[:cut], argv[cut + 1:]
+        return argv[:cut], argv[cut + 1 :]
     return argv, []
 
 
-def _check(args: argparse.Namespace, subcommand: Subcommand,
-           parser: argparse.ArgumentParser) -> None:
+def _check(
+    args: argparse.Namespace, subcommand: Subcommand, parser: argparse.ArgumentParser
+) -> None:
     """Usage errors argparse cannot see: COMMAND where none goes, or options that clash."""
     if args.cmd and subcommand.command == NO_COMMAND:
         parser.error(f"'{args.command}' takes no COMMAND after '--'")

@@ -54,23 +54,36 @@ def _supervise(args: argparse.Namespace) -> int:
             return
         facts = server.facts
         assert facts is not None  # announced once verified
-        _print_display({
-            "display": server.display, "number": server.number,
-            "xauthority": server.auth_path, "server_pid": server.pid,
-            "supervisor_pid": os.getpid(), "name": server.record.name,
-            "vendor": facts.vendor, "screen": f"{facts.width}x{facts.height}x{facts.depth}"},
-            args.json)
+        _print_display(
+            {
+                "display": server.display,
+                "number": server.number,
+                "xauthority": server.auth_path,
+                "server_pid": server.pid,
+                "supervisor_pid": os.getpid(),
+                "name": server.record.name,
+                "vendor": facts.vendor,
+                "screen": f"{facts.width}x{facts.height}x{facts.depth}",
+            },
+            args.json,
+        )
         if displayfd is not None:
             os.write(displayfd, f"{server.number}\n".encode())
             os.close(displayfd)
 
     name = args.name or default_session_name(number, settings.server)
-    session = ForegroundSupervisor(settings, RuntimeDir.discover(), number, name=name,
-                                command=command, announce=announce, no_wait=args.no_wait,
-                                substitute=getattr(args, "substitute", False),
-                                parent_pid=(args.parent_pid or PARENT_PID)
-                                if args.exit_with_parent else None,
-                                relaunched=args.relaunched)
+    session = ForegroundSupervisor(
+        settings,
+        RuntimeDir.discover(),
+        number,
+        name=name,
+        command=command,
+        announce=announce,
+        no_wait=args.no_wait,
+        substitute=getattr(args, "substitute", False),
+        parent_pid=(args.parent_pid or PARENT_PID) if args.exit_with_parent else None,
+        relaunched=args.relaunched,
+    )
     return session.run()
 
 
@@ -115,8 +128,7 @@ def _start_detached(args: argparse.Namespace) -> int:
     from .client import Client
 
     parse_display(args.display)  # a bad request is a usage error here, not in the daemon
-    settings = {field: getattr(args, field) for field in FIELDS
-                if getattr(args, field) is not None}
+    settings = {field: getattr(args, field) for field in FIELDS if getattr(args, field) is not None}
     with Client(args.socket, timeout=None) as daemon:
         reply = daemon.start(args.display, name=args.name, no_wait=args.no_wait, **settings)
     reply.pop("ok", None)
@@ -147,13 +159,16 @@ def list_(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not records:
         print("no sessions")
         return ExitCode.OK
-    print(f"{'DISPLAY':8} {'STATE':9} {'KIND':6} {'SUPERVISOR':>10} {'SERVER':>8} "
-          f"{'UPTIME':>8}  NAME")
+    print(
+        f"{'DISPLAY':8} {'STATE':9} {'KIND':6} {'SUPERVISOR':>10} {'SERVER':>8} {'UPTIME':>8}  NAME"
+    )
     now = time.time()
     for record in records:
-        print(f"{record.display or '-':8} {record.state:9} {record.kind:6} "
-              f"{record.supervisor_pid:>10} {record.server_pid or '-':>8} "
-              f"{int(now - record.started_at):>7}s  {record.name}")
+        print(
+            f"{record.display or '-':8} {record.state:9} {record.kind:6} "
+            f"{record.supervisor_pid:>10} {record.server_pid or '-':>8} "
+            f"{int(now - record.started_at):>7}s  {record.name}"
+        )
     return ExitCode.OK
 
 
@@ -170,8 +185,7 @@ def stop(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     daemon = _daemon(args)
     if daemon is not None:
         with daemon:  # it waits for the reply as long as the daemon may take: --wait
-            lines = daemon.stop(None if args.all else f":{number}", all=args.all,
-                                wait=args.wait)
+            lines = daemon.stop(None if args.all else f":{number}", all=args.all, wait=args.wait)
     else:
         lines = stop_sessions(RuntimeDir.discover(), number, wait=args.wait)
     for line in lines:
@@ -193,8 +207,7 @@ def status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         with daemon:
             entries = daemon.status(args.target)
     else:
-        entries = session_status(RuntimeDir.discover(), args.target, load_settings().policy(),
-                                 now)
+        entries = session_status(RuntimeDir.discover(), args.target, load_settings().policy(), now)
     if args.json:
         print(json.dumps(entries, indent=1))
     elif not entries:
@@ -214,8 +227,11 @@ def reset(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             existed = daemon.reset(args.name)
     else:
         existed = Ledger(RuntimeDir.discover(), args.name).reset()
-    print(f"{args.name}: restart history cleared" if existed
-          else f"{args.name}: had no restart history")
+    print(
+        f"{args.name}: restart history cleared"
+        if existed
+        else f"{args.name}: had no restart history"
+    )
     return ExitCode.OK
 
 
@@ -231,12 +247,16 @@ def clean(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not args.dry_run:
         for record in reclaim_abandoned(RuntimeDir.discover()):
             if not args.json:
-                print(f"reclaimed     session {record.name} of dead supervisor pid "
-                      f"{record.supervisor_pid}")
+                print(
+                    f"reclaimed     session {record.name} of dead supervisor pid "
+                    f"{record.supervisor_pid}"
+                )
     problem = check_shared_dir(X11_UNIX_DIR)
     if problem:
-        raise EnvironmentProblem(f"refusing to clean: {problem}. Inspect it (ls -ld "
-                                 f"{X11_UNIX_DIR}); it should be root's, mode 1777.")
+        raise EnvironmentProblem(
+            f"refusing to clean: {problem}. Inspect it (ls -ld "
+            f"{X11_UNIX_DIR}); it should be root's, mode 1777."
+        )
     entries = scan()
     clean(entries, args.dry_run)
     if args.json:
@@ -246,8 +266,10 @@ def clean(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             if entry.verdict != "live":
                 print(entry.line())
         live = sum(entry.verdict == "live" for entry in entries)
-        print(f"{len(entries)} entries: {live} live, "
-              f"{sum(e.action in ('removed', 'would-remove') for e in entries)} "
-              f"{'would be ' if args.dry_run else ''}removed")
+        print(
+            f"{len(entries)} entries: {live} live, "
+            f"{sum(e.action in ('removed', 'would-remove') for e in entries)} "
+            f"{'would be ' if args.dry_run else ''}removed"
+        )
     left = [e for e in entries if e.verdict == "inaccessible" or e.action == "failed"]
     return ExitCode.FAILURE if left else ExitCode.OK

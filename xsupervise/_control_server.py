@@ -51,10 +51,12 @@ class ControlServer:
         # our own in Listener.close, and never the one systemd holds.
         if sys.version_info >= (3, 13):
             self._server = await asyncio.start_unix_server(
-                self._serve_client, sock=sock, limit=protocol.MAX_LINE, cleanup_socket=False)
+                self._serve_client, sock=sock, limit=protocol.MAX_LINE, cleanup_socket=False
+            )
         else:
             self._server = await asyncio.start_unix_server(
-                self._serve_client, sock=sock, limit=protocol.MAX_LINE)
+                self._serve_client, sock=sock, limit=protocol.MAX_LINE
+            )
 
     def close(self) -> None:
         """Stop accepting, and drop every client at once (a stopping daemon answers no one)."""
@@ -63,34 +65,53 @@ class ControlServer:
         for client in list(self.clients.values()):
             client.writer.transport.abort()
 
-    async def _serve_client(self, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter) -> None:
+    async def _serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         client = _Client(writer)
         try:
             _pid, uid, _gid = peer_credentials(writer.get_extra_info("socket"))
             if uid not in (os.getuid(), 0):
-                await self._reply(client, protocol.error_reply(
-                    f"uid {uid} may not use this daemon (it runs as uid {os.getuid()}); ask as "
-                    "that user.", ExitCode.USAGE))
+                await self._reply(
+                    client,
+                    protocol.error_reply(
+                        f"uid {uid} may not use this daemon (it runs as uid {os.getuid()}); ask as "
+                        "that user.",
+                        ExitCode.USAGE,
+                    ),
+                )
                 return
             if not self._make_room():
-                await self._reply(client, protocol.error_reply(
-                    f"too many clients ({MAX_CLIENTS}) are being answered; try again shortly.",
-                    ExitCode.FAILURE))
+                await self._reply(
+                    client,
+                    protocol.error_reply(
+                        f"too many clients ({MAX_CLIENTS}) are being answered; try again shortly.",
+                        ExitCode.FAILURE,
+                    ),
+                )
                 return
             self.clients[writer] = client
             while True:
                 try:
                     line = await asyncio.wait_for(reader.readline(), protocol.IDLE_TIMEOUT)
                 except TimeoutError:
-                    await self._reply(client, protocol.error_reply(
-                        f"no complete request line within {protocol.IDLE_TIMEOUT:g} s; "
-                        "closing.", ExitCode.USAGE))
+                    await self._reply(
+                        client,
+                        protocol.error_reply(
+                            f"no complete request line within {protocol.IDLE_TIMEOUT:g} s; "
+                            "closing.",
+                            ExitCode.USAGE,
+                        ),
+                    )
                     return
                 except ValueError:  # longer than the limit
-                    await self._reply(client, protocol.error_reply(
-                        f"request line longer than {protocol.MAX_LINE} bytes; closing.",
-                        ExitCode.USAGE))
+                    await self._reply(
+                        client,
+                        protocol.error_reply(
+                            f"request line longer than {protocol.MAX_LINE} bytes; closing.",
+                            ExitCode.USAGE,
+                        ),
+                    )
                     return
                 if not line.endswith(b"\n"):
                     return  # EOF, perhaps half-way through a line: nobody to answer
@@ -136,5 +157,7 @@ class ControlServer:
             return protocol.error_reply(str(error), error.exit_code)
         except Exception:  # a bug: answer, log, keep serving
             log.get().exception("request %s failed", op.name)
-            return protocol.error_reply(f"internal error while handling {op.name!r}; see the "
-                                        "daemon's log.", ExitCode.FAILURE)
+            return protocol.error_reply(
+                f"internal error while handling {op.name!r}; see the daemon's log.",
+                ExitCode.FAILURE,
+            )

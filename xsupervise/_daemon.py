@@ -41,8 +41,14 @@ READY_DEADLINE = 60.0
 class Daemon:
     """One ``xsupervise serve``: its sessions, its control socket, its talk with systemd."""
 
-    def __init__(self, runtime: RuntimeDir, listener: Listener, *,
-                 flags: Mapping[str, object] | None = None, notifier: Notifier | None = None):
+    def __init__(
+        self,
+        runtime: RuntimeDir,
+        listener: Listener,
+        *,
+        flags: Mapping[str, object] | None = None,
+        notifier: Notifier | None = None,
+    ):
         self.runtime = runtime
         self.listener = listener
         self.flags = dict(flags or {})
@@ -72,10 +78,13 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         await self.control.start(self.listener.sock)
         await self._reclaim()
-        log.get().info("serving on %s (%s); config %s with %d session(s).",
-                       self.listener.path or "a socket from systemd",
-                       "socket-activated" if self.listener.activated else "bound by us",
-                       self.config_path or "(none)", len(specs))
+        log.get().info(
+            "serving on %s (%s); config %s with %d session(s).",
+            self.listener.path or "a socket from systemd",
+            "socket-activated" if self.listener.activated else "bound by us",
+            self.config_path or "(none)",
+            len(specs),
+        )
         for spec in specs:
             self.registry.start(spec, "config")
         self._readiness = loop.create_task(self._announce_when_settled(first=True))
@@ -129,9 +138,12 @@ class Daemon:
             try:
                 await asyncio.wait_for(changed.wait(), deadline - time.monotonic())
             except TimeoutError:
-                log.get().error("not every configured display is ready after %g s; reporting "
-                                "ready anyway so that systemd does not restart us in a loop: %s",
-                                READY_DEADLINE, self.registry.status_line())
+                log.get().error(
+                    "not every configured display is ready after %g s; reporting "
+                    "ready anyway so that systemd does not restart us in a loop: %s",
+                    READY_DEADLINE,
+                    self.registry.status_line(),
+                )
                 break
         self.notifier.ready(self.registry.status_line())
         log.get().info("%s: %s", "ready" if first else "reloaded", self.registry.status_line())
@@ -149,16 +161,23 @@ class Daemon:
                 return
             self.config_path, self.policy = config_path, policy
             wanted = {spec.name: spec for spec in specs}
-            outdated = [managed for managed in self.registry.configured()
-                        if wanted.get(managed.key) != managed.spec]
+            outdated = [
+                managed
+                for managed in self.registry.configured()
+                if wanted.get(managed.key) != managed.spec
+            ]
             await self.registry.stop(outdated)
             if self._stop.is_set():  # SIGTERM came while we stopped them: start nothing new
                 return
             for spec in specs:
                 if self.registry.get(spec.name) is None:
                     self.registry.start(spec, "config")
-            log.get().info("reloaded %s: %d session(s), %d stopped or restarted.",
-                           self.config_path or "(no config file)", len(specs), len(outdated))
+            log.get().info(
+                "reloaded %s: %d session(s), %d stopped or restarted.",
+                self.config_path or "(no config file)",
+                len(specs),
+                len(outdated),
+            )
             self._announce_again()
 
     def _announce_again(self) -> None:
@@ -168,8 +187,9 @@ class Daemon:
         self._readiness = asyncio.get_running_loop().create_task(self._announce_when_settled())
 
 
-def serve(runtime: RuntimeDir, listener: Listener,
-          flags: Mapping[str, object] | None = None) -> int:
+def serve(
+    runtime: RuntimeDir, listener: Listener, flags: Mapping[str, object] | None = None
+) -> int:
     """Run the daemon until SIGTERM/SIGINT; the exit code."""
     try:
         return asyncio.run(Daemon(runtime, listener, flags=flags).run())

@@ -33,14 +33,21 @@ class DaemonOps:
         return f"<DaemonOps of {self.daemon!r}>"
 
     async def ping(self) -> Reply:
-        return {"pid": os.getpid(), "version": __version__, "sessions": len(self.registry),
-                "status": self.registry.status_line()}
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "sessions": len(self.registry),
+            "status": self.registry.status_line(),
+        }
 
-    async def start(self, display: str, name: str | None, no_wait: bool,
-                    **settings: object) -> Reply:
+    async def start(
+        self, display: str, name: str | None, no_wait: bool, **settings: object
+    ) -> Reply:
         if self.daemon.stopping:  # shutting down: a session started now would outlive the list
-            raise EnvironmentProblem("the daemon is stopping; retry once it is back, or run "
-                                     "'xsupervise start' without --detach.")
+            raise EnvironmentProblem(
+                "the daemon is stopping; retry once it is back, or run "
+                "'xsupervise start' without --detach."
+            )
         number = parse_display(display)
         loaded = load_settings(settings)
         name_or_default = name or default_session_name(number, loaded.server)
@@ -50,8 +57,11 @@ class DaemonOps:
         if managed is None:
             spec = SessionSpec(name_or_default, number, loaded)
             managed = self.registry.start(
-                spec, "request", no_wait=no_wait,
-                key=name_or_default if name else self.registry.request_key(name_or_default))
+                spec,
+                "request",
+                no_wait=no_wait,
+                key=name_or_default if name else self.registry.request_key(name_or_default),
+            )
         waiter = asyncio.ensure_future(managed.ready.wait())
         try:
             await asyncio.wait([managed.running, waiter], return_when=asyncio.FIRST_COMPLETED)
@@ -62,34 +72,51 @@ class DaemonOps:
             error = managed.error
             if isinstance(error, XSuperviseError):
                 raise error
-            raise StartError(f"session {name_or_default} ended before it was ready", server="?",
-                             pid=None, elapsed=0.0)
+            raise StartError(
+                f"session {name_or_default} ended before it was ready",
+                server="?",
+                pid=None,
+                elapsed=0.0,
+            )
         facts = server.facts
         assert facts is not None  # a server is verified before its session is ready
-        return {"name": name_or_default, "display": server.display, "env": server.env,
-                "xauthority": server.auth_path, "server_pid": server.pid,
-                "supervisor_pid": os.getpid(), "vendor": facts.vendor,
-                "screen": f"{facts.width}x{facts.height}x{facts.depth}"}
+        return {
+            "name": name_or_default,
+            "display": server.display,
+            "env": server.env,
+            "xauthority": server.auth_path,
+            "server_pid": server.pid,
+            "supervisor_pid": os.getpid(),
+            "vendor": facts.vendor,
+            "screen": f"{facts.width}x{facts.height}x{facts.depth}",
+        }
 
-    async def stop(self, display: str | None, name: str | None, all: bool,
-                   wait: float) -> Reply:
+    async def stop(self, display: str | None, name: str | None, all: bool, wait: float) -> Reply:
         if not (display or name or all):
             raise UsageError('stop needs "display": ":N", "name": NAME or "all": true.')
         number = parse_display(display) if display else None
         if display and number is None:
             raise UsageError(f'stop needs a display number, not {display!r}, e.g. ":5".')
-        ours = [managed for managed in self.registry
-                if all or managed.spec.name == name
-                or (display and managed.core.display == f":{number}")]
-        lines = [f"{m.core.display or m.spec.name}: stopped (session {m.spec.name} of "
-                 f"xsupervise serve pid {os.getpid()})" for m in ours]
+        ours = [
+            managed
+            for managed in self.registry
+            if all
+            or managed.spec.name == name
+            or (display and managed.core.display == f":{number}")
+        ]
+        lines = [
+            f"{m.core.display or m.spec.name}: stopped (session {m.spec.name} of "
+            f"xsupervise serve pid {os.getpid()})"
+            for m in ours
+        ]
         await self.registry.stop(ours)
         if display or all:
             from ._local_ops import stop_sessions
 
             try:  # sessions of other supervisors in our runtime directory (blocking: a thread)
                 lines += await asyncio.get_running_loop().run_in_executor(
-                    None, stop_sessions, self.runtime, number, float(wait))
+                    None, stop_sessions, self.runtime, number, float(wait)
+                )
             except NoSuchSession:
                 if not ours:
                     raise

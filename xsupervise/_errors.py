@@ -91,8 +91,17 @@ class StartError(XSuperviseError):
 
     exit_code = ExitCode.START_FAILED
 
-    def __init__(self, what: str, *, server: str, pid: int | None, elapsed: float,
-                 stderr_tail: str = "", display: str | None = None, hint: str = ""):
+    def __init__(
+        self,
+        what: str,
+        *,
+        server: str,
+        pid: int | None,
+        elapsed: float,
+        stderr_tail: str = "",
+        display: str | None = None,
+        hint: str = "",
+    ):
         self.what = what
         self.server = server
         self.pid = pid
@@ -104,8 +113,10 @@ class StartError(XSuperviseError):
 
     def _line(self) -> str:
         who = f"{self.server} (pid {self.pid})" if self.pid else self.server
-        line = f"{who} {self.what} ({self.elapsed:.2f} s after start); its process group " \
-               "was stopped and reaped."
+        line = (
+            f"{who} {self.what} ({self.elapsed:.2f} s after start); its process group "
+            "was stopped and reaped."
+        )
         if self.hint:
             line += f" {self.hint}"
         tail = self.stderr_tail or "(nothing)"

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
         next_retry_at: float | None  # wall time, in backoff or FAILED
         failed_since: float | None  # wall time
 
+
 MAX_LINE = 64 * 1024  # bytes in one request line, newline included
 IDLE_TIMEOUT = 10.0  # seconds a client may take to send a complete line
 
@@ -61,8 +62,13 @@ class Field:
 
     __slots__ = ("check", "default", "kind", "name")
 
-    def __init__(self, name: str, kind: type | tuple[type, ...] | None, default: object = None,
-                 check: Callable[[object], str | None] | None = None):
+    def __init__(
+        self,
+        name: str,
+        kind: type | tuple[type, ...] | None,
+        default: object = None,
+        check: Callable[[object], str | None] | None = None,
+    ):
         self.name = name
         self.kind = kind
         self.default = default
@@ -74,8 +80,7 @@ class Field:
     def read(self, request: Mapping[str, object]) -> object:
         """The field's value in ``request`` (the default when absent); UsageError if wrong."""
         value = request.get(self.name, self.default)
-        if value is not self.default and self.kind is not None \
-                and not isinstance(value, self.kind):
+        if value is not self.default and self.kind is not None and not isinstance(value, self.kind):
             wanted = self.kind.__name__ if isinstance(self.kind, type) else "number"
             raise UsageError(f'"{self.name}" must be a {wanted}, not {type(value).__name__}.')
         problem = self.check(value) if self.check is not None else None
@@ -98,22 +103,47 @@ class Op:
         return f"Op({self.name!r}, fields={list(self.fields)}, reply={list(self.reply)})"
 
 
-OPS: dict[str, Op] = {op.name: op for op in (
-    Op("ping", (), reply=("pid", "version", "sessions", "status")),
-    # Start a display, or join the running session of that name. Besides these, every
-    # setting (SETTINGS: screen, server, displayfd_timeout, ...), checked as the config is.
-    Op("start", (Field("display", str, ":auto"), Field("name", str), Field("no_wait", bool, False),
-                 *(Field(setting, None) for setting in SETTINGS)),
-       reply=("name", "display", "env", "xauthority", "server_pid", "supervisor_pid", "vendor",
-              "screen")),
-    # One of "display": ":N", "name": NAME or "all": true; "wait": seconds for them to exit.
-    Op("stop", (Field("display", str), Field("name", str), Field("all", bool, False),
-                Field("wait", _NUMBER, 10.0, _seconds_to_wait)),
-       reply=("stopped",)),
-    Op("list", (), reply=("sessions",)),
-    Op("status", (Field("target", str),), reply=("sessions", "status")),
-    Op("reset", (Field("name", str),), reply=("name", "had_history")),
-)}
+OPS: dict[str, Op] = {
+    op.name: op
+    for op in (
+        Op("ping", (), reply=("pid", "version", "sessions", "status")),
+        # Start a display, or join the running session of that name. Besides these, every
+        # setting (SETTINGS: screen, server, displayfd_timeout, ...), checked as the config is.
+        Op(
+            "start",
+            (
+                Field("display", str, ":auto"),
+                Field("name", str),
+                Field("no_wait", bool, False),
+                *(Field(setting, None) for setting in SETTINGS),
+            ),
+            reply=(
+                "name",
+                "display",
+                "env",
+                "xauthority",
+                "server_pid",
+                "supervisor_pid",
+                "vendor",
+                "screen",
+            ),
+        ),
+        # One of "display": ":N", "name": NAME or "all": true; "wait": seconds for them to exit.
+        Op(
+            "stop",
+            (
+                Field("display", str),
+                Field("name", str),
+                Field("all", bool, False),
+                Field("wait", _NUMBER, 10.0, _seconds_to_wait),
+            ),
+            reply=("stopped",),
+        ),
+        Op("list", (), reply=("sessions",)),
+        Op("status", (Field("target", str),), reply=("sessions", "status")),
+        Op("reset", (Field("name", str),), reply=("name", "had_history")),
+    )
+}
 
 
 def check_request(request: object) -> tuple[Op, dict[str, object]]:
@@ -126,8 +156,10 @@ def check_request(request: object) -> tuple[Op, dict[str, object]]:
         raise UsageError(f"unknown op {name[:40]!r}; known: {', '.join(OPS)}.")
     unknown = sorted(set(request) - {"op", *op.fields})
     if unknown:
-        raise UsageError(f"unknown field(s) for {name}: {', '.join(unknown)[:200]}; "
-                         f"known: {', '.join(op.fields) or '(none)'}.")
+        raise UsageError(
+            f"unknown field(s) for {name}: {', '.join(unknown)[:200]}; "
+            f"known: {', '.join(op.fields) or '(none)'}."
+        )
     return op, {field.name: field.read(request) for field in op.fields.values()}
 
 
@@ -136,8 +168,9 @@ def parse_request(line: bytes) -> tuple[Op, dict[str, object]]:
     try:
         request = json.loads(line)
     except (ValueError, RecursionError):
-        raise UsageError("the request is not valid JSON; send one object per line, "
-                         'e.g. {"op": "ping"}.') from None
+        raise UsageError(
+            'the request is not valid JSON; send one object per line, e.g. {"op": "ping"}.'
+        ) from None
     return check_request(request)
 
 

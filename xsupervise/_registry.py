@@ -79,12 +79,21 @@ class Registry:
         self._requests += 1
         return f"{name}#{self._requests}"
 
-    def start(self, spec: SessionSpec, origin: str, no_wait: bool = False,
-              key: str | None = None) -> DaemonEntry:
+    def start(
+        self, spec: SessionSpec, origin: str, no_wait: bool = False, key: str | None = None
+    ) -> DaemonEntry:
         key = key or spec.name
-        core = Session(spec.settings, self.runtime, spec.number, name=spec.name,
-                           kind="daemon", retry_first_start=origin == "config",
-                           give_up_when_failed=no_wait, reclaim=False, on_event=self._on_event)
+        core = Session(
+            spec.settings,
+            self.runtime,
+            spec.number,
+            name=spec.name,
+            kind="daemon",
+            retry_first_start=origin == "config",
+            give_up_when_failed=no_wait,
+            reclaim=False,
+            on_event=self._on_event,
+        )
         managed = DaemonEntry(key, spec, origin, core)
         managed.task = asyncio.get_running_loop().create_task(self._run_session(managed))
         # Also when the task is cancelled before it ever ran (its finally would not run).
@@ -103,16 +112,19 @@ class Registry:
         try:
             await run_steps(managed.core.steps())
         except asyncio.CancelledError:
-            log.get().info("session %s stopped.", managed.spec.name,
-                           extra=managed.core.log_fields())
+            log.get().info(
+                "session %s stopped.", managed.spec.name, extra=managed.core.log_fields()
+            )
         except XSuperviseError as error:
             managed.error = error
-            log.get().error("session %s ended: %s", managed.spec.name, error,
-                            extra=managed.core.log_fields())
+            log.get().error(
+                "session %s ended: %s", managed.spec.name, error, extra=managed.core.log_fields()
+            )
         except Exception as error:  # a bug: keep serving the others, say so loudly
             managed.error = error
-            log.get().exception("session %s crashed", managed.spec.name,
-                                extra=managed.core.log_fields())
+            log.get().exception(
+                "session %s crashed", managed.spec.name, extra=managed.core.log_fields()
+            )
 
     def _on_event(self, core: Session, event: str) -> None:
         if event == "ready":
@@ -140,12 +152,17 @@ class Registry:
         """One human line, e.g. '2 displays ready (:5 :7), 1 in backoff until 12:03:41'."""
         sessions = list(self)
         ready = [m.core.display or "" for m in sessions if m.core.state == "ready"]
-        backoff = [m.core.next_retry_at for m in sessions
-                   if m.core.state == "backoff" and m.core.next_retry_at]
+        backoff = [
+            m.core.next_retry_at
+            for m in sessions
+            if m.core.state == "backoff" and m.core.next_retry_at
+        ]
         failed = [m.spec.name for m in sessions if m.core.state == "failed"]
         starting = sum(m.core.state == "starting" for m in sessions)
-        parts = [f"{len(ready)} display{'s' * (len(ready) != 1)} ready"
-                 + (f" ({' '.join(ready)})" if ready else "")]
+        parts = [
+            f"{len(ready)} display{'s' * (len(ready) != 1)} ready"
+            + (f" ({' '.join(ready)})" if ready else "")
+        ]
         if starting:
             parts.append(f"{starting} starting")
         if backoff:

@@ -34,8 +34,7 @@ def _positive_seconds(value: object) -> float:
 
 
 def _command(value: object) -> tuple[str, ...]:
-    words = shlex.split(value) if isinstance(value, str) else [
-        str(word) for word in value]  # type: ignore[attr-defined]
+    words = shlex.split(value) if isinstance(value, str) else [str(word) for word in value]  # type: ignore[attr-defined]
     if not words:
         raise ValueError("must name a program")
     return tuple(words)
@@ -145,8 +144,10 @@ def config_file(environ: Mapping[str, str] = os.environ) -> str | None:
     explicit = environ.get(ENV_PREFIX + "CONFIG")
     if explicit:
         if not os.path.isfile(explicit):
-            raise UsageError(f"XSUPERVISE_CONFIG={explicit} is not a file; "
-                             "point it at a TOML config file or unset it.")
+            raise UsageError(
+                f"XSUPERVISE_CONFIG={explicit} is not a file; "
+                "point it at a TOML config file or unset it."
+            )
         return explicit
     from xdg.BaseDirectory import xdg_config_home  # pyxdg reads XDG_CONFIG_HOME at import
 
@@ -167,8 +168,9 @@ def read_config_file(path: str) -> dict[str, object]:
         raise UsageError(f"cannot read config file {path}: {exc}; fix or remove it.") from exc
 
 
-def load_settings(flags: Mapping[str, object] | None = None,
-                  environ: Mapping[str, str] = os.environ) -> Settings:
+def load_settings(
+    flags: Mapping[str, object] | None = None, environ: Mapping[str, str] = os.environ
+) -> Settings:
     """Resolve every field: flags (None means 'not given') > environment > file > default."""
     flags = {key: value for key, value in (flags or {}).items() if value is not None}
     path = config_file(environ)
@@ -227,7 +229,10 @@ class SessionSpec:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SessionSpec) and (self.name, self.number, self.settings) == (
-            other.name, other.number, other.settings)
+            other.name,
+            other.number,
+            other.settings,
+        )
 
     def __repr__(self) -> str:
         return f"SessionSpec({self.name!r}, display={self.number}, {self.settings!r})"
@@ -236,9 +241,9 @@ class SessionSpec:
 SESSION_TABLE = "session"
 
 
-def load_session_specs(flags: Mapping[str, object] | None = None,
-                       environ: Mapping[str, str] = os.environ) -> tuple[str | None,
-                                                                          list[SessionSpec]]:
+def load_session_specs(
+    flags: Mapping[str, object] | None = None, environ: Mapping[str, str] = os.environ
+) -> tuple[str | None, list[SessionSpec]]:
     """The config file in force and the sessions it declares, for ``xsupervise serve``.
 
     A session table's own keys win over everything else (it is the most specific); the keys
@@ -250,8 +255,10 @@ def load_session_specs(flags: Mapping[str, object] | None = None,
     data = read_config_file(path) if path else {}
     unknown = set(data) - set(_PARSERS) - {SESSION_TABLE}
     if unknown:
-        raise UsageError(f"unknown key(s) {', '.join(sorted(unknown))} in {path}; the known "
-                         f"ones are {', '.join(_PARSERS)} and [{SESSION_TABLE}.NAME] tables.")
+        raise UsageError(
+            f"unknown key(s) {', '.join(sorted(unknown))} in {path}; the known "
+            f"ones are {', '.join(_PARSERS)} and [{SESSION_TABLE}.NAME] tables."
+        )
     tables = data.get(SESSION_TABLE, {})
     if not isinstance(tables, dict):
         raise UsageError(f"'{SESSION_TABLE}' in {path} must be tables: [{SESSION_TABLE}.NAME].")
@@ -262,8 +269,10 @@ def load_session_specs(flags: Mapping[str, object] | None = None,
             raise UsageError(f"{where} must be a table of settings.")
         unknown = set(table) - set(_PARSERS) - {"display"}
         if unknown:
-            raise UsageError(f"unknown key(s) {', '.join(sorted(unknown))} in {where}; the "
-                             f"known ones are display, {', '.join(_PARSERS)}.")
+            raise UsageError(
+                f"unknown key(s) {', '.join(sorted(unknown))} in {where}; the "
+                f"known ones are display, {', '.join(_PARSERS)}."
+            )
         values = {field: getattr(base, field) for field in FIELDS}
         for field, raw in table.items():
             if field == "display":

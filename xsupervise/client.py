@@ -71,9 +71,11 @@ class Client:
             sock.connect(self.path)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()
-            raise DaemonUnavailable(f"no xsupervise serve answers on {self.path} "
-                                    f"({exc.strerror}); start one (xsupervise serve, or "
-                                    "systemctl --user start xsupervise.socket).") from None
+            raise DaemonUnavailable(
+                f"no xsupervise serve answers on {self.path} "
+                f"({exc.strerror}); start one (xsupervise serve, or "
+                "systemctl --user start xsupervise.socket)."
+            ) from None
         except OSError as exc:
             sock.close()
             raise DaemonUnavailable(f"cannot connect to {self.path}: {exc.strerror}.") from None
@@ -88,8 +90,12 @@ class Client:
     def __enter__(self) -> Self:
         return self if self._sock is not None else self.connect()
 
-    def __exit__(self, _type: type[BaseException] | None, _value: BaseException | None,
-                 _traceback: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
         self.close()
 
     def request(self, op: str, **fields: object) -> Reply:
@@ -99,8 +105,7 @@ class Client:
         raises the same ControlError without a round trip."""
         return self._ask(op, fields)
 
-    def _ask(self, op: str, fields: dict[str, object],
-             reply_within: float | None = None) -> Reply:
+    def _ask(self, op: str, fields: dict[str, object], reply_within: float | None = None) -> Reply:
         """``request``; ``reply_within``: wait at least that long for the reply."""
         try:
             protocol.check_request({"op": op, **fields})
@@ -114,12 +119,14 @@ class Client:
             while b"\n" not in self._buffer:
                 chunk = sock.recv(65536)
                 if not chunk:
-                    raise ControlError(f"the daemon on {self.path} closed the connection "
-                                       "without a reply.")
+                    raise ControlError(
+                        f"the daemon on {self.path} closed the connection without a reply."
+                    )
                 self._buffer += chunk
         except TimeoutError:
-            raise ControlError(f"no reply from the daemon on {self.path} within "
-                               f"{sock.gettimeout():g} s.") from None
+            raise ControlError(
+                f"no reply from the daemon on {self.path} within {sock.gettimeout():g} s."
+            ) from None
         except OSError as exc:
             raise ControlError(f"lost the connection to {self.path}: {exc.strerror}.") from None
         finally:
@@ -131,11 +138,15 @@ class Client:
         except ValueError:
             reply = None
         if not isinstance(reply, dict):
-            raise ControlError(f"the reply on {self.path} is not a JSON object ({line[:60]!r}); "
-                               "is something other than xsupervise serving it?")
+            raise ControlError(
+                f"the reply on {self.path} is not a JSON object ({line[:60]!r}); "
+                "is something other than xsupervise serving it?"
+            )
         if not reply.get("ok"):
-            raise ControlError(str(reply.get("error", "the daemon gave no reason")),
-                               protocol.reply_exit_code(reply))
+            raise ControlError(
+                str(reply.get("error", "the daemon gave no reason")),
+                protocol.reply_exit_code(reply),
+            )
         return reply
 
     def _socket(self) -> socket.socket:
@@ -151,8 +162,14 @@ class Client:
         """The daemon's pid, version, number of sessions and status line."""
         return self._ask("ping", {})
 
-    def start(self, display: str = ":auto", *, name: str | None = None, no_wait: bool = False,
-              **settings: object) -> Reply:
+    def start(
+        self,
+        display: str = ":auto",
+        *,
+        name: str | None = None,
+        no_wait: bool = False,
+        **settings: object,
+    ) -> Reply:
         """Start (or join) a session; returns display, env, xauthority, server_pid, name.
 
         ``settings``: any setting, e.g. ``screen="1920x1080x24"``, ``server="Xephyr"``."""
@@ -163,14 +180,21 @@ class Client:
             fields["no_wait"] = True
         return self._ask("start", fields)
 
-    def stop(self, display: str | None = None, *, name: str | None = None, all: bool = False,
-             wait: float | None = None) -> list[str]:
+    def stop(
+        self,
+        display: str | None = None,
+        *,
+        name: str | None = None,
+        all: bool = False,
+        wait: float | None = None,
+    ) -> list[str]:
         """Stop display ":N", the session ``name``, or ``all``; one line per stopped session.
 
         ``wait``: seconds the daemon gives them to exit (its default: 10); the reply is
         awaited that long too, even beyond this client's timeout."""
         fields: dict[str, object] = {
-            key: value for key, value in (("display", display), ("name", name)) if value}
+            key: value for key, value in (("display", display), ("name", name)) if value
+        }
         if all:
             fields["all"] = True
         if wait is not None:
@@ -186,8 +210,9 @@ class Client:
 
     def status(self, target: str | None = None) -> StatusEntries:
         """What ``xsupervise status --json`` shows: every session, or ``target`` (":N", name)."""
-        sessions: StatusEntries = self._ask(
-            "status", {"target": target} if target else {})["sessions"]
+        sessions: StatusEntries = self._ask("status", {"target": target} if target else {})[
+            "sessions"
+        ]
         return sessions
 
     def reset(self, name: str) -> bool:
