@@ -253,3 +253,37 @@ def test_help_teaches_examples_and_exit_codes(capsys):
     for words in ("xsupervise start :auto", "XSUPERVISE_DISPLAYFD_TIMEOUT", "exit codes:",
                   "128+N"):
         assert words in text
+
+
+def test_every_subcommand_is_one_row_of_the_table(capsys):
+    from xsupervise._cli import SUBCOMMANDS
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    rows = text.split("  SUBCOMMAND\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    names = [row.split()[0] for row in rows if row[4] != " "]  # not a wrapped help line
+    assert names == list(SUBCOMMANDS)  # in the table's order, and nothing else
+    for name, subcommand in SUBCOMMANDS.items():
+        with pytest.raises(SystemExit) as help_exit:
+            main([name, "--help"])
+        assert help_exit.value.code == 0 and f"usage: xsupervise {name}" in capsys.readouterr().out
+        assert callable(subcommand.handle)
+
+
+def test_exit_codes_are_named_once_and_each_is_explained_in_the_help():
+    from xsupervise import _errors as errors
+    from xsupervise._cli_parsers import EXIT_CODES
+    from xsupervise._errors import ExitCode
+
+    assert errors.UsageError.exit_code is ExitCode.USAGE
+    assert errors.EnvironmentProblem.exit_code is ExitCode.ENVIRONMENT
+    assert errors.StartError.exit_code is ExitCode.START_FAILED
+    assert errors.ReadyTimeout.exit_code is ExitCode.READY_TIMEOUT
+    assert errors.NoSuchSession.exit_code is ExitCode.NO_SUCH_SESSION
+    assert errors.SessionFailed.exit_code is ExitCode.SESSION_FAILED
+    assert ExitCode.signalled(signal.SIGKILL) == 137
+    documented = {int(word.rstrip(":")) for line in EXIT_CODES.splitlines()
+                  for word in line.split() if word.rstrip(":").isdigit()}
+    # FAILURE (1) is for 'clean' (its own epilog says so) and unforeseen failures.
+    assert {int(code) for code in ExitCode} - {ExitCode.FAILURE} <= documented

@@ -19,7 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import XSUPERVISE, fake_server, free_display_number, requires_xvfb
+from conftest import XSUPERVISE, fake_server, free_display_number, read_report, requires_xvfb
+from xsupervise._protocol import OPS
 from xsupervise.client import Client, ControlError
 
 requires_socket_activate = pytest.mark.skipif(
@@ -199,6 +200,7 @@ def test_control_requests_start_list_status_stop_and_reset(tmp_path: Path, notif
             assert client.ping()["pid"] == daemon.pid
             session = client.start(":auto", name="gui", screen="800x600x24")
             assert session["screen"] == "800x600x24"
+            assert set(session) == {"ok", *OPS["start"].reply}  # the protocol's reply shape
             assert xdpyinfo(session["env"]).returncode == 0
             again = client.start(":auto", name="gui")  # joins the running session
             assert again["display"] == session["display"]
@@ -531,6 +533,116 @@ def test_ten_thousand_malformed_requests_leave_it_answering(tmp_path: Path, noti
     finally:
         for hanging in half_open:
             hanging.close()
+        assert daemon.stop() == 0
+
+
+# -- one protocol for the daemon and the client ------------------------------------------------
+
+def _in_process_daemon():
+    """A Daemon object, not running: enough to answer requests that start nothing."""
+    from xsupervise._daemon import Daemon as DaemonObject
+    from xsupervise._paths import RuntimeDir
+
+    return DaemonObject(RuntimeDir.discover(), listener=None)
+
+
+def _answer(daemon, request: dict | bytes) -> dict:
+    import asyncio
+
+    line = request if isinstance(request, bytes) else json.dumps(request).encode() + b"\n"
+    return asyncio.run(daemon.control.handle_line(line))
+
+
+def test_the_daemon_and_the_client_serve_the_same_ops_and_fields(monkeypatch):
+    import inspect
+
+    from xsupervise._daemon_ops import DaemonOps
+    from xsupervise._settings import FIELDS as SETTINGS
+
+    served = {name for name, member in inspect.getmembers(DaemonOps)
+              if not name.startswith("_") and inspect.iscoroutinefunction(member)}
+    methods = {name for name in dir(Client) if not name.startswith("_")}
+    assert served == set(OPS)
+    assert set(OPS) <= methods, f"no Client method for {set(OPS) - methods}"
+    assert methods - set(OPS) == {"connect", "close", "request"}
+    sent: list[tuple[str, dict]] = []
+    monkeypatch.setattr(Client, "_ask",
+                        lambda self, op, fields, reply_within=None: sent.append((op, fields))
+                        or {"stopped": [], "sessions": [], "had_history": False})
+    client = Client("/nonexistent.sock")
+    for op in OPS.values():
+        # The daemon's coroutine takes exactly the op's fields (settings as **settings).
+        parameters = inspect.signature(getattr(DaemonOps, op.name)).parameters
+        taken = {name for name, p in parameters.items() if p.kind != p.VAR_KEYWORD} - {"self"}
+        if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+            taken |= set(SETTINGS)
+        assert taken == set(op.fields), op
+        # The client's method sends that op, and can send each of its fields.
+        method = getattr(client, op.name)
+        parameters = inspect.signature(method).parameters
+        arguments = {name: (":5" if name == "display" else 1.0 if name == "wait"
+                            else True if name in ("all", "no_wait") else "x")
+                     for name, p in parameters.items() if p.kind == p.KEYWORD_ONLY
+                     or p.kind == p.POSITIONAL_OR_KEYWORD}
+        if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+            arguments["screen"] = "800x600x24"
+        sent.clear()
+        method(**arguments)
+        ((sent_op, fields),) = sent
+        assert sent_op == op.name and set(fields) <= set(op.fields), (op, fields)
+        can_send = set(arguments) | (set(SETTINGS) if "screen" in arguments else set())
+        assert set(op.fields) <= can_send, f"Client.{op.name} cannot send {op.fields}"
+
+
+def test_the_client_refuses_what_the_daemon_refuses_with_the_same_words():
+    daemon = _in_process_daemon()
+    client = Client("/nonexistent.sock")  # never connects: refused before sending
+    for op, fields in [("start", {"scren": "800x600x24"}), ("stop", {"wait": "soon"}),
+                       ("stop", {"wait": 5000}), ("reset", {"name": 7}),
+                       ("status", {"target": []}), ("explode", {})]:
+        reply = _answer(daemon, {"op": op, **fields})
+        with pytest.raises(ControlError) as refused:
+            client.request(op, **fields)
+        assert reply["ok"] is False and reply["exit_code"] == 2, reply
+        assert (str(refused.value), refused.value.exit_code) == (reply["error"], 2)
+
+
+def test_replies_have_the_fields_the_protocol_names(runtime_dir: Path):
+    daemon = _in_process_daemon()
+    requests = [{"op": "ping"}, {"op": "list"}, {"op": "status"},
+                {"op": "reset", "name": "gui"}]
+    for request in requests:
+        reply = _answer(daemon, request)
+        assert set(reply) == {"ok", *OPS[request["op"]].reply}, reply
+    with_stop = _answer(daemon, {"op": "stop", "name": "nope"})
+    assert with_stop == {"ok": False, "exit_code": 6,
+                         "error": "no session named 'nope' runs in this daemon."}
+    assert _answer(daemon, b"not json\n")["exit_code"] == 2
+
+
+def test_stop_with_wait_waits_for_the_reply_beyond_the_client_timeout(tmp_path: Path,
+                                                                      notifications):
+    # The server ignores SIGTERM: stopping it takes the whole kill grace (1 s), longer than
+    # this client's timeout (0.2 s). A stop told to wait must outlast its client's timeout.
+    report = tmp_path / "report"
+    daemon = Daemon(tmp_path, notifications, env={"FAKE_X_REPORT": str(report)})
+    try:
+        notifications.until("READY")
+        with daemon.client() as starter, Client(daemon.socket, timeout=0.2) as client:
+            starter._sock.sendall(json.dumps({
+                "op": "start", "name": "stubborn", "server": fake_server("ignore-term"),
+                "displayfd_timeout": 30, "kill_grace": 1.0}).encode() + b"\n")
+            deadline = time.monotonic() + 30
+            while "ignoring" not in read_report(report):  # (it has no other signal)
+                assert time.monotonic() < deadline and daemon.process.poll() is None
+                select.select([], [], [], 0.01)
+            started = time.monotonic()
+            assert client.stop(name="stubborn", wait=5) == [
+                f"stubborn: stopped (session stubborn of xsupervise serve pid {daemon.pid})"]
+            assert time.monotonic() - started >= 1.0  # it did wait through the grace
+            assert client.ping()["sessions"] == 0
+            assert client.timeout == 0.2 and client._sock.gettimeout() == 0.2  # restored
+    finally:
         assert daemon.stop() == 0
 
 

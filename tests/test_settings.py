@@ -158,3 +158,9 @@ def _check_fallback_as_nobody(home: Path) -> None:
     assert path.startswith(str(home / ".cache" / "xsupervise" / "run-"))
     assert (mode, uid) == ("0o700", "65534")
     assert "XDG_RUNTIME_DIR is not set; using" in result.stderr
+
+
+def test_every_setting_is_typed_for_type_checkers():
+    from xsupervise._settings import FIELDS
+
+    assert list(Settings.__annotations__) == list(FIELDS)

@@ -15,12 +15,15 @@
 
 Messages are full sentences on one line: what happened, which pid/path, what to do.
 The CLI prints ``xsupervise: <message>`` and exits with ``exit_code``; the Python API
-raises the same objects, so both carry the same facts.
+raises the same objects, so both carry the same facts. Every exit code is an ``ExitCode``.
 """
 
 from __future__ import annotations
 
+from enum import IntEnum  # enum is imported by Python's start-up modules anyway: free here
+
 __all__ = [
+    "ExitCode",
     "XSuperviseError",
     "UsageError",
     "EnvironmentProblem",
@@ -36,18 +39,38 @@ __all__ = [
 ]
 
 
+class ExitCode(IntEnum):
+    """What the ``xsupervise`` command exits with; the daemon's error replies carry the same."""
+
+    OK = 0
+    FAILURE = 1  # anything else (e.g. ``clean`` left stale entries, a ``stop`` timed out)
+    USAGE = 2
+    START_FAILED = 3
+    READY_TIMEOUT = 4
+    ENVIRONMENT = 5
+    NO_SUCH_SESSION = 6
+    SESSION_FAILED = 7
+    COMMAND_NOT_RUNNABLE = 126
+    COMMAND_NOT_FOUND = 127
+
+    @staticmethod
+    def signalled(signum: int) -> int:
+        """A COMMAND killed by signal ``signum`` is reported as 128 + signum, as shells do."""
+        return 128 + signum
+
+
 class XSuperviseError(Exception):
     """Base of every error xsupervise raises on purpose."""
 
-    exit_code = 1
+    exit_code: int = ExitCode.FAILURE
 
 
 class UsageError(XSuperviseError):
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class EnvironmentProblem(XSuperviseError):
-    exit_code = 5
+    exit_code = ExitCode.ENVIRONMENT
 
 
 class ServerNotFound(EnvironmentProblem):
@@ -66,10 +89,19 @@ class StartError(XSuperviseError):
     ``display`` (":N" when it wrote one, else None).
     """
 
-    exit_code = 3
+    exit_code = ExitCode.START_FAILED
 
-    def __init__(self, what: str, *, server: str, pid: int | None, elapsed: float,
-                 stderr_tail: str = "", display: str | None = None, hint: str = ""):
+    def __init__(
+        self,
+        what: str,
+        *,
+        server: str,
+        pid: int | None,
+        elapsed: float,
+        stderr_tail: str = "",
+        display: str | None = None,
+        hint: str = "",
+    ):
         self.what = what
         self.server = server
         self.pid = pid
@@ -81,8 +113,10 @@ class StartError(XSuperviseError):
 
     def _line(self) -> str:
         who = f"{self.server} (pid {self.pid})" if self.pid else self.server
-        line = f"{who} {self.what} ({self.elapsed:.2f} s after start); its process group " \
-               "was stopped and reaped."
+        line = (
+            f"{who} {self.what} ({self.elapsed:.2f} s after start); its process group "
+            "was stopped and reaped."
+        )
         if self.hint:
             line += f" {self.hint}"
         tail = self.stderr_tail or "(nothing)"
@@ -102,12 +136,12 @@ class NotServing(StartError):
 
 
 class ReadyTimeout(StartError):
-    exit_code = 4
+    exit_code = ExitCode.READY_TIMEOUT
 
 
 class NoSuchSession(XSuperviseError):
-    exit_code = 6
+    exit_code = ExitCode.NO_SUCH_SESSION
 
 
 class SessionFailed(XSuperviseError):
-    exit_code = 7
+    exit_code = ExitCode.SESSION_FAILED

@@ -17,6 +17,7 @@ import fcntl
 import os
 import socket
 import stat
+from collections.abc import Mapping
 
 from ._errors import EnvironmentProblem, UsageError
 from ._paths import RuntimeDir, remove_file
@@ -34,7 +35,7 @@ class SocketInUse(EnvironmentProblem):
     """Another live process serves the control socket's path."""
 
 
-def default_path(runtime: RuntimeDir, environ=os.environ) -> str:
+def default_path(runtime: RuntimeDir, environ: Mapping[str, str] = os.environ) -> str:
     return environ.get(ENV_SOCKET) or os.path.join(runtime.path, SOCKET_NAME)
 
 
@@ -63,13 +64,15 @@ def who_serves(path: str) -> int | None:
         return peer_credentials(probe)[0]
     except (FileNotFoundError, ConnectionRefusedError):
         return None
-    except socket.timeout:
+    except TimeoutError:
         return BUSY
     except OSError as exc:
         if exc.errno == errno.EAGAIN:  # the backlog is full: very much alive
             return BUSY
-        raise EnvironmentProblem(f"cannot probe control socket {path}: {exc.strerror}; check "
-                                 "its owner and mode, or choose another with --socket.") from None
+        raise EnvironmentProblem(
+            f"cannot probe control socket {path}: {exc.strerror}; check "
+            "its owner and mode, or choose another with --socket."
+        ) from None
     finally:
         probe.close()
 
@@ -77,13 +80,12 @@ def who_serves(path: str) -> int | None:
 class Listener:
     """The listening control socket and how we came by it."""
 
-    def __init__(self, sock: socket.socket, path: str | None, activated: bool,
-                 lock_fd: int = -1):
+    def __init__(self, sock: socket.socket, path: str | None, activated: bool, lock_fd: int = -1):
         self.sock = sock
         self.path = path
         self.activated = activated
         self.lock_fd = lock_fd
-        self._inode = None if activated else os.stat(path).st_ino
+        self._inode = None if activated or path is None else os.stat(path).st_ino
 
     def __repr__(self) -> str:
         how = "from systemd" if self.activated else "bound by us"
@@ -118,12 +120,16 @@ def from_systemd() -> Listener | None:
     elif len(passed) == 1:
         chosen = next(iter(passed))
     else:
-        raise UsageError(f"systemd passed {len(passed)} sockets ({', '.join(passed.values())}) "
-                         f"and none is named '{FD_NAME}'; set FileDescriptorName={FD_NAME} in "
-                         "the .socket unit.")
+        raise UsageError(
+            f"systemd passed {len(passed)} sockets ({', '.join(passed.values())}) "
+            f"and none is named '{FD_NAME}'; set FileDescriptorName={FD_NAME} in "
+            "the .socket unit."
+        )
     if not is_socket_unix(chosen, socket.SOCK_STREAM, 1):
-        raise UsageError(f"the socket systemd passed (fd {chosen}) is not a listening Unix "
-                         "stream socket; use ListenStream=/path in the .socket unit.")
+        raise UsageError(
+            f"the socket systemd passed (fd {chosen}) is not a listening Unix "
+            "stream socket; use ListenStream=/path in the .socket unit."
+        )
     for fd in passed:
         if fd != chosen:
             os.close(fd)
@@ -139,20 +145,27 @@ _MAX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 def bind(path: str) -> Listener:
     """Bind and listen on ``path`` (0600), replacing a stale socket file; refuse a live one."""
     if len(os.fsencode(path)) > _MAX_PATH:
-        raise UsageError(f"control socket path {path} is longer than {_MAX_PATH} bytes, the "
-                         "most a Unix socket address holds; choose a shorter --socket.")
+        raise UsageError(
+            f"control socket path {path} is longer than {_MAX_PATH} bytes, the "
+            "most a Unix socket address holds; choose a shorter --socket."
+        )
     try:
-        lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          0o600)
+        lock_fd = os.open(
+            path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
     except OSError as exc:
-        raise EnvironmentProblem(f"cannot create {path}.lock: {exc.strerror}; check that "
-                                 f"{os.path.dirname(path) or '.'} exists and is ours, or "
-                                 "choose another --socket.") from None
+        raise EnvironmentProblem(
+            f"cannot create {path}.lock: {exc.strerror}; check that "
+            f"{os.path.dirname(path) or '.'} exists and is ours, or "
+            "choose another --socket."
+        ) from None
     try:
         owner = os.fstat(lock_fd).st_uid
         if owner != os.getuid():
-            raise EnvironmentProblem(f"{path}.lock belongs to uid {owner}, not to us; someone "
-                                     "else controls that directory: choose another --socket.")
+            raise EnvironmentProblem(
+                f"{path}.lock belongs to uid {owner}, not to us; someone "
+                "else controls that directory: choose another --socket."
+            )
         return _bind_locked(path, lock_fd)
     except BaseException:
         os.close(lock_fd)
@@ -166,8 +179,10 @@ def _bind_locked(path: str, lock_fd: int) -> Listener:
     except BlockingIOError:
         holder = os.pread(lock_fd, 32, 0).decode(errors="replace").strip()
         who = describe_pid(int(holder)) if holder.isdigit() else "another process"
-        raise SocketInUse(f"control socket {path} is held by {who}; stop that xsupervise "
-                          "serve first, or give this one another --socket.") from None
+        raise SocketInUse(
+            f"control socket {path} is held by {who}; stop that xsupervise "
+            "serve first, or give this one another --socket."
+        ) from None
     os.ftruncate(lock_fd, 0)
     os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
     serving = who_serves(path)
@@ -175,15 +190,17 @@ def _bind_locked(path: str, lock_fd: int) -> Listener:
         raise SocketInUse(
             f"control socket {path} is already served by {describe_pid(serving)}; only one "
             "may listen on it. If that is systemd (xsupervise.socket), start xsupervise."
-            "service instead of a second daemon; otherwise stop it or use --socket.")
+            "service instead of a second daemon; otherwise stop it or use --socket."
+        )
     try:
         info = os.lstat(path)
     except FileNotFoundError:
         pass
     else:
         if not stat.S_ISSOCK(info.st_mode):
-            raise EnvironmentProblem(f"{path} exists and is not a socket; remove it or "
-                                     "choose another --socket.")
+            raise EnvironmentProblem(
+                f"{path} exists and is not a socket; remove it or choose another --socket."
+            )
         os.unlink(path)  # stale: nothing accepts connections on it
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     old_umask = os.umask(0o177)
@@ -192,8 +209,9 @@ def _bind_locked(path: str, lock_fd: int) -> Listener:
         sock.listen(64)
     except OSError as exc:
         sock.close()
-        raise EnvironmentProblem(f"cannot listen on {path}: {exc.strerror}; choose another "
-                                 "--socket.") from None
+        raise EnvironmentProblem(
+            f"cannot listen on {path}: {exc.strerror}; choose another --socket."
+        ) from None
     finally:
         os.umask(old_umask)
     return Listener(sock, path, activated=False, lock_fd=lock_fd)

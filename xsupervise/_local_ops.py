@@ -13,13 +13,21 @@ from ._paths import RuntimeDir
 from ._process import Pinned, wait_exited
 from ._records import live_records
 
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
+if TYPE_CHECKING:
+    from ._policy import RestartPolicy
+    from ._protocol import StatusEntry
+
 
 def stop_sessions(runtime: RuntimeDir, number: int | None, wait: float) -> list[str]:
     """Stop display ``number`` (None: all). A CLI session's supervisor gets SIGTERM and tears
     its display down itself; a display embedded in a program (``Display``) has its X server
     stopped directly. Returns one line per stopped session."""
-    records = [record for record in live_records(runtime)
-               if number is None or record.display == f":{number}"]
+    records = [
+        record
+        for record in live_records(runtime)
+        if number is None or record.display == f":{number}"
+    ]
     served = [record for record in records if record.kind == "daemon"]
     records = [record for record in records if record.kind != "daemon"]
     if served and number is not None and not records:
@@ -27,12 +35,16 @@ def stop_sessions(runtime: RuntimeDir, number: int | None, wait: float) -> list[
         raise XSuperviseError(
             f"display :{number} belongs to xsupervise serve (pid {served[0].supervisor_pid}), "
             "which does not answer on its control socket here; give its --socket, or stop "
-            "the daemon itself.")
+            "the daemon itself."
+        )
     if not records and number is not None:
-        raise NoSuchSession(f"no session of ours runs display :{number} (runtime directory "
-                            f"{runtime.path}); 'xsupervise list' shows what runs.")
+        raise NoSuchSession(
+            f"no session of ours runs display :{number} (runtime directory "
+            f"{runtime.path}); 'xsupervise list' shows what runs."
+        )
     targets: list[tuple[Pinned, str]] = []
     for record in records:
+        pid: int | None
         if record.kind == "cli":
             pid, ticks, role = record.supervisor_pid, record.supervisor_ticks, "supervisor"
         else:
@@ -49,29 +61,43 @@ def stop_sessions(runtime: RuntimeDir, number: int | None, wait: float) -> list[
             process.close()
     if living:
         pids = ", ".join(str(process.pid) for process in living)
-        raise XSuperviseError(f"pid {pids} did not exit within {wait:g} s of SIGTERM; "
-                              "check it with 'xsupervise list' or raise --wait.")
+        raise XSuperviseError(
+            f"pid {pids} did not exit within {wait:g} s of SIGTERM; "
+            "check it with 'xsupervise list' or raise --wait."
+        )
     return [line for _, line in targets]
 
 
-def session_status(runtime: RuntimeDir, target: str | None, policy, now: float) -> list[dict]:
+def session_status(
+    runtime: RuntimeDir, target: str | None, policy: RestartPolicy, now: float
+) -> list[StatusEntry]:
     """What `status` shows: every live session, and every name whose history holds it back
     (backoff or FAILED) although no supervisor runs. ``target``: ':N' or a name."""
     import os
 
     from ._ledger import Ledger, all_ledgers, read_history
 
-    entries = []
+    entries: list[StatusEntry] = []
     for record in live_records(runtime):
         history = Ledger(runtime, record.name).read()
-        entries.append({
-            "name": record.name, "display": record.display, "state": record.state,
-            "restarts": record.restarts, "last_failure": record.last_failure,
-            "supervisor_pid": record.supervisor_pid, "server_pid": record.server_pid,
-            "uptime": now - record.ready_at if record.state == "ready" and record.ready_at else None,
-            "next_retry_at": record.next_retry_at if record.state in ("backoff", "failed") else None,
-            "failed_since": history.failed_at,
-        })
+        entries.append(
+            {
+                "name": record.name,
+                "display": record.display,
+                "state": record.state,
+                "restarts": record.restarts,
+                "last_failure": record.last_failure,
+                "supervisor_pid": record.supervisor_pid,
+                "server_pid": record.server_pid,
+                "uptime": now - record.ready_at
+                if record.state == "ready" and record.ready_at
+                else None,
+                "next_retry_at": record.next_retry_at
+                if record.state in ("backoff", "failed")
+                else None,
+                "failed_since": history.failed_at,
+            }
+        )
     seen = {entry["name"] for entry in entries}
     for path in all_ledgers(runtime):
         history = read_history(path)
@@ -85,19 +111,31 @@ def session_status(runtime: RuntimeDir, target: str | None, policy, now: float) 
             state, retry = "backoff", history.next_start_at
         else:
             continue
-        entries.append({"name": name, "display": None, "state": state, "restarts": 0,
-                        "last_failure": history.last_failure, "supervisor_pid": None,
-                        "server_pid": None, "uptime": None, "next_retry_at": retry,
-                        "failed_since": history.failed_at})
+        entries.append(
+            {
+                "name": name,
+                "display": None,
+                "state": state,
+                "restarts": 0,
+                "last_failure": history.last_failure,
+                "supervisor_pid": None,
+                "server_pid": None,
+                "uptime": None,
+                "next_retry_at": retry,
+                "failed_since": history.failed_at,
+            }
+        )
     if target is not None:
         entries = [entry for entry in entries if target in (entry["display"], entry["name"])]
         if not entries:
-            raise NoSuchSession(f"no session {target} is running or held back (runtime directory "
-                                f"{runtime.path}); 'xsupervise status' shows them all.")
+            raise NoSuchSession(
+                f"no session {target} is running or held back (runtime directory "
+                f"{runtime.path}); 'xsupervise status' shows them all."
+            )
     return entries
 
 
-def format_status(entry: dict, now: float) -> str:
+def format_status(entry: StatusEntry, now: float) -> str:
     import time
 
     def clock(wall: float) -> str:
@@ -106,16 +144,19 @@ def format_status(entry: dict, now: float) -> str:
     parts = [entry["display"] or "-", entry["name"]]
     state = entry["state"]
     if state in ("backoff", "failed") and entry["next_retry_at"]:
-        parts.append(f"{state} until {clock(entry['next_retry_at'])} "
-                     f"(in {max(0.0, entry['next_retry_at'] - now):.0f} s)")
+        parts.append(
+            f"{state} until {clock(entry['next_retry_at'])} "
+            f"(in {max(0.0, entry['next_retry_at'] - now):.0f} s)"
+        )
     elif state == "ready" and entry["uptime"] is not None:
         parts.append(f"ready, up {entry['uptime']:.0f} s")
     else:
         parts.append(state)
     parts.append(f"restarts {entry['restarts']}")
     if entry["supervisor_pid"]:
-        parts.append(f"supervisor pid {entry['supervisor_pid']}, server pid "
-                     f"{entry['server_pid'] or '-'}")
+        parts.append(
+            f"supervisor pid {entry['supervisor_pid']}, server pid {entry['server_pid'] or '-'}"
+        )
     if entry["last_failure"]:
         parts.append(f"last failure: {entry['last_failure']}")
     return "  ".join(parts)

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     import logging
     from typing import TextIO
 
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
+if TYPE_CHECKING:
+    import logging
+
 NAME = "xsupervise"
 _pending_configuration: Callable[[ModuleType], None] | None = None
 

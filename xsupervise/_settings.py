@@ -14,19 +14,27 @@ from collections.abc import Mapping
 from ._errors import UsageError
 from ._policy import DEFAULTS as POLICY_DEFAULTS
 
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._policy import RestartPolicy
+
 ENV_PREFIX = "XSUPERVISE_"
 SYSTEM_CONFIG = "/etc/xsupervise/config.toml"
 
 
+# Parsers get text (environment) or any TOML value: float(), int() and iteration raise
+# TypeError for a value of the wrong type, which load_settings turns into a UsageError.
 def _positive_seconds(value: object) -> float:
-    seconds = float(value)
+    seconds = float(value)  # type: ignore[arg-type]
     if not 0 < seconds < 86400:
         raise ValueError("must be a number of seconds above 0")
     return seconds
 
 
 def _command(value: object) -> tuple[str, ...]:
-    words = shlex.split(value) if isinstance(value, str) else [str(word) for word in value]
+    words = shlex.split(value) if isinstance(value, str) else [str(word) for word in value]  # type: ignore[attr-defined]
     if not words:
         raise ValueError("must name a program")
     return tuple(words)
@@ -41,14 +49,14 @@ def _screen(value: object) -> str:
 
 
 def _count(value: object) -> int:
-    number = int(value)  # type: ignore[call-overload]
+    number: int = int(value)  # type: ignore[call-overload]
     if not 1 <= number <= 1000:
         raise ValueError("must be a whole number from 1 to 1000")
     return number
 
 
 # name -> default; parsers for text values are in _PARSERS below.
-FIELDS = {
+FIELDS: dict[str, object] = {
     # The X server command: a program on PATH and optional extra arguments.
     "server": ("Xvfb",),
     # Screen geometry handed to the server.
@@ -69,6 +77,17 @@ class Settings:
     """
 
     __slots__ = tuple(FIELDS)
+    # (Annotations only, for type checkers: the slots above are the attributes.)
+    server: tuple[str, ...]
+    screen: str
+    displayfd_timeout: float
+    kill_grace: float
+    backoff_initial: float
+    backoff_max: float
+    reset_after: float
+    start_limit_burst: int
+    start_limit_interval: float
+    failed_cooldown: float
 
     def __init__(self, **values: object):
         unknown = set(values) - set(FIELDS)
@@ -77,7 +96,7 @@ class Settings:
         for name, default in FIELDS.items():
             setattr(self, name, values.get(name, default))
 
-    def _values(self) -> tuple:
+    def _values(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)
 
     def __eq__(self, other: object) -> bool:
@@ -87,14 +106,14 @@ class Settings:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
         return f"Settings({fields})"
 
-    def policy(self):
+    def policy(self) -> RestartPolicy:
         from ._policy import RestartPolicy
 
         return RestartPolicy(**{name: getattr(self, name) for name in POLICY_DEFAULTS})
 
 
 # How to read each field from text (environment) or TOML values.
-_PARSERS = {
+_PARSERS: dict[str, Callable[[object], object]] = {
     "server": _command,
     "screen": _screen,
     "displayfd_timeout": _positive_seconds,
@@ -125,8 +144,10 @@ def config_file(environ: Mapping[str, str] = os.environ) -> str | None:
     explicit = environ.get(ENV_PREFIX + "CONFIG")
     if explicit:
         if not os.path.isfile(explicit):
-            raise UsageError(f"XSUPERVISE_CONFIG={explicit} is not a file; "
-                             "point it at a TOML config file or unset it.")
+            raise UsageError(
+                f"XSUPERVISE_CONFIG={explicit} is not a file; "
+                "point it at a TOML config file or unset it."
+            )
         return explicit
     from xdg.BaseDirectory import xdg_config_home  # pyxdg reads XDG_CONFIG_HOME at import
 
@@ -147,14 +168,15 @@ def read_config_file(path: str) -> dict[str, object]:
         raise UsageError(f"cannot read config file {path}: {exc}; fix or remove it.") from exc
 
 
-def load_settings(flags: Mapping[str, object] | None = None,
-                  environ: Mapping[str, str] = os.environ) -> Settings:
+def load_settings(
+    flags: Mapping[str, object] | None = None, environ: Mapping[str, str] = os.environ
+) -> Settings:
     """Resolve every field: flags (None means 'not given') > environment > file > default."""
     flags = {key: value for key, value in (flags or {}).items() if value is not None}
     path = config_file(environ)
     from_file = read_config_file(path) if path else {}
     values: dict[str, object] = {}
-    for field in _PARSERS:
+    for field, parse in _PARSERS.items():
         if field in flags:
             raw, origin = flags[field], flag_name(field)
         elif env_name(field) in environ:
@@ -164,7 +186,7 @@ def load_settings(flags: Mapping[str, object] | None = None,
         else:
             continue
         try:
-            values[field] = _PARSERS[field](raw)
+            values[field] = parse(raw)
         except (TypeError, ValueError, OverflowError) as exc:
             raise UsageError(f"{origin}={raw!r} is not valid: {exc}.") from None
     return Settings(**values)
@@ -207,7 +229,10 @@ class SessionSpec:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SessionSpec) and (self.name, self.number, self.settings) == (
-            other.name, other.number, other.settings)
+            other.name,
+            other.number,
+            other.settings,
+        )
 
     def __repr__(self) -> str:
         return f"SessionSpec({self.name!r}, display={self.number}, {self.settings!r})"
@@ -216,9 +241,9 @@ class SessionSpec:
 SESSION_TABLE = "session"
 
 
-def load_session_specs(flags: Mapping[str, object] | None = None,
-                       environ: Mapping[str, str] = os.environ) -> tuple[str | None,
-                                                                          list[SessionSpec]]:
+def load_session_specs(
+    flags: Mapping[str, object] | None = None, environ: Mapping[str, str] = os.environ
+) -> tuple[str | None, list[SessionSpec]]:
     """The config file in force and the sessions it declares, for ``xsupervise serve``.
 
     A session table's own keys win over everything else (it is the most specific); the keys
@@ -230,8 +255,10 @@ def load_session_specs(flags: Mapping[str, object] | None = None,
     data = read_config_file(path) if path else {}
     unknown = set(data) - set(_PARSERS) - {SESSION_TABLE}
     if unknown:
-        raise UsageError(f"unknown key(s) {', '.join(sorted(unknown))} in {path}; the known "
-                         f"ones are {', '.join(_PARSERS)} and [{SESSION_TABLE}.NAME] tables.")
+        raise UsageError(
+            f"unknown key(s) {', '.join(sorted(unknown))} in {path}; the known "
+            f"ones are {', '.join(_PARSERS)} and [{SESSION_TABLE}.NAME] tables."
+        )
     tables = data.get(SESSION_TABLE, {})
     if not isinstance(tables, dict):
         raise UsageError(f"'{SESSION_TABLE}' in {path} must be tables: [{SESSION_TABLE}.NAME].")
@@ -242,8 +269,10 @@ def load_session_specs(flags: Mapping[str, object] | None = None,
             raise UsageError(f"{where} must be a table of settings.")
         unknown = set(table) - set(_PARSERS) - {"display"}
         if unknown:
-            raise UsageError(f"unknown key(s) {', '.join(sorted(unknown))} in {where}; the "
-                             f"known ones are display, {', '.join(_PARSERS)}.")
+            raise UsageError(
+                f"unknown key(s) {', '.join(sorted(unknown))} in {where}; the "
+                f"known ones are display, {', '.join(_PARSERS)}."
+            )
         values = {field: getattr(base, field) for field in FIELDS}
         for field, raw in table.items():
             if field == "display":

@@ -1,4 +1,4 @@
-"""A client of ``xsupervise serve``'s control socket (the protocol is in the README).
+"""A client of ``xsupervise serve``'s control socket (the protocol: ``_protocol.py``).
 
     from xsupervise.client import Client
     with Client() as daemon:
@@ -15,13 +15,28 @@ import json
 import os
 import socket
 
-from ._errors import EnvironmentProblem, XSuperviseError
+from . import _protocol as protocol
+from ._errors import EnvironmentProblem, ExitCode, UsageError, XSuperviseError
+
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Any, Self, TypeAlias
+
+    from ._protocol import Reply, StatusEntry
+
+    # (Inside Client, `list` means its method.)
+    Records: TypeAlias = "list[dict[str, Any]]"
+    StatusEntries: TypeAlias = "list[StatusEntry]"
+
+# How much longer than the "wait" it gives the daemon we wait for a stop's reply.
+_STOP_REPLY_MARGIN = 30.0
 
 
 class ControlError(XSuperviseError):
     """The daemon refused or failed a request; ``exit_code`` is the one it gave."""
 
-    def __init__(self, message: str, exit_code: int = 1):
+    def __init__(self, message: str, exit_code: int = ExitCode.FAILURE):
         super().__init__(message)
         self.exit_code = exit_code
 
@@ -49,16 +64,18 @@ class Client:
     def __repr__(self) -> str:
         return f"<Client {self.path}>"
 
-    def connect(self) -> Client:
+    def connect(self) -> Self:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         sock.settimeout(self.timeout)
         try:
             sock.connect(self.path)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()
-            raise DaemonUnavailable(f"no xsupervise serve answers on {self.path} "
-                                    f"({exc.strerror}); start one (xsupervise serve, or "
-                                    "systemctl --user start xsupervise.socket).") from None
+            raise DaemonUnavailable(
+                f"no xsupervise serve answers on {self.path} "
+                f"({exc.strerror}); start one (xsupervise serve, or "
+                "systemctl --user start xsupervise.socket)."
+            ) from None
         except OSError as exc:
             sock.close()
             raise DaemonUnavailable(f"cannot connect to {self.path}: {exc.strerror}.") from None
@@ -70,63 +87,137 @@ class Client:
             self._sock.close()
             self._sock = None
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self if self._sock is not None else self.connect()
 
-    def __exit__(self, *_exc) -> None:
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
         self.close()
 
-    def request(self, op: str, **fields) -> dict:
-        """Send one request; return the reply (``ok`` was true) or raise ControlError."""
-        if self._sock is None:
-            self.connect()
+    def request(self, op: str, **fields: object) -> Reply:
+        """Send one request; return the reply (``ok`` was true) or raise ControlError.
+
+        The request is checked against the protocol first: what the daemon would refuse
+        raises the same ControlError without a round trip."""
+        return self._ask(op, fields)
+
+    def _ask(self, op: str, fields: dict[str, object], reply_within: float | None = None) -> Reply:
+        """``request``; ``reply_within``: wait at least that long for the reply."""
         try:
-            self._sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
+            protocol.check_request({"op": op, **fields})
+        except UsageError as error:
+            raise ControlError(str(error), error.exit_code) from None
+        sock = self._socket()
+        if reply_within is not None and self.timeout is not None:
+            sock.settimeout(max(self.timeout, reply_within))
+        try:
+            sock.sendall(protocol.encode({"op": op, **fields}))
             while b"\n" not in self._buffer:
-                chunk = self._sock.recv(65536)
+                chunk = sock.recv(65536)
                 if not chunk:
-                    raise ControlError(f"the daemon on {self.path} closed the connection "
-                                       "without a reply.")
+                    raise ControlError(
+                        f"the daemon on {self.path} closed the connection without a reply."
+                    )
                 self._buffer += chunk
-        except socket.timeout:
-            raise ControlError(f"no reply from the daemon on {self.path} within "
-                               f"{self.timeout:g} s.") from None
+        except TimeoutError:
+            raise ControlError(
+                f"no reply from the daemon on {self.path} within {sock.gettimeout():g} s."
+            ) from None
         except OSError as exc:
             raise ControlError(f"lost the connection to {self.path}: {exc.strerror}.") from None
+        finally:
+            if reply_within is not None and self._sock is not None:
+                self._sock.settimeout(self.timeout)
         line, _, self._buffer = self._buffer.partition(b"\n")
         try:
             reply = json.loads(line)
         except ValueError:
             reply = None
         if not isinstance(reply, dict):
-            raise ControlError(f"the reply on {self.path} is not a JSON object ({line[:60]!r}); "
-                               "is something other than xsupervise serving it?")
+            raise ControlError(
+                f"the reply on {self.path} is not a JSON object ({line[:60]!r}); "
+                "is something other than xsupervise serving it?"
+            )
         if not reply.get("ok"):
-            code = reply.get("exit_code")
-            raise ControlError(str(reply.get("error", "the daemon gave no reason")),
-                               code if isinstance(code, int) and not isinstance(code, bool) else 1)
+            raise ControlError(
+                str(reply.get("error", "the daemon gave no reason")),
+                protocol.reply_exit_code(reply),
+            )
         return reply
 
-    def ping(self) -> dict:
-        return self.request("ping")
+    def _socket(self) -> socket.socket:
+        """The connected socket, connecting first if need be."""
+        return self._sock if self._sock is not None else self.connect()._connected()
 
-    def start(self, display: str = ":auto", **options) -> dict:
-        """Start (or join) a session; returns display, env, xauthority, server_pid, name."""
-        return self.request("start", display=display, **options)
+    def _connected(self) -> socket.socket:
+        assert self._sock is not None
+        return self._sock
 
-    def stop(self, display: str | None = None, *, name: str | None = None,
-             all: bool = False) -> list[str]:
-        fields = {key: value for key, value in (("display", display), ("name", name)) if value}
-        return self.request("stop", **fields, **({"all": True} if all else {}))["stopped"]
+    # One method per op of the protocol (_protocol.OPS), taking that op's fields.
+    def ping(self) -> Reply:
+        """The daemon's pid, version, number of sessions and status line."""
+        return self._ask("ping", {})
 
-    def list(self) -> list[dict]:
-        return self.request("list")["sessions"]
+    def start(
+        self,
+        display: str = ":auto",
+        *,
+        name: str | None = None,
+        no_wait: bool = False,
+        **settings: object,
+    ) -> Reply:
+        """Start (or join) a session; returns display, env, xauthority, server_pid, name.
 
-    def status(self, target: str | None = None) -> list[dict]:
-        return self.request("status", **({"target": target} if target else {}))["sessions"]
+        ``settings``: any setting, e.g. ``screen="1920x1080x24"``, ``server="Xephyr"``."""
+        fields: dict[str, object] = {"display": display, **settings}
+        if name:
+            fields["name"] = name
+        if no_wait:
+            fields["no_wait"] = True
+        return self._ask("start", fields)
+
+    def stop(
+        self,
+        display: str | None = None,
+        *,
+        name: str | None = None,
+        all: bool = False,
+        wait: float | None = None,
+    ) -> list[str]:
+        """Stop display ":N", the session ``name``, or ``all``; one line per stopped session.
+
+        ``wait``: seconds the daemon gives them to exit (its default: 10); the reply is
+        awaited that long too, even beyond this client's timeout."""
+        fields: dict[str, object] = {
+            key: value for key, value in (("display", display), ("name", name)) if value
+        }
+        if all:
+            fields["all"] = True
+        if wait is not None:
+            fields["wait"] = wait
+        reply = self._ask("stop", fields, None if wait is None else wait + _STOP_REPLY_MARGIN)
+        lines: list[str] = reply["stopped"]
+        return lines
+
+    def list(self) -> Records:
+        """The session records, as ``xsupervise list --json`` shows them."""
+        sessions: Records = self._ask("list", {})["sessions"]
+        return sessions
+
+    def status(self, target: str | None = None) -> StatusEntries:
+        """What ``xsupervise status --json`` shows: every session, or ``target`` (":N", name)."""
+        sessions: StatusEntries = self._ask("status", {"target": target} if target else {})[
+            "sessions"
+        ]
+        return sessions
 
     def reset(self, name: str) -> bool:
-        return self.request("reset", name=name)["had_history"]
+        """Clear the restart history of ``name``; whether it had any."""
+        return bool(self._ask("reset", {"name": name})["had_history"])
 
 
 def running_daemon(path: str | None = None, timeout: float | None = 60.0) -> Client | None:

@@ -1,0 +1,163 @@
+"""The daemon's side of the control socket: clients, their limits, one reply per request line.
+
+Defences: at most ``MAX_CLIENTS`` connections (when full, the one idle longest is dropped),
+lines of at most ``_protocol.MAX_LINE`` bytes, ``_protocol.IDLE_TIMEOUT`` seconds to send a
+complete line, ``WRITE_TIMEOUT`` seconds for a reply to be taken, peers of another uid
+refused (root is always allowed). What a request means is ``_daemon_ops.DaemonOps``'s part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import time
+
+from . import _log as log
+from . import _protocol as protocol
+from ._errors import ExitCode, XSuperviseError
+from ._process import peer_credentials
+
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs time
+if TYPE_CHECKING:
+    from ._daemon_ops import DaemonOps
+    from ._protocol import Reply
+
+MAX_CLIENTS = 64
+WRITE_TIMEOUT = 10.0
+
+
+class _Client:
+    def __init__(self, writer: asyncio.StreamWriter):
+        self.writer = writer
+        self.last_activity = time.monotonic()
+        self.busy = False
+
+
+class ControlServer:
+    """Serves the control socket: reads request lines, answers each through ``ops``."""
+
+    def __init__(self, ops: DaemonOps):
+        self.ops = ops
+        self.clients: dict[asyncio.StreamWriter, _Client] = {}
+        self._server: asyncio.Server | None = None
+
+    def __repr__(self) -> str:
+        return f"<ControlServer with {len(self.clients)} client(s)>"
+
+    async def start(self, sock: socket.socket) -> None:
+        # Python >= 3.13 would unlink the socket's path on close, even systemd's: we remove
+        # our own in Listener.close, and never the one systemd holds.
+        if sys.version_info >= (3, 13):
+            self._server = await asyncio.start_unix_server(
+                self._serve_client, sock=sock, limit=protocol.MAX_LINE, cleanup_socket=False
+            )
+        else:
+            self._server = await asyncio.start_unix_server(
+                self._serve_client, sock=sock, limit=protocol.MAX_LINE
+            )
+
+    def close(self) -> None:
+        """Stop accepting, and drop every client at once (a stopping daemon answers no one)."""
+        if self._server is not None:
+            self._server.close()
+        for client in list(self.clients.values()):
+            client.writer.transport.abort()
+
+    async def _serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        client = _Client(writer)
+        try:
+            _pid, uid, _gid = peer_credentials(writer.get_extra_info("socket"))
+            if uid not in (os.getuid(), 0):
+                await self._reply(
+                    client,
+                    protocol.error_reply(
+                        f"uid {uid} may not use this daemon (it runs as uid {os.getuid()}); ask as "
+                        "that user.",
+                        ExitCode.USAGE,
+                    ),
+                )
+                return
+            if not self._make_room():
+                await self._reply(
+                    client,
+                    protocol.error_reply(
+                        f"too many clients ({MAX_CLIENTS}) are being answered; try again shortly.",
+                        ExitCode.FAILURE,
+                    ),
+                )
+                return
+            self.clients[writer] = client
+            while True:
+                try:
+                    line = await asyncio.wait_for(reader.readline(), protocol.IDLE_TIMEOUT)
+                except TimeoutError:
+                    await self._reply(
+                        client,
+                        protocol.error_reply(
+                            f"no complete request line within {protocol.IDLE_TIMEOUT:g} s; "
+                            "closing.",
+                            ExitCode.USAGE,
+                        ),
+                    )
+                    return
+                except ValueError:  # longer than the limit
+                    await self._reply(
+                        client,
+                        protocol.error_reply(
+                            f"request line longer than {protocol.MAX_LINE} bytes; closing.",
+                            ExitCode.USAGE,
+                        ),
+                    )
+                    return
+                if not line.endswith(b"\n"):
+                    return  # EOF, perhaps half-way through a line: nobody to answer
+                client.busy, client.last_activity = True, time.monotonic()
+                reply = await self.handle_line(line)
+                client.busy, client.last_activity = False, time.monotonic()
+                await self._reply(client, reply)
+        except (ConnectionError, TimeoutError):
+            pass
+        finally:
+            self.clients.pop(writer, None)
+            if writer.transport.get_write_buffer_size():
+                writer.transport.abort()  # it does not read: do not wait to flush to it
+            else:
+                writer.close()
+
+    def _make_room(self) -> bool:
+        """At MAX_CLIENTS, drop the connection idle longest (never one being answered)."""
+        if len(self.clients) < MAX_CLIENTS:
+            return True
+        idle = [client for client in self.clients.values() if not client.busy]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda client: client.last_activity)
+        self.clients.pop(oldest.writer, None)
+        oldest.writer.transport.abort()  # frees its fd now; close() would wait to flush
+        return True
+
+    async def _reply(self, client: _Client, reply: Reply) -> None:
+        client.writer.write(protocol.encode(reply))
+        await asyncio.wait_for(client.writer.drain(), WRITE_TIMEOUT)
+
+    async def handle_line(self, line: bytes) -> Reply:
+        """One request line -> one reply object. Never raises."""
+        try:
+            op, fields = protocol.parse_request(line)
+        except XSuperviseError as error:
+            return protocol.error_reply(str(error), error.exit_code)
+        try:
+            result: Reply = await getattr(self.ops, op.name)(**fields)
+            return {"ok": True, **result}
+        except XSuperviseError as error:
+            return protocol.error_reply(str(error), error.exit_code)
+        except Exception:  # a bug: answer, log, keep serving
+            log.get().exception("request %s failed", op.name)
+            return protocol.error_reply(
+                f"internal error while handling {op.name!r}; see the daemon's log.",
+                ExitCode.FAILURE,
+            )

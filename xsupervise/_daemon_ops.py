@@ -1,0 +1,143 @@
+"""The ops of the control protocol, as the daemon answers them.
+
+One coroutine per op of ``_protocol.OPS``, named after it and taking its fields as keyword
+arguments (already checked, defaults filled in); it returns the reply's fields (``Op.reply``)
+or raises an XSuperviseError, which becomes the error reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from . import __version__
+from ._errors import EnvironmentProblem, NoSuchSession, StartError, UsageError, XSuperviseError
+from ._settings import SessionSpec, default_session_name, load_settings, parse_display
+
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs time
+if TYPE_CHECKING:
+    from ._daemon import Daemon
+    from ._protocol import Reply
+
+
+class DaemonOps:
+    """What each op does in ``daemon``: its registry of sessions, runtime directory, policy."""
+
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+        self.registry = daemon.registry
+        self.runtime = daemon.runtime
+
+    def __repr__(self) -> str:
+        return f"<DaemonOps of {self.daemon!r}>"
+
+    async def ping(self) -> Reply:
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "sessions": len(self.registry),
+            "status": self.registry.status_line(),
+        }
+
+    async def start(
+        self, display: str, name: str | None, no_wait: bool, **settings: object
+    ) -> Reply:
+        if self.daemon.stopping:  # shutting down: a session started now would outlive the list
+            raise EnvironmentProblem(
+                "the daemon is stopping; retry once it is back, or run "
+                "'xsupervise start' without --detach."
+            )
+        number = parse_display(display)
+        loaded = load_settings(settings)
+        name_or_default = name or default_session_name(number, loaded.server)
+        # A named request joins a running session of that name. Unnamed ones get a display
+        # of their own (as `xsupervise start` does), sharing only the default name's budget.
+        managed = self.registry.get(name_or_default) if name else None
+        if managed is None:
+            spec = SessionSpec(name_or_default, number, loaded)
+            managed = self.registry.start(
+                spec,
+                "request",
+                no_wait=no_wait,
+                key=name_or_default if name else self.registry.request_key(name_or_default),
+            )
+        waiter = asyncio.ensure_future(managed.ready.wait())
+        try:
+            await asyncio.wait([managed.running, waiter], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        server = managed.core.server
+        if not managed.ready.is_set() or server is None:
+            error = managed.error
+            if isinstance(error, XSuperviseError):
+                raise error
+            raise StartError(
+                f"session {name_or_default} ended before it was ready",
+                server="?",
+                pid=None,
+                elapsed=0.0,
+            )
+        facts = server.facts
+        assert facts is not None  # a server is verified before its session is ready
+        return {
+            "name": name_or_default,
+            "display": server.display,
+            "env": server.env,
+            "xauthority": server.auth_path,
+            "server_pid": server.pid,
+            "supervisor_pid": os.getpid(),
+            "vendor": facts.vendor,
+            "screen": f"{facts.width}x{facts.height}x{facts.depth}",
+        }
+
+    async def stop(self, display: str | None, name: str | None, all: bool, wait: float) -> Reply:
+        if not (display or name or all):
+            raise UsageError('stop needs "display": ":N", "name": NAME or "all": true.')
+        number = parse_display(display) if display else None
+        if display and number is None:
+            raise UsageError(f'stop needs a display number, not {display!r}, e.g. ":5".')
+        ours = [
+            managed
+            for managed in self.registry
+            if all
+            or managed.spec.name == name
+            or (display and managed.core.display == f":{number}")
+        ]
+        lines = [
+            f"{m.core.display or m.spec.name}: stopped (session {m.spec.name} of "
+            f"xsupervise serve pid {os.getpid()})"
+            for m in ours
+        ]
+        await self.registry.stop(ours)
+        if display or all:
+            from ._local_ops import stop_sessions
+
+            try:  # sessions of other supervisors in our runtime directory (blocking: a thread)
+                lines += await asyncio.get_running_loop().run_in_executor(
+                    None, stop_sessions, self.runtime, number, float(wait)
+                )
+            except NoSuchSession:
+                if not ours:
+                    raise
+        elif not ours:
+            raise NoSuchSession(f"no session named {name!r} runs in this daemon.")
+        return {"stopped": lines}
+
+    async def list(self) -> Reply:
+        from ._records import live_records
+
+        return {"sessions": [record.as_dict() for record in live_records(self.runtime)]}
+
+    async def status(self, target: str | None) -> Reply:
+        from ._local_ops import session_status
+
+        entries = session_status(self.runtime, target, self.daemon.policy, time.time())
+        return {"sessions": entries, "status": self.registry.status_line()}
+
+    async def reset(self, name: str | None) -> Reply:
+        from ._ledger import Ledger
+
+        if not name:
+            raise UsageError('reset needs "name": NAME.')
+        return {"name": name, "had_history": Ledger(self.runtime, name).reset()}
