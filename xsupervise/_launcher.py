@@ -16,7 +16,7 @@ from . import _errors as errors, _log as log
 from ._settings import Settings
 from ._notify import child_environment
 from ._paths import RuntimeDir, create_private_file, new_token, remove_file
-from ._process import Child, Steps, describe_status, spawn
+from ._process import Child, Offload, Steps, describe_status, spawn
 from ._stale import bound_abstract_displays, remove_dead_socket
 from ._x11 import (DisplayFdError, HandshakeError, ServerFacts, read_display_number,
                       server_argv, verify, xauthority_entry)
@@ -24,6 +24,8 @@ from ._x11 import (DisplayFdError, HandshakeError, ServerFacts, read_display_num
 # Imported only once the server is spawned (records needs psutil and json): see launch_steps.
 
 _TAIL_BYTES = 4096
+# Seconds kill_now waits for a SIGKILLed server that it cannot wait for asynchronously.
+_KILL_NOW_WAIT = 1.0
 _TAIL_LINES = 3
 
 
@@ -130,28 +132,41 @@ class XServer:
             "group. Raise --kill-grace (XSUPERVISE_KILL_GRACE) if it needs longer.",
             os.path.basename(child.argv[0]), child.pid, self.settings.kill_grace)
 
+    def _warn_stuck(self, child: Child) -> None:
+        log.get().error(
+            "%s (pid %d) has not exited %.1f s after SIGKILL: it is stuck in the kernel (D state: "
+            "a hung disk, network filesystem or device); still waiting for it, without blocking.",
+            os.path.basename(child.argv[0]), child.pid, self.settings.kill_grace)
+
     def stop_steps(self) -> Steps[int]:
         """Stop and reap the server's group; remove the socket it left, if any (and our files,
         if they are its alone)."""
         if self.exit_status is not None:
             return self.exit_status
         try:
-            self.exit_status = yield from self.child.stop_steps(self.settings.kill_grace,
-                                                                self._warn_escalation)
+            self.exit_status = yield from self.child.stop_steps(
+                self.settings.kill_grace, self._warn_escalation, self._warn_stuck)
+        except GeneratorExit:
+            self.kill_now()  # closed while waiting: no more yielding is possible
+            raise
         finally:
             self.release()  # also when a second signal cut the grace short (it was SIGKILLed)
         return self.exit_status
 
     def kill_now(self) -> None:
-        """SIGKILL the group, reap, clean up; for when no waiting is possible."""
+        """SIGKILL the group and clean up, for when no waiting is possible (a closed generator):
+        the reap waits at most _KILL_NOW_WAIT, so that a stuck server cannot hang its caller."""
         if self.exit_status is None:
             self.child.signal(signal.SIGKILL)
+            self.exit_status = self.child.reap_within(_KILL_NOW_WAIT)
+            if self.exit_status is None:
+                self._warn_stuck(self.child)
             self.release()
 
     def release(self) -> None:
-        """Once the server has ended: reap it and remove what it leaves behind."""
+        """Once the server has ended: reap it (if it has) and remove what it leaves behind."""
         if self.exit_status is None:
-            self.exit_status = self.child.reap()
+            self.exit_status = self.child.try_reap()
         if self.released:
             return
         self.released = True
@@ -170,8 +185,8 @@ def launch_steps(settings: Settings, runtime: RuntimeDir, number: int | None = N
 
     ``files``: the session's cookie, log and record, when a session runs servers one after
     another; without them a one-off set is made, and removed with the server.
-    ``reclaim``: clear what killed supervisors left (blocking for up to twice the kill grace
-    if an abandoned server resists SIGTERM); the daemon does that in a thread instead.
+    ``reclaim``: clear what killed supervisors left (for up to twice the kill grace if an
+    abandoned server resists SIGTERM: an Offload, so in a worker thread under asyncio).
     """
     owns_files = files is None
     if files is None:
@@ -219,9 +234,10 @@ def launch_steps(settings: Settings, runtime: RuntimeDir, number: int | None = N
         log.get()
         files.save(state="starting", server_pid=child.pid, server_ticks=child.start_ticks,
                    server_argv=argv, display=None, socket_inode=None)
+        # Both may block (a server that resists SIGTERM, connect() probes): off the loop.
         if reclaim:
-            reclaim_abandoned(runtime, settings.kill_grace)
-        clean_own_quietly()
+            yield Offload(reclaim_abandoned, runtime, settings.kill_grace)
+        yield Offload(clean_own_quietly)
         server.number = yield from read_display_number(read_fd, child, deadline)
         server.facts = yield from verify(server.number, child, files.cookie, deadline)
     except (DisplayFdError, HandshakeError) as exc:

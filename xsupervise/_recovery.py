@@ -3,6 +3,9 @@
 A supervisor killed by SIGKILL cannot clean up. Its X server normally died with it
 (PR_SET_PDEATHSIG), leaving a record, a cookie, a log and perhaps its socket file. We
 terminate the server only if its pid *and* start time still match the record.
+
+Blocking (up to twice the kill grace per server that resists SIGTERM): on an event loop,
+run it as an ``Offload`` or in an executor.
 """
 
 from __future__ import annotations

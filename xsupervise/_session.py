@@ -27,7 +27,7 @@ from ._errors import EnvironmentProblem, SessionFailed, StartError
 from ._launcher import SessionFiles, XServer, launch_steps
 from ._ledger import Ledger
 from ._paths import RuntimeDir
-from ._process import Steps, Wait, describe_status, same_process
+from ._process import Offload, Steps, Wait, describe_status, same_process
 from ._records import own_identity
 from ._recovery import reclaim_abandoned
 
@@ -174,7 +174,7 @@ class Session:
                     # A start that goes ahead reclaims what killed supervisors left, once its
                     # server is spawned; one that waits must do it now, or every supervisor
                     # a relauncher kills while it waits would leave its files.
-                    reclaim_abandoned(self.runtime, self.settings.kill_grace)
+                    yield Offload(reclaim_abandoned, self.runtime, self.settings.kill_grace)
                 announced = (decision.state, decision.until)
                 self.state, self.next_retry_at = decision.state, decision.until
                 self.last_failure = decision.reason or self.last_failure
