@@ -1,5 +1,6 @@
 """Processes we did not spawn (or no longer parent): identified by pid *and* start time, held
-by a pidfd, so that a signal can never reach another process that reused the pid."""
+by a pidfd, so that a signal can never reach another process that reused the pid. Waiting here
+blocks: these run in the CLI, or in a worker thread (an Offload), never on an event loop."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def proc_stat(pid: int) -> list[str] | None:
             raw = stream.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    return raw[raw.rindex(b")") + 2:].decode().split()
+    return raw[raw.rindex(b")") + 2 :].decode().split()
 
 
 def start_ticks(pid: int) -> int | None:
@@ -111,3 +112,43 @@ def terminate_pinned(process: Pinned, grace: float) -> bool:
     process.signal(signal.SIGKILL)
     wait_exited([process], grace)
     return False
+
+
+def _children_of_ours() -> set[int]:
+    pids: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as listing:
+                pids.update(int(pid) for pid in listing.read().split())
+        except FileNotFoundError:  # a thread that just ended
+            continue
+    return pids
+
+
+def stop_adopted(grace: float) -> list[int]:
+    """SIGTERM every child we still have (all of them orphans we adopted as a subreaper:
+    call this after our own children are reaped), SIGKILL those left after ``grace``, reap
+    them all. They are unreaped children of ours, so their pids cannot have been reused.
+    Returns the pids that were still running."""
+    running: list[int] = []
+    for _ in range(3):  # adopted processes may still be forking; a few rounds catch them
+        adopted = []
+        for pid in _children_of_ours():
+            try:
+                adopted.append(Pinned(pid, os.pidfd_open(pid)))
+            except ProcessLookupError:
+                continue
+        if not adopted:
+            break
+        running += [process.pid for process in adopted if not is_zombie(process.pid)]
+        for process in adopted:
+            process.signal(signal.SIGTERM)  # a zombie ignores it
+        for process in wait_exited(adopted, grace):
+            process.signal(signal.SIGKILL)
+        for process in adopted:
+            process.close()
+            try:
+                os.waitpid(process.pid, 0)
+            except ChildProcessError:
+                pass
+    return running

@@ -19,11 +19,31 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 
-from ._pinned import Pinned as Pinned, is_zombie, wait_exited as wait_exited
-from ._pinned import same_process as same_process, start_ticks as start_ticks
-from ._pinned import terminate_pinned as terminate_pinned
-from ._steps import Events as Events, Offload as Offload, Steps as Steps, Wait as Wait
-from ._steps import poll_ready as poll_ready, run_blocking as run_blocking
+from ._pinned import Pinned, same_process, start_ticks, stop_adopted, terminate_pinned, wait_exited
+from ._steps import Events, Offload, Steps, Wait, poll_ready, run_blocking
+
+# Steps and pinned processes live in their own modules; importers may keep using these names.
+__all__ = [
+    "Child",
+    "Events",
+    "Offload",
+    "Pinned",
+    "Steps",
+    "Wait",
+    "become_subreaper",
+    "describe_status",
+    "peer_credentials",
+    "poll_ready",
+    "run_blocking",
+    "same_process",
+    "shell_status",
+    "signal_when_parent_dies",
+    "spawn",
+    "start_ticks",
+    "stop_adopted",
+    "terminate_pinned",
+    "wait_exited",
+]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -63,46 +83,6 @@ def become_subreaper() -> None:
     not init's: we can then stop them without any risk of pid reuse (see stop_adopted)."""
     if _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
-
-
-def _children_of_ours() -> set[int]:
-    pids: set[int] = set()
-    for task in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{task}/children") as listing:
-                pids.update(int(pid) for pid in listing.read().split())
-        except FileNotFoundError:  # a thread that just ended
-            continue
-    return pids
-
-
-def stop_adopted(grace: float) -> list[int]:
-    """SIGTERM every child we still have (all of them orphans we adopted as a subreaper:
-    call this after our own children are reaped), SIGKILL those left after ``grace``, reap
-    them all. They are unreaped children of ours, so their pids cannot have been reused.
-    Returns the pids that were still running."""
-    running: list[int] = []
-    for _ in range(3):  # adopted processes may still be forking; a few rounds catch them
-        adopted = []
-        for pid in _children_of_ours():
-            try:
-                adopted.append(Pinned(pid, os.pidfd_open(pid)))
-            except ProcessLookupError:
-                continue
-        if not adopted:
-            break
-        running += [process.pid for process in adopted if not is_zombie(process.pid)]
-        for process in adopted:
-            process.signal(signal.SIGTERM)  # a zombie ignores it
-        for process in wait_exited(adopted, grace):
-            process.signal(signal.SIGKILL)
-        for process in adopted:
-            process.close()
-            try:
-                os.waitpid(process.pid, 0)
-            except ChildProcessError:
-                pass
-    return running
 
 
 class Child:
@@ -180,8 +160,9 @@ class Child:
             poll_ready(Wait((self.pidfd,), time.monotonic() + timeout))
         return self.try_reap()
 
-    def reap_steps(self, stuck_after: float,
-                   on_stuck: Callable[[Child], None] | None = None) -> Steps[int]:
+    def reap_steps(
+        self, stuck_after: float, on_stuck: Callable[[Child], None] | None = None
+    ) -> Steps[int]:
         """Wait for the exit (the pidfd becomes readable), then reap: never blocks its driver.
 
         After SIGKILL the exit is normally a matter of milliseconds; but a process in
@@ -197,8 +178,12 @@ class Child:
                     on_stuck(self)
         return status
 
-    def stop_steps(self, grace: float, on_escalate: Callable[[Child], None] | None = None,
-                   on_stuck: Callable[[Child], None] | None = None) -> Steps[int]:
+    def stop_steps(
+        self,
+        grace: float,
+        on_escalate: Callable[[Child], None] | None = None,
+        on_stuck: Callable[[Child], None] | None = None,
+    ) -> Steps[int]:
         """SIGTERM the group, wait up to ``grace`` s, then SIGKILL the group; reap. Returns status.
 
         SIGKILL goes to the group even after a clean exit of the leader, so that nothing it
@@ -225,15 +210,30 @@ class Child:
         return (yield from self.reap_steps(grace, on_stuck))
 
 
-def spawn(argv: Sequence[str], *, env: dict[str, str] | None = None, pass_fds: Sequence[int] = (),
-          stdin: int | None = None, stdout: int | None = None,
-          stderr: int | None = None, own_group: bool = True,
-          deathsig: int = signal.SIGKILL) -> Child:
+def spawn(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
+    stdin: int | None = None,
+    stdout: int | None = None,
+    stderr: int | None = None,
+    own_group: bool = True,
+    deathsig: int = signal.SIGKILL,
+) -> Child:
     """Start ``argv``; it gets ``deathsig`` if we die. ``own_group``: a new session and group,
     so that a stop reaches everything it started. Raises FileNotFoundError/PermissionError."""
     popen = subprocess.Popen(
-        list(argv), env=env, pass_fds=tuple(pass_fds), stdin=stdin, stdout=stdout, stderr=stderr,
-        start_new_session=own_group, preexec_fn=_die_with_parent(os.getpid(), deathsig),
+        list(argv),
+        env=env,
+        pass_fds=tuple(pass_fds),
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        start_new_session=own_group,
+        # PR_SET_PDEATHSIG has no other way in; we spawn from one thread only (the loop's or
+        # the CLI's), never from an Offload's worker.
+        preexec_fn=_die_with_parent(os.getpid(), deathsig),  # noqa: PLW1509
     )
     return Child(popen, argv, own_group)
 
@@ -263,4 +263,3 @@ def describe_status(returncode: int) -> str:
 def shell_status(returncode: int) -> int:
     """The exit code a shell would report: the status, or 128+signal."""
     return 128 - returncode if returncode < 0 else returncode
-

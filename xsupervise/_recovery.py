@@ -16,6 +16,7 @@ from ._process import Pinned, same_process, terminate_pinned
 from ._records import SessionRecord, load_records
 from ._stale import remove_dead_socket
 
+
 def reclaim_abandoned(runtime: RuntimeDir, grace: float = 2.0) -> list[SessionRecord]:
     """Clean up after every session whose supervisor is gone; return their records."""
     abandoned = [record for record in load_records(runtime) if not record.supervisor_alive()]
@@ -24,13 +25,20 @@ def reclaim_abandoned(runtime: RuntimeDir, grace: float = 2.0) -> list[SessionRe
         if server is not None:
             terminate_pinned(server, grace)
             server.close()
-            log.get().warning("stopped X server pid %d of %s: its supervisor pid %d is gone.",
-                        record.server_pid, record.display or record.name, record.supervisor_pid)
+            log.get().warning(
+                "stopped X server pid %d of %s: its supervisor pid %d is gone.",
+                record.server_pid,
+                record.display or record.name,
+                record.supervisor_pid,
+            )
         if record.display and record.socket_inode:
             remove_dead_socket(int(record.display[1:]), record.socket_inode)
         runtime.remove_session(record.token)
-        log.get().info("removed the files of %s, abandoned by dead supervisor pid %d.",
-                 record.display or record.name, record.supervisor_pid)
+        log.get().info(
+            "removed the files of %s, abandoned by dead supervisor pid %d.",
+            record.display or record.name,
+            record.supervisor_pid,
+        )
     # Files of a supervisor killed before it wrote its record: the token names its maker.
     recorded = {record.token for record in load_records(runtime)}
     for token in runtime.tokens() - recorded:

@@ -31,9 +31,9 @@ else:
 
 
 class Wait:
-    """Resume when one of ``fds`` is readable or at ``deadline`` (time.monotonic()); None = never."""
+    """Resume when one of ``fds`` is readable or at ``deadline`` (time.monotonic(); None: never)."""
 
-    __slots__ = ("fds", "deadline")
+    __slots__ = ("deadline", "fds")
 
     def __init__(self, fds: tuple[int, ...], deadline: float | None):
         self.fds = fds
@@ -49,7 +49,7 @@ class Offload:
     or have its exception thrown into them. ``fn`` must not spawn processes: they would die
     with the worker thread (PR_SET_PDEATHSIG, see _process.spawn)."""
 
-    __slots__ = ("fn", "args")
+    __slots__ = ("args", "fn")
 
     def __init__(self, fn: Callable[..., object], *args: object):
         self.fn = fn
