@@ -196,3 +196,41 @@ def test_crash_recovery_during_an_async_start_runs_off_the_loop(
     assert (f"stopped X server pid {abandoned.pid} of abandoned: its supervisor pid "
             f"{token.split('.')[0]} is gone.") in caplog.text
     assert list((runtime_dir / "sessions").iterdir()) == []
+
+
+def _term_pending(pid: int) -> bool:
+    """SIGTERM waits in the (stopped) process's shared pending set: it was sent."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("ShdPnd:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
+
+
+def test_a_second_cancel_during_the_grace_kills_at_once(tmp_path: Path, runtime_dir: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    report = tmp_path / "report"
+    monkeypatch.setenv("FAKE_X_REPORT", str(report))
+
+    async def main() -> tuple[int, float, float]:
+        async with Heartbeat() as beat:
+            display = xsupervise.AsyncDisplay(server=fake_server("never"), timeout=60,
+                                              kill_grace=60)
+            starting = asyncio.create_task(display.start())
+            await wait_until(lambda: "pid" in read_report(report))
+            pid = int(read_report(report)["pid"])
+            await stop_it(pid)  # so that the SIGTERM stays pending, for us to see
+            started = time.monotonic()
+            starting.cancel()
+            await wait_until(lambda: _term_pending(pid))  # now in the 60 s grace
+            beat.reset()
+            starting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await starting
+            return pid, time.monotonic() - started, beat.max_gap
+
+    pid, took, gap = asyncio.run(main())
+    assert took < 10, "the second cancel cut the 60 s grace short"
+    assert gap < MAX_GAP, f"the loop was blocked for {gap:.2f} s"
+    assert not psutil.pid_exists(pid)
+    assert list((runtime_dir / "sessions").iterdir()) == []
