@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -197,13 +198,20 @@ def test_interrupt_during_start_cleans_up(tmp_path: Path, monkeypatch):
     def ring(_signum, _frame):
         raise Alarm
 
+    def ring_once_started() -> None:  # the fake is waiting, never ready: interrupt the wait
+        deadline = time.monotonic() + 15
+        while "pid" not in read_report(report) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGALRM)
+
     previous = signal.signal(signal.SIGALRM, ring)
+    ringer = threading.Thread(target=ring_once_started)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        ringer.start()
         with pytest.raises(Alarm):
             xsupervise.Display(server=fake_server("never"), timeout=30).start()
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        ringer.join()
         signal.signal(signal.SIGALRM, previous)
     assert_gone(int(read_report(report)["pid"]))
 

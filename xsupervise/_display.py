@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from types import TracebackType
 
-from ._settings import Settings, load_settings, parse_display
 from ._launcher import XServer, launch_steps
 from ._paths import RuntimeDir
 from ._process import run_blocking
+from ._settings import Settings, load_settings, parse_display
 from ._x11 import ServerFacts
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Self
 
 
 class Display:
@@ -25,14 +29,27 @@ class Display:
     spawned it exits (PR_SET_PDEATHSIG), so that it can never outlive us.
     """
 
-    def __init__(self, display: str | int | None = ":auto", *, timeout: float | None = None,
-                 screen: str | None = None, server: str | Sequence[str] | None = None,
-                 kill_grace: float | None = None, name: str | None = None,
-                 runtime_dir: str | None = None, settings: Settings | None = None):
+    def __init__(
+        self,
+        display: str | int | None = ":auto",
+        *,
+        timeout: float | None = None,
+        screen: str | None = None,
+        server: str | Sequence[str] | None = None,
+        kill_grace: float | None = None,
+        name: str | None = None,
+        runtime_dir: str | None = None,
+        settings: Settings | None = None,
+    ):
         self._number = parse_display(display)
-        self._settings = settings or load_settings({
-            "displayfd_timeout": timeout, "screen": screen, "server": server,
-            "kill_grace": kill_grace})
+        self._settings = settings or load_settings(
+            {
+                "displayfd_timeout": timeout,
+                "screen": screen,
+                "server": server,
+                "kill_grace": kill_grace,
+            }
+        )
         self._name = name
         self._runtime_dir = runtime_dir
         self._server: XServer | None = None
@@ -47,12 +64,13 @@ class Display:
             return RuntimeDir.create(self._runtime_dir)
         return RuntimeDir.discover()
 
-    def start(self) -> Display:
+    def start(self) -> Self:
         """Start the server and return once the display answers; raise on any failure."""
         if self._server is not None:
             raise RuntimeError("this Display is already started; use a new one")
-        self._server = run_blocking(launch_steps(self._settings, self._runtime(), self._number,
-                                                 name=self._name, kind="api"))
+        self._server = run_blocking(
+            launch_steps(self._settings, self._runtime(), self._number, name=self._name, kind="api")
+        )
         return self
 
     def stop(self) -> None:
@@ -60,11 +78,15 @@ class Display:
         if self._server is not None:
             run_blocking(self._server.stop_steps())
 
-    def __enter__(self) -> Display:
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         self.stop()
 
     def _ready(self) -> XServer:
@@ -112,20 +134,35 @@ class AsyncDisplay:
     As with ``Display``, the server dies if the thread running the loop exits.
     """
 
-    def __init__(self, display: str | int | None = ":auto", *, timeout: float | None = None,
-                 screen: str | None = None, server: str | Sequence[str] | None = None,
-                 kill_grace: float | None = None, name: str | None = None,
-                 runtime_dir: str | None = None, settings: Settings | None = None):
+    def __init__(
+        self,
+        display: str | int | None = ":auto",
+        *,
+        timeout: float | None = None,
+        screen: str | None = None,
+        server: str | Sequence[str] | None = None,
+        kill_grace: float | None = None,
+        name: str | None = None,
+        runtime_dir: str | None = None,
+        settings: Settings | None = None,
+    ):
         # A Display holds the settings and the accessors; only the driving differs.
-        self._display = Display(display, timeout=timeout, screen=screen, server=server,
-                                kill_grace=kill_grace, name=name, runtime_dir=runtime_dir,
-                                settings=settings)
+        self._display = Display(
+            display,
+            timeout=timeout,
+            screen=screen,
+            server=server,
+            kill_grace=kill_grace,
+            name=name,
+            runtime_dir=runtime_dir,
+            settings=settings,
+        )
         self._started = False
 
     def __repr__(self) -> str:
         return repr(self._display).replace("<Display", "<AsyncDisplay", 1)
 
-    async def start(self) -> AsyncDisplay:
+    async def start(self) -> Self:
         from ._aio import run_steps
 
         inner = self._display
@@ -134,9 +171,11 @@ class AsyncDisplay:
         if self._started:
             raise RuntimeError("this AsyncDisplay is already started; use a new one")
         self._started = True
-        inner._server = await run_steps(launch_steps(inner._settings, inner._runtime(),
-                                                     inner._number, name=inner._name,
-                                                     kind="api"))
+        inner._server = await run_steps(
+            launch_steps(
+                inner._settings, inner._runtime(), inner._number, name=inner._name, kind="api"
+            )
+        )
         return self
 
     async def stop(self) -> None:
@@ -146,11 +185,15 @@ class AsyncDisplay:
         if self._display._server is not None:
             await run_steps(self._display._server.stop_steps())
 
-    async def __aenter__(self) -> AsyncDisplay:
+    async def __aenter__(self) -> Self:
         return await self.start()
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        traceback: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         await self.stop()
 
     display = property(lambda self: self._display.display, doc=Display.display.__doc__)

@@ -3,6 +3,9 @@
 A supervisor killed by SIGKILL cannot clean up. Its X server normally died with it
 (PR_SET_PDEATHSIG), leaving a record, a cookie, a log and perhaps its socket file. We
 terminate the server only if its pid *and* start time still match the record.
+
+Blocking (up to twice the kill grace per server that resists SIGTERM): on an event loop,
+run it as an ``Offload`` or in an executor.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from ._process import Pinned, same_process, terminate_pinned
 from ._records import SessionRecord, load_records
 from ._stale import remove_dead_socket
 
+
 def reclaim_abandoned(runtime: RuntimeDir, grace: float = 2.0) -> list[SessionRecord]:
     """Clean up after every session whose supervisor is gone; return their records."""
     abandoned = [record for record in load_records(runtime) if not record.supervisor_alive()]
@@ -21,13 +25,20 @@ def reclaim_abandoned(runtime: RuntimeDir, grace: float = 2.0) -> list[SessionRe
         if server is not None:
             terminate_pinned(server, grace)
             server.close()
-            log.get().warning("stopped X server pid %d of %s: its supervisor pid %d is gone.",
-                        record.server_pid, record.display or record.name, record.supervisor_pid)
+            log.get().warning(
+                "stopped X server pid %d of %s: its supervisor pid %d is gone.",
+                record.server_pid,
+                record.display or record.name,
+                record.supervisor_pid,
+            )
         if record.display and record.socket_inode:
             remove_dead_socket(int(record.display[1:]), record.socket_inode)
         runtime.remove_session(record.token)
-        log.get().info("removed the files of %s, abandoned by dead supervisor pid %d.",
-                 record.display or record.name, record.supervisor_pid)
+        log.get().info(
+            "removed the files of %s, abandoned by dead supervisor pid %d.",
+            record.display or record.name,
+            record.supervisor_pid,
+        )
     # Files of a supervisor killed before it wrote its record: the token names its maker.
     recorded = {record.token for record in load_records(runtime)}
     for token in runtime.tokens() - recorded:

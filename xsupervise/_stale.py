@@ -19,12 +19,14 @@ def bound_abstract_displays() -> set[int]:
     with open("/proc/net/unix", "rb") as table:
         for line in table:
             path = line.rsplit(None, 1)[-1].decode("latin-1")
-            if path.startswith(prefix) and path[len(prefix):].isdigit():
-                numbers.add(int(path[len(prefix):]))
+            if path.startswith(prefix) and path[len(prefix) :].isdigit():
+                numbers.add(int(path[len(prefix) :]))
     return numbers
 
 
-def remove_dead_socket(number: int, inode: int | None, spawned_at_wall: float | None = None) -> bool:
+def remove_dead_socket(
+    number: int, inode: int | None, spawned_at_wall: float | None = None
+) -> bool:
     """Remove /tmp/.X11-unix/X<number> after *our* server died without removing it (SIGKILL).
 
     Only a socket file we own, that nobody serves, and that is the very file our server made:
@@ -54,8 +56,10 @@ def remove_dead_socket(number: int, inode: int | None, spawned_at_wall: float | 
 
 # -- `xsupervise clean` ----------------------------------------------------------------------
 
+# fmt: off
 X_SERVER_NAMES = {"X", "Xorg", "Xvfb", "Xephyr", "Xvnc", "Xtigervnc", "Xwayland", "Xnest",
                   "Xdummy", "Xpra", "xpra"}
+# fmt: on
 # A socket file this young may belong to a server that is still setting up its listeners.
 YOUNG_SECONDS = 2.0
 
@@ -63,19 +67,26 @@ YOUNG_SECONDS = 2.0
 class Entry:
     """One file in /tmp/.X11-unix or /tmp, and what clean decided about it."""
 
-    __slots__ = ("path", "kind", "display", "owner_uid", "inode", "verdict", "reason", "action")
+    __slots__ = ("action", "display", "inode", "kind", "owner_uid", "path", "reason", "verdict")
 
     def __init__(self, path: str, kind: str, display: int, info: os.stat_result):
         self.path, self.kind, self.display = path, kind, display
         self.owner_uid, self.inode = info.st_uid, info.st_ino
-        self.verdict = "live"   # live, stale, inaccessible, suspicious
+        self.verdict = "live"  # live, stale, inaccessible, suspicious
         self.reason = ""
-        self.action = "none"    # none, removed, would-remove, failed
+        self.action = "none"  # none, removed, would-remove, failed
 
-    def as_dict(self) -> dict:
-        return {"path": self.path, "kind": self.kind, "display": self.display,
-                "owner": owner_name(self.owner_uid), "owner_uid": self.owner_uid,
-                "verdict": self.verdict, "reason": self.reason, "action": self.action}
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "kind": self.kind,
+            "display": self.display,
+            "owner": owner_name(self.owner_uid),
+            "owner_uid": self.owner_uid,
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "action": self.action,
+        }
 
     def line(self) -> str:
         what = {"removed": "removed", "would-remove": "would remove", "failed": "could not remove"}
@@ -101,7 +112,9 @@ def check_shared_dir(path: str) -> str | None:
     if not stat.S_ISDIR(info.st_mode):
         return f"{path} is not a directory (a symlink?)"
     if info.st_uid != 0:
-        return f"{path} is owned by {owner_name(info.st_uid)}, not root: someone may have planted it"
+        return (
+            f"{path} is owned by {owner_name(info.st_uid)}, not root: someone may have planted it"
+        )
     if stat.S_IMODE(info.st_mode) & 0o022 and not info.st_mode & stat.S_ISVTX:
         return f"{path} is writable by others but not sticky: anyone could swap its files"
     return None
@@ -110,8 +123,9 @@ def check_shared_dir(path: str) -> str | None:
 def _connect_succeeds(path: str) -> bool:
     import socket
 
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK |
-                          socket.SOCK_CLOEXEC)
+    probe = socket.socket(
+        socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+    )
     try:
         probe.connect(path)
         return True
@@ -126,8 +140,9 @@ def _connect_succeeds(path: str) -> bool:
 def _read_lock_pid(dir_fd: int, name: str, expected_inode: int) -> int | None:
     """The pid in a lock file, read without following links, from the very inode we judged."""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                     dir_fd=dir_fd)
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+        )
     except OSError:
         return None
     try:
@@ -157,19 +172,23 @@ def _is_x_server(pid: int) -> bool:
 def _display_of(name: str, prefix: str, suffix: str = "") -> int | None:
     if not (name.startswith(prefix) and name.endswith(suffix)):
         return None
-    digits = name[len(prefix):len(name) - len(suffix)]
+    digits = name[len(prefix) : len(name) - len(suffix)]
     return int(digits) if digits.isdigit() and len(digits) <= 6 else None
 
 
-def scan(x11_dir: str = X11_UNIX_DIR, lock_dir: str = "/tmp", now: float | None = None) -> list[Entry]:
+def scan(
+    x11_dir: str = X11_UNIX_DIR, lock_dir: str = "/tmp", now: float | None = None
+) -> list[Entry]:
     """Judge every X<n> socket file and .X<n>-lock file. Changes nothing."""
     import time
 
     now = time.time() if now is None else now
     bound = bound_abstract_displays()
     entries: list[Entry] = []
-    for directory, prefix, suffix, kind in ((x11_dir, "X", "", "socket"),
-                                            (lock_dir, ".X", "-lock", "lock")):
+    for directory, prefix, suffix, kind in (
+        (x11_dir, "X", "", "socket"),
+        (lock_dir, ".X", "-lock", "lock"),
+    ):
         try:
             names = os.listdir(directory)
         except FileNotFoundError:
@@ -189,8 +208,9 @@ def scan(x11_dir: str = X11_UNIX_DIR, lock_dir: str = "/tmp", now: float | None 
     return entries
 
 
-def _judge(entry: Entry, info: os.stat_result, bound: set[int], now: float, directory: str,
-           name: str) -> None:
+def _judge(
+    entry: Entry, info: os.stat_result, bound: set[int], now: float, directory: str, name: str
+) -> None:
     number = entry.display
     if stat.S_ISLNK(info.st_mode):
         entry.verdict, entry.reason = "suspicious", "a symlink, never followed; left alone"
@@ -222,12 +242,17 @@ def _judge(entry: Entry, info: os.stat_result, bound: set[int], now: float, dire
             entry.reason = f"lock held by X server pid {pid}"
             return
         entry.verdict = "stale"
-        entry.reason = (f"lock of pid {pid}, which is gone or not an X server" if pid is not None
-                        else "lock file without a readable pid")
+        entry.reason = (
+            f"lock of pid {pid}, which is gone or not an X server"
+            if pid is not None
+            else "lock file without a readable pid"
+        )
     if entry.owner_uid != os.getuid() and os.getuid() != 0:
         entry.verdict = "inaccessible"
-        entry.reason += (f"; only {owner_name(entry.owner_uid)} or root may remove it: run "
-                         f"'sudo xsupervise clean' or 'sudo rm {entry.path}'")
+        entry.reason += (
+            f"; only {owner_name(entry.owner_uid)} or root may remove it: run "
+            f"'sudo xsupervise clean' or 'sudo rm {entry.path}'"
+        )
 
 
 def clean(entries: list[Entry], dry_run: bool) -> None:

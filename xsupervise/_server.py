@@ -1,0 +1,195 @@
+"""A running X server of ours (``XServer``: stop, reap, clean up) and the files of the
+session it serves (``SessionFiles``: cookie, log, record), which outlive any one server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from . import _log as log
+from ._paths import RuntimeDir, create_private_file, new_token, remove_file
+from ._process import Child, Steps
+from ._settings import Settings
+from ._stale import remove_dead_socket
+from ._x11 import ServerFacts, xauthority_entry
+
+# Imported only once the server is spawned (records needs json): see launch_steps.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._records import SessionRecord
+
+_TAIL_BYTES = 4096
+# Seconds kill_now waits for a SIGKILLed server that it cannot wait for asynchronously.
+_KILL_NOW_WAIT = 1.0
+_TAIL_LINES = 3
+
+
+def _output_tail(path: str, since: int = 0) -> str:
+    """The last few non-empty lines the server printed (after offset ``since``), as one line."""
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(0, os.SEEK_END)
+            stream.seek(max(since, stream.tell() - _TAIL_BYTES))
+            text = stream.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " | ".join(lines[-_TAIL_LINES:])
+
+
+class SessionFiles:
+    """A session's own files, which outlive any one X server it runs: the cookie (so clients
+    keep working across a restart), the server log, and the record that `list` reads."""
+
+    def __init__(self, runtime: RuntimeDir, name: str, kind: str):
+        self.runtime = runtime
+        self.token = new_token()
+        self.cookie = os.urandom(16)
+        self.auth_path = runtime.auth_path(self.token)
+        self.log_path = runtime.log_path(self.token)
+        self.name = name
+        self.kind = kind
+        # Made once a server is spawned (it needs json: see launch_steps).
+        self.record: SessionRecord | None = None
+        os.close(create_private_file(self.auth_path, xauthority_entry(self.cookie)))
+        try:
+            os.close(create_private_file(self.log_path))
+        except BaseException:
+            remove_file(self.auth_path)
+            raise
+
+    def __repr__(self) -> str:
+        return f"<SessionFiles {self.name} {self.token}>"
+
+    def save(self, **changes: object) -> None:
+        """Update the record (creating it the first time) and write it."""
+        if self.record is None:
+            from ._records import SessionRecord, own_identity
+
+            pid, ticks = own_identity()
+            self.record = SessionRecord(
+                token=self.token,
+                name=self.name,
+                kind=self.kind,
+                supervisor_pid=pid,
+                supervisor_ticks=ticks,
+                xauthority=self.auth_path,
+            )
+        for field, value in changes.items():
+            setattr(self.record, field, value)
+        self.record.save(self.runtime)
+
+    def remove(self) -> None:
+        self.runtime.remove_session(self.token)
+
+
+class XServer:
+    """A running X server of ours. Stop it with ``run_blocking(stop_steps())``."""
+
+    def __init__(
+        self,
+        child: Child,
+        settings: Settings,
+        files: SessionFiles,
+        owns_files: bool,
+        log_offset: int,
+        requested_number: int | None,
+    ):
+        self.child = child
+        self.settings = settings
+        self.files = files
+        self.owns_files = owns_files  # a one-off Display: its files go with its server
+        self.log_offset = log_offset
+        self.requested_number = requested_number
+        self.number: int | None = None
+        self.facts: ServerFacts | None = None
+        self.spawned_wall = time.time()
+        self.exit_status: int | None = None
+        self.released = False
+        self.output_tail = ""
+
+    def __repr__(self) -> str:
+        return f"<XServer {self.display or '(no display yet)'} {self.child!r}>"
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
+
+    @property
+    def auth_path(self) -> str:
+        return self.files.auth_path
+
+    @property
+    def record(self) -> SessionRecord | None:
+        return self.files.record
+
+    @property
+    def display(self) -> str | None:
+        return None if self.number is None else f":{self.number}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a client needs: DISPLAY and XAUTHORITY."""
+        if self.number is None:
+            raise RuntimeError("the display is not ready")
+        return {"DISPLAY": f":{self.number}", "XAUTHORITY": self.files.auth_path}
+
+    def _warn_escalation(self, child: Child) -> None:
+        log.get().warning(
+            "%s (pid %d) did not exit within %.1f s of SIGTERM; sending SIGKILL to its process "
+            "group. Raise --kill-grace (XSUPERVISE_KILL_GRACE) if it needs longer.",
+            os.path.basename(child.argv[0]),
+            child.pid,
+            self.settings.kill_grace,
+        )
+
+    def _warn_stuck(self, child: Child) -> None:
+        log.get().error(
+            "%s (pid %d) has not exited %.1f s after SIGKILL: it is stuck in the kernel (D state: "
+            "a hung disk, network filesystem or device); still waiting for it, without blocking.",
+            os.path.basename(child.argv[0]),
+            child.pid,
+            self.settings.kill_grace,
+        )
+
+    def stop_steps(self) -> Steps[int]:
+        """Stop and reap the server's group; remove the socket it left, if any (and our files,
+        if they are its alone)."""
+        if self.exit_status is not None:
+            return self.exit_status
+        try:
+            self.exit_status = yield from self.child.stop_steps(
+                self.settings.kill_grace, self._warn_escalation, self._warn_stuck
+            )
+        except GeneratorExit:
+            self.kill_now()  # closed while waiting: no more yielding is possible
+            raise
+        finally:
+            self.release()  # also when a second signal cut the grace short (it was SIGKILLed)
+        return self.exit_status
+
+    def kill_now(self) -> None:
+        """SIGKILL the group and clean up, for when no waiting is possible (a closed generator):
+        the reap waits at most _KILL_NOW_WAIT, so that a stuck server cannot hang its caller."""
+        if self.exit_status is None:
+            self.child.signal(signal.SIGKILL)
+            self.exit_status = self.child.reap_within(_KILL_NOW_WAIT)
+            if self.exit_status is None:
+                self._warn_stuck(self.child)
+            self.release()
+
+    def release(self) -> None:
+        """Once the server has ended: reap it (if it has) and remove what it leaves behind."""
+        if self.exit_status is None:
+            self.exit_status = self.child.try_reap()
+        if self.released:
+            return
+        self.released = True
+        if self.number is not None:
+            remove_dead_socket(
+                self.number, self.facts.socket_inode if self.facts else None, self.spawned_wall
+            )
+        self.output_tail = _output_tail(self.files.log_path, self.log_offset)
+        if self.owns_files:
+            self.files.remove()
