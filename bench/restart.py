@@ -57,8 +57,9 @@ def fail(message: str) -> None:
 
 # -- processes ------------------------------------------------------------------------------
 
+
 def wait_gone(pid: int, timeout: float) -> bool:
-    """Wait on a pidfd (no polling) until ``pid`` has exited, reap it if it is ours; True if gone."""
+    """Wait on a pidfd (no polling) until ``pid`` has exited; reap it if ours. True if gone."""
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
@@ -80,7 +81,8 @@ def ours_alive() -> list[psutil.Process]:
         with contextlib.suppress(psutil.NoSuchProcess):
             argv = " ".join(process.cmdline())
             if process.status() != psutil.STATUS_ZOMBIE and (
-                    "xsupervise" in argv or "fake_x.py" in argv or process.name() == "Xvfb"):
+                "xsupervise" in argv or "fake_x.py" in argv or process.name() == "Xvfb"
+            ):
                 found.append(process)
     return found
 
@@ -132,6 +134,7 @@ def session_files(runtime: Path) -> list[str]:
 
 # -- (a) relauncher storm -------------------------------------------------------------------
 
+
 def relauncher_storm(seconds: float) -> None:
     with private_dirs() as runtime:
         report = runtime / "spawns"  # fake_x.py appends "pid=N" per spawn
@@ -143,8 +146,9 @@ def relauncher_storm(seconds: float) -> None:
         end = started + seconds
         while (now := time.monotonic()) < end:
             with tempfile.TemporaryFile() as err:  # a file: a pipe could block the supervisor
-                proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=err)
+                proc = subprocess.Popen(
+                    argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+                )
                 code = wait_process(proc, min(RELAUNCH_KILL_AFTER, end - now))
                 if code is None:
                     proc.kill()  # the relauncher's timeout: the supervisor gets no say
@@ -158,8 +162,10 @@ def relauncher_storm(seconds: float) -> None:
             if code is not None:
                 outcomes[f"exited {code}: {lines[-1][:100] if lines else ''}"] += 1
             elif new_spawns:
-                outcomes["killed while its X server was starting"
-                         + (" (after backing off)" if "backing off" in said else "")] += 1
+                outcomes[
+                    "killed while its X server was starting"
+                    + (" (after backing off)" if "backing off" in said else "")
+                ] += 1
             elif "FAILED, cooling down" in said:
                 outcomes["killed while FAILED, cooling down"] += 1
             elif "backing off" in said:
@@ -170,8 +176,11 @@ def relauncher_storm(seconds: float) -> None:
 
         # Every fake server died with its SIGKILLed supervisor (PR_SET_PDEATHSIG) and is now our
         # zombie: reap each; one still running after 5 s is a leak.
-        pids = [int(line[4:]) for line in report.read_text().splitlines()
-                if line.startswith("pid=")] if report.exists() else []
+        pids = (
+            [int(line[4:]) for line in report.read_text().splitlines() if line.startswith("pid=")]
+            if report.exists()
+            else []
+        )
         lingering = sum(not wait_gone(pid, 5) for pid in pids)
         lingering += kill_leftovers("relauncher storm")
         # Files of SIGKILLed supervisors: a start reclaims them only once it spawns a server,
@@ -183,18 +192,24 @@ def relauncher_storm(seconds: float) -> None:
         left_files = session_files(runtime)
 
     scale = TEN_MINUTES / seconds
-    print(f"\n### (a) Relauncher storm: {seconds:g} s, relaunch at once, SIGKILL after "
-          f"{RELAUNCH_KILL_AFTER:g} s (default --timeout and restart policy)\n")
+    print(
+        f"\n### (a) Relauncher storm: {seconds:g} s, relaunch at once, SIGKILL after "
+        f"{RELAUNCH_KILL_AFTER:g} s (default --timeout and restart policy)\n"
+    )
     print("| measure | measured | per 10 min | target |")
     print("|---|--:|--:|---|")
     print(f"| X server spawns | {len(pids)} | {len(pids) * scale:.0f} | ≤ ~15 per 10 min |")
-    print(f"| xsupervise launches | {launches} | {launches * scale:.0f} | tens "
-          f"(the relauncher's own pace: {seconds / RELAUNCH_KILL_AFTER:.0f} in {seconds:g} s) |")
+    print(
+        f"| xsupervise launches | {launches} | {launches * scale:.0f} | tens "
+        f"(the relauncher's own pace: {seconds / RELAUNCH_KILL_AFTER:.0f} in {seconds:g} s) |"
+    )
     print(f"| processes left | {lingering} |  | 0 |")
     print(f"| session files left (before `clean`: {abandoned}) | {len(left_files)} |  | 0 |")
     print()
-    print("- spawns at (s after the first launch): "
-          + (", ".join(f"{t:.0f}" for t in spawn_times) or "none"))
+    print(
+        "- spawns at (s after the first launch): "
+        + (", ".join(f"{t:.0f}" for t in spawn_times) or "none")
+    )
     print("- launches: " + "; ".join(f"{what} ×{n}" for what, n in outcomes.most_common()))
     for path in left_files:
         fail(f"file left in the runtime directory: {path}")
@@ -204,18 +219,24 @@ def relauncher_storm(seconds: float) -> None:
         spawns_10, how = len(pids) / seconds * TEN_MINUTES, "measured"
     else:
         spawns_10, how = len(pids) * scale, "scaled linearly, an upper bound"
-    verdict = "met" if spawns_10 <= 15 else (
-        "NOT met" if seconds >= TEN_MINUTES else "not shown (run 600 s for a direct figure)")
+    verdict = (
+        "met"
+        if spawns_10 <= 15
+        else ("NOT met" if seconds >= TEN_MINUTES else "not shown (run 600 s for a direct figure)")
+    )
     print(f"- spawns per 10 min: {spawns_10:.0f} ({how}); target ≤ ~15: **{verdict}**")
     early = sum(n for what, n in outcomes.items() if what.startswith("exited"))
-    print(f"- launches per 10 min: {launches * scale:.0f}, {early} of them ended before the "
-          f"relauncher's kill (each would add a launch); target tens: **"
-          f"{'met' if launches * scale < 100 else 'at the relauncher floor, not below it'}**")
+    print(
+        f"- launches per 10 min: {launches * scale:.0f}, {early} of them ended before the "
+        f"relauncher's kill (each would add a launch); target tens: **"
+        f"{'met' if launches * scale < 100 else 'at the relauncher floor, not below it'}**"
+    )
     leaks = lingering + len(left_files)
     print(f"- leftovers: {leaks}; target 0: **{'met' if leaks == 0 else 'NOT met'}**")
 
 
 # -- (b) death-to-action latency ------------------------------------------------------------
+
 
 class Lines:
     """Lines from a raw pipe fd, waiting on the fd itself (select), never sleeping."""
@@ -245,8 +266,9 @@ class Lines:
 def percentile_row(label: str, seconds: list[float]) -> str:
     ms = sorted(t * 1000 for t in seconds)
     cuts = statistics.quantiles(ms, n=100, method="inclusive") if len(ms) > 1 else ms * 99
-    return (f"| {label} | {len(ms)} | {cuts[49]:.1f} | {cuts[89]:.1f} | {cuts[98]:.1f} | "
-            f"{ms[-1]:.1f} |")
+    return (
+        f"| {label} | {len(ms)} | {cuts[49]:.1f} | {cuts[89]:.1f} | {cuts[98]:.1f} | {ms[-1]:.1f} |"
+    )
 
 
 def kill_latency(kills: int) -> None:
@@ -255,9 +277,22 @@ def kill_latency(kills: int) -> None:
     with private_dirs() as runtime:
         # bufsize=0: select() on the fd sees every byte not yet consumed.
         proc = subprocess.Popen(
-            [XSUPERVISE, "start", "--json", "--name", "bench-kills", "--backoff-initial", "0.01",
-             "--reset-after", "0.001"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, bufsize=0)
+            [
+                XSUPERVISE,
+                "start",
+                "--json",
+                "--name",
+                "bench-kills",
+                "--backoff-initial",
+                "0.01",
+                "--reset-after",
+                "0.001",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+        )
         out, err = Lines(proc.stdout.fileno()), Lines(proc.stderr.fileno())
         server_pid = display = code = None
         try:
@@ -296,8 +331,10 @@ def kill_latency(kills: int) -> None:
         if display and (X11_UNIX / f"X{display[1:]}").exists():
             fail(f"socket file {X11_UNIX}/X{display[1:]} left behind")
 
-    print(f"\n### (b) Death-to-action: {kills} SIGKILLs of a supervised Xvfb "
-          "(--backoff-initial 0.01 --reset-after 0.001)\n")
+    print(
+        f"\n### (b) Death-to-action: {kills} SIGKILLs of a supervised Xvfb "
+        "(--backoff-initial 0.01 --reset-after 0.001)\n"
+    )
     if not deaths:
         return
     print("| from SIGKILL until the line is read | n | p50 ms | p90 ms | p99 ms | max ms |")
@@ -306,15 +343,23 @@ def kill_latency(kills: int) -> None:
     print(percentile_row('"X server restarted on ..." (display ready again)', restarts))
     print()
     if err.skipped:
-        print(f"- other stderr lines ({len(err.skipped)}): "
-              + " / ".join(sorted(set(line[:120] for line in err.skipped))[:5]))
-    p99 = statistics.quantiles(deaths, n=100, method="inclusive")[98] * 1000 \
-        if len(deaths) > 1 else deaths[0] * 1000
-    print(f"- death-to-action p99: {p99:.1f} ms; target ≤ 20 ms: "
-          f"**{'met' if p99 <= 20 else 'NOT met'}**; supervisor exit after SIGTERM: {code}")
+        print(
+            f"- other stderr lines ({len(err.skipped)}): "
+            + " / ".join(sorted({line[:120] for line in err.skipped})[:5])
+        )
+    p99 = (
+        statistics.quantiles(deaths, n=100, method="inclusive")[98] * 1000
+        if len(deaths) > 1
+        else deaths[0] * 1000
+    )
+    print(
+        f"- death-to-action p99: {p99:.1f} ms; target ≤ 20 ms: "
+        f"**{'met' if p99 <= 20 else 'NOT met'}**; supervisor exit after SIGTERM: {code}"
+    )
 
 
 # -- (c) clean over many stale entries --------------------------------------------------------
+
 
 def timed_cli(*args: str) -> tuple[float, int, list[dict]]:
     """Wall time, exit code and JSON output of a whole `xsupervise` process."""
@@ -358,8 +403,10 @@ def clean_many(count: int) -> None:
                     sock.bind(str(path))  # the file stays after close: a "stale" socket
                 os.utime(path, (hour_ago, hour_ago))
             ours = set(map(str, paths))
-            for args, expected in ((("--dry-run", "--json"), "would-remove"),
-                                   (("--json",), "removed")):
+            for args, expected in (
+                (("--dry-run", "--json"), "would-remove"),
+                (("--json",), "removed"),
+            ):
                 elapsed, code, entries = timed_cli("clean", *args)
                 mine = [e for e in entries if e["path"] in ours]
                 judged = sum(e["verdict"] == "stale" for e in mine)
@@ -367,8 +414,10 @@ def clean_many(count: int) -> None:
                 others = len(entries) - len(mine)
                 rows.append((" ".join(args), elapsed, code, judged, acted, expected, others))
                 if code != 0 or judged != count or acted != count:
-                    fail(f"clean {' '.join(args)}: exit {code}, {judged}/{count} judged stale, "
-                         f"{acted}/{count} {expected}")
+                    fail(
+                        f"clean {' '.join(args)}: exit {code}, {judged}/{count} judged stale, "
+                        f"{acted}/{count} {expected}"
+                    )
             remaining = sum(os.path.lexists(path) for path in paths)
             if remaining:
                 fail(f"{remaining} of the {count} stale files are still there after clean")
@@ -376,17 +425,25 @@ def clean_many(count: int) -> None:
         for path in paths:  # whatever happened above, leave /tmp/.X11-unix as we found it
             path.unlink(missing_ok=True)
 
-    print(f"\n### (c) `xsupervise clean` over {count} stale sockets "
-          f"({X11_UNIX}/X{base}..X{base + count - 1}, an hour old)\n")
-    print("| command (whole process) | wall s | entries/s | exit | judged stale | acted | "
-          "other entries |")
+    print(
+        f"\n### (c) `xsupervise clean` over {count} stale sockets "
+        f"({X11_UNIX}/X{base}..X{base + count - 1}, an hour old)\n"
+    )
+    print(
+        "| command (whole process) | wall s | entries/s | exit | judged stale | acted | "
+        "other entries |"
+    )
     print("|---|--:|--:|--:|--:|--:|--:|")
     for args, elapsed, code, judged, acted, expected, others in rows:
-        print(f"| clean {args} | {elapsed:.2f} | {count / elapsed:,.0f} | {code} | {judged} | "
-              f"{acted} {expected} | {others} |")
+        print(
+            f"| clean {args} | {elapsed:.2f} | {count / elapsed:,.0f} | {code} | {judged} | "
+            f"{acted} {expected} | {others} |"
+        )
     ok = not remaining and all(row[3] == row[4] == count for row in rows)
-    print(f"\n- {count} stale files: "
-          + ("all judged stale, then removed; none left" if ok else "**see FAILURE above**"))
+    print(
+        f"\n- {count} stale files: "
+        + ("all judged stale, then removed; none left" if ok else "**see FAILURE above**")
+    )
 
 
 def main() -> int:

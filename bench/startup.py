@@ -42,10 +42,23 @@ def raw_xvfb() -> float:
     """The floor: Xvfb itself, ready when it writes its number to -displayfd."""
     r, w = os.pipe()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-nolisten", "tcp", "-noreset",
-                             "-screen", "0", "1280x1024x24"], pass_fds=(w,),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "Xvfb",
+            "-displayfd",
+            str(w),
+            "-nolisten",
+            "tcp",
+            "-noreset",
+            "-screen",
+            "0",
+            "1280x1024x24",
+        ],
+        pass_fds=(w,),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(w)  # so that read() sees EOF if Xvfb dies instead of blocking forever
     try:
         line = b""
@@ -102,8 +115,9 @@ def whole_process(*argv: str):
         # stderr to a file, not a pipe: a leaked Xvfb holding a pipe would hang us.
         with tempfile.TemporaryFile() as err:
             t0 = time.perf_counter()
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=err)
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+            )
             # Wait on a pidfd: subprocess's own wait(timeout) polls with sleeps growing to
             # 50 ms, which rounds every whole-process time up to 63.5, 113.5, 163.5 ms...
             with os.fdopen(os.pidfd_open(proc.pid)) as pidfd:
@@ -116,6 +130,7 @@ def whole_process(*argv: str):
         if proc.returncode or text:  # both are silent on success: anything said is a problem
             raise RuntimeError(f"exit {proc.returncode}: {text[-300:]}")
         return elapsed
+
     return contender
 
 
@@ -151,8 +166,10 @@ CONTENDERS = {
     "xvfbwrapper": (xvfbwrapper, "socket file exists"),
     "xsupervise run -- true": (whole_process(XSUPERVISE, "run", "--", "true"), "whole process"),
     "xvfb-run -a true": (whole_process("xvfb-run", "-a", "true"), "whole process"),
-    "python floor (run -- true)": (whole_process(sys.executable, "-c", PYTHON_FLOOR),
-                                   "whole process, bare os calls, no checks"),
+    "python floor (run -- true)": (
+        whole_process(sys.executable, "-c", PYTHON_FLOOR),
+        "whole process, bare os calls, no checks",
+    ),
 }
 BASE, RUN, XVFB_RUN = "raw Xvfb -displayfd", "xsupervise run -- true", "xvfb-run -a true"
 FLOOR = "python floor (run -- true)"
@@ -204,8 +221,9 @@ def remove_stale_x11_files(before: dict[str, str]) -> list[str]:
     """
     with open("/proc/net/unix") as table:
         live = {line.rsplit(None, 1)[-1].removeprefix("@/tmp/.X11-unix/") for line in table}
-    stale = [path for path, display in x11_files().items()
-             if path not in before and display not in live]
+    stale = [
+        path for path, display in x11_files().items() if path not in before and display not in live
+    ]
     for path in stale:
         Path(path).unlink(missing_ok=True)
     return stale
@@ -261,14 +279,16 @@ def main() -> int:
 
     def paired(a: str, b: str) -> float | None:
         """Median of per-round ratios: each pair shares a round's machine conditions."""
-        pairs = [x / y for x, y in zip(times[a], times[b]) if x and y]
+        pairs = [x / y for x, y in zip(times[a], times[b], strict=True) if x and y]
         return statistics.median(pairs) if pairs else None
 
     def fmt(x: float | None, spec: str = ".2f") -> str:
         return "n/a" if x is None else format(x, spec)
 
-    print(f"\nTime to a ready display, {args.rounds} interleaved rounds "
-          f"({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f})\n")
+    print(
+        f"\nTime to a ready display, {args.rounds} interleaved rounds "
+        f"({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f})\n"
+    )
     print("| contender | ready means | median ms | min–max ms | × raw | × xvfb-run | errors |")
     print("|---|---|--:|--:|--:|--:|--:|")
     base, xrun = median(BASE), median(XVFB_RUN)
@@ -277,19 +297,25 @@ def main() -> int:
         span = f"{min(values):.1f}–{max(values):.1f}" if values else "n/a"
         vs_raw = fmt(m / base) if m and base else "n/a"
         vs_xrun = fmt(m / xrun) if m and xrun and name in (RUN, XVFB_RUN, FLOOR) else ""
-        print(f"| {name} | {ready} | {fmt(m, '.1f')} | {span} | {vs_raw} | {vs_xrun} | "
-              f"{len(errors[name])} |")
+        print(
+            f"| {name} | {ready} | {fmt(m, '.1f')} | {span} | {vs_raw} | {vs_xrun} | "
+            f"{len(errors[name])} |"
+        )
 
     ok = True
     print()
-    for label, a, b, target in (("xsupervise.Display / raw Xvfb", "xsupervise.Display", BASE, 1.05),
-                                ("xsupervise run / xvfb-run", RUN, XVFB_RUN, 1.25),
-                                ("python floor / xvfb-run", FLOOR, XVFB_RUN, 1.25)):
+    for label, a, b, target in (
+        ("xsupervise.Display / raw Xvfb", "xsupervise.Display", BASE, 1.05),
+        ("xsupervise run / xvfb-run", RUN, XVFB_RUN, 1.25),
+        ("python floor / xvfb-run", FLOOR, XVFB_RUN, 1.25),
+    ):
         ma, mb = median(a), median(b)
         ratio = ma / mb if ma and mb else None
         verdict = "n/a" if ratio is None else ("met" if ratio <= target else "NOT met")
-        print(f"- {label}: {fmt(ratio)} (median of per-round ratios {fmt(paired(a, b))}); "
-              f"target ≤ {target}: **{verdict}**")
+        print(
+            f"- {label}: {fmt(ratio)} (median of per-round ratios {fmt(paired(a, b))}); "
+            f"target ≤ {target}: **{verdict}**"
+        )
     for name, messages in errors.items():
         for message in sorted(set(messages)):
             ok = False
@@ -304,8 +330,10 @@ def main() -> int:
         if paths:
             ok = ok and not name.startswith("xsupervise")
             kind = "FAILURE" if name.startswith("xsupervise") else "note"
-            print(f"- {kind} {name} left {len(paths)} stale X file(s) (removed): "
-                  + ", ".join(f"{path} ×{paths.count(path)}" for path in sorted(set(paths))))
+            print(
+                f"- {kind} {name} left {len(paths)} stale X file(s) (removed): "
+                + ", ".join(f"{path} ×{paths.count(path)}" for path in sorted(set(paths)))
+            )
     if ok:
         print("- no errors; no Xvfb left running; xsupervise left no files behind")
     return 0 if ok else 1

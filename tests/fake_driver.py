@@ -124,20 +124,38 @@ class Run:
 class World:
     """A fake clock and launcher, and every session run against them."""
 
-    def __init__(self, runtime: RuntimeDir, script: Sequence[Behaviour] | Callable[[int], Behaviour]
-                 = (READY,), **settings: Any) -> None:
+    def __init__(
+        self,
+        runtime: RuntimeDir,
+        script: Sequence[Behaviour] | Callable[[int], Behaviour] = (READY,),
+        **settings: Any,
+    ) -> None:
         self.runtime = runtime
         self.clock = FakeClock()
         self.settings = load_settings(settings)
         self.launcher = FakeLauncher(self.clock, self.settings, script)
         self.runs: list[Run] = []
 
-    def session(self, name: str, mode: Mode, *, no_wait: bool = False,
-                on_event: Callable[[Session, str], None] | None = None,
-                number: int | None = None) -> Session:
-        return Session(self.settings, self.runtime, number, name=name, mode=mode,
-                       no_wait=no_wait, clock=self.clock, launcher=self.launcher,
-                       **({"on_event": on_event} if on_event else {}))
+    def session(
+        self,
+        name: str,
+        mode: Mode,
+        *,
+        no_wait: bool = False,
+        on_event: Callable[[Session, str], None] | None = None,
+        number: int | None = None,
+    ) -> Session:
+        return Session(
+            self.settings,
+            self.runtime,
+            number,
+            name=name,
+            mode=mode,
+            no_wait=no_wait,
+            clock=self.clock,
+            launcher=self.launcher,
+            **({"on_event": on_event} if on_event else {}),
+        )
 
     def run(self, session: Session) -> Run:
         run = Run(session, self.clock, self.launcher)

@@ -45,8 +45,13 @@ class Behaviour:
     ``missing``: there is no such server binary (ServerNotFound, nothing spawned).
     """
 
-    def __init__(self, ready_after: float | None = 0.05, lives: float | None = None,
-                 exits_after: float | None = None, missing: bool = False) -> None:
+    def __init__(
+        self,
+        ready_after: float | None = 0.05,
+        lives: float | None = None,
+        exits_after: float | None = None,
+        missing: bool = False,
+    ) -> None:
         self.ready_after, self.lives = ready_after, lives
         self.exits_after, self.missing = exits_after, missing
 
@@ -119,8 +124,12 @@ class FakeLauncher:
     """A launcher (see _clock.Launcher) whose servers follow ``script``: one Behaviour per
     spawn, the last one repeated (or a callable of the spawn's index)."""
 
-    def __init__(self, clock: FakeClock, settings: Settings,
-                 script: Sequence[Behaviour] | Callable[[int], Behaviour]) -> None:
+    def __init__(
+        self,
+        clock: FakeClock,
+        settings: Settings,
+        script: Sequence[Behaviour] | Callable[[int], Behaviour],
+    ) -> None:
         self.clock, self.settings, self.script = clock, settings, script
         self.spawned: list[FakeServer] = []  # every server spawned, in order
         self.servers: dict[int, FakeServer] = {}  # by pidfd
@@ -132,15 +141,24 @@ class FakeLauncher:
             return self.script(index)
         return self.script[min(index, len(self.script) - 1)]
 
-    def __call__(self, settings: Settings, runtime: RuntimeDir, number: int | None, *,
-                 files: SessionFiles | None = None, kind: str = "api",
-                 reclaim: bool = True) -> Generator[Wait, Any, FakeServer]:
+    def __call__(
+        self,
+        settings: Settings,
+        runtime: RuntimeDir,
+        number: int | None,
+        *,
+        files: SessionFiles | None = None,
+        kind: str = "api",
+        reclaim: bool = True,
+    ) -> Generator[Wait, Any, FakeServer]:
         assert files is not None, "sessions always pass their files"
         behaviour = self.behaviour(len(self.spawned) + self.missing)
         if behaviour.missing:
             self.missing += 1
-            raise errors.ServerNotFound("X server '/nonexistent/Xfake' does not exist; install "
-                                        "it (Debian: apt-get install xvfb) or name another.")
+            raise errors.ServerNotFound(
+                "X server '/nonexistent/Xfake' does not exist; install "
+                "it (Debian: apt-get install xvfb) or name another."
+            )
         server = FakeServer(self, FAKE_PIDS + len(self.spawned), files)
         self.spawned.append(server)
         self.servers[server.child.pidfd] = server
@@ -163,16 +181,22 @@ class FakeLauncher:
                 server.dies_at = now + behaviour.lives
             files.save(state="ready", display=server.display)
             return server
-        facts: dict[str, Any] = {"server": "Xfake", "pid": server.pid,
-                                 "elapsed": now - spawned_at, "stderr_tail": "fake: no"}
+        facts: dict[str, Any] = {
+            "server": "Xfake",
+            "pid": server.pid,
+            "elapsed": now - spawned_at,
+            "stderr_tail": "fake: no",
+        }
         if behaviour.exits_after is not None and now >= spawned_at + behaviour.exits_after:
             server.dies_at, server.status = now, 1
             yield from server.stop_steps()
-            raise errors.ServerExited("exited with status 1 before it wrote a display number",
-                                      **facts)
+            raise errors.ServerExited(
+                "exited with status 1 before it wrote a display number", **facts
+            )
         yield from server.stop_steps()
-        raise errors.ReadyTimeout(f"was not ready within the {settings.displayfd_timeout:g} s "
-                                  "deadline", **facts)
+        raise errors.ReadyTimeout(
+            f"was not ready within the {settings.displayfd_timeout:g} s deadline", **facts
+        )
 
     def _new_number(self) -> int:
         self.next_number += 1

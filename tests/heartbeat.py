@@ -38,7 +38,11 @@ class Heartbeat:
         self.task = asyncio.get_running_loop().create_task(self._beat())
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        traceback: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         assert self.task is not None
         self.task.cancel()

@@ -11,17 +11,18 @@ from pathlib import Path
 
 import psutil
 import pytest
+from heartbeat import Heartbeat
 
 import xsupervise
 from conftest import fake_server, read_report, requires_xvfb, wait_gone
-from heartbeat import Heartbeat
 
 MAX_GAP = 0.25  # seconds without a heartbeat: far less than one start of Xvfb, loaded
 
 
 async def xdpyinfo(env: dict[str, str]) -> str:
     process = await asyncio.create_subprocess_exec(
-        "xdpyinfo", env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        "xdpyinfo", env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     out, _ = await process.communicate()
     assert process.returncode == 0
     return out.decode()
@@ -30,8 +31,9 @@ async def xdpyinfo(env: dict[str, str]) -> str:
 @requires_xvfb
 def test_concurrent_starts_in_one_loop(runtime_dir: Path):
     async def main() -> None:
-        displays = [xsupervise.AsyncDisplay(":auto", screen=f"{640 + 16 * i}x480x24")
-                    for i in range(4)]
+        displays = [
+            xsupervise.AsyncDisplay(":auto", screen=f"{640 + 16 * i}x480x24") for i in range(4)
+        ]
         # What a first start imports costs the loop once (~100 ms here), not per start.
         for module in ("xsupervise._aio", "xsupervise._recovery", "xsupervise._stale", "json"):
             importlib.import_module(module)
@@ -110,8 +112,9 @@ def test_a_failed_start_raises_the_documented_error():
 def test_a_second_start_racing_the_first_is_refused(runtime_dir: Path):
     async def main() -> None:
         display = xsupervise.AsyncDisplay(":auto")
-        first, second = await asyncio.gather(display.start(), display.start(),
-                                             return_exceptions=True)
+        first, second = await asyncio.gather(
+            display.start(), display.start(), return_exceptions=True
+        )
         try:
             assert first is display
             assert isinstance(second, RuntimeError) and "already started" in str(second)

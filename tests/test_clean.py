@@ -54,8 +54,9 @@ def clean(*args: str, as_user: int | None = None) -> subprocess.CompletedProcess
         # Outside pytest's 0700 tree, which the other user could not traverse.
         runtime = tempfile.mkdtemp(prefix="xsupervise-other-")
         os.chown(runtime, as_user, as_user)
-        env.update(XDG_RUNTIME_DIR=runtime, HOME=runtime,
-                   PYTHONPATH=str(Path(__file__).parent.parent))
+        env.update(
+            XDG_RUNTIME_DIR=runtime, HOME=runtime, PYTHONPATH=str(Path(__file__).parent.parent)
+        )
         argv = ["setpriv", f"--reuid={as_user}", f"--regid={as_user}", "--clear-groups", *argv]
     try:
         return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
@@ -127,8 +128,12 @@ def test_live_server_whose_socket_file_was_deleted_is_left_alone(numbers):
         assert os.path.exists(lock)
         os.unlink(lock)
         # Still served through its abstract socket, and never killed.
-        assert subprocess.run(["xdpyinfo"], env={**os.environ, **display.env},
-                              capture_output=True).returncode == 0
+        assert (
+            subprocess.run(
+                ["xdpyinfo"], env={**os.environ, **display.env}, capture_output=True
+            ).returncode
+            == 0
+        )
 
 
 def test_planted_symlink_is_never_followed(numbers, tmp_path: Path):

@@ -13,8 +13,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import (XSUPERVISE, fake_server, free_display_number, read_line, requires_xvfb,
-                      start_cli, wait_gone)
+from conftest import (
+    XSUPERVISE,
+    fake_server,
+    free_display_number,
+    read_line,
+    requires_xvfb,
+    start_cli,
+    wait_gone,
+)
 from xsupervise._cli import main
 from xsupervise._stale import bound_abstract_displays
 
@@ -25,8 +32,12 @@ def announced(process: subprocess.Popen) -> dict[str, str]:
 
 
 def xdpyinfo_ok(env: dict[str, str]) -> bool:
-    return subprocess.run(["xdpyinfo"], env={**os.environ, **env}, capture_output=True,
-                          timeout=30).returncode == 0
+    return (
+        subprocess.run(
+            ["xdpyinfo"], env={**os.environ, **env}, capture_output=True, timeout=30
+        ).returncode
+        == 0
+    )
 
 
 @requires_xvfb
@@ -40,10 +51,12 @@ def _serve_until_sigterm(process: subprocess.Popen, runtime_dir: Path) -> None:
     assert env["DISPLAY"].startswith(":")
     assert xdpyinfo_ok(env)
     assert not xdpyinfo_ok({"DISPLAY": env["DISPLAY"], "XAUTHORITY": "/dev/null"})
-    listing = json.loads(subprocess.run([*XSUPERVISE, "list", "--json"], capture_output=True,
-                                        check=True).stdout)
-    assert [(entry["display"], entry["state"], entry["supervisor_pid"]) for entry in listing] \
-        == [(env["DISPLAY"], "ready", process.pid)]
+    listing = json.loads(
+        subprocess.run([*XSUPERVISE, "list", "--json"], capture_output=True, check=True).stdout
+    )
+    assert [(entry["display"], entry["state"], entry["supervisor_pid"]) for entry in listing] == [
+        (env["DISPLAY"], "ready", process.pid)
+    ]
     server_pid = listing[0]["server_pid"]
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
@@ -57,8 +70,9 @@ def _serve_until_sigterm(process: subprocess.Popen, runtime_dir: Path) -> None:
 def test_start_explicit_number_json_displayfd_and_stop():
     number = free_display_number()
     read_fd, write_fd = os.pipe()
-    with start_cli("start", f":{number}", "--json", "--displayfd", str(write_fd),
-                   pass_fds=(write_fd,)) as process:
+    with start_cli(
+        "start", f":{number}", "--json", "--displayfd", str(write_fd), pass_fds=(write_fd,)
+    ) as process:
         os.close(write_fd)
         _stop_by_number(process, number, read_fd)
 
@@ -87,9 +101,19 @@ def test_stop_of_unknown_display_exits_6(capsys):
 
 @requires_xvfb
 def test_run_passes_exit_status_and_display_through():
-    result = subprocess.run([*XSUPERVISE, "run", "--", "sh", "-c",
-                             'xdpyinfo >/dev/null && echo "$DISPLAY $XAUTHORITY"; exit 7'],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            *XSUPERVISE,
+            "run",
+            "--",
+            "sh",
+            "-c",
+            'xdpyinfo >/dev/null && echo "$DISPLAY $XAUTHORITY"; exit 7',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 7, result.stderr
     display, xauthority = result.stdout.split()
     assert display.startswith(":") and xauthority.endswith(".xauth")
@@ -100,8 +124,12 @@ def test_run_passes_exit_status_and_display_through():
 def test_run_reports_128_plus_signal_and_missing_commands():
     killed = subprocess.run([*XSUPERVISE, "run", "--", "sh", "-c", "kill -KILL $$"], timeout=60)
     assert killed.returncode == 128 + signal.SIGKILL
-    missing = subprocess.run([*XSUPERVISE, "run", "--", "no-such-command-xyz"],
-                             capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [*XSUPERVISE, "run", "--", "no-such-command-xyz"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 127
     assert "'no-such-command-xyz' was not found" in missing.stderr
 
@@ -109,10 +137,12 @@ def test_run_reports_128_plus_signal_and_missing_commands():
 @requires_xvfb
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_run_forwards_stop_signals_to_the_command(signum: int):
-    catcher = ("import signal, sys\n"
-               "signal.signal(%d, lambda *a: sys.exit(42))\n"
-               "print('ready', flush=True)\n"
-               "signal.pause()\n" % signum)
+    catcher = (
+        "import signal, sys\n"
+        f"signal.signal({int(signum)}, lambda *a: sys.exit(42))\n"
+        "print('ready', flush=True)\n"
+        "signal.pause()\n"
+    )
     with start_cli("run", "--", sys.executable, "-c", catcher) as process:
         assert read_line(process.stdout) == "ready\n"
         process.send_signal(signum)
@@ -137,8 +167,22 @@ def test_exit_with_parent_tears_down_cleanly_when_the_parent_is_sigkilled(runtim
     # The parent is a shell, as jupyter-server-proxy would be a Jupyter server: it dies by
     # SIGKILL, and its xsupervise child (orphaned to us, see conftest) must stop on its own.
     parent = subprocess.Popen(
-        ["sh", "-c", '"$@" & wait', "sh", *XSUPERVISE, "start", "--json", "--exit-with-parent",
-         "--", "sleep", "300"], stdout=subprocess.PIPE, bufsize=0)
+        [
+            "sh",
+            "-c",
+            '"$@" & wait',
+            "sh",
+            *XSUPERVISE,
+            "start",
+            "--json",
+            "--exit-with-parent",
+            "--",
+            "sleep",
+            "300",
+        ],
+        stdout=subprocess.PIPE,
+        bufsize=0,
+    )
     with parent:
         facts = json.loads(read_line(parent.stdout))
         parent.kill()
@@ -160,10 +204,24 @@ def test_exit_with_parent_starts_nothing_if_the_parent_is_already_gone(tmp_path:
     report = tmp_path / "report"
     gone = subprocess.Popen(["true"])
     gone.wait()
-    result = subprocess.run([*XSUPERVISE, "start", "--exit-with-parent", "--parent-pid",
-                             str(gone.pid), "--server", fake_server("slow=0"), "--", "sleep",
-                             "300"], capture_output=True, text=True, timeout=30,
-                            env={**os.environ, "FAKE_X_REPORT": str(report)})
+    result = subprocess.run(
+        [
+            *XSUPERVISE,
+            "start",
+            "--exit-with-parent",
+            "--parent-pid",
+            str(gone.pid),
+            "--server",
+            fake_server("slow=0"),
+            "--",
+            "sleep",
+            "300",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "FAKE_X_REPORT": str(report)},
+    )
     assert result.returncode == 128 + signal.SIGTERM
     assert f"parent pid {gone.pid} exited before we started" in result.stderr
     assert not report.exists()  # no X server was spawned
@@ -174,9 +232,12 @@ def test_what_command_leaves_running_is_stopped_too(tmp_path: Path):
     # COMMAND starts a background child and exits: the child is orphaned, adopted by the
     # supervisor (a subreaper), and stopped with the display instead of outliving it.
     pidfile = tmp_path / "orphan"
-    result = subprocess.run([*XSUPERVISE, "run", "--", "sh", "-c",
-                             f"sleep 300 & echo $! > {pidfile}"],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [*XSUPERVISE, "run", "--", "sh", "-c", f"sleep 300 & echo $! > {pidfile}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     orphan = int(pidfile.read_text())
     assert not psutil.pid_exists(orphan)
@@ -185,8 +246,10 @@ def test_what_command_leaves_running_is_stopped_too(tmp_path: Path):
 
 @requires_xvfb
 def test_a_command_that_ignores_sigterm_gets_sigkill_after_the_grace():
-    stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-                "print('ignoring TERM', flush=True); time.sleep(300)")
+    stubborn = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ignoring TERM', flush=True); time.sleep(300)"
+    )
     with start_cli("start", "--kill-grace", "0.5", "--", sys.executable, "-c", stubborn) as process:
         assert read_line(process.stdout).startswith("DISPLAY=")
         read_line(process.stdout)  # XAUTHORITY=
@@ -202,9 +265,16 @@ def test_twenty_parallel_runs_get_distinct_working_displays():
     # Each command reports its display once it works, then holds it until we close its stdin,
     # so all twenty displays are up at the same time.
     hold = 'xdpyinfo >/dev/null && echo "$DISPLAY" && { read _; exit 0; }'
-    processes = [subprocess.Popen([*XSUPERVISE, "run", "--", "sh", "-c", hold],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, bufsize=0) for _ in range(20)]
+    processes = [
+        subprocess.Popen(
+            [*XSUPERVISE, "run", "--", "sh", "-c", hold],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+        )
+        for _ in range(20)
+    ]
     try:
         displays = [read_line(process.stdout, timeout=60).strip() for process in processes]
     finally:
@@ -250,8 +320,7 @@ def test_help_teaches_examples_and_exit_codes(capsys):
     with pytest.raises(SystemExit):
         main(["start", "--help"])
     text = capsys.readouterr().out
-    for words in ("xsupervise start :auto", "XSUPERVISE_DISPLAYFD_TIMEOUT", "exit codes:",
-                  "128+N"):
+    for words in ("xsupervise start :auto", "XSUPERVISE_DISPLAYFD_TIMEOUT", "exit codes:", "128+N"):
         assert words in text
 
 
@@ -283,7 +352,11 @@ def test_exit_codes_are_named_once_and_each_is_explained_in_the_help():
     assert errors.NoSuchSession.exit_code is ExitCode.NO_SUCH_SESSION
     assert errors.SessionFailed.exit_code is ExitCode.SESSION_FAILED
     assert ExitCode.signalled(signal.SIGKILL) == 137
-    documented = {int(word.rstrip(":")) for line in EXIT_CODES.splitlines()
-                  for word in line.split() if word.rstrip(":").isdigit()}
+    documented = {
+        int(word.rstrip(":"))
+        for line in EXIT_CODES.splitlines()
+        for word in line.split()
+        if word.rstrip(":").isdigit()
+    }
     # FAILURE (1) is for 'clean' (its own epilog says so) and unforeseen failures.
     assert {int(code) for code in ExitCode} - {ExitCode.FAILURE} <= documented

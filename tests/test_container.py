@@ -1,6 +1,7 @@
 """Containers (issue 15, items 6 and 7): the `check` probe against a real Xvfb, the Dockerfile
 (hadolint; its CMD as PID 1 of a fresh PID namespace), the Kubernetes manifests (schemas; the
-sidecar's command against a real Xvfb), and (tests/system/) the boot test under a real systemd as PID 1."""
+sidecar's command against a real Xvfb); tests/system/ holds the boot test under a real
+systemd as PID 1."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import XSUPERVISE, free_display_number, read_line, requires_xvfb, start_cli
 
-from xsupervise._check import check, main
+from conftest import XSUPERVISE, free_display_number, read_line, requires_xvfb, start_cli
+from xsupervise._check import check
+from xsupervise._cli import main as cli_main
 from xsupervise._stale import bound_abstract_displays
 from xsupervise._x11 import xauthority_entry
 
@@ -104,18 +106,27 @@ def test_check_refuses_a_wrong_cookie(display, tmp_path, monkeypatch):
 def test_check_no_such_display_or_name_is_one_line(monkeypatch, capsys):
     monkeypatch.delenv("XAUTHORITY", raising=False)
     number = free_display_number()
-    assert main([f":{number}", "--timeout", "1"]) == 6
-    assert main(["no-such-session"]) == 6
+    assert cli_main(["check", f":{number}", "--timeout", "1"]) == 6
+    assert cli_main(["check", "no-such-session"]) == 6
     monkeypatch.setenv("XAUTHORITY", "/dev/null")
-    assert main([f":{number}"]) == 1  # not ours, but checked with the given cookie: no socket
+    assert (
+        cli_main(["check", f":{number}"]) == 1
+    )  # not ours, but checked with the given cookie: no socket
     monkeypatch.setenv("DISPLAY", f"remote:{number}")
-    assert main([]) == 2
+    assert (
+        cli_main(
+            [
+                "check",
+            ]
+        )
+        == 2
+    )
     out, err = capsys.readouterr()
     assert out == ""
     lines = err.splitlines()
     assert len(lines) == 4 and all(line.startswith("xsupervise: ") for line in lines), err
     with pytest.raises(SystemExit):
-        main(["--timeout", "0"])
+        cli_main(["check", "--timeout", "0"])
 
 
 # -- Dockerfile ------------------------------------------------------------------------------
@@ -161,17 +172,8 @@ def test_dockerfile_runs_start_as_pid1_in_exec_form():
 
 
 def _installed(argv: list[str]) -> list[str]:
-    """An image's `xsupervise ...` argv, run with this checkout (`check` through its module
-    until the CLI lists it)."""
+    """An image's `xsupervise ...` argv, run with this checkout."""
     assert argv[0] == "xsupervise"
-    if (
-        argv[1] == "check"
-        and subprocess.run(
-            [*XSUPERVISE, "check", "--help"], check=False, capture_output=True
-        ).returncode
-        != 0
-    ):
-        return [sys.executable, "-m", "xsupervise._check", *argv[2:]]
     return [str(VENV_BIN / "xsupervise"), *argv[1:]]
 
 
@@ -243,7 +245,6 @@ def test_docker_cmd_as_pid1_is_healthy_and_stops_cleanly_on_sigterm():
 @requires_root
 @requires_xvfb
 @pytest.mark.skipif(shutil.which("nsenter") is None, reason="nsenter (util-linux) missing")
-@pytest.mark.xfail(strict=True, reason="needs orphan reaping as PID 1 in _foreground")
 def test_docker_cmd_as_pid1_reaps_orphans():
     number = free_display_number()
     pid1 = _Pid1(number)
@@ -319,7 +320,7 @@ def test_manifests_validate_against_the_kubernetes_schemas(version):
     documents = _yaml_documents()
     assert {"pod.yaml", "job.yaml"} <= {name for name, _ in documents}
     assert any(name.startswith("docs/") for name, _ in documents)
-    for name, document in documents:
+    for _name, document in documents:
         validate.validate(document, version, True)  # raises ValidationError, naming the field
     with pytest.raises(validate.ValidationError):  # no native sidecars before 1.28
         validate.validate(documents[0][1], "1.27.0", True)

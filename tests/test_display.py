@@ -14,14 +14,14 @@ import psutil
 import pytest
 
 import xsupervise
-from conftest import (FAKE_X, fake_server, free_display_number, read_report, requires_xvfb,
-                      wait_gone)
+from conftest import FAKE_X, fake_server, free_display_number, read_report, requires_xvfb, wait_gone
 from xsupervise._stale import bound_abstract_displays
 
 
 def xdpyinfo(env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(["xdpyinfo"], env={**os.environ, **env}, capture_output=True, text=True,
-                          timeout=30)
+    return subprocess.run(
+        ["xdpyinfo"], env={**os.environ, **env}, capture_output=True, text=True, timeout=30
+    )
 
 
 def assert_gone(pid: int) -> None:
@@ -31,9 +31,21 @@ def assert_gone(pid: int) -> None:
 
 def test_public_names_are_exported():
     assert set(xsupervise.__all__) == {
-        "Display", "AsyncDisplay", "XSuperviseError", "UsageError", "EnvironmentProblem", "ServerNotFound",
-        "RuntimeDirError", "StartError", "ServerExited", "BadDisplayFd", "NotServing",
-        "ReadyTimeout", "NoSuchSession", "SessionFailed"}
+        "Display",
+        "AsyncDisplay",
+        "XSuperviseError",
+        "UsageError",
+        "EnvironmentProblem",
+        "ServerNotFound",
+        "RuntimeDirError",
+        "StartError",
+        "ServerExited",
+        "BadDisplayFd",
+        "NotServing",
+        "ReadyTimeout",
+        "NoSuchSession",
+        "SessionFailed",
+    }
     for name in xsupervise.__all__:
         assert getattr(xsupervise, name)
 
@@ -69,10 +81,9 @@ def test_explicit_display_number():
 
 @requires_xvfb
 def test_exception_inside_block_still_tears_down():
-    with pytest.raises(ZeroDivisionError):
-        with xsupervise.Display() as display:
-            pid = display.server_pid
-            1 / 0
+    with pytest.raises(ZeroDivisionError), xsupervise.Display() as display:
+        pid = display.server_pid
+        1 / 0
     assert_gone(pid)
 
 
@@ -82,8 +93,9 @@ def test_taken_number_fails_with_the_servers_own_words():
         with pytest.raises(xsupervise.ServerExited) as failure:
             xsupervise.Display(first.display).start()
         assert "Cannot establish any listening sockets" in failure.value.stderr_tail
-        assert f"Display {first.display} is already served by another X server" \
-            in str(failure.value)
+        assert f"Display {first.display} is already served by another X server" in str(
+            failure.value
+        )
         assert xdpyinfo(first.env).returncode == 0  # the first one is untouched
 
 
@@ -103,8 +115,7 @@ def test_never_ready_server_is_killed_at_the_deadline(tmp_path: Path, monkeypatc
     assert_gone(pid)
 
 
-def test_server_that_exits_is_reported_at_its_exit_not_at_the_deadline(tmp_path: Path,
-                                                                         monkeypatch):
+def test_server_that_exits_is_reported_at_its_exit_not_at_the_deadline(tmp_path: Path, monkeypatch):
     report = tmp_path / "report"
     monkeypatch.setenv("FAKE_X_REPORT", str(report))
     with pytest.raises(xsupervise.ServerExited) as failure:
@@ -123,10 +134,13 @@ def test_exit_at_once_carries_the_servers_last_output():
     assert failure.value.exit_code == 3
 
 
-@pytest.mark.parametrize("mode, words", [
-    ("garbage", "wrote b'hello\\n' to -displayfd, not a display number"),
-    ("close", "closed -displayfd without writing a display number"),
-])
+@pytest.mark.parametrize(
+    "mode, words",
+    [
+        ("garbage", "wrote b'hello\\n' to -displayfd, not a display number"),
+        ("close", "closed -displayfd without writing a display number"),
+    ],
+)
 def test_bad_displayfd_output_is_a_failure(mode: str, words: str):
     with pytest.raises(xsupervise.BadDisplayFd) as failure:
         xsupervise.Display(server=fake_server(mode), timeout=5).start()
@@ -227,10 +241,10 @@ def test_bad_display_requests_are_usage_errors():
 
 def test_launch_steps_closed_half_way_kill_their_server():
     """An event loop that drops a start (e.g. cancelled) closes the generator: no leak."""
-    from xsupervise._settings import Settings
     from xsupervise._launcher import launch_steps
     from xsupervise._paths import RuntimeDir
     from xsupervise._records import load_records
+    from xsupervise._settings import Settings
 
     runtime = RuntimeDir.discover()
     steps = launch_steps(Settings(server=(FAKE_X, "never")), runtime)

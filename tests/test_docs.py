@@ -28,8 +28,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import XSUPERVISE, read_line, requires_xvfb, start_cli
 
+from conftest import XSUPERVISE, read_line, requires_xvfb, start_cli
 from xsupervise import _errors
 from xsupervise._cli import _build_parser  # the CLI's parser builder
 from xsupervise._settings import FIELDS, env_name, flag_name

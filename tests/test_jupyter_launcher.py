@@ -29,7 +29,9 @@ import xsupervise.jupyter
 from conftest import XSUPERVISE, fake_server, requires_xvfb, wait_gone
 
 pytest.importorskip("jupyter_server", reason="needs the test extras: pip install -e '.[test]'")
-pytest.importorskip("jupyter_server_proxy", reason="needs the test extras: pip install -e '.[test]'")
+pytest.importorskip(
+    "jupyter_server_proxy", reason="needs the test extras: pip install -e '.[test]'"
+)
 
 TOKEN = "xsupervise-test-token"
 BASE_URL = "/user/tester/"
@@ -45,20 +47,34 @@ def example_installed():
 class JupyterServer:
     """``jupyter server`` on loopback, with its own config, data and runtime directories."""
 
-    def __init__(self, tmp_path: Path, environment: dict[str, str] | None = None,
-                 debug: bool = False):
+    def __init__(
+        self, tmp_path: Path, environment: dict[str, str] | None = None, debug: bool = False
+    ):
         env = dict(os.environ, **(environment or {}))
         for name in ("config", "data", "runtime"):
             env[f"JUPYTER_{name.upper()}_DIR"] = str(tmp_path / f"jupyter-{name}")
         self.log: list[str] = []
         self._running = threading.Event()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser",
-             "--ServerApp.ip=127.0.0.1", "--ServerApp.port=0",
-             f"--IdentityProvider.token={TOKEN}", f"--ServerApp.base_url={BASE_URL}",
-             f"--ServerApp.root_dir={tmp_path}", *(["--debug"] if debug else [])],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True)
+            [
+                sys.executable,
+                "-m",
+                "jupyter_server",
+                "--allow-root",
+                "--no-browser",
+                "--ServerApp.ip=127.0.0.1",
+                "--ServerApp.port=0",
+                f"--IdentityProvider.token={TOKEN}",
+                f"--ServerApp.base_url={BASE_URL}",
+                f"--ServerApp.root_dir={tmp_path}",
+                *(["--debug"] if debug else []),
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         # Read its log all along (a full pipe would block it); the event is the line that
         # follows "is running at" and gives the URL, with the port it bound.
         self.url = ""
@@ -90,8 +106,9 @@ class JupyterServer:
                 self._running.set()
 
     def get(self, path: str, timeout: float) -> tuple[int, bytes]:
-        request = urllib.request.Request(self.url + BASE_URL + path,
-                                         headers={"Authorization": f"token {TOKEN}"})
+        request = urllib.request.Request(
+            self.url + BASE_URL + path, headers={"Authorization": f"token {TOKEN}"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.status, response.read()
@@ -118,8 +135,9 @@ def supervisors_of(jupyter: JupyterServer) -> list[psutil.Process]:
 
 
 @requires_xvfb
-def test_the_example_answers_through_jupyter_with_the_real_displays_facts(tmp_path: Path,
-                                                                          runtime_dir: Path):
+def test_the_example_answers_through_jupyter_with_the_real_displays_facts(
+    tmp_path: Path, runtime_dir: Path
+):
     jupyter = JupyterServer(tmp_path)
     try:
         # The launcher's own path: jupyter-server-proxy starts it on first request.
@@ -127,14 +145,19 @@ def test_the_example_answers_through_jupyter_with_the_real_displays_facts(tmp_pa
         assert status == 200, body
         facts = json.loads(body)
         # The display xsupervise verified and records, and the one the app's X client asked.
-        listing = json.loads(subprocess.run([*XSUPERVISE, "list", "--json"], check=True,
-                                            capture_output=True, text=True).stdout)
+        listing = json.loads(
+            subprocess.run(
+                [*XSUPERVISE, "list", "--json"], check=True, capture_output=True, text=True
+            ).stdout
+        )
         [record] = [r for r in listing if r["name"] == SESSION_NAME]
         assert facts["display"] == record["display"]
         assert (facts["width"], facts["height"], facts["depth"]) == (1024, 768, 24)
         assert facts["vendor"] == "The X.Org Foundation" and facts["screens"] == 1
         [supervisor] = supervisors_of(jupyter)
-        assert supervisor.ppid() == jupyter.process.pid and supervisor.pid == record["supervisor_pid"]
+        assert (
+            supervisor.ppid() == jupyter.process.pid and supervisor.pid == record["supervisor_pid"]
+        )
         server = psutil.Process(record["server_pid"])
         assert server.ppid() == supervisor.pid and Path(server.exe()).name == "Xvfb"
 
@@ -213,13 +236,16 @@ def test_a_never_ready_x_server_cannot_storm_through_jupyter(tmp_path: Path, run
     spawns = sum(1 for line in report.read_text().splitlines() if line.startswith("pid="))
     launches = sum(f"Started {STORM_LAUNCHER}" in line for line in jupyter.log)
     budget = int(environment["XSUPERVISE_START_LIMIT_BURST"]) + 1  # then FAILED for 300 s
-    assert 1 <= spawns <= budget, f"{spawns} X servers spawned in {STORM_SECONDS:g} s " \
-                                  f"(budget {budget})"
+    assert 1 <= spawns <= budget, (
+        f"{spawns} X servers spawned in {STORM_SECONDS:g} s (budget {budget})"
+    )
     # The proxy did relaunch its child many times, and did give up on one at its timeout.
     assert launches >= 3, f"jupyter-server-proxy launched xsupervise only {launches} times"
     gave_up = sum(f"could not start {STORM_LAUNCHER} in time" in line for line in jupyter.log)
-    print(f"{len(statuses)} requests, {launches} launches of xsupervise, {gave_up} proxy "
-          f"timeouts, {spawns} X servers spawned")
+    print(
+        f"{len(statuses)} requests, {launches} launches of xsupervise, {gave_up} proxy "
+        f"timeouts, {spawns} X servers spawned"
+    )
     assert gave_up >= 1, "the proxy never reached its timeout: the window did not cover it"
     for process in family:
         assert wait_gone(process.pid, timeout=15), f"{process.pid} outlived Jupyter"
@@ -245,9 +271,14 @@ def relaunch_for(command: list[str], seconds: float) -> None:
         return False
 
     async def main() -> None:
-        process = SupervisedProcess("launcher", *command, ready_func=never_ready,
-                                    ready_timeout=seconds, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
+        process = SupervisedProcess(
+            "launcher",
+            *command,
+            ready_func=never_ready,
+            ready_timeout=seconds,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         await process.start()
         assert not await process.ready()
         if process.running:
@@ -258,13 +289,15 @@ def relaunch_for(command: list[str], seconds: float) -> None:
 
 @pytest.mark.realtime
 @requires_xvfb
-def test_an_app_that_crashes_at_once_spends_the_budget(tmp_path: Path, runtime_dir: Path,
-                                                       monkeypatch: pytest.MonkeyPatch):
+def test_an_app_that_crashes_at_once_spends_the_budget(
+    tmp_path: Path, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
     """An app that exits 1 as soon as it starts (port taken, ImportError...): each relaunch
     would start a fresh X server at once. With --relaunched, its failures back off."""
     report = tmp_path / "x-spawns"
     spec = xsupervise.jupyter.server_process(
-        "crash", ["sh", "-c", "exit 1"], server=fake_server("slow=0").split())  # a real Xvfb
+        "crash", ["sh", "-c", "exit 1"], server=fake_server("slow=0").split()
+    )  # a real Xvfb
     command = [arg.format(port=0, unix_socket="", base_url="/") for arg in spec["command"]]
     monkeypatch.setenv("FAKE_X_REPORT", str(report))
     monkeypatch.setenv("XSUPERVISE_BACKOFF_INITIAL", RELAUNCH_BACKOFF)
@@ -279,10 +312,17 @@ def test_an_app_that_crashes_at_once_spends_the_budget(tmp_path: Path, runtime_d
 @pytest.mark.realtime
 def test_a_missing_x_server_spends_the_budget_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     launches = tmp_path / "launches"
-    wrapper = ["sh", "-c", f'echo launch >> {launches}; exec "$0" "$@"', sys.executable, "-m",
-               "xsupervise"]
-    spec = xsupervise.jupyter.server_process("nox", ["true"], server="/nonexistent/Xvfb",
-                                             xsupervise=wrapper)
+    wrapper = [
+        "sh",
+        "-c",
+        f'echo launch >> {launches}; exec "$0" "$@"',
+        sys.executable,
+        "-m",
+        "xsupervise",
+    ]
+    spec = xsupervise.jupyter.server_process(
+        "nox", ["true"], server="/nonexistent/Xvfb", xsupervise=wrapper
+    )
     command = [arg.format(port=0, unix_socket="", base_url="/") for arg in spec["command"]]
     monkeypatch.setenv("XSUPERVISE_BACKOFF_INITIAL", RELAUNCH_BACKOFF)
     relaunch_for(command, RELAUNCH_SECONDS)

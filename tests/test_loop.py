@@ -17,10 +17,10 @@ from typing import Self
 
 import psutil
 import pytest
-from conftest import FAKE_X, fake_server, read_report, requires_xvfb
 from heartbeat import Heartbeat
 
 import xsupervise
+from conftest import FAKE_X, fake_server, read_report, requires_xvfb
 
 GRACE = 1.0  # the kill grace of the servers in these tests
 MAX_GAP = 0.4  # the longest the heartbeat may wait: well under GRACE, which a blocked loop costs
@@ -59,12 +59,14 @@ async def stop_it(pid: int) -> None:
     """SIGSTOP our child ``pid`` and return once it is stopped (waitid, in a thread)."""
     os.kill(pid, signal.SIGSTOP)
     await asyncio.get_running_loop().run_in_executor(
-        None, os.waitid, os.P_PID, pid, os.WSTOPPED | os.WNOWAIT)
+        None, os.waitid, os.P_PID, pid, os.WSTOPPED | os.WNOWAIT
+    )
 
 
 @requires_xvfb
 def test_a_stopped_server_is_stopped_and_reaped_without_blocking_the_loop(
-        runtime_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    runtime_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger="xsupervise")
 
     async def main() -> tuple[int, float, float]:
@@ -87,7 +89,8 @@ def test_a_stopped_server_is_stopped_and_reaped_without_blocking_the_loop(
 
 @requires_xvfb
 def test_a_server_that_outlives_sigkill_is_named_and_awaited_without_blocking(
-        runtime_dir: Path) -> None:
+    runtime_dir: Path,
+) -> None:
     """Stuck in the kernel (D state): SIGKILL is pending until it leaves. Simulated by a
     stopped server whose SIGKILL we hold back until the stuck line was logged."""
 
@@ -99,8 +102,9 @@ def test_a_server_that_outlives_sigkill_is_named_and_awaited_without_blocking(
                 assert server is not None
                 child, pid = server.child, server.pid
                 real_signal = child.signal
-                child.signal = lambda signum: None if signum == signal.SIGKILL \
-                    else real_signal(signum)  # type: ignore[method-assign]
+                child.signal = lambda signum: (
+                    None if signum == signal.SIGKILL else real_signal(signum)
+                )  # type: ignore[method-assign]
                 await stop_it(pid)
                 beat.reset()
                 stopping = asyncio.create_task(display.stop())
@@ -115,22 +119,26 @@ def test_a_server_that_outlives_sigkill_is_named_and_awaited_without_blocking(
     assert gap < MAX_GAP, f"the loop was blocked for {gap:.2f} s"
     assert status == -signal.SIGKILL
     assert not psutil.pid_exists(pid)
-    line = (f"Xvfb (pid {pid}) has not exited {GRACE:.1f} s after SIGKILL: it is stuck in the "
-            "kernel (D state: a hung disk, network filesystem or device); still waiting for it, "
-            "without blocking.")
+    line = (
+        f"Xvfb (pid {pid}) has not exited {GRACE:.1f} s after SIGKILL: it is stuck in the "
+        "kernel (D state: a hung disk, network filesystem or device); still waiting for it, "
+        "without blocking."
+    )
     assert lines == [line]
     assert list((runtime_dir / "sessions").iterdir()) == []
 
 
-def test_a_server_slow_to_die_does_not_block_the_loop(tmp_path: Path, runtime_dir: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_server_slow_to_die_does_not_block_the_loop(
+    tmp_path: Path, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     report = tmp_path / "report"
     monkeypatch.setenv("FAKE_X_REPORT", str(report))
 
     async def main() -> tuple[float, float]:
         async with Heartbeat() as beat:
-            display = xsupervise.AsyncDisplay(server=fake_server("ignore-term"), timeout=30,
-                                              kill_grace=GRACE)
+            display = xsupervise.AsyncDisplay(
+                server=fake_server("ignore-term"), timeout=30, kill_grace=GRACE
+            )
             starting = asyncio.create_task(display.start())
             await wait_until(lambda: "ignoring" in read_report(report))
             beat.reset()
@@ -154,8 +162,10 @@ def _abandoned_server(tmp_path: Path, runtime_dir: Path) -> tuple[subprocess.Pop
     from xsupervise._records import SessionRecord
 
     report = tmp_path / "abandoned"
-    server = subprocess.Popen([sys.executable, FAKE_X, "-displayfd", "2", "ignore-term"],
-                              env={**os.environ, "FAKE_X_REPORT": str(report)})
+    server = subprocess.Popen(
+        [sys.executable, FAKE_X, "-displayfd", "2", "ignore-term"],
+        env={**os.environ, "FAKE_X_REPORT": str(report)},
+    )
     supervisor = subprocess.Popen(["cat"], stdin=subprocess.PIPE)
     supervisor_ticks = start_ticks(supervisor.pid)  # alive until we close its stdin
     supervisor.communicate()
@@ -164,23 +174,32 @@ def _abandoned_server(tmp_path: Path, runtime_dir: Path) -> tuple[subprocess.Pop
         assert time.monotonic() < deadline, "the abandoned server never started"
         time.sleep(0.01)
     token = f"{supervisor.pid}.{supervisor_ticks}-0badf00d"
-    SessionRecord(token=token, name="abandoned", kind="cli", supervisor_pid=supervisor.pid,
-                  supervisor_ticks=supervisor_ticks, server_pid=server.pid,
-                  server_ticks=start_ticks(server.pid)).save(RuntimeDir.create(str(runtime_dir)))
+    SessionRecord(
+        token=token,
+        name="abandoned",
+        kind="cli",
+        supervisor_pid=supervisor.pid,
+        supervisor_ticks=supervisor_ticks,
+        server_pid=server.pid,
+        server_ticks=start_ticks(server.pid),
+    ).save(RuntimeDir.create(str(runtime_dir)))
     return server, token
 
 
 @requires_xvfb
 def test_crash_recovery_during_an_async_start_runs_off_the_loop(
-        tmp_path: Path, runtime_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, runtime_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="xsupervise")
     abandoned, token = _abandoned_server(tmp_path, runtime_dir)
     try:
+
         async def main() -> tuple[float, float, int | None]:
             async with Heartbeat() as beat:
                 started = time.monotonic()
-                async with xsupervise.AsyncDisplay(kill_grace=GRACE,
-                                                   runtime_dir=str(runtime_dir)) as display:
+                async with xsupervise.AsyncDisplay(
+                    kill_grace=GRACE, runtime_dir=str(runtime_dir)
+                ) as display:
                     took, gap = time.monotonic() - started, beat.max_gap
                     assert display.server_pid != abandoned.pid
                     return took, gap, abandoned.poll()  # recovery waited for its exit
@@ -193,8 +212,10 @@ def test_crash_recovery_during_an_async_start_runs_off_the_loop(
     assert status == -signal.SIGKILL, "recovery SIGKILLs a server that resists SIGTERM"
     assert took >= GRACE, "the start waited for the recovery"
     assert gap < MAX_GAP, f"the loop was blocked for {gap:.2f} s"
-    assert (f"stopped X server pid {abandoned.pid} of abandoned: its supervisor pid "
-            f"{token.split('.')[0]} is gone.") in caplog.text
+    assert (
+        f"stopped X server pid {abandoned.pid} of abandoned: its supervisor pid "
+        f"{token.split('.')[0]} is gone."
+    ) in caplog.text
     assert list((runtime_dir / "sessions").iterdir()) == []
 
 
@@ -207,15 +228,17 @@ def _term_pending(pid: int) -> bool:
     return False
 
 
-def test_a_second_cancel_during_the_grace_kills_at_once(tmp_path: Path, runtime_dir: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_second_cancel_during_the_grace_kills_at_once(
+    tmp_path: Path, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     report = tmp_path / "report"
     monkeypatch.setenv("FAKE_X_REPORT", str(report))
 
     async def main() -> tuple[int, float, float]:
         async with Heartbeat() as beat:
-            display = xsupervise.AsyncDisplay(server=fake_server("never"), timeout=60,
-                                              kill_grace=60)
+            display = xsupervise.AsyncDisplay(
+                server=fake_server("never"), timeout=60, kill_grace=60
+            )
             starting = asyncio.create_task(display.start())
             await wait_until(lambda: "pid" in read_report(report))
             pid = int(read_report(report)["pid"])

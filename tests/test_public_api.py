@@ -60,11 +60,6 @@ def test_unknown_attribute_is_an_attribute_error() -> None:
         _ = xsupervise.Displya
 
 
-@pytest.mark.xfail(
-    not hasattr(client, "__all__"),
-    strict=True,
-    reason="client.py's __all__ comes with the protocol branch",
-)
 def test_client_exports_exactly_its_api() -> None:
     assert client.__all__ == CLIENT_API
     for name in CLIENT_API:

@@ -14,8 +14,18 @@ import pytest
 
 from conftest import XSUPERVISE, fake_server, read_line, requires_xvfb, start_cli, wait_gone
 
-FAST_POLICY = ["--backoff-initial", "0.2", "--reset-after", "30", "--start-limit-burst", "3",
-               "--start-limit-interval", "60", "--failed-cooldown", "300"]
+FAST_POLICY = [
+    "--backoff-initial",
+    "0.2",
+    "--reset-after",
+    "30",
+    "--start-limit-burst",
+    "3",
+    "--start-limit-interval",
+    "60",
+    "--failed-cooldown",
+    "300",
+]
 
 
 def read_until(stream, pattern: str, seen: list[str], timeout: float = 30) -> re.Match:
@@ -31,8 +41,12 @@ def read_until(stream, pattern: str, seen: list[str], timeout: float = 30) -> re
 
 
 def xdpyinfo_ok(env: dict[str, str]) -> bool:
-    return subprocess.run(["xdpyinfo"], env={**os.environ, **env}, capture_output=True,
-                          timeout=30).returncode == 0
+    return (
+        subprocess.run(
+            ["xdpyinfo"], env={**os.environ, **env}, capture_output=True, timeout=30
+        ).returncode
+        == 0
+    )
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -47,11 +61,13 @@ def test_killed_server_restarts_on_its_number_then_fails_and_reset_revives_it():
         pid, seen, delays = facts["server_pid"], [], []
         for restart in (1, 2, 3):
             os.kill(pid, signal.SIGKILL)
-            delay = read_until(process.stderr, r"backing off: next start at .* \(in ([\d.]+) s\)",
-                               seen)
+            delay = read_until(
+                process.stderr, r"backing off: next start at .* \(in ([\d.]+) s\)", seen
+            )
             delays.append(float(delay.group(1)))
-            match = read_until(process.stderr,
-                               r"X server restarted on (:\d+) \(pid (\d+), restart (\d+)\)", seen)
+            match = read_until(
+                process.stderr, r"X server restarted on (:\d+) \(pid (\d+), restart (\d+)\)", seen
+            )
             assert match.group(1) == facts["display"]  # the same number: clients reconnect
             assert int(match.group(3)) == restart
             pid = int(match.group(2))
@@ -83,8 +99,18 @@ def test_a_relauncher_cannot_make_a_storm(tmp_path: Path, monkeypatch):
     budget: 2 failed starts allowed (a 0.5 s X deadline), the 3rd makes the name FAILED."""
     report = tmp_path / "spawns"
     monkeypatch.setenv("FAKE_X_REPORT", str(report))
-    argv = [*XSUPERVISE, "start", "--server", fake_server("never"), "--timeout", "0.5",
-            "--backoff-initial", "0.2", "--start-limit-burst", "2"]
+    argv = [
+        *XSUPERVISE,
+        "start",
+        "--server",
+        fake_server("never"),
+        "--timeout",
+        "0.5",
+        "--backoff-initial",
+        "0.2",
+        "--start-limit-burst",
+        "2",
+    ]
     end = time.monotonic() + 8
     launches = 0
     while time.monotonic() < end:
@@ -95,8 +121,11 @@ def test_a_relauncher_cannot_make_a_storm(tmp_path: Path, monkeypatch):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    spawned = [int(line.split("=")[1]) for line in report.read_text().splitlines()
-               if line.startswith("pid=")]
+    spawned = [
+        int(line.split("=")[1])
+        for line in report.read_text().splitlines()
+        if line.startswith("pid=")
+    ]
     assert 2 <= len(spawned) <= 3, spawned
     assert launches < 40, launches
     for pid in spawned:  # servers of SIGKILLed supervisors died with them (orphaned to us)
@@ -106,11 +135,30 @@ def test_a_relauncher_cannot_make_a_storm(tmp_path: Path, monkeypatch):
 
 @requires_xvfb
 def test_waiting_supervisor_is_released_by_reset():
-    failed = cli("start", "--name", "flaky", "--server", fake_server("exit"),
-                 "--start-limit-burst", "1", "--no-wait")
+    failed = cli(
+        "start",
+        "--name",
+        "flaky",
+        "--server",
+        fake_server("exit"),
+        "--start-limit-burst",
+        "1",
+        "--no-wait",
+    )
     assert failed.returncode == 3
-    assert cli("start", "--name", "flaky", "--server", fake_server("exit"),
-               "--start-limit-burst", "1", "--no-wait").returncode == 3
+    assert (
+        cli(
+            "start",
+            "--name",
+            "flaky",
+            "--server",
+            fake_server("exit"),
+            "--start-limit-burst",
+            "1",
+            "--no-wait",
+        ).returncode
+        == 3
+    )
     # Two failures, limit 1: FAILED for the default 300 s cool-down. A start that waits...
     with start_cli("start", "--name", "flaky", "--start-limit-burst", "1") as waiting:
         seen: list[str] = []
@@ -134,8 +182,16 @@ def test_sigterm_while_backing_off_exits_cleanly():
 
 def test_supervisors_killed_while_waiting_leave_no_files(runtime_dir: Path):
     for _ in range(2):  # two failures with a limit of 1: FAILED for 300 s
-        cli("start", "--name", "held", "--server", fake_server("exit"), "--start-limit-burst", "1",
-            "--no-wait")
+        cli(
+            "start",
+            "--name",
+            "held",
+            "--server",
+            fake_server("exit"),
+            "--start-limit-burst",
+            "1",
+            "--no-wait",
+        )
     for _ in range(3):
         with start_cli("start", "--name", "held", "--start-limit-burst", "1") as waiting:
             read_until(waiting.stderr, r"session held is FAILED, cooling down", [])
@@ -143,8 +199,11 @@ def test_supervisors_killed_while_waiting_leave_no_files(runtime_dir: Path):
     # The last one killed is reclaimed by the next waiter; nothing piles up.
     with start_cli("start", "--name", "held", "--start-limit-burst", "1") as waiting:
         read_until(waiting.stderr, r"session held is FAILED, cooling down", [])
-        tokens = {path.name.split(".json")[0] for path in (runtime_dir / "sessions").iterdir()
-                  if path.suffix == ".json"}
+        tokens = {
+            path.name.split(".json")[0]
+            for path in (runtime_dir / "sessions").iterdir()
+            if path.suffix == ".json"
+        }
         assert len(tokens) == 1, tokens
         waiting.send_signal(signal.SIGTERM)
         assert waiting.wait(timeout=10) == 0
@@ -156,11 +215,13 @@ def test_whatever_a_dead_server_left_in_its_group_is_killed(tmp_path: Path, monk
     report = tmp_path / "report"
     monkeypatch.setenv("FAKE_X_REPORT", str(report))
     wrapper = tmp_path / "Xwrapped"
-    wrapper.write_text('#!/bin/sh\nsleep 300 &\necho "sleeper=$!" >> "$FAKE_X_REPORT"\n'
-                       'exec Xvfb "$@"\n')
+    wrapper.write_text(
+        '#!/bin/sh\nsleep 300 &\necho "sleeper=$!" >> "$FAKE_X_REPORT"\nexec Xvfb "$@"\n'
+    )
     wrapper.chmod(0o755)
-    with start_cli("start", "--json", "--server", str(wrapper), "--backoff-initial", "0.1") \
-            as process:
+    with start_cli(
+        "start", "--json", "--server", str(wrapper), "--backoff-initial", "0.1"
+    ) as process:
         facts = json.loads(read_line(process.stdout))
         first_sleeper = int(report.read_text().split("sleeper=")[1].split()[0])
         os.kill(facts["server_pid"], signal.SIGTERM)

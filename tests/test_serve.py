@@ -24,7 +24,8 @@ from xsupervise._protocol import OPS
 from xsupervise.client import Client, ControlError
 
 requires_socket_activate = pytest.mark.skipif(
-    shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate missing")
+    shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate missing"
+)
 
 
 class Notifications:
@@ -74,9 +75,16 @@ def write_config(path: Path, sessions: dict[str, dict]) -> Path:
 class Daemon:
     """`xsupervise serve` as a child process; stderr goes to a file we can read."""
 
-    def __init__(self, tmp_path: Path, notifications: Notifications | None, *args: str,
-                 config: Path | None = None, env: dict[str, str] | None = None,
-                 argv: list[str] | None = None, socket_path: Path | None = None):
+    def __init__(
+        self,
+        tmp_path: Path,
+        notifications: Notifications | None,
+        *args: str,
+        config: Path | None = None,
+        env: dict[str, str] | None = None,
+        argv: list[str] | None = None,
+        socket_path: Path | None = None,
+    ):
         self.socket = str(socket_path or tmp_path / "control.sock")
         self.log = tmp_path / f"serve-{time.monotonic_ns()}.log"
         environ = {**os.environ, **(env or {})}
@@ -87,7 +95,10 @@ class Daemon:
         with open(self.log, "wb") as stderr:
             self.process = subprocess.Popen(
                 argv or [*XSUPERVISE, "serve", "--socket", self.socket, *args],
-                stdout=subprocess.DEVNULL, stderr=stderr, env=environ)
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=environ,
+            )
 
     @property
     def pid(self) -> int:
@@ -106,16 +117,17 @@ class Daemon:
 
 
 def xdpyinfo(env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(["xdpyinfo"], env={**os.environ, **env}, capture_output=True,
-                          text=True, timeout=30)
+    return subprocess.run(
+        ["xdpyinfo"], env={**os.environ, **env}, capture_output=True, text=True, timeout=30
+    )
 
 
 # -- readiness, status, watchdog, stopping ------------------------------------------------
 
+
 @requires_xvfb
 def test_ready_only_once_the_configured_display_answers(tmp_path: Path, notifications):
-    config = write_config(tmp_path / "config.toml", {
-        "slow": {"server": fake_server("slow=1.0")}})
+    config = write_config(tmp_path / "config.toml", {"slow": {"server": fake_server("slow=1.0")}})
     started = time.monotonic()
     daemon = Daemon(tmp_path, notifications, config=config, env={"WATCHDOG_USEC": "200000"})
     try:
@@ -145,12 +157,25 @@ def test_ready_also_when_a_configured_display_is_failed(tmp_path: Path, notifica
     # "number": the server writes a display number but nothing answers there. A daemon that
     # took the number for readiness would report the display ready, not FAILED.
     number = free_display_number(start=920)
-    server, why = {"exit": (fake_server("exit"), "cannot open virtual screen"),
-                   "number": (fake_server(f"number={number}"),
-                              f"wrote display number {number} but nothing answers")}[mode]
-    config = write_config(tmp_path / "config.toml", {
-        "broken": {"server": server, "start_limit_burst": 2, "displayfd_timeout": 2,
-                   "backoff_initial": 0.05, "backoff_max": 0.1}})
+    server, why = {
+        "exit": (fake_server("exit"), "cannot open virtual screen"),
+        "number": (
+            fake_server(f"number={number}"),
+            f"wrote display number {number} but nothing answers",
+        ),
+    }[mode]
+    config = write_config(
+        tmp_path / "config.toml",
+        {
+            "broken": {
+                "server": server,
+                "start_limit_burst": 2,
+                "displayfd_timeout": 2,
+                "backoff_initial": 0.05,
+                "backoff_max": 0.1,
+            }
+        },
+    )
     daemon = Daemon(tmp_path, notifications, config=config)
     try:
         ready = notifications.until("READY")
@@ -167,17 +192,24 @@ def test_ready_also_when_a_configured_display_is_failed(tmp_path: Path, notifica
 @requires_xvfb
 def test_start_is_a_correct_type_notify_service(tmp_path: Path, notifications):
     env = {**os.environ, "NOTIFY_SOCKET": notifications.path, "WATCHDOG_USEC": "200000"}
-    process = subprocess.Popen([*XSUPERVISE, "start", "--json", "--server",
-                                fake_server("slow=0.5")], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, env=env)
+    process = subprocess.Popen(
+        [*XSUPERVISE, "start", "--json", "--server", fake_server("slow=0.5")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     try:
         ready = notifications.until("READY")
         facts = json.loads(process.stdout.readline())
-        assert ready["STATUS"] == f"display {facts['display']} ready (X server pid " \
-                                  f"{facts['server_pid']})"
+        assert (
+            ready["STATUS"] == f"display {facts['display']} ready (X server pid "
+            f"{facts['server_pid']})"
+        )
         assert ready["MAINPID"] == str(process.pid)
-        assert xdpyinfo({"DISPLAY": facts["display"],
-                         "XAUTHORITY": facts["xauthority"]}).returncode == 0
+        assert (
+            xdpyinfo({"DISPLAY": facts["display"], "XAUTHORITY": facts["xauthority"]}).returncode
+            == 0
+        )
         assert notifications.until("WATCHDOG")["WATCHDOG"] == "1"
         process.send_signal(signal.SIGTERM)
         assert notifications.until("STOPPING")["STOPPING"] == "1"
@@ -190,6 +222,7 @@ def test_start_is_a_correct_type_notify_service(tmp_path: Path, notifications):
 
 
 # -- the control socket ----------------------------------------------------------------------
+
 
 @requires_xvfb
 def test_control_requests_start_list_status_stop_and_reset(tmp_path: Path, notifications):
@@ -209,12 +242,15 @@ def test_control_requests_start_list_status_stop_and_reset(tmp_path: Path, notif
             assert entry["state"] == "ready"
             with pytest.raises(ControlError) as refused:
                 client.start(":auto", name="bad", server=fake_server("exit"))
-            assert refused.value.exit_code == 3 and "cannot open virtual screen" in str(refused.value)
+            assert refused.value.exit_code == 3 and "cannot open virtual screen" in str(
+                refused.value
+            )
             assert client.reset("bad") is True
             with pytest.raises(ControlError) as typo:  # a misspelt setting is no silent default
                 client.start(":auto", name="typo", scren="800x600x24")
             assert typo.value.exit_code == 2 and "unknown field(s) for start: scren" in str(
-                typo.value)
+                typo.value
+            )
             with pytest.raises(ControlError) as unknown:
                 client.stop(name="nope")
             assert unknown.value.exit_code == 6
@@ -226,29 +262,53 @@ def test_control_requests_start_list_status_stop_and_reset(tmp_path: Path, notif
             client.stop(two[0]["display"])
             client.stop(two[1]["display"])
         # The command line talks to the daemon too.
-        cli = subprocess.run([*XSUPERVISE, "list", "--socket", daemon.socket], text=True,
-                             capture_output=True, timeout=30)
+        cli = subprocess.run(
+            [*XSUPERVISE, "list", "--socket", daemon.socket],
+            text=True,
+            capture_output=True,
+            timeout=30,
+        )
         assert "daemon" in cli.stdout and "gui" in cli.stdout
-        stop = subprocess.run([*XSUPERVISE, "stop", session["display"], "--socket",
-                               daemon.socket], text=True, capture_output=True, timeout=30)
+        stop = subprocess.run(
+            [*XSUPERVISE, "stop", session["display"], "--socket", daemon.socket],
+            text=True,
+            capture_output=True,
+            timeout=30,
+        )
         assert stop.returncode == 0 and "stopped (session gui" in stop.stdout
         assert xdpyinfo(session["env"]).returncode != 0
-        detached = subprocess.run([*XSUPERVISE, "start", "--detach", "--json", "--socket",
-                                   daemon.socket, "--name", "kept"], text=True,
-                                  capture_output=True, timeout=30)
+        detached = subprocess.run(
+            [
+                *XSUPERVISE,
+                "start",
+                "--detach",
+                "--json",
+                "--socket",
+                daemon.socket,
+                "--name",
+                "kept",
+            ],
+            text=True,
+            capture_output=True,
+            timeout=30,
+        )
         assert detached.returncode == 0, detached.stderr
         kept = json.loads(detached.stdout)
         assert kept["supervisor_pid"] == daemon.pid  # it lives in the daemon, not in the CLI
-        assert xdpyinfo({"DISPLAY": kept["display"],
-                         "XAUTHORITY": kept["xauthority"]}).returncode == 0
+        assert (
+            xdpyinfo({"DISPLAY": kept["display"], "XAUTHORITY": kept["xauthority"]}).returncode == 0
+        )
     finally:
         assert daemon.stop() == 0
 
 
 def test_detach_without_a_daemon_says_how_to_get_one(tmp_path: Path):
-    result = subprocess.run([*XSUPERVISE, "start", "--detach", "--socket",
-                             str(tmp_path / "none.sock")], text=True, capture_output=True,
-                            timeout=30)
+    result = subprocess.run(
+        [*XSUPERVISE, "start", "--detach", "--socket", str(tmp_path / "none.sock")],
+        text=True,
+        capture_output=True,
+        timeout=30,
+    )
     assert result.returncode == 5
     assert "no xsupervise serve answers on" in result.stderr and "none.sock" in result.stderr
 
@@ -281,6 +341,7 @@ def test_sighup_reloads_the_config(tmp_path: Path, notifications):
 
 
 # -- one listener per address ------------------------------------------------------------------
+
 
 def test_a_second_daemon_on_a_served_path_names_the_first(tmp_path: Path, notifications):
     first = Daemon(tmp_path, notifications)
@@ -351,12 +412,24 @@ def test_a_stale_socket_file_is_replaced(tmp_path: Path, notifications):
 
 
 @requires_socket_activate
-def test_socket_activation_takes_the_socket_and_binds_none(tmp_path: Path, notifications,
-                                                           runtime_dir: Path):
+def test_socket_activation_takes_the_socket_and_binds_none(
+    tmp_path: Path, notifications, runtime_dir: Path
+):
     path = tmp_path / "activated.sock"
-    argv = ["systemd-socket-activate", "-l", str(path), "--fdname=control",
-            "-E", "NOTIFY_SOCKET", "-E", "XDG_RUNTIME_DIR", "-E", "XDG_CONFIG_HOME",
-            *XSUPERVISE, "serve"]
+    argv = [
+        "systemd-socket-activate",
+        "-l",
+        str(path),
+        "--fdname=control",
+        "-E",
+        "NOTIFY_SOCKET",
+        "-E",
+        "XDG_RUNTIME_DIR",
+        "-E",
+        "XDG_CONFIG_HOME",
+        *XSUPERVISE,
+        "serve",
+    ]
     daemon = Daemon(tmp_path, notifications, argv=argv, socket_path=path)
     try:
         # systemd-socket-activate listens first and execs us on the first connection.
@@ -367,8 +440,11 @@ def test_socket_activation_takes_the_socket_and_binds_none(tmp_path: Path, notif
         with daemon.client() as client:
             assert client.ping()["pid"] == daemon.pid  # exec'd in place: the same pid
         notifications.until("READY")
-        listening = [c for c in psutil.Process(daemon.pid).net_connections(kind="unix")
-                     if c.status == psutil.CONN_LISTEN or c.raddr == ""]
+        listening = [
+            c
+            for c in psutil.Process(daemon.pid).net_connections(kind="unix")
+            if c.status == psutil.CONN_LISTEN or c.raddr == ""
+        ]
         paths = [c.laddr for c in listening if c.laddr]
         assert paths.count(str(path)) >= 1 and set(paths) == {str(path)}, listening
         assert not (runtime_dir / "control.sock").exists()  # never bound a second one
@@ -381,16 +457,25 @@ def test_socket_activation_takes_the_socket_and_binds_none(tmp_path: Path, notif
         assert daemon.stop() == 0
 
 
-def test_a_stop_racing_a_start_leaves_no_session_and_no_files(tmp_path: Path, notifications,
-                                                              runtime_dir: Path):
+def test_a_stop_racing_a_start_leaves_no_session_and_no_files(
+    tmp_path: Path, notifications, runtime_dir: Path
+):
     daemon = Daemon(tmp_path, notifications)
     try:
         notifications.until("READY")
         for attempt in range(20):
             with daemon.client() as starter, daemon.client() as stopper:
-                starter._sock.sendall(json.dumps({
-                    "op": "start", "name": f"racy{attempt}", "server": fake_server("never"),
-                    "displayfd_timeout": 30}).encode() + b"\n")
+                starter._sock.sendall(
+                    json.dumps(
+                        {
+                            "op": "start",
+                            "name": f"racy{attempt}",
+                            "server": fake_server("never"),
+                            "displayfd_timeout": 30,
+                        }
+                    ).encode()
+                    + b"\n"
+                )
                 stopped = stopper.request("stop", all=True)
                 reply = json.loads(starter._sock.makefile("rb").readline())
             assert stopped["ok"]
@@ -405,6 +490,7 @@ def test_a_stop_racing_a_start_leaves_no_session_and_no_files(tmp_path: Path, no
 
 
 # -- access and abuse ------------------------------------------------------------------------
+
 
 def _ask_as(uid: int, path: str) -> dict:
     """Connect as ``uid`` (creds are fixed at connect time) and send a ping; the reply."""
@@ -439,9 +525,20 @@ def test_another_uid_is_refused(tmp_path: Path, notifications):
     shared = Path(tempfile.mkdtemp(prefix="xsupervise-test-"))
     shared.chmod(0o755)
     path = shared / "control.sock"
-    argv = ["systemd-socket-activate", "-l", str(path), "--fdname=control",
-            "-E", "NOTIFY_SOCKET", "-E", "XDG_RUNTIME_DIR", "-E", "XDG_CONFIG_HOME",
-            *XSUPERVISE, "serve"]
+    argv = [
+        "systemd-socket-activate",
+        "-l",
+        str(path),
+        "--fdname=control",
+        "-E",
+        "NOTIFY_SOCKET",
+        "-E",
+        "XDG_RUNTIME_DIR",
+        "-E",
+        "XDG_CONFIG_HOME",
+        *XSUPERVISE,
+        "serve",
+    ]
     old_umask = os.umask(0)
     try:
         daemon = Daemon(tmp_path, notifications, argv=argv, socket_path=path)
@@ -469,11 +566,22 @@ def test_ten_thousand_malformed_requests_leave_it_answering(tmp_path: Path, noti
     half_open: list[socket.socket] = []
     try:
         notifications.until("READY")
-        garbage = [b"\x00\xff garbage\n", b"not json\n", b"[1, 2, 3]\n", b'"op"\n',
-                   b'{"op": 42}\n', b'{"op": "explode"}\n', b"[" * 5000 + b"\n",
-                   b'{"op": "start", "display": ":x"}\n', b'{"op": "stop"}\n',
-                   b'{"op": "reset", "name": 7}\n', b'{"op": "status", "target": []}\n',
-                   b"\n", b"{}\n", b'{"op": "start", "screen": "huge"}\n']
+        garbage = [
+            b"\x00\xff garbage\n",
+            b"not json\n",
+            b"[1, 2, 3]\n",
+            b'"op"\n',
+            b'{"op": 42}\n',
+            b'{"op": "explode"}\n',
+            b"[" * 5000 + b"\n",
+            b'{"op": "start", "display": ":x"}\n',
+            b'{"op": "stop"}\n',
+            b'{"op": "reset", "name": 7}\n',
+            b'{"op": "status", "target": []}\n',
+            b"\n",
+            b"{}\n",
+            b'{"op": "start", "screen": "huge"}\n',
+        ]
         sent = answered = 0
         for round_number in range(100):
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -510,8 +618,7 @@ def test_ten_thousand_malformed_requests_leave_it_answering(tmp_path: Path, noti
                 half_open.append(greedy)
                 # A blocking connect waits for room in the listen backlog; a non-blocking
                 # one fails with EAGAIN whenever the daemon is a few accepts behind.
-                greedy.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                                  struct.pack("ll", 30, 0))
+                greedy.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 30, 0))
                 greedy.connect(daemon.socket)
                 greedy.setblocking(False)
                 try:
@@ -538,6 +645,7 @@ def test_ten_thousand_malformed_requests_leave_it_answering(tmp_path: Path, noti
 
 # -- one protocol for the daemon and the client ------------------------------------------------
 
+
 def _in_process_daemon():
     """A Daemon object, not running: enough to answer requests that start nothing."""
     from xsupervise._daemon import Daemon as DaemonObject
@@ -559,16 +667,23 @@ def test_the_daemon_and_the_client_serve_the_same_ops_and_fields(monkeypatch):
     from xsupervise._daemon_ops import DaemonOps
     from xsupervise._settings import FIELDS as SETTINGS
 
-    served = {name for name, member in inspect.getmembers(DaemonOps)
-              if not name.startswith("_") and inspect.iscoroutinefunction(member)}
+    served = {
+        name
+        for name, member in inspect.getmembers(DaemonOps)
+        if not name.startswith("_") and inspect.iscoroutinefunction(member)
+    }
     methods = {name for name in dir(Client) if not name.startswith("_")}
     assert served == set(OPS)
     assert set(OPS) <= methods, f"no Client method for {set(OPS) - methods}"
     assert methods - set(OPS) == {"connect", "close", "request"}
     sent: list[tuple[str, dict]] = []
-    monkeypatch.setattr(Client, "_ask",
-                        lambda self, op, fields, reply_within=None: sent.append((op, fields))
-                        or {"stopped": [], "sessions": [], "had_history": False})
+    monkeypatch.setattr(
+        Client,
+        "_ask",
+        lambda self, op, fields, reply_within=None: (
+            sent.append((op, fields)) or {"stopped": [], "sessions": [], "had_history": False}
+        ),
+    )
     client = Client("/nonexistent.sock")
     for op in OPS.values():
         # The daemon's coroutine takes exactly the op's fields (settings as **settings).
@@ -580,10 +695,19 @@ def test_the_daemon_and_the_client_serve_the_same_ops_and_fields(monkeypatch):
         # The client's method sends that op, and can send each of its fields.
         method = getattr(client, op.name)
         parameters = inspect.signature(method).parameters
-        arguments = {name: (":5" if name == "display" else 1.0 if name == "wait"
-                            else True if name in ("all", "no_wait") else "x")
-                     for name, p in parameters.items() if p.kind == p.KEYWORD_ONLY
-                     or p.kind == p.POSITIONAL_OR_KEYWORD}
+        arguments = {
+            name: (
+                ":5"
+                if name == "display"
+                else 1.0
+                if name == "wait"
+                else True
+                if name in ("all", "no_wait")
+                else "x"
+            )
+            for name, p in parameters.items()
+            if p.kind == p.KEYWORD_ONLY or p.kind == p.POSITIONAL_OR_KEYWORD
+        }
         if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
             arguments["screen"] = "800x600x24"
         sent.clear()
@@ -597,9 +721,14 @@ def test_the_daemon_and_the_client_serve_the_same_ops_and_fields(monkeypatch):
 def test_the_client_refuses_what_the_daemon_refuses_with_the_same_words():
     daemon = _in_process_daemon()
     client = Client("/nonexistent.sock")  # never connects: refused before sending
-    for op, fields in [("start", {"scren": "800x600x24"}), ("stop", {"wait": "soon"}),
-                       ("stop", {"wait": 5000}), ("reset", {"name": 7}),
-                       ("status", {"target": []}), ("explode", {})]:
+    for op, fields in [
+        ("start", {"scren": "800x600x24"}),
+        ("stop", {"wait": "soon"}),
+        ("stop", {"wait": 5000}),
+        ("reset", {"name": 7}),
+        ("status", {"target": []}),
+        ("explode", {}),
+    ]:
         reply = _answer(daemon, {"op": op, **fields})
         with pytest.raises(ControlError) as refused:
             client.request(op, **fields)
@@ -609,19 +738,22 @@ def test_the_client_refuses_what_the_daemon_refuses_with_the_same_words():
 
 def test_replies_have_the_fields_the_protocol_names(runtime_dir: Path):
     daemon = _in_process_daemon()
-    requests = [{"op": "ping"}, {"op": "list"}, {"op": "status"},
-                {"op": "reset", "name": "gui"}]
+    requests = [{"op": "ping"}, {"op": "list"}, {"op": "status"}, {"op": "reset", "name": "gui"}]
     for request in requests:
         reply = _answer(daemon, request)
         assert set(reply) == {"ok", *OPS[request["op"]].reply}, reply
     with_stop = _answer(daemon, {"op": "stop", "name": "nope"})
-    assert with_stop == {"ok": False, "exit_code": 6,
-                         "error": "no session named 'nope' runs in this daemon."}
+    assert with_stop == {
+        "ok": False,
+        "exit_code": 6,
+        "error": "no session named 'nope' runs in this daemon.",
+    }
     assert _answer(daemon, b"not json\n")["exit_code"] == 2
 
 
-def test_stop_with_wait_waits_for_the_reply_beyond_the_client_timeout(tmp_path: Path,
-                                                                      notifications):
+def test_stop_with_wait_waits_for_the_reply_beyond_the_client_timeout(
+    tmp_path: Path, notifications
+):
     # The server ignores SIGTERM: stopping it takes the whole kill grace (1 s), longer than
     # this client's timeout (0.2 s). A stop told to wait must outlast its client's timeout.
     report = tmp_path / "report"
@@ -629,16 +761,26 @@ def test_stop_with_wait_waits_for_the_reply_beyond_the_client_timeout(tmp_path: 
     try:
         notifications.until("READY")
         with daemon.client() as starter, Client(daemon.socket, timeout=0.2) as client:
-            starter._sock.sendall(json.dumps({
-                "op": "start", "name": "stubborn", "server": fake_server("ignore-term"),
-                "displayfd_timeout": 30, "kill_grace": 1.0}).encode() + b"\n")
+            starter._sock.sendall(
+                json.dumps(
+                    {
+                        "op": "start",
+                        "name": "stubborn",
+                        "server": fake_server("ignore-term"),
+                        "displayfd_timeout": 30,
+                        "kill_grace": 1.0,
+                    }
+                ).encode()
+                + b"\n"
+            )
             deadline = time.monotonic() + 30
             while "ignoring" not in read_report(report):  # (it has no other signal)
                 assert time.monotonic() < deadline and daemon.process.poll() is None
                 select.select([], [], [], 0.01)
             started = time.monotonic()
             assert client.stop(name="stubborn", wait=5) == [
-                f"stubborn: stopped (session stubborn of xsupervise serve pid {daemon.pid})"]
+                f"stubborn: stopped (session stubborn of xsupervise serve pid {daemon.pid})"
+            ]
             assert time.monotonic() - started >= 1.0  # it did wait through the grace
             assert client.ping()["sessions"] == 0
             assert client.timeout == 0.2 and client._sock.gettimeout() == 0.2  # restored
@@ -647,6 +789,7 @@ def test_stop_with_wait_waits_for_the_reply_beyond_the_client_timeout(tmp_path: 
 
 
 # -- the journal -------------------------------------------------------------------------------
+
 
 @requires_xvfb
 def test_journal_fields_reach_the_handler(tmp_path: Path, monkeypatch):
@@ -659,9 +802,9 @@ def test_journal_fields_reach_the_handler(tmp_path: Path, monkeypatch):
 
     from xsupervise import _log as log
     from xsupervise._aio import run_steps
-    from xsupervise._settings import load_settings
     from xsupervise._paths import RuntimeDir
     from xsupervise._session import Mode, Session
+    from xsupervise._settings import load_settings
 
     with open(tmp_path / "stderr", "w") as stderr:
         info = os.fstat(stderr.fileno())
@@ -681,8 +824,14 @@ def test_journal_fields_reach_the_handler(tmp_path: Path, monkeypatch):
             if event == "ready":
                 task.cancel()
 
-        core = Session(load_settings(), RuntimeDir.discover(), None, name="journal",
-                       mode=Mode.DAEMON_REQUESTED, on_event=on_event)
+        core = Session(
+            load_settings(),
+            RuntimeDir.discover(),
+            None,
+            name="journal",
+            mode=Mode.DAEMON_REQUESTED,
+            on_event=on_event,
+        )
         task = asyncio.current_task()
         try:
             await run_steps(core.steps())
@@ -722,19 +871,32 @@ def _installed_units(target: Path) -> list[Path]:
 def test_units_verify_cleanly(tmp_path: Path):
     copies = _installed_units(tmp_path / "units")
     names = {str(copy.relative_to(tmp_path / "units")) for copy in copies}
-    assert names == {"xsupervise.service", "xsupervise.socket", "xsupervise@.service",
-                     "user/xsupervise.service", "user/xsupervise.socket",
-                     "user/xsupervise@.service"}
-    for scope, directory in (("--system", tmp_path / "units"),
-                             ("--user", tmp_path / "units" / "user")):
+    assert names == {
+        "xsupervise.service",
+        "xsupervise.socket",
+        "xsupervise@.service",
+        "user/xsupervise.service",
+        "user/xsupervise.socket",
+        "user/xsupervise@.service",
+    }
+    for scope, directory in (
+        ("--system", tmp_path / "units"),
+        ("--user", tmp_path / "units" / "user"),
+    ):
         # A template is checked through an instance; systemd-analyze loads it from its dir.
-        targets = [str(directory / name) for name in
-                   ("xsupervise.service", "xsupervise.socket", "xsupervise@99.service")]
+        targets = [
+            str(directory / name)
+            for name in ("xsupervise.service", "xsupervise.socket", "xsupervise@99.service")
+        ]
         runtime = tmp_path / f"run{scope}"
         runtime.mkdir(mode=0o700)
-        result = subprocess.run(["systemd-analyze", scope, "verify", *targets], text=True,
-                                capture_output=True, timeout=60,
-                                env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)})
+        result = subprocess.run(
+            ["systemd-analyze", scope, "verify", *targets],
+            text=True,
+            capture_output=True,
+            timeout=60,
+            env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)},
+        )
         assert (result.returncode, result.stderr) == (0, ""), result.stderr
 
 
@@ -746,8 +908,10 @@ def test_exactly_one_unit_listens_on_each_address():
             key, _, value = line.partition("=")
             if key.strip().startswith("Listen"):
                 listeners.setdefault(f"{scope}:{value.strip()}", []).append(unit.name)
-    assert listeners == {"system:/run/xsupervise/control.sock": ["xsupervise.socket"],
-                         "user:%t/xsupervise/control.sock": ["xsupervise.socket"]}
+    assert listeners == {
+        "system:/run/xsupervise/control.sock": ["xsupervise.socket"],
+        "user:%t/xsupervise/control.sock": ["xsupervise.socket"],
+    }
     for service in ("xsupervise.service", "xsupervise@.service"):
         for directory in (UNITS, UNITS / "user"):
             text = (directory / service).read_text()

@@ -21,8 +21,13 @@ from xsupervise._session import Session
 from xsupervise._states import Event, ImpossibleTransition, Mode, State, transition
 
 # The policy of test_restart.py's CLI tests.
-FAST_POLICY = {"backoff_initial": 0.2, "reset_after": 30.0, "start_limit_burst": 3,
-               "start_limit_interval": 60.0, "failed_cooldown": 300.0}
+FAST_POLICY = {
+    "backoff_initial": 0.2,
+    "reset_after": 30.0,
+    "start_limit_burst": 3,
+    "start_limit_interval": 60.0,
+    "failed_cooldown": 300.0,
+}
 
 
 @pytest.fixture
@@ -45,12 +50,13 @@ def events_of(log: list[str]) -> Callable[[Session, str], None]:
 
 # -- the table ---------------------------------------------------------------------------------
 
+
 def test_the_docstring_table_is_the_transition_function():
     """Every (state, event) pair: the next state the table shows, or ImpossibleTransition."""
     lines = [line.split() for line in inspect.getdoc(transition).splitlines()]
     header = next(i for i, words in enumerate(lines) if words[:1] == ["state/event"])
     columns = [Event[name] for name in lines[header][1:]]
-    rows = {State(words[0]): words[1:] for words in lines[header + 1:header + 1 + len(State)]}
+    rows = {State(words[0]): words[1:] for words in lines[header + 1 : header + 1 + len(State)]}
     assert sorted(columns, key=list(Event).index) == list(Event)
     assert set(rows) == set(State)
     checked = 0
@@ -68,8 +74,13 @@ def test_the_docstring_table_is_the_transition_function():
 
 def test_states_read_as_the_strings_on_disk_and_in_replies():
     assert State.READY == "ready" and f"{State.BACKOFF}" == "backoff"
-    assert [state.value for state in State] == ["starting", "ready", "backoff", "failed",
-                                                "stopping"]
+    assert [state.value for state in State] == [
+        "starting",
+        "ready",
+        "backoff",
+        "failed",
+        "stopping",
+    ]
 
 
 def test_every_state_change_of_a_session_goes_through_the_table():
@@ -79,20 +90,26 @@ def test_every_state_change_of_a_session_goes_through_the_table():
         if not isinstance(function, ast.FunctionDef):
             continue
         for node in ast.walk(function):
-            targets = node.targets if isinstance(node, ast.Assign) else \
-                [node.target] if isinstance(node, ast.AnnAssign | ast.AugAssign) else []
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, ast.AnnAssign | ast.AugAssign)
+                else []
+            )
             for target in targets:
                 for leaf in ast.walk(target):
                     if isinstance(leaf, ast.Attribute) and leaf.attr == "state":
                         assignments.append((function.name, ast.unparse(node.value)))
-    assert assignments == [("__init__", "State.STARTING"),
-                           ("_go", "transition(self.state, event)")]
+    assert assignments == [("__init__", "State.STARTING"), ("_go", "transition(self.state, event)")]
 
 
 def test_the_modes_mean_what_the_four_booleans_meant():
     # (kind, retry_first_start, reclaim, count_environment_problems) as each caller passed them
-    assert {mode: (mode.kind, mode.retries_first_start, mode.reclaims,
-                   mode.counts_environment_problems) for mode in Mode} == {
+    assert {
+        mode: (mode.kind, mode.retries_first_start, mode.reclaims, mode.counts_environment_problems)
+        for mode in Mode
+    } == {
         Mode.CLI: ("cli", False, True, False),
         Mode.RELAUNCHED: ("cli", False, True, True),
         Mode.DAEMON_CONFIGURED: ("daemon", True, False, False),
@@ -107,6 +124,7 @@ def test_the_modes_mean_what_the_four_booleans_meant():
 
 
 # -- restarts ----------------------------------------------------------------------------------
+
 
 def test_a_thousand_restarts_in_simulated_time(worlds, transitions):
     """Servers that prove themselves (up past reset_after) and die restart at once, on the same
@@ -125,13 +143,19 @@ def test_a_thousand_restarts_in_simulated_time(worlds, transitions):
         assert (history.starts, history.in_a_row, history.failures) == (1001, 0, [])
         assert history.failed_at is None and history.in_flight == {}
     [record] = session_status(world.runtime, "thousand", session.policy, world.clock.wall())
-    assert (record["state"], record["restarts"], record["display"]) == \
-        ("ready", 1000, session.display)
+    assert (record["state"], record["restarts"], record["display"]) == (
+        "ready",
+        1000,
+        session.display,
+    )
     assert isinstance(run.stop(), Stop) and session.state is State.STOPPING
     assert world.launcher.spawned[-1].exit_status == -15  # stopped, not left running
     E = Event  # noqa: N806
-    assert [event for _, event, _ in transitions] == \
-        [E.START, E.VERIFIED] + [E.DIED, E.START, E.VERIFIED] * 1000 + [E.STOP]
+    assert [event for _, event, _ in transitions] == [E.START, E.VERIFIED] + [
+        E.DIED,
+        E.START,
+        E.VERIFIED,
+    ] * 1000 + [E.STOP]
     print(f"1,000 restarts in {took * 1000:.0f} ms")
     assert took < 30  # real seconds for 61,000 simulated ones, on a loaded 2-core machine
 
@@ -179,8 +203,7 @@ def test_a_failed_start_is_raised_by_the_cli_and_retried_by_a_configured_session
     assert isinstance(cli.finish(), ServerExited)
     assert cli.session.state is State.BACKOFF  # counted: the next start waits
     log: list[str] = []
-    configured = world.run(world.session("first", Mode.DAEMON_CONFIGURED,
-                                         on_event=events_of(log)))
+    configured = world.run(world.session("first", Mode.DAEMON_CONFIGURED, on_event=events_of(log)))
     assert not configured.advance(until=60.0)
     assert configured.session.state is State.READY
     assert log == ["waiting", "start-failed", "waiting", "ready"]  # a timeout, then ready
@@ -193,8 +216,9 @@ def test_after_the_cooldown_one_try_on_probation_and_a_reset_is_seen_within_a_se
     """A configured session whose server always exits: FAILED after more than the burst,
     then exactly one try per cool-down (a failed probation is FAILED again at once)."""
     script: list[Behaviour] = [EXITS]
-    world = worlds(lambda index: script[0], start_limit_burst=1, failed_cooldown=100.0,
-                   backoff_initial=0.1)
+    world = worlds(
+        lambda index: script[0], start_limit_burst=1, failed_cooldown=100.0, backoff_initial=0.1
+    )
     log: list[str] = []
     session = world.session("probation", Mode.DAEMON_CONFIGURED, on_event=events_of(log))
     run = world.run(session)
@@ -257,6 +281,7 @@ def test_a_stop_while_backing_off_or_starting_ends_the_session_cleanly(worlds, t
 
 # -- environment problems and app failures ------------------------------------------------------
 
+
 def test_a_missing_server_binary_spends_the_budget_only_where_counted(worlds):
     world = worlds([MISSING])
     for _ in range(2):  # the CLI: exit 5, and nothing spent
@@ -273,8 +298,7 @@ def test_a_missing_server_binary_spends_the_budget_only_where_counted(worlds):
         assert isinstance(run.error, ServerNotFound)
     assert run.session.state is State.FAILED and relaunched_runs == 7  # burst 5, +1, waiting
     log = []
-    configured = world.run(world.session("nox3", Mode.DAEMON_CONFIGURED,
-                                         on_event=events_of(log)))
+    configured = world.run(world.session("nox3", Mode.DAEMON_CONFIGURED, on_event=events_of(log)))
     assert not configured.advance(until=world.clock.now + 200.0)
     assert configured.session.state is State.FAILED and log.count("start-failed") == 6
     assert world.launcher.spawned == []

@@ -18,8 +18,9 @@ from xsupervise._session import Session
 from xsupervise._states import Mode
 
 
-def relaunch(world: World, make: Callable[[], Session], seconds: float,
-             kill_after: float = float("inf")) -> list[Run]:
+def relaunch(
+    world: World, make: Callable[[], Session], seconds: float, kill_after: float = float("inf")
+) -> list[Run]:
     """A relauncher: starts a supervisor again the moment one ends, and SIGKILLs one still
     running ``kill_after`` s after it started; for ``seconds``. The runs, in order."""
     runs: list[Run] = []
@@ -74,8 +75,7 @@ def test_an_app_that_crashes_at_once_spends_the_budget(worlds):
             session.record_app_failure("COMMAND 'sh' (pid 1) exited with status 1")
             raise Stop
 
-    runs = relaunch(world, lambda: world.session("crash", Mode.RELAUNCHED, on_event=crash),
-                    10.0)
+    runs = relaunch(world, lambda: world.session("crash", Mode.RELAUNCHED, on_event=crash), 10.0)
     assert 2 <= len(world.launcher.spawned) <= 5, world.launcher.spawned
     assert all(isinstance(run.error, Stop) for run in runs if run.ended)
 

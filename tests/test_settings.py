@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from xsupervise._settings import Settings, load_settings
 from xsupervise._errors import RuntimeDirError, UsageError
 from xsupervise._paths import RuntimeDir
+from xsupervise._settings import Settings, load_settings
 
 
 def write_config(home: Path, text: str) -> Path:
@@ -31,13 +31,16 @@ def test_defaults_when_nothing_is_set():
 
 def test_flag_beats_environment_beats_file_beats_default(tmp_path: Path):
     write_config(tmp_path, 'displayfd_timeout = 7\nscreen = "800x600x16"\nkill_grace = 3\n')
-    environ = {"XDG_CONFIG_HOME": str(tmp_path), "XSUPERVISE_DISPLAYFD_TIMEOUT": "5",
-               "XSUPERVISE_SCREEN": "1024x768x24"}
+    environ = {
+        "XDG_CONFIG_HOME": str(tmp_path),
+        "XSUPERVISE_DISPLAYFD_TIMEOUT": "5",
+        "XSUPERVISE_SCREEN": "1024x768x24",
+    }
     settings = load_settings({"displayfd_timeout": "2", "screen": None}, environ=environ)
-    assert settings.displayfd_timeout == 2.0      # flag
-    assert settings.screen == "1024x768x24"       # environment (the flag was not given)
-    assert settings.kill_grace == 3.0             # file
-    assert settings.server == ("Xvfb",)           # default
+    assert settings.displayfd_timeout == 2.0  # flag
+    assert settings.screen == "1024x768x24"  # environment (the flag was not given)
+    assert settings.kill_grace == 3.0  # file
+    assert settings.server == ("Xvfb",)  # default
 
 
 def test_explicit_config_file_and_server_command_words(tmp_path: Path):
@@ -48,11 +51,17 @@ def test_explicit_config_file_and_server_command_words(tmp_path: Path):
     assert load_settings({"server": "Xephyr -ac"}, environ={}).server == ("Xephyr", "-ac")
 
 
-@pytest.mark.parametrize("environ, words", [
-    ({"XSUPERVISE_KILL_GRACE": "soon"}, "XSUPERVISE_KILL_GRACE='soon' is not valid"),
-    ({"XSUPERVISE_DISPLAYFD_TIMEOUT": "0"}, "XSUPERVISE_DISPLAYFD_TIMEOUT='0' is not valid"),
-    ({"XSUPERVISE_CONFIG": "/nonexistent.toml"}, "XSUPERVISE_CONFIG=/nonexistent.toml is not a file"),
-])
+@pytest.mark.parametrize(
+    "environ, words",
+    [
+        ({"XSUPERVISE_KILL_GRACE": "soon"}, "XSUPERVISE_KILL_GRACE='soon' is not valid"),
+        ({"XSUPERVISE_DISPLAYFD_TIMEOUT": "0"}, "XSUPERVISE_DISPLAYFD_TIMEOUT='0' is not valid"),
+        (
+            {"XSUPERVISE_CONFIG": "/nonexistent.toml"},
+            "XSUPERVISE_CONFIG=/nonexistent.toml is not a file",
+        ),
+    ],
+)
 def test_bad_values_name_their_origin(environ, words):
     with pytest.raises(UsageError) as failure:
         load_settings({}, environ=environ)
@@ -77,8 +86,7 @@ def test_runtime_dir_under_a_valid_xdg_runtime_dir(tmp_path: Path):
 
 @pytest.mark.root("root falls back to the system runtime directory")
 @pytest.mark.parametrize("problem", ["relative", "open-mode", "symlink", "missing"])
-def test_unfit_xdg_runtime_dir_falls_back_with_a_warning(tmp_path: Path, problem: str,
-                                                         monkeypatch):
+def test_unfit_xdg_runtime_dir_falls_back_with_a_warning(tmp_path: Path, problem: str, monkeypatch):
     real = tmp_path / "real"
     real.mkdir(mode=0o700)
     value = {"relative": "some/dir", "missing": str(tmp_path / "absent")}.get(problem)
@@ -109,8 +117,9 @@ def test_root_login_shell_shares_the_system_services_directory(tmp_path: Path, m
     runtime = RuntimeDir.discover(environ={"XDG_RUNTIME_DIR": f"{login}/"}, warn=pytest.fail)
     assert runtime.path == str(system) and not (login / "xsupervise").exists()
     # Units of root's own user manager (systemctl --user as root) keep their %t.
-    unit = RuntimeDir.discover(environ={"XDG_RUNTIME_DIR": str(login),
-                                        "INVOCATION_ID": "0" * 32}, warn=pytest.fail)
+    unit = RuntimeDir.discover(
+        environ={"XDG_RUNTIME_DIR": str(login), "INVOCATION_ID": "0" * 32}, warn=pytest.fail
+    )
     assert unit.path == str(login / "xsupervise")
 
 
@@ -134,7 +143,9 @@ def test_symlink_planted_as_runtime_dir_is_refused(tmp_path: Path):
 
 
 @pytest.mark.root("it runs as uid 65534")
-@pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
+@pytest.mark.skipif(
+    os.getuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv"
+)
 def test_unprivileged_user_without_xdg_runtime_dir_gets_a_private_home_directory():
     # Outside pytest's own 0700 tmp tree, which the unprivileged user cannot traverse.
     home = Path(tempfile.mkdtemp(prefix="xsupervise-home-"))
@@ -147,12 +158,21 @@ def test_unprivileged_user_without_xdg_runtime_dir_gets_a_private_home_directory
 
 
 def _check_fallback_as_nobody(home: Path) -> None:
-    code = ("from xsupervise._paths import RuntimeDir; import os, stat; r = RuntimeDir.discover(); "
-            "print(r.path, oct(stat.S_IMODE(os.lstat(r.path).st_mode)), os.lstat(r.path).st_uid)")
-    env = {"HOME": str(home), "PATH": os.environ["PATH"],
-           "PYTHONPATH": str(Path(__file__).parent.parent)}
-    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                             sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    code = (
+        "from xsupervise._paths import RuntimeDir; import os, stat; r = RuntimeDir.discover(); "
+        "print(r.path, oct(stat.S_IMODE(os.lstat(r.path).st_mode)), os.lstat(r.path).st_uid)"
+    )
+    env = {
+        "HOME": str(home),
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(Path(__file__).parent.parent),
+    }
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     path, mode, uid = result.stdout.split()
     assert path.startswith(str(home / ".cache" / "xsupervise" / "run-"))

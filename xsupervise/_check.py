@@ -22,15 +22,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ._errors import XSuperviseError
+from ._errors import ExitCode, XSuperviseError
 from ._paths import RuntimeDir
 from ._x11 import COOKIE_PROTOCOL, parse_setup_reply, setup_request, socket_path
 
-EXIT_HEALTHY = 0
-EXIT_UNHEALTHY = 1
-EXIT_USAGE = 2
-EXIT_ENVIRONMENT = 5
-EXIT_NO_SESSION = 6
 _FAMILY_LOCAL = 256
 _FAMILY_WILD = 0xFFFF
 
@@ -50,7 +45,7 @@ def parse_display(value: str) -> int:
     number = rest.partition(".")[0]
     if not sep or host not in ("", "unix") or not number.isdigit():
         raise _Refusal(
-            EXIT_USAGE,
+            ExitCode.USAGE,
             f"cannot check display {value!r}: give a local display ':N' (or a session name).",
         )
     return int(number)
@@ -63,7 +58,7 @@ def read_cookie(path: str, number: int) -> bytes | None:
             data = stream.read()
     except OSError as exc:
         raise _Refusal(
-            EXIT_ENVIRONMENT, f"cannot read the cookie file {path} ({exc.strerror})."
+            ExitCode.ENVIRONMENT, f"cannot read the cookie file {path} ({exc.strerror})."
         ) from None
     offset = 0
     try:
@@ -84,7 +79,7 @@ def read_cookie(path: str, number: int) -> bytes | None:
                 return cookie
     except struct.error:
         raise _Refusal(
-            EXIT_ENVIRONMENT, f"the cookie file {path} is not an Xauthority file."
+            ExitCode.ENVIRONMENT, f"the cookie file {path} is not an Xauthority file."
         ) from None
     return None
 
@@ -109,7 +104,7 @@ def resolve(
     if target is None:
         if len(records) != 1:
             raise _Refusal(
-                EXIT_USAGE,
+                ExitCode.USAGE,
                 f"{len(records)} sessions run here and DISPLAY is not "
                 "set: give the display (:N) or session name to check.",
             )
@@ -121,7 +116,7 @@ def resolve(
             if environ.get("XAUTHORITY"):  # a display of someone else's, with the given cookie
                 return number, environ["XAUTHORITY"]
             raise _Refusal(
-                EXIT_NO_SESSION,
+                ExitCode.NO_SUCH_SESSION,
                 f"display :{number}: no session of ours runs it and XAUTHORITY is not set.",
             )
         chosen = mine[0]
@@ -129,13 +124,13 @@ def resolve(
         named = [record for record in records if record["name"] == target]
         if not named:
             raise _Refusal(
-                EXIT_NO_SESSION,
+                ExitCode.NO_SUCH_SESSION,
                 f"no session named {target!r} runs here; 'xsupervise list' shows what runs.",
             )
         chosen = named[0]
     if not chosen["display"]:
         raise _Refusal(
-            EXIT_UNHEALTHY,
+            ExitCode.FAILURE,
             f"session {chosen['name']} has no display now (state {chosen['state']}).",
         )
     return int(chosen["display"][1:]), chosen["xauthority"]
@@ -151,7 +146,7 @@ def handshake(number: int, cookie: bytes | None, deadline: float) -> str:
         left = deadline - time.monotonic()
         if left <= 0:
             raise _Refusal(
-                EXIT_UNHEALTHY,
+                ExitCode.FAILURE,
                 f"display {name} did not answer our X11 connection "
                 "in time (stopped or overloaded?).",
             )
@@ -174,20 +169,21 @@ def handshake(number: int, cookie: bytes | None, deadline: float) -> str:
                 chunk = sock.recv(65536)
                 if not chunk:
                     raise _Refusal(
-                        EXIT_UNHEALTHY, f"display {name} closed our X11 connection without a reply."
+                        ExitCode.FAILURE,
+                        f"display {name} closed our X11 connection without a reply.",
                     )
                 reply += chunk
                 if len(reply) >= 8:
                     needed = 8 + 4 * struct.unpack_from("<H", reply, 6)[0]
         except TimeoutError:
             raise _Refusal(
-                EXIT_UNHEALTHY,
+                ExitCode.FAILURE,
                 f"display {name} did not answer our X11 connection "
                 "in time (stopped or overloaded?).",
             ) from None
         except OSError as exc:
             raise _Refusal(
-                EXIT_UNHEALTHY,
+                ExitCode.FAILURE,
                 f"display {name}: nothing answers on {path} ({exc.strerror or exc}).",
             ) from None
     if reply[0] != 1:
@@ -197,14 +193,14 @@ def handshake(number: int, cookie: bytes | None, deadline: float) -> str:
             else "it asked for further authentication"
         )
         raise _Refusal(
-            EXIT_UNHEALTHY,
+            ExitCode.FAILURE,
             f"display {name} refused our X11 connection: {reason or 'no reason given'}.",
         )
     try:
         vendor, _, width, height, depth = parse_setup_reply(reply)
     except (struct.error, IndexError) as exc:
         raise _Refusal(
-            EXIT_UNHEALTHY,
+            ExitCode.FAILURE,
             f"display {name} answered something that is not an X11 setup reply ({exc}).",
         ) from None
     return f"{vendor} {width}x{height}x{depth}"
@@ -222,7 +218,7 @@ def check(target: str | None, timeout: float, runtime: RuntimeDir | None) -> tup
     except _Refusal as refusal:
         return refusal.code, str(refusal)
     elapsed = (time.monotonic() - started) * 1000
-    return EXIT_HEALTHY, f"display :{number} answers ({facts}) in {elapsed:.0f} ms."
+    return ExitCode.OK, f"display :{number} answers ({facts}) in {elapsed:.0f} ms."
 
 
 def _seconds(value: str) -> float:
@@ -267,19 +263,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     code, line = check(args.target, args.timeout, None)
-    if code == EXIT_HEALTHY:
+    if code == ExitCode.OK:
         print(line, flush=True)
     else:
         print(f"xsupervise: {line}", file=sys.stderr, flush=True)
     return code
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m xsupervise._check``: the same command, until it is in the CLI's table."""
-    parser = argparse.ArgumentParser(prog="xsupervise")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    return run(parser.parse_args(["check", *(sys.argv[1:] if argv is None else argv)]))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

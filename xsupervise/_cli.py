@@ -55,6 +55,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "status": Subcommand(parsers.add_status, commands.status),
     "reset": Subcommand(parsers.add_reset, commands.reset),
     "clean": Subcommand(parsers.add_clean, commands.clean),
+    "check": Subcommand(parsers.add_check, commands.check),
 }
 
 

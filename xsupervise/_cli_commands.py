@@ -13,7 +13,7 @@ from ._errors import ExitCode, UsageError
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
 if TYPE_CHECKING:
-    from ._launcher import XServer
+    from ._clock import LaunchedServer
     from .client import Client
 
 # Our parent as first seen, as early as possible: for --exit-with-parent's check that it did
@@ -49,7 +49,7 @@ def _supervise(args: argparse.Namespace) -> int:
         except OSError:
             raise UsageError(f"--displayfd {displayfd} is not an open file descriptor.") from None
 
-    def announce(server: XServer) -> None:
+    def announce(server: LaunchedServer) -> None:
         if is_run:
             return
         facts = server.facts
@@ -61,7 +61,7 @@ def _supervise(args: argparse.Namespace) -> int:
                 "xauthority": server.auth_path,
                 "server_pid": server.pid,
                 "supervisor_pid": os.getpid(),
-                "name": server.record.name,
+                "name": name,
                 "vendor": facts.vendor,
                 "screen": f"{facts.width}x{facts.height}x{facts.depth}",
             },
@@ -233,6 +233,12 @@ def reset(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         else f"{args.name}: had no restart history"
     )
     return ExitCode.OK
+
+
+def check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from ._check import run
+
+    return run(args)
 
 
 def clean(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

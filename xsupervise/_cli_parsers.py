@@ -240,6 +240,12 @@ def add_clean(commands: Subparsers) -> None:
     clean.add_argument("--json", action="store_true", help="one JSON array of entries")
 
 
+def add_check(commands: Subparsers) -> None:
+    from ._check import add_parser
+
+    add_parser(commands)
+
+
 def add_serve(commands: Subparsers) -> None:
     serve = commands.add_parser(
         "serve",

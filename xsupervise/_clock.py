@@ -60,9 +60,16 @@ if TYPE_CHECKING:
         """Spawn a server and verify it; a failure raises StartError (a failed start, counted
         against the budget) or EnvironmentProblem (e.g. no such server binary)."""
 
-        def __call__(self, settings: Settings, runtime: RuntimeDir, number: int | None, *,
-                     files: SessionFiles | None = ..., kind: str = ...,
-                     reclaim: bool = ...) -> Steps[LaunchedServer]: ...
+        def __call__(
+            self,
+            settings: Settings,
+            runtime: RuntimeDir,
+            number: int | None,
+            *,
+            files: SessionFiles | None = ...,
+            kind: str = ...,
+            reclaim: bool = ...,
+        ) -> Steps[LaunchedServer]: ...
 
 
 class Clock:

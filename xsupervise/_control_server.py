@@ -155,7 +155,7 @@ class ControlServer:
             return {"ok": True, **result}
         except XSuperviseError as error:
             return protocol.error_reply(str(error), error.exit_code)
-        except Exception:  # a bug: answer, log, keep serving
+        except Exception:  # noqa: BLE001 - a bug: answer, log, keep serving
             log.get().exception("request %s failed", op.name)
             return protocol.error_reply(
                 f"internal error while handling {op.name!r}; see the daemon's log.",

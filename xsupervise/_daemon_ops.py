@@ -91,7 +91,7 @@ class DaemonOps:
             "screen": f"{facts.width}x{facts.height}x{facts.depth}",
         }
 
-    async def stop(self, display: str | None, name: str | None, all: bool, wait: float) -> Reply:
+    async def stop(self, display: str | None, name: str | None, all: bool, wait: float) -> Reply:  # noqa: A002 - the protocol's field
         if not (display or name or all):
             raise UsageError('stop needs "display": ":N", "name": NAME or "all": true.')
         number = parse_display(display) if display else None

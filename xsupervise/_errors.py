@@ -8,7 +8,7 @@
     ├── StartError             3     the X server did not become a working display
     │   ├── ServerExited       3     it exited (or was killed) before it was ready
     │   ├── BadDisplayFd       3     it wrote something that is not a display number
-    │   ├── NotServing         3     it wrote a number, but no X connection of ours is accepted there
+    │   ├── NotServing         3     it wrote a number, but no X connection of ours is accepted
     │   └── ReadyTimeout       4     no display number before the deadline
     ├── NoSuchSession          6     ``stop``/``status`` named a display nobody of ours supervises
     └── SessionFailed          7     the start limit was reached: the session is FAILED

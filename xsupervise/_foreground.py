@@ -19,6 +19,7 @@ from . import _log as log
 from ._clock import SYSTEM_CLOCK, Clock, clock_time
 from ._notify import Notifier, child_environment
 from ._paths import RuntimeDir
+from ._pinned import reap_orphans
 from ._process import (
     Child,
     Events,
@@ -56,8 +57,11 @@ def _delivered_by_terminal(signum: int) -> bool:
 def fill_command(argv: Sequence[str], server: LaunchedServer) -> list[str]:
     """COMMAND with {display} (':5'), {display_number} ('5') and {xauthority} filled in, and
     '{{' / '}}' turned into single braces; any other {name} is left as it is."""
-    values = {"display": server.display or "", "display_number": str(server.number),
-              "xauthority": server.auth_path}
+    values = {
+        "display": server.display or "",
+        "display_number": str(server.number),
+        "xauthority": server.auth_path,
+    }
 
     def fill(arg: str) -> str:
         out: list[str] = []
@@ -69,8 +73,8 @@ def fill_command(argv: Sequence[str], server: LaunchedServer) -> list[str]:
                 continue
             if arg[i] == "{":
                 end = arg.find("}", i)
-                if end > 0 and arg[i + 1:end] in values:
-                    out.append(values[arg[i + 1:end]])
+                if end > 0 and arg[i + 1 : end] in values:
+                    out.append(values[arg[i + 1 : end]])
                     i = end + 1
                     continue
             out.append(arg[i])
@@ -88,12 +92,22 @@ class _Stop(Exception):
 
 
 class ForegroundSupervisor(Events):
-    def __init__(self, settings: Settings, runtime: RuntimeDir, number: int | None, *,
-                 name: str, command: Sequence[str] = (), no_wait: bool = False,
-                 announce: Callable[[LaunchedServer], None] = lambda server: None,
-                 clock: Clock = SYSTEM_CLOCK,
-                 notifier: Notifier | None = None, substitute: bool = False,
-                 parent_pid: int | None = None, relaunched: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        runtime: RuntimeDir,
+        number: int | None,
+        *,
+        name: str,
+        command: Sequence[str] = (),
+        no_wait: bool = False,
+        announce: Callable[[LaunchedServer], None] = lambda server: None,
+        clock: Clock = SYSTEM_CLOCK,
+        notifier: Notifier | None = None,
+        substitute: bool = False,
+        parent_pid: int | None = None,
+        relaunched: bool = False,
+    ) -> None:
         self.settings = settings
         self.runtime = runtime
         self.number = number
@@ -119,16 +133,30 @@ class ForegroundSupervisor(Events):
         """Supervise until done; return the exit code."""
         with SignalInbox() as self.inbox:
             # Only now that SIGTERM lands in the inbox: our teardown runs, not the default action.
-            if self.parent_pid is not None \
-                    and not signal_when_parent_dies(self.parent_pid, signal.SIGTERM):
-                log.get().warning("parent pid %d exited before we started; nothing was "
-                                  "started.", self.parent_pid)
+            if self.parent_pid is not None and not signal_when_parent_dies(
+                self.parent_pid, signal.SIGTERM
+            ):
+                log.get().warning(
+                    "parent pid %d exited before we started; nothing was started.", self.parent_pid
+                )
                 return 128 + signal.SIGTERM if self.command_argv else 0
             if self.command_argv:
                 become_subreaper()  # so that what COMMAND leaves behind is ours to stop
+            if os.getpid() == 1:
+                # A container's init: the kernel hands us every orphan in it, and nobody else
+                # reaps them. A Python handler makes SIGCHLD wake our poll loop (through the
+                # inbox's wakeup fd); handle() then reaps them.
+                signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
             core = self.core = Session(
-                self.settings, self.runtime, self.number, name=self.name, mode=self.mode,
-                no_wait=self.no_wait, on_event=self._on_event, clock=self.clock)
+                self.settings,
+                self.runtime,
+                self.number,
+                name=self.name,
+                mode=self.mode,
+                no_wait=self.no_wait,
+                on_event=self._on_event,
+                clock=self.clock,
+            )
             try:
                 run_blocking(core.steps(), self)
             except _Stop as stop:
@@ -141,9 +169,11 @@ class ForegroundSupervisor(Events):
                 if self.command_argv:
                     left = stop_adopted(self.settings.kill_grace)
                     if left:
-                        log.get().warning("COMMAND left %d process(es) running (pid %s); "
-                                          "stopped them.", len(left),
-                                          " ".join(map(str, sorted(left))))
+                        log.get().warning(
+                            "COMMAND left %d process(es) running (pid %s); stopped them.",
+                            len(left),
+                            " ".join(map(str, sorted(left))),
+                        )
         raise AssertionError("a session's steps end only by raising")
 
     # -- what the core tells us --------------------------------------------------------
@@ -155,11 +185,14 @@ class ForegroundSupervisor(Events):
                 self._start_command(server)
             self.notifier.ready(f"display {core.display} ready (X server pid {server.pid})")
         elif event == "restarted" and server is not None:
-            self.notifier.status(f"display {core.display} ready (X server pid {server.pid}, "
-                                 f"restart {core.restarts})")
+            self.notifier.status(
+                f"display {core.display} ready (X server pid {server.pid}, restart {core.restarts})"
+            )
         elif event == "waiting":
-            self.notifier.status(f"display {core.display or '(none yet)'} in {core.state} until "
-                                 f"{clock_time(core.next_retry_at)}")
+            self.notifier.status(
+                f"display {core.display or '(none yet)'} in {core.state} until "
+                f"{clock_time(core.next_retry_at)}"
+            )
         elif event == "died":
             self.notifier.status(f"display {core.display}: X server died; restarting")
 
@@ -195,26 +228,37 @@ class ForegroundSupervisor(Events):
             self.notifier.ping()  # we are in our poll loop, so we are healthy
         inbox = self._signals()
         if inbox.read_fd in ready:
+            if os.getpid() == 1:
+                reap_orphans()
             for signum in inbox.drain():
                 self._on_signal(signum)
         command = self.command
         if command is None or command.returncode is not None:
             return
         if self.command_kill_at is not None and self.clock.monotonic() >= self.command_kill_at:
-            log.get().warning("COMMAND %r (pid %d) was still running %g s after it was asked to "
-                              "stop; sending SIGKILL.", self.command_argv[0], command.pid,
-                              self.settings.kill_grace)
+            log.get().warning(
+                "COMMAND %r (pid %d) was still running %g s after it was asked to "
+                "stop; sending SIGKILL.",
+                self.command_argv[0],
+                command.pid,
+                self.settings.kill_grace,
+            )
             command.signal(signal.SIGKILL)
             self.command_kill_at = None
         if command.pidfd in ready:
             status = command.reap()
             code = shell_status(status)
-            if code != 0 and self.mode.counts_app_failures and not self.stop_requested \
-                    and self.core is not None:
+            if (
+                code != 0
+                and self.mode.counts_app_failures
+                and not self.stop_requested
+                and self.core is not None
+            ):
                 ran = self.clock.monotonic() - self.command_started_at
                 self.core.record_app_failure(
                     f"COMMAND {self.command_argv[0]!r} (pid {command.pid}) "
-                    f"{describe_status(status)} after {ran:.1f} s on {self.core.display}.")
+                    f"{describe_status(status)} after {ran:.1f} s on {self.core.display}."
+                )
             self._stopping(code)
 
     def _on_signal(self, signum: int) -> None:

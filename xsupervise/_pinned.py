@@ -125,6 +125,24 @@ def _children_of_ours() -> set[int]:
     return pids
 
 
+# Pids of every Child (see _process) not reaped yet: reap_orphans leaves those to their owner.
+UNREAPED_CHILDREN: set[int] = set()
+
+
+def reap_orphans() -> list[int]:
+    """Reap exited children that are no Child of ours: orphans the kernel hands to PID 1 of a
+    PID namespace (a container's init) or to a subreaper. Never blocks; returns their pids."""
+    reaped = []
+    for pid in _children_of_ours() - UNREAPED_CHILDREN:
+        if is_zombie(pid):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    reaped.append(pid)
+            except ChildProcessError:  # reaped meanwhile by its owner
+                pass
+    return reaped
+
+
 def stop_adopted(grace: float) -> list[int]:
     """SIGTERM every child we still have (all of them orphans we adopted as a subreaper:
     call this after our own children are reaped), SIGKILL those left after ``grace``, reap

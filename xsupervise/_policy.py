@@ -76,15 +76,15 @@ class History:
     """
 
     FIELDS: ClassVar[dict[str, Any]] = {
-        "failures": [],          # wall times of failed starts, newest last, pruned to the window
-        "in_a_row": 0,           # consecutive failed starts since a server last proved itself
-        "next_start_at": 0.0,    # no start before this wall time
-        "failed_at": None,       # FAILED since this wall time, or None
-        "on_probation": False,   # the one try after a cool-down: a failure is FAILED at once
-        "last_failure": None,    # one line: what went wrong last
-        "in_flight": {},         # token -> {"pid", "ticks", "at"}: starts not known to succeed yet
-        "starts": 0,             # every start made under this name since the last reset
-        "name": None,            # the session name (the file name may have been sanitised)
+        "failures": [],  # wall times of failed starts, newest last, pruned to the window
+        "in_a_row": 0,  # consecutive failed starts since a server last proved itself
+        "next_start_at": 0.0,  # no start before this wall time
+        "failed_at": None,  # FAILED since this wall time, or None
+        "on_probation": False,  # the one try after a cool-down: a failure is FAILED at once
+        "last_failure": None,  # one line: what went wrong last
+        "in_flight": {},  # token -> {"pid", "ticks", "at"}: starts not known to succeed yet
+        "starts": 0,  # every start made under this name since the last reset
+        "name": None,  # the session name (the file name may have been sanitised)
     }
     __slots__ = tuple(FIELDS)
     failures: list[float]
@@ -115,17 +115,25 @@ class Decision:
 
     __slots__ = ("go", "until", "state", "reason")
 
-    def __init__(self, go: bool, until: float = 0.0, state: State | None = None,
-                 reason: str = "") -> None:
+    def __init__(
+        self, go: bool, until: float = 0.0, state: State | None = None, reason: str = ""
+    ) -> None:
         self.go, self.until, self.state, self.reason = go, until, state, reason
 
     def __repr__(self) -> str:
         return "Decision(go)" if self.go else f"Decision({self.state} until {self.until:.1f})"
 
 
-def record_failure(history: History, now: float, policy: RestartPolicy, reason: str, *,
-                   token: str | None = None, at: float | None = None,
-                   jitter: Callable[[], float] | None = None) -> None:
+def record_failure(
+    history: History,
+    now: float,
+    policy: RestartPolicy,
+    reason: str,
+    *,
+    token: str | None = None,
+    at: float | None = None,
+    jitter: Callable[[], float] | None = None,
+) -> None:
     """A start failed, or a server died before it proved itself."""
     if token is not None:
         history.in_flight.pop(token, None)
@@ -139,9 +147,13 @@ def record_failure(history: History, now: float, policy: RestartPolicy, reason: 
         history.on_probation = False
 
 
-def may_start(history: History, now: float, policy: RestartPolicy,
-              supervisor_alive: Callable[[int, int | None], bool],
-              jitter: Callable[[], float] | None = None) -> Decision:
+def may_start(
+    history: History,
+    now: float,
+    policy: RestartPolicy,
+    supervisor_alive: Callable[[int, int | None], bool],
+    jitter: Callable[[], float] | None = None,
+) -> Decision:
     """Whether a start may happen now.
 
     A start left in flight by a supervisor that is gone (killed by a relauncher's timeout,
@@ -149,9 +161,15 @@ def may_start(history: History, now: float, policy: RestartPolicy,
     """
     for token, start in list(history.in_flight.items()):
         if not supervisor_alive(start["pid"], start["ticks"]):
-            record_failure(history, now, policy,
-                           f"supervisor pid {start['pid']} was killed while starting its X server",
-                           token=token, at=start["at"], jitter=jitter)
+            record_failure(
+                history,
+                now,
+                policy,
+                f"supervisor pid {start['pid']} was killed while starting its X server",
+                token=token,
+                at=start["at"],
+                jitter=jitter,
+            )
     if history.failed_at is not None:
         until = history.failed_at + policy.failed_cooldown
         if now < until:
@@ -189,8 +207,14 @@ def record_stable(history: History) -> None:
     history.next_start_at = 0.0
 
 
-def record_death(history: History, now: float, policy: RestartPolicy, uptime: float, reason: str,
-                 jitter: Callable[[], float] | None = None) -> None:
+def record_death(
+    history: History,
+    now: float,
+    policy: RestartPolicy,
+    uptime: float,
+    reason: str,
+    jitter: Callable[[], float] | None = None,
+) -> None:
     """A ready server died. After a stable run it restarts at once; before, it is a failure."""
     if uptime >= policy.reset_after:
         record_stable(history)

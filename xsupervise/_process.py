@@ -19,7 +19,15 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 
-from ._pinned import Pinned, same_process, start_ticks, stop_adopted, terminate_pinned, wait_exited
+from ._pinned import (
+    UNREAPED_CHILDREN,
+    Pinned,
+    same_process,
+    start_ticks,
+    stop_adopted,
+    terminate_pinned,
+    wait_exited,
+)
 from ._steps import Events, Offload, Steps, Wait, poll_ready, run_blocking
 
 # Steps and pinned processes live in their own modules; importers may keep using these names.
@@ -101,6 +109,7 @@ class Child:
             popen.wait()  # just spawned, not stuck anywhere: its exit is immediate
             raise
         self.start_ticks = start_ticks(self.pid)  # unreaped, so it cannot be gone
+        UNREAPED_CHILDREN.add(self.pid)
 
     def __repr__(self) -> str:
         name = os.path.basename(self.argv[0])
@@ -135,6 +144,7 @@ class Child:
             pass
 
     def _close_pidfd(self) -> None:
+        UNREAPED_CHILDREN.discard(self.pid)  # called once reaped
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
@@ -233,7 +243,7 @@ def spawn(
         start_new_session=own_group,
         # PR_SET_PDEATHSIG has no other way in; we spawn from one thread only (the loop's or
         # the CLI's), never from an Offload's worker.
-        preexec_fn=_die_with_parent(os.getpid(), deathsig),  # noqa: PLW1509
+        preexec_fn=_die_with_parent(os.getpid(), deathsig),
     )
     return Child(popen, argv, own_group)
 

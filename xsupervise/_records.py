@@ -45,7 +45,7 @@ class SessionRecord:
     }
     __slots__ = tuple(FIELDS)
     token: str
-    name: str | None
+    name: str
     kind: str
     state: str
     supervisor_pid: int | None

@@ -119,7 +119,7 @@ class Registry:
             log.get().error(
                 "session %s ended: %s", managed.spec.name, error, extra=managed.core.log_fields()
             )
-        except Exception as error:  # a bug: keep serving the others, say so loudly
+        except Exception as error:  # noqa: BLE001 - a bug: keep serving the others, say so loudly
             managed.error = error
             log.get().exception(
                 "session %s crashed", managed.spec.name, extra=managed.core.log_fields()

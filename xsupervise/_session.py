@@ -57,10 +57,19 @@ class Session:
     ``no_wait``: a FAILED budget ends the session rather than waiting, whatever the mode.
     """
 
-    def __init__(self, settings: Settings, runtime: RuntimeDir, number: int | None, *,
-                 name: str, mode: Mode, no_wait: bool = False,
-                 on_event: Callable[[Session, str], None] = _ignore,
-                 clock: Clock = SYSTEM_CLOCK, launcher: Launcher = launch_steps) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        runtime: RuntimeDir,
+        number: int | None,
+        *,
+        name: str,
+        mode: Mode,
+        no_wait: bool = False,
+        on_event: Callable[[Session, str], None] = _ignore,
+        clock: Clock = SYSTEM_CLOCK,
+        launcher: Launcher = launch_steps,
+    ) -> None:
         self.settings = settings
         self.policy = settings.policy()
         self.runtime = runtime
@@ -90,8 +99,12 @@ class Session:
 
     def log_fields(self) -> dict[str, object]:
         """Structured fields for the journal (see _log.py)."""
-        return {"SESSION": self.name, "DISPLAY": self.display or "",
-                "SERVER_PID": self.server.pid if self.server else "", "STATE": str(self.state)}
+        return {
+            "SESSION": self.name,
+            "DISPLAY": self.display or "",
+            "SERVER_PID": self.server.pid if self.server else "",
+            "STATE": str(self.state),
+        }
 
     def _log(self, level: str, message: str, *args: object) -> None:
         getattr(log.get(), level)(message, *args, extra=self.log_fields())
@@ -136,13 +149,19 @@ class Session:
             if self.ready_once:
                 self.restarts += 1
                 self.files.save(restarts=self.restarts)
-                self._log("warning", "X server restarted on %s (pid %d, restart %d).",
-                          server.display, server.pid, self.restarts)
+                self._log(
+                    "warning",
+                    "X server restarted on %s (pid %d, restart %d).",
+                    server.display,
+                    server.pid,
+                    self.restarts,
+                )
                 self.on_event(self, "restarted")
             else:
                 self.ready_once = True
-                self._log("info", "display %s is ready (X server pid %d).", server.display,
-                          server.pid)
+                self._log(
+                    "info", "display %s is ready (X server pid %d).", server.display, server.pid
+                )
                 self.on_event(self, "ready")
             return server
 
@@ -172,12 +191,19 @@ class Session:
                 self._go(Event.COOL_DOWN if decision.state == State.FAILED else Event.BACKOFF)
                 self.next_retry_at = decision.until
                 self.last_failure = decision.reason or self.last_failure
-                self.files.save(state=self.state, next_retry_at=decision.until,
-                                last_failure=decision.reason)
+                self.files.save(
+                    state=self.state, next_retry_at=decision.until, last_failure=decision.reason
+                )
                 what = "FAILED, cooling down" if self.state == State.FAILED else "backing off"
-                self._log("warning", "session %s is %s: next start at %s (in %.2f s). "
-                          "Last failure: %s", self.name, what, clock_time(decision.until),
-                          decision.until - now, decision.reason or "(none)")
+                self._log(
+                    "warning",
+                    "session %s is %s: next start at %s (in %.2f s). Last failure: %s",
+                    self.name,
+                    what,
+                    clock_time(decision.until),
+                    decision.until - now,
+                    decision.reason or "(none)",
+                )
                 self.on_event(self, "waiting")
             # Ask the ledger again at least every second: 'xsupervise reset' may have cleared it.
             wake_at = min(decision.until, now + _LEDGER_RECHECK)
@@ -185,8 +211,9 @@ class Session:
 
     def _record_failure(self, reason: str) -> None:
         with self.ledger.update() as history:
-            policy.record_failure(history, self.clock.wall(), self.policy, reason,
-                                  token=self.files.token)
+            policy.record_failure(
+                history, self.clock.wall(), self.policy, reason, token=self.files.token
+            )
         self._go(Event.START_FAILED)
         self.last_failure = reason
         self.files.save(state=self.state, last_failure=reason)
@@ -204,9 +231,14 @@ class Session:
         self.server = None
         self._go(Event.START)
         try:
-            server = yield from self.launcher(self.settings, self.runtime, self.number,
-                                              files=self.files, kind=self.mode.kind,
-                                              reclaim=self.mode.reclaims)
+            server = yield from self.launcher(
+                self.settings,
+                self.runtime,
+                self.number,
+                files=self.files,
+                kind=self.mode.kind,
+                reclaim=self.mode.reclaims,
+            )
         except StartError:
             raise  # the caller records it as the failure it is
         except BaseException:
@@ -238,8 +270,10 @@ class Session:
         # left in it, then reaps it and removes the socket file it may have left.
         status = yield from server.stop_steps()
         uptime = self.clock.monotonic() - self.ready_at
-        reason = (f"X server {server.display} (pid {server.pid}) {describe_status(status)} after "
-                  f"{uptime:.1f} s up. Its last output: {server.output_tail or '(nothing)'}")
+        reason = (
+            f"X server {server.display} (pid {server.pid}) {describe_status(status)} after "
+            f"{uptime:.1f} s up. Its last output: {server.output_tail or '(nothing)'}"
+        )
         self._go(Event.DIED)
         self.last_failure = reason
         self._log("error", "%s", reason)
@@ -252,8 +286,10 @@ class Session:
 
 def _failed_line(session: Session, history: policy.History, decision: policy.Decision) -> str:
     rules = session.policy
-    return (f"session {session.name} is FAILED: {len(history.failures)} failed starts in "
-            f"{rules.start_limit_interval:g} s (limit {rules.start_limit_burst}), FAILED since "
-            f"{clock_time(history.failed_at)}; next try allowed at {clock_time(decision.until)}. "
-            f"Last failure: {decision.reason or '(unknown)'} Fix the cause, then run "
-            f"'xsupervise reset {session.name}' to try at once.")
+    return (
+        f"session {session.name} is FAILED: {len(history.failures)} failed starts in "
+        f"{rules.start_limit_interval:g} s (limit {rules.start_limit_burst}), FAILED since "
+        f"{clock_time(history.failed_at)}; next try allowed at {clock_time(decision.until)}. "
+        f"Last failure: {decision.reason or '(unknown)'} Fix the cause, then run "
+        f"'xsupervise reset {session.name}' to try at once."
+    )

@@ -32,8 +32,14 @@ class Event(enum.Enum):
 _S, _R, _B, _F = State.STARTING, State.READY, State.BACKOFF, State.FAILED
 # The table of ``transition``'s docstring (a test checks that the two agree).
 _NEXT: dict[State, dict[Event, State]] = {
-    State.STARTING: {Event.START: _S, Event.BACKOFF: _B, Event.COOL_DOWN: _F, Event.GIVE_UP: _F,
-                     Event.VERIFIED: _R, Event.START_FAILED: _B},
+    State.STARTING: {
+        Event.START: _S,
+        Event.BACKOFF: _B,
+        Event.COOL_DOWN: _F,
+        Event.GIVE_UP: _F,
+        Event.VERIFIED: _R,
+        Event.START_FAILED: _B,
+    },
     State.BACKOFF: {Event.START: _S, Event.BACKOFF: _B, Event.COOL_DOWN: _F, Event.GIVE_UP: _F},
     State.FAILED: {Event.START: _S, Event.BACKOFF: _B, Event.COOL_DOWN: _F, Event.GIVE_UP: _F},
     State.READY: {Event.DIED: _B, Event.STOP: State.STOPPING},
@@ -69,8 +75,9 @@ def transition(state: State, event: Event) -> State:
     try:
         return _NEXT[state][event]
     except KeyError:
-        raise ImpossibleTransition(f"a session cannot go from {state.value} on {event.name}; "
-                                   "this is a bug in xsupervise.") from None
+        raise ImpossibleTransition(
+            f"a session cannot go from {state.value} on {event.name}; this is a bug in xsupervise."
+        ) from None
 
 
 class Mode(enum.Enum):

@@ -18,6 +18,8 @@ import socket
 from . import _protocol as protocol
 from ._errors import EnvironmentProblem, ExitCode, UsageError, XSuperviseError
 
+__all__ = ["Client", "ControlError", "DaemonUnavailable", "default_socket_path", "running_daemon"]
+
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
 if TYPE_CHECKING:
     from types import TracebackType
@@ -185,7 +187,7 @@ class Client:
         display: str | None = None,
         *,
         name: str | None = None,
-        all: bool = False,
+        all: bool = False,  # noqa: A002 - the protocol's field, as the CLI's --all
         wait: float | None = None,
     ) -> list[str]:
         """Stop display ":N", the session ``name``, or ``all``; one line per stopped session.

@@ -16,7 +16,9 @@ HERE = Path(__file__).parent
 def _cannot_boot() -> str | None:
     if os.environ.get("XSUPERVISE_BOOT_TEST") != "1":
         # Minutes on a cold cache, and it needs Debian's archive: asked for, not by default.
-        return "the systemd boot test runs only with XSUPERVISE_BOOT_TEST=1 (tests/system/boot-test)"
+        return (
+            "the systemd boot test runs only with XSUPERVISE_BOOT_TEST=1 (tests/system/boot-test)"
+        )
     if os.geteuid() != 0:
         return "needs root to boot a container"
     for tool, package in (("systemd-nspawn", "systemd-container"), ("debootstrap", "debootstrap")):

@@ -18,8 +18,15 @@ def setup_xinfo() -> dict:
         "xinfo",
         # {port} is filled in by jupyter-server-proxy, {display} by xsupervise once the
         # display answers.
-        [sys.executable, "-m", "xsupervise_xinfo.app", "--port", "{port}",
-         "--display", "{display}"],
+        [
+            sys.executable,
+            "-m",
+            "xsupervise_xinfo.app",
+            "--port",
+            "{port}",
+            "--display",
+            "{display}",
+        ],
         title="X display facts",
         screen="1024x768x24",
     )

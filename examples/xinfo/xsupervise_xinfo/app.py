@@ -25,16 +25,22 @@ class XClientError(Exception):
 def read_display_facts(display: str) -> dict:
     """Ask the X server about itself through xdpyinfo."""
     try:
-        result = subprocess.run(["xdpyinfo", "-display", display], capture_output=True,
-                                text=True, timeout=XDPYINFO_TIMEOUT)
+        result = subprocess.run(
+            ["xdpyinfo", "-display", display],
+            capture_output=True,
+            text=True,
+            timeout=XDPYINFO_TIMEOUT,
+        )
     except FileNotFoundError:
-        raise XClientError("xdpyinfo is not installed (Debian/Ubuntu: apt install x11-utils)") \
-            from None
+        raise XClientError(
+            "xdpyinfo is not installed (Debian/Ubuntu: apt install x11-utils)"
+        ) from None
     except OSError as error:  # e.g. out of processes: still one clear answer, not a dropped one
         raise XClientError(f"cannot run xdpyinfo: {error}") from None
     except subprocess.TimeoutExpired:
-        raise XClientError(f"xdpyinfo got no answer from {display} "
-                           f"within {XDPYINFO_TIMEOUT:g} s") from None
+        raise XClientError(
+            f"xdpyinfo got no answer from {display} within {XDPYINFO_TIMEOUT:g} s"
+        ) from None
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no message"])[-1]
         raise XClientError(f"xdpyinfo failed on {display}: {last}")
