@@ -10,15 +10,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import free_display_number, requires_xvfb
+
 from xsupervise._screenshot import ScreenshotError, capture
 
 PIL = pytest.importorskip("PIL.Image")
 
 pytestmark = requires_xvfb
-needs_xsetroot = pytest.mark.skipif(shutil.which("xsetroot") is None,
-                                    reason="xsetroot is not installed (x11-xserver-utils)")
+needs_xsetroot = pytest.mark.skipif(
+    shutil.which("xsetroot") is None, reason="xsetroot is not installed (x11-xserver-utils)"
+)
 
 
 @pytest.fixture
@@ -44,8 +45,9 @@ def test_red_root_window_is_red_and_screen_sized(display, tmp_path: Path) -> Non
     assert _colours(shot) == {(255, 0, 0)}
 
 
-def test_environment_is_left_as_it_was(display, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_is_left_as_it_was(
+    display, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The cookie reaches libxcb through XAUTHORITY: it must be put back after the connect.
     monkeypatch.setenv("XAUTHORITY", "/nonexistent/ours")
     capture(display.display, display.xauthority, tmp_path / "shot.png")
@@ -55,24 +57,33 @@ def test_environment_is_left_as_it_was(display, tmp_path: Path,
     assert "XAUTHORITY" not in os.environ
 
 
-@pytest.mark.skipif(not (shutil.which("xmessage") and shutil.which("xdotool")),
-                    reason="a window test needs xmessage and xdotool")
+@pytest.mark.skipif(
+    not (shutil.which("xmessage") and shutil.which("xdotool")),
+    reason="a window test needs xmessage and xdotool",
+)
 def test_one_window_is_captured_at_its_size(display, tmp_path: Path) -> None:
     env = {**os.environ, **display.env}
-    window = subprocess.Popen(["xmessage", "-name", "shotme", "-geometry", "+10+20", "hi"],
-                              env=env)
+    window = subprocess.Popen(["xmessage", "-name", "shotme", "-geometry", "+10+20", "hi"], env=env)
     try:
         # --sync waits until the window exists (xdotool polls the server for it).
-        found = subprocess.run(["xdotool", "search", "--sync", "--onlyvisible", "--classname",
-                                "shotme"], env=env, capture_output=True, text=True,
-                               timeout=10, check=True)
+        found = subprocess.run(
+            ["xdotool", "search", "--sync", "--onlyvisible", "--classname", "shotme"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
         wid = int(found.stdout.split()[0])
-        facts = subprocess.run(["xwininfo", "-id", str(wid)], env=env, capture_output=True,
-                               text=True, check=True).stdout
+        facts = subprocess.run(
+            ["xwininfo", "-id", str(wid)], env=env, capture_output=True, text=True, check=True
+        ).stdout
         width = int(facts.split("Width:")[1].split()[0])
         height = int(facts.split("Height:")[1].split()[0])
-        assert capture(display.display, display.xauthority, tmp_path / "w.png", wid) \
-            == (width, height)
+        assert capture(display.display, display.xauthority, tmp_path / "w.png", wid) == (
+            width,
+            height,
+        )
         assert (width, height) != (800, 600)
     finally:
         window.kill()
@@ -91,8 +102,9 @@ def test_a_silent_display_is_named(tmp_path: Path) -> None:
     cookie = tmp_path / "cookie"
     cookie.write_bytes(b"")
     number = free_display_number()
-    with pytest.raises(ScreenshotError,
-                       match=rf"^display :{number} is not answering: no X server listens"):
+    with pytest.raises(
+        ScreenshotError, match=rf"^display :{number} is not answering: no X server listens"
+    ):
         capture(f":{number}", str(cookie), tmp_path / "shot.png")
 
 
