@@ -97,9 +97,21 @@ def test_a_failing_test_leaves_a_red_png_named_in_its_report(tmp_path: Path) -> 
         """
         import subprocess
 
+        import pytest
+
         def test_paints_red_then_fails():
             subprocess.run(["xsetroot", "-solid", "red"], check=True)
             assert False, "the window was red"
+
+        @pytest.fixture
+        def broken():
+            raise RuntimeError("a fixture that fails")
+
+        def test_setup_error(broken):
+            pass
+
+        def test_passes():
+            pass
     """,
     )
     done = run_pytest(
@@ -109,6 +121,12 @@ def test_a_failing_test_leaves_a_red_png_named_in_its_report(tmp_path: Path) -> 
     shot = project / "shots" / "test_sample.py_test_paints_red_then_fails.png"
     assert str(shot) in done.stdout
     assert "xdisplay screenshot call" in done.stdout
+    # A setup error gets its shot too; a passing test none.
+    assert "xdisplay screenshot setup" in done.stdout
+    assert sorted(path.name for path in (project / "shots").iterdir()) == [
+        "test_sample.py_test_paints_red_then_fails.png",
+        "test_sample.py_test_setup_error.png",
+    ]
     with Image.open(shot) as image:
         assert image.size == (800, 600)
         assert image.convert("RGB").getcolors(1) == [(800 * 600, (255, 0, 0))]
