@@ -179,7 +179,6 @@ def test_sigkilled_pytest_leaves_no_server_and_no_file(tmp_path: Path, isolated:
     )
     inner = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", "--xdisplay"],
-        check=False,
         cwd=project,
         env=inner_env(),
         stdout=subprocess.PIPE,
