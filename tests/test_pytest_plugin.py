@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,9 +20,7 @@ import pytest
 from conftest import X11_UNIX, read_line, requires_xvfb, wait_gone
 
 pytestmark = requires_xvfb
-needs_xsetroot = pytest.mark.skipif(
-    __import__("shutil").which("xsetroot") is None, reason="xsetroot is not installed"
-)
+needs_xsetroot = pytest.mark.skipif(not shutil.which("xsetroot"), reason="no xsetroot")
 
 RECORD = """
 import json, os, pathlib
@@ -43,11 +42,8 @@ def sample(tmp_path: Path, tests: str, ini: str = "") -> Path:
 
 
 def inner_env(**extra: str) -> dict[str, str]:
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in ("DISPLAY", "XAUTHORITY") and not name.startswith("PYTEST_")
-    }
+    ours = ("DISPLAY", "XAUTHORITY", "PYTEST_")  # the inner run must not see the outer's
+    env = {name: value for name, value in os.environ.items() if not name.startswith(ours)}
     return {**env, "PYTHONPATH": ".", **extra}
 
 
