@@ -3,12 +3,12 @@
 #   docker run -d --name display xsupervise
 # See docs/kubernetes.md (Docker section) for sharing the display with other containers.
 
-# Build stage: systemd-python compiles against libsystemd, which needs a compiler.
+# Build stage: the venv, with the systemd extra left out (no systemd in a container, and
+# systemd-python would need a compiler): pip and its caches stay out of the runtime image.
 FROM debian:12-slim AS build
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libsystemd-dev pkg-config python3-dev \
-       python3-venv \
+    && apt-get install -y --no-install-recommends python3-venv \
     && rm -rf /var/lib/apt/lists/*
 COPY . /src
 RUN python3 -m venv /opt/xsupervise \

@@ -360,3 +360,35 @@ def test_exit_codes_are_named_once_and_each_is_explained_in_the_help():
     }
     # FAILURE (1) is for 'clean' (its own epilog says so) and unforeseen failures.
     assert {int(code) for code in ExitCode} - {ExitCode.FAILURE} <= documented
+
+
+# systemd-python is an extra; "not installed" is simulated by a None entry in sys.modules,
+# which makes every `import systemd...` raise ImportError, as in a venv without it.
+WITHOUT_SYSTEMD = "import sys; sys.modules['systemd'] = None; from xsupervise._cli import main; "
+
+
+@requires_xvfb
+def test_without_systemd_python_run_works_and_serve_under_systemd_exits_5(tmp_path: Path):
+    ran = subprocess.run(
+        [sys.executable, "-c", WITHOUT_SYSTEMD + "sys.exit(main(['run', '--', 'true']))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (ran.returncode, ran.stderr) == (0, "")
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
+    for argv in (["serve", "--socket", str(tmp_path / "control.sock")], ["start", ":auto"]):
+        refused = subprocess.run(
+            [sys.executable, "-c", WITHOUT_SYSTEMD + f"sys.exit(main({argv!r}))"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+        assert refused.returncode == 5, refused.stderr
+        assert refused.stderr.count("\n") == 1
+        assert "NOTIFY_SOCKET is set" in refused.stderr
+        assert "pip install 'xsupervise[systemd]'" in refused.stderr
+    assert not (tmp_path / "control.sock").exists()  # refused before binding anything

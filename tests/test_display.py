@@ -45,6 +45,7 @@ def test_public_names_are_exported():
         "ReadyTimeout",
         "NoSuchSession",
         "SessionFailed",
+        "ScreenshotError",
     }
     for name in xsupervise.__all__:
         assert getattr(xsupervise, name)

@@ -30,6 +30,7 @@ PACKAGE_API = [
     "ReadyTimeout",
     "NoSuchSession",
     "SessionFailed",
+    "ScreenshotError",
 ]
 CLIENT_API = [
     "Client",
@@ -39,7 +40,7 @@ CLIENT_API = [
     "running_daemon",
 ]
 JUPYTER_API = ["server_process", "session_name", "proxy_timeout", "APP_START_SECONDS"]
-PUBLIC_MODULES = {"__main__", "client", "jupyter"}
+PUBLIC_MODULES = {"__main__", "client", "jupyter", "pytest_plugin"}
 
 
 def test_package_exports_exactly_its_api() -> None:

@@ -15,6 +15,7 @@ from ._errors import (
     NotServing,
     ReadyTimeout,
     RuntimeDirError,
+    ScreenshotError,
     ServerExited,
     ServerNotFound,
     SessionFailed,
@@ -42,6 +43,7 @@ __all__ = [
     "ReadyTimeout",
     "NoSuchSession",
     "SessionFailed",
+    "ScreenshotError",
 ]
 
 # typing.TYPE_CHECKING without importing typing (start-up time); type checkers treat any

@@ -30,7 +30,7 @@ _FAMILY_LOCAL = 256
 _FAMILY_WILD = 0xFFFF
 
 
-class _Refusal(Exception):
+class Refusal(Exception):
     """Internal: one line and an exit code."""
 
     def __init__(self, code: int, line: str):
@@ -44,7 +44,7 @@ def parse_display(value: str) -> int:
     host, sep, rest = value.rpartition(":")
     number = rest.partition(".")[0]
     if not sep or host not in ("", "unix") or not number.isdigit():
-        raise _Refusal(
+        raise Refusal(
             ExitCode.USAGE,
             f"cannot check display {value!r}: give a local display ':N' (or a session name).",
         )
@@ -57,7 +57,7 @@ def read_cookie(path: str, number: int) -> bytes | None:
         with open(path, "rb") as stream:
             data = stream.read()
     except OSError as exc:
-        raise _Refusal(
+        raise Refusal(
             ExitCode.ENVIRONMENT, f"cannot read the cookie file {path} ({exc.strerror})."
         ) from None
     offset = 0
@@ -78,7 +78,7 @@ def read_cookie(path: str, number: int) -> bytes | None:
             ):
                 return cookie
     except struct.error:
-        raise _Refusal(
+        raise Refusal(
             ExitCode.ENVIRONMENT, f"the cookie file {path} is not an Xauthority file."
         ) from None
     return None
@@ -90,7 +90,7 @@ def _records(runtime: RuntimeDir | None) -> list[dict[str, Any]]:
     try:
         return [record.as_dict() for record in live_records(runtime or RuntimeDir.discover())]
     except XSuperviseError as error:
-        raise _Refusal(error.exit_code, str(error)) from None
+        raise Refusal(error.exit_code, str(error)) from None
 
 
 def resolve(
@@ -103,7 +103,7 @@ def resolve(
     records = _records(runtime)
     if target is None:
         if len(records) != 1:
-            raise _Refusal(
+            raise Refusal(
                 ExitCode.USAGE,
                 f"{len(records)} sessions run here and DISPLAY is not "
                 "set: give the display (:N) or session name to check.",
@@ -115,7 +115,7 @@ def resolve(
         if not mine:
             if environ.get("XAUTHORITY"):  # a display of someone else's, with the given cookie
                 return number, environ["XAUTHORITY"]
-            raise _Refusal(
+            raise Refusal(
                 ExitCode.NO_SUCH_SESSION,
                 f"display :{number}: no session of ours runs it and XAUTHORITY is not set.",
             )
@@ -123,13 +123,13 @@ def resolve(
     else:
         named = [record for record in records if record["name"] == target]
         if not named:
-            raise _Refusal(
+            raise Refusal(
                 ExitCode.NO_SUCH_SESSION,
                 f"no session named {target!r} runs here; 'xsupervise list' shows what runs.",
             )
         chosen = named[0]
     if not chosen["display"]:
-        raise _Refusal(
+        raise Refusal(
             ExitCode.FAILURE,
             f"session {chosen['name']} has no display now (state {chosen['state']}).",
         )
@@ -145,7 +145,7 @@ def handshake(number: int, cookie: bytes | None, deadline: float) -> str:
     def remaining() -> float:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise _Refusal(
+            raise Refusal(
                 ExitCode.FAILURE,
                 f"display {name} did not answer our X11 connection "
                 "in time (stopped or overloaded?).",
@@ -168,7 +168,7 @@ def handshake(number: int, cookie: bytes | None, deadline: float) -> str:
                 sock.settimeout(remaining())
                 chunk = sock.recv(65536)
                 if not chunk:
-                    raise _Refusal(
+                    raise Refusal(
                         ExitCode.FAILURE,
                         f"display {name} closed our X11 connection without a reply.",
                     )
@@ -176,13 +176,13 @@ def handshake(number: int, cookie: bytes | None, deadline: float) -> str:
                 if len(reply) >= 8:
                     needed = 8 + 4 * struct.unpack_from("<H", reply, 6)[0]
         except TimeoutError:
-            raise _Refusal(
+            raise Refusal(
                 ExitCode.FAILURE,
                 f"display {name} did not answer our X11 connection "
                 "in time (stopped or overloaded?).",
             ) from None
         except OSError as exc:
-            raise _Refusal(
+            raise Refusal(
                 ExitCode.FAILURE,
                 f"display {name}: nothing answers on {path} ({exc.strerror or exc}).",
             ) from None
@@ -192,14 +192,14 @@ def handshake(number: int, cookie: bytes | None, deadline: float) -> str:
             if reply[0] == 0
             else "it asked for further authentication"
         )
-        raise _Refusal(
+        raise Refusal(
             ExitCode.FAILURE,
             f"display {name} refused our X11 connection: {reason or 'no reason given'}.",
         )
     try:
         vendor, _, width, height, depth = parse_setup_reply(reply)
     except (struct.error, IndexError) as exc:
-        raise _Refusal(
+        raise Refusal(
             ExitCode.FAILURE,
             f"display {name} answered something that is not an X11 setup reply ({exc}).",
         ) from None
@@ -215,7 +215,7 @@ def check(target: str | None, timeout: float, runtime: RuntimeDir | None) -> tup
         number, auth_path = resolve(target, runtime)
         cookie = read_cookie(auth_path, number) if auth_path else None
         facts = handshake(number, cookie, deadline)
-    except _Refusal as refusal:
+    except Refusal as refusal:
         return refusal.code, str(refusal)
     elapsed = (time.monotonic() - started) * 1000
     return ExitCode.OK, f"display :{number} answers ({facts}) in {elapsed:.0f} ms."

@@ -15,6 +15,7 @@ from . import _cli_commands as commands
 from . import _cli_parsers as parsers
 from . import _log as log
 from ._errors import XSuperviseError
+from ._systemd import require_systemd_python
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "reset": Subcommand(parsers.add_reset, commands.reset),
     "clean": Subcommand(parsers.add_clean, commands.clean),
     "check": Subcommand(parsers.add_check, commands.check),
+    "screenshot": Subcommand(parsers.add_screenshot, commands.screenshot),
 }
 
 
@@ -109,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check(args, subcommand, parser)
     log.setup("DEBUG" if args.verbose else "INFO" if args.command == "serve" else "WARNING")
     try:
+        require_systemd_python()
         return subcommand.handle(args, parser)
     except XSuperviseError as error:
         if args.verbose:

@@ -241,6 +241,12 @@ def check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return run(args)
 
 
+def screenshot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from ._cli_screenshot import run
+
+    return run(args)
+
+
 def clean(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import json
 

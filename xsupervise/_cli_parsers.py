@@ -246,6 +246,12 @@ def add_check(commands: Subparsers) -> None:
     add_parser(commands)
 
 
+def add_screenshot(commands: Subparsers) -> None:
+    from ._cli_screenshot import add_parser
+
+    add_parser(commands)
+
+
 def add_serve(commands: Subparsers) -> None:
     serve = commands.add_parser(
         "serve",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from os import PathLike
 from types import TracebackType
 
 from ._launcher import XServer, launch_steps
@@ -121,6 +122,13 @@ class Display:
         """Vendor and screen geometry, from the server's handshake reply."""
         return self._ready().facts  # type: ignore[return-value]
 
+    def screenshot(self, path: str | PathLike[str], window: int | None = None) -> tuple[int, int]:
+        """Write a PNG of the display (or of window ``window``) to ``path``; its (width, height).
+        Raises ``xsupervise.ScreenshotError`` with one line when it cannot be taken."""
+        from ._screenshot import capture
+
+        return capture(self.display, self.xauthority, path, window)
+
 
 class AsyncDisplay:
     """``Display`` for asyncio: ``async with AsyncDisplay(":auto") as display: ...``.
@@ -195,6 +203,15 @@ class AsyncDisplay:
         traceback: TracebackType | None,
     ) -> None:
         await self.stop()
+
+    async def screenshot(
+        self, path: str | PathLike[str], window: int | None = None
+    ) -> tuple[int, int]:
+        """``Display.screenshot``, in a worker thread: the loop goes on while it encodes."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._display.screenshot, path, window)
 
     display = property(lambda self: self._display.display, doc=Display.display.__doc__)
     number = property(lambda self: self._display.number)

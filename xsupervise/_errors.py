@@ -11,7 +11,8 @@
     │   ├── NotServing         3     it wrote a number, but no X connection of ours is accepted
     │   └── ReadyTimeout       4     no display number before the deadline
     ├── NoSuchSession          6     ``stop``/``status`` named a display nobody of ours supervises
-    └── SessionFailed          7     the start limit was reached: the session is FAILED
+    ├── SessionFailed          7     the start limit was reached: the session is FAILED
+    └── ScreenshotError        1     a screenshot could not be taken (no such window, refused)
 
 Messages are full sentences on one line: what happened, which pid/path, what to do.
 The CLI prints ``xsupervise: <message>`` and exits with ``exit_code``; the Python API
@@ -36,6 +37,7 @@ __all__ = [
     "ReadyTimeout",
     "NoSuchSession",
     "SessionFailed",
+    "ScreenshotError",
 ]
 
 
@@ -145,3 +147,9 @@ class NoSuchSession(XSuperviseError):
 
 class SessionFailed(XSuperviseError):
     exit_code = ExitCode.SESSION_FAILED
+
+
+class ScreenshotError(XSuperviseError):
+    """A screenshot could not be taken; the message is one line saying why."""
+
+    exit_code = ExitCode.FAILURE

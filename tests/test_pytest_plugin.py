@@ -1,0 +1,301 @@
+"""The pytest plugin, driving a sample project's pytest in a subprocess (real Xvfb).
+
+The inner pytest inherits this test's private XDG_RUNTIME_DIR, so conftest's leak check
+also proves that its displays left no process and no session file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import X11_UNIX, read_line, requires_xvfb, wait_gone
+
+pytestmark = requires_xvfb
+needs_xsetroot = pytest.mark.skipif(not shutil.which("xsetroot"), reason="no xsetroot")
+
+RECORD = """
+import json, os, pathlib
+
+def record(name, **facts):
+    facts.update(display=os.environ.get("DISPLAY"), xauthority=os.environ.get("XAUTHORITY"),
+                 worker=os.environ.get("PYTEST_XDIST_WORKER"))
+    pathlib.Path("out", name + ".json").write_text(json.dumps(facts))
+"""
+
+
+def sample(tmp_path: Path, tests: str, ini: str = "") -> Path:
+    project = tmp_path / "project"
+    (project / "out").mkdir(parents=True)
+    (project / "pytest.ini").write_text(f"[pytest]\n{ini}\n")
+    (project / "record.py").write_text(RECORD)
+    (project / "test_sample.py").write_text("from record import record\n" + textwrap.dedent(tests))
+    return project
+
+
+def inner_env(**extra: str) -> dict[str, str]:
+    ours = ("DISPLAY", "XAUTHORITY", "PYTEST_")  # the inner run must not see the outer's
+    env = {name: value for name, value in os.environ.items() if not name.startswith(ours)}
+    return {**env, "PYTHONPATH": ".", **extra}
+
+
+def run_pytest(
+    project: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        check=False,
+        cwd=project,
+        env=env or inner_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def records(project: Path) -> dict[str, dict[str, object]]:
+    return {path.stem: json.loads(path.read_text()) for path in (project / "out").iterdir()}
+
+
+def test_run_sees_a_working_display_and_gets_its_environment_back(tmp_path: Path) -> None:
+    project = sample(
+        tmp_path,
+        """
+        import atexit, os, subprocess
+        atexit.register(lambda: record("after", after=True))  # once pytest.main returned
+
+        def test_display():
+            subprocess.run(["xdpyinfo"], check=True, capture_output=True)
+            record("during")
+    """,
+    )
+    done = run_pytest(project, "--xdisplay", env=inner_env(XAUTHORITY="/theirs"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    seen = records(project)
+    assert re.fullmatch(r":\d+", seen["during"]["display"])
+    assert Path(seen["during"]["xauthority"]).parent.name == "sessions"
+    assert (seen["after"]["display"], seen["after"]["xauthority"]) == (None, "/theirs")
+
+
+@needs_xsetroot
+def test_a_failing_test_leaves_a_red_png_named_in_its_report(tmp_path: Path) -> None:
+    image_module = pytest.importorskip("PIL.Image")
+    project = sample(
+        tmp_path,
+        """
+        import subprocess
+
+        import pytest
+
+        def test_paints_red_then_fails():
+            subprocess.run(["xsetroot", "-solid", "red"], check=True)
+            assert False, "the window was red"
+
+        @pytest.fixture
+        def broken():
+            raise RuntimeError("a fixture that fails")
+
+        def test_setup_error(broken):
+            pass
+
+        def test_passes():
+            pass
+    """,
+    )
+    done = run_pytest(
+        project, "--xdisplay", "--xdisplay-screen", "800x600x24", "--xdisplay-screenshots", "shots"
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    shot = project / "shots" / "test_sample.py_test_paints_red_then_fails.png"
+    assert str(shot) in done.stdout
+    assert "xdisplay screenshot call" in done.stdout
+    # A setup error gets its shot too; a passing test none.
+    assert "xdisplay screenshot setup" in done.stdout
+    assert sorted(path.name for path in (project / "shots").iterdir()) == [
+        "test_sample.py_test_paints_red_then_fails.png",
+        "test_sample.py_test_setup_error.png",
+    ]
+    with image_module.open(shot) as image:
+        assert image.size == (800, 600)
+        assert image.convert("RGB").getcolors(1) == [(800 * 600, (255, 0, 0))]
+
+
+def test_each_xdist_worker_gets_its_own_display(tmp_path: Path) -> None:
+    pytest.importorskip("xdist")
+    project = sample(
+        tmp_path,
+        """
+        import pytest
+
+        @pytest.mark.parametrize("n", range(6))
+        def test_one(n, xdisplay):
+            record(f"t{n}", pid=xdisplay.server_pid)
+    """,
+    )
+    (project / "conftest.py").write_text(
+        textwrap.dedent("""
+        import os
+        from record import record
+
+        def pytest_sessionfinish(session):
+            if not hasattr(session.config, "workerinput"):
+                record("controller")
+    """)
+    )
+    done = run_pytest(project, "--xdisplay", "-n", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    seen = records(project)
+    assert seen.pop("controller")["display"] is None  # the controller started none
+    by_worker = {(facts["worker"], facts["display"], facts["pid"]) for facts in seen.values()}
+    assert len(seen) == 6
+    assert len(by_worker) == 2, by_worker  # one display per worker, two workers
+    assert len({display for _, display, _ in by_worker}) == 2
+    for _, _, pid in by_worker:
+        assert wait_gone(pid, 5)
+
+
+def test_sigkilled_pytest_leaves_no_server_and_no_file(tmp_path: Path, isolated: Path) -> None:
+    project = sample(
+        tmp_path,
+        """
+        import json, time
+
+        def test_hangs(xdisplay):
+            print("PIDS", json.dumps([xdisplay.server_pid, xdisplay.display]), flush=True)
+            time.sleep(60)
+    """,
+    )
+    inner = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", "--xdisplay"],
+        cwd=project,
+        env=inner_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        bufsize=0,
+    )
+    try:
+        line = ""
+        while "PIDS" not in line:
+            line = read_line(inner.stdout, timeout=15)
+            assert line, "the inner pytest ended before its test ran"
+        server_pid, display = json.loads(line.split("PIDS", 1)[1])
+        supervisor = next(
+            child
+            for child in __import__("psutil").Process(inner.pid).children()
+            if "xsupervise" in " ".join(child.cmdline())
+        )
+        files = os.listdir(isolated / "xsupervise" / "sessions")
+        assert files, "the display's session files should exist while it runs"
+        inner.send_signal(signal.SIGKILL)
+        inner.wait()
+        assert wait_gone(supervisor.pid, 8), "xsupervise outlived the SIGKILLed pytest"
+        assert wait_gone(server_pid, 1), "the X server outlived the SIGKILLed pytest"
+        assert os.listdir(isolated / "xsupervise" / "sessions") == []
+        assert not os.path.exists(f"{X11_UNIX}/X{display[1:]}")
+    finally:
+        inner.kill()
+        inner.wait()
+        inner.stdout.close()
+
+
+def test_no_xdisplay_leaves_display_untouched(tmp_path: Path, isolated: Path) -> None:
+    project = sample(
+        tmp_path,
+        """
+        import os, pytest
+
+        @pytest.mark.xdisplay(fresh=True)
+        def test_desktop(xdisplay):
+            record("desktop", fixture=xdisplay.display)
+    """,
+        ini="xdisplay = true",
+    )
+    done = run_pytest(project, "--no-xdisplay", env=inner_env(DISPLAY=":4242"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert records(project)["desktop"] == {
+        "display": ":4242",
+        "fixture": ":4242",
+        "xauthority": None,
+        "worker": None,
+    }
+    assert not (isolated / "xsupervise" / "sessions").exists() or not os.listdir(
+        isolated / "xsupervise" / "sessions"
+    )
+
+
+def test_plugin_is_inactive_unless_asked(tmp_path: Path, isolated: Path) -> None:
+    project = sample(
+        tmp_path,
+        """
+        def test_plain():
+            record("plain")
+    """,
+    )
+    done = run_pytest(project, env=inner_env(DISPLAY=":4242"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert records(project)["plain"]["display"] == ":4242"
+    assert not (isolated / "xsupervise").exists()  # not even a runtime directory
+
+
+def test_marker_gives_a_fresh_display_for_one_test(tmp_path: Path) -> None:
+    project = sample(
+        tmp_path,
+        """
+        import os, pytest
+
+        def test_1_run(xdisplay):
+            record("run", fixture=xdisplay.display)
+
+        @pytest.mark.xdisplay(screen="640x480x24", fresh=True)
+        def test_2_fresh(xdisplay, tmp_path):
+            size = xdisplay.screenshot(tmp_path / "shot.png")
+            record("fresh", fixture=xdisplay.display, size=size)
+
+        def test_3_run_again(xdisplay):
+            record("again", fixture=xdisplay.display)
+    """,
+    )
+    done = run_pytest(project)  # without --xdisplay: the fixture starts the run's display
+    assert done.returncode == 0, done.stdout + done.stderr
+    seen = records(project)
+    assert seen["run"]["display"] == seen["run"]["fixture"] == seen["again"]["display"]
+    assert seen["fresh"]["display"] == seen["fresh"]["fixture"] != seen["run"]["display"]
+    assert seen["fresh"]["xauthority"] != seen["run"]["xauthority"]
+    assert seen["fresh"]["size"] == [640, 480]
+
+
+def test_no_x_server_is_a_usage_error_with_the_flag_and_a_skip_without(tmp_path: Path) -> None:
+    project = sample(
+        tmp_path,
+        """
+        def test_needs_display(xdisplay):
+            record("ran")
+    """,
+    )
+    done = run_pytest(project, "--xdisplay", "--xdisplay-server", "/nonexistent/Xvfb")
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
+    assert re.search(r"ERROR: --xdisplay: .*'/nonexistent/Xvfb' does not exist", done.stderr)
+    done = run_pytest(project, "-rs", env=inner_env(XSUPERVISE_SERVER="/nonexistent/Xvfb"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"SKIPPED .*no X display: .*'/nonexistent/Xvfb' does not exist", done.stdout)
+    assert records(project) == {}
+
+
+def test_pool_is_a_clear_usage_error_until_pools_exist(tmp_path: Path) -> None:
+    from xsupervise.client import Client
+
+    if hasattr(Client, "lease"):
+        pytest.skip("this xsupervise has pools")
+    project = sample(tmp_path, "def test_nothing():\n    pass\n")
+    done = run_pytest(project, "--xdisplay-pool", "ci")
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR
+    assert "leases from a pool need a daemon with pools" in done.stderr
