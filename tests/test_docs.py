@@ -198,7 +198,10 @@ def test_units_exec_start_parses(unit: Path) -> None:
 
 @requires_xvfb
 @pytest.mark.parametrize("where,code", blocks("python"), ids=[w for w, _ in blocks("python")])
-def test_python_example(where: str, code: str) -> None:
+def test_python_example(
+    where: str, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # what an example writes (a screenshot) stays in the test's dir
     compiled = compile(code, where, "exec")
     if code.startswith("# Compiled only"):
         return  # the first line says why (a daemon must be running)
@@ -210,6 +213,15 @@ def test_toml_example(where: str, text: str) -> None:
     data = tomllib.loads(text)
     if "project" in data:
         return  # a pyproject.toml excerpt
+    if "tool" in data:  # the pytest plugin's ini keys, as pyproject.toml holds them
+        ini = data["tool"]["pytest"]["ini_options"]
+        assert set(ini) <= {
+            "xdisplay",
+            "xdisplay_screen",
+            "xdisplay_server",
+            "xdisplay_screenshots",
+        }
+        return
     sessions = data.pop("session", {})
     assert set(data) <= set(FIELDS), f"{where}: unknown settings"
     for table in sessions.values():

@@ -56,8 +56,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--xdisplay-server",
         metavar="CMD",
-        help="X server command, e.g. 'Xvfb' or 'Xvnc -SecurityTypes None' "
-        "(default: xsupervise's, Xvfb)",
+        help="X server command, e.g. 'Xvfb' or 'Xephyr' (default: xsupervise's, Xvfb)",
     )
     group.addoption(
         "--xdisplay-pool",
