@@ -29,28 +29,6 @@ def assert_gone(pid: int) -> None:
     assert not psutil.pid_exists(pid), f"pid {pid} still exists"
 
 
-def test_public_names_are_exported():
-    assert set(xsupervise.__all__) == {
-        "Display",
-        "AsyncDisplay",
-        "XSuperviseError",
-        "UsageError",
-        "EnvironmentProblem",
-        "ServerNotFound",
-        "RuntimeDirError",
-        "StartError",
-        "ServerExited",
-        "BadDisplayFd",
-        "NotServing",
-        "ReadyTimeout",
-        "NoSuchSession",
-        "SessionFailed",
-        "ScreenshotError",
-    }
-    for name in xsupervise.__all__:
-        assert getattr(xsupervise, name)
-
-
 @requires_xvfb
 def test_auto_display_answers_with_cookie_only_and_leaves_nothing(runtime_dir: Path):
     with xsupervise.Display(":auto", screen="1024x768x24") as display:
