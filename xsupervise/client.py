@@ -18,7 +18,14 @@ import socket
 from . import _protocol as protocol
 from ._errors import EnvironmentProblem, ExitCode, UsageError, XSuperviseError
 
-__all__ = ["Client", "ControlError", "DaemonUnavailable", "default_socket_path", "running_daemon"]
+__all__ = [
+    "Client",
+    "ControlError",
+    "DaemonUnavailable",
+    "Lease",
+    "default_socket_path",
+    "running_daemon",
+]
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
 if TYPE_CHECKING:
@@ -33,6 +40,35 @@ if TYPE_CHECKING:
 
 # How much longer than the "wait" it gives the daemon we wait for a stop's reply.
 _STOP_REPLY_MARGIN = 30.0
+_LEASE_WAIT = 30.0  # the protocol's default "wait" for a lease
+
+
+class Lease(dict):  # type: ignore[type-arg]
+    """A display leased from a pool: the ``lease`` op's reply (``display``, ``env``,
+    ``xauthority``, ``server_pid``, ``lease``...), held while its client stays connected.
+
+    ``with client.lease("default") as lease:`` releases it when the block ends; the daemon
+    destroys the display then (and if this process dies, when its connection closes)."""
+
+    def __init__(self, client: Client, reply: Reply):
+        super().__init__(reply)
+        self.client = client
+        self.released = False
+
+    def release(self) -> None:
+        """End the lease (idempotent); its display is destroyed by the daemon."""
+        if not self.released:
+            self.released = True
+            try:
+                self.client.request("release", lease=self["lease"])
+            except ControlError:
+                pass  # the daemon or the connection is gone: so is the lease
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
 
 
 class ControlError(XSuperviseError):
@@ -220,6 +256,21 @@ class Client:
     def reset(self, name: str) -> bool:
         """Clear the restart history of ``name``; whether it had any."""
         return bool(self._ask("reset", {"name": name})["had_history"])
+
+    def lease(self, pool: str = "default", wait: float | None = None) -> Lease:
+        """A display of ``pool``, held while this client stays connected or until released;
+        a context manager. ``wait``: seconds to wait for a spare (the daemon's default: 30).
+        A FAILED pool raises ControlError with exit code 7 at once."""
+        fields: dict[str, object] = {"pool": pool}
+        if wait is not None:
+            fields["wait"] = wait
+        margin = _LEASE_WAIT if wait is None else wait
+        return Lease(self, self._ask("lease", fields, margin + _STOP_REPLY_MARGIN))
+
+    def pools(self) -> Records:
+        """Every pool: name, size, ready, leased, refilling, state."""
+        pools: Records = self._ask("list", {})["pools"]
+        return pools
 
 
 def running_daemon(path: str | None = None, timeout: float | None = 60.0) -> Client | None:
