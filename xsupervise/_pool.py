@@ -86,7 +86,7 @@ class Pool:
 
     @property
     def state(self) -> str:
-        """"ready" (every spare is), "refilling", "failed" (the budget is spent), "stopped"."""
+        """ "ready" (every spare is), "refilling", "failed" (the budget is spent), "stopped"."""
         if self.closed:
             return "stopped"
         if any(entry.core.state == State.FAILED for entry in self.spares):
