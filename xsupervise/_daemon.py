@@ -77,23 +77,23 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.config_path, specs = load_session_specs(self.flags)  # a bad file: exit 2 now
-        pools = load_pool_specs(self.flags)
+        self.pools.apply(load_pool_specs(self.flags))  # known at once; spares once reclaimed
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         await self.control.start(self.listener.sock)
         await self._reclaim()
+        self.pools.begin()
         log.get().info(
             "serving on %s (%s); config %s with %d session(s), %d pool(s).",
             self.listener.path or "a socket from systemd",
             "socket-activated" if self.listener.activated else "bound by us",
             self.config_path or "(none)",
             len(specs),
-            len(pools),
+            len(self.pools.pools),
         )
         for spec in specs:
             self.registry.start(spec, "config")
-        self.pools.apply(pools)
         self._readiness = loop.create_task(self._announce_when_settled(first=True))
         watchdog = loop.create_task(self._watchdog()) if self.notifier.interval else None
         try:

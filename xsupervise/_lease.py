@@ -73,6 +73,7 @@ class Pools:
         self.leases: dict[str, Lease] = {}
         self.retiring: set[DaemonEntry] = set()  # displays being destroyed
         self.stopping = False
+        self.begun = False
 
     def __repr__(self) -> str:
         return f"<Pools {list(self.pools)}: {len(self.leases)} lease(s)>"
@@ -87,9 +88,19 @@ class Pools:
             pool = self.pools.get(spec.name)
             if pool is None:
                 self.pools[spec.name] = pool = Pool(spec, self.runtime, self.changed)
+                pool.paused = not self.begun
                 pool.fill()
             elif pool.spec != spec:
                 self._retire(pool.apply(spec))
+        self.changed()
+
+    def begin(self) -> None:
+        """Start the spares (once the daemon has cleared what killed supervisors left). The
+        pools are known before, so that a lease asked for at once waits rather than fails."""
+        self.begun = True
+        for pool in self.pools.values():
+            pool.paused = False
+            pool.fill()
         self.changed()
 
     def _retire(self, entries: list[DaemonEntry]) -> None:

@@ -67,6 +67,7 @@ class Pool:
         self.changed = changed
         self.spares: list[DaemonEntry] = []
         self.closed = False
+        self.paused = False  # known (leases wait for it), but no spares yet: see Pools.begin
         self._serial = 0
         self._wakeup = asyncio.Event()
 
@@ -106,7 +107,7 @@ class Pool:
     # -- spares ----------------------------------------------------------------------------
     def fill(self) -> None:
         """Start spares until there are ``size`` of them."""
-        while not self.closed and len(self.spares) < self.spec.size:
+        while not (self.closed or self.paused) and len(self.spares) < self.spec.size:
             self._serial += 1
             key = f"{self.spec.session_name}#{self._serial}"
             core = Session(
