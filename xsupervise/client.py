@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 # How much longer than the "wait" it gives the daemon we wait for a stop's reply.
 _STOP_REPLY_MARGIN = 30.0
 _LEASE_WAIT = 30.0  # the protocol's default "wait" for a lease
+_LEASE_TRIES = 5
 
 
 class Lease(dict):  # type: ignore[type-arg]
@@ -77,6 +78,10 @@ class ControlError(XSuperviseError):
     def __init__(self, message: str, exit_code: int = ExitCode.FAILURE):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class _NoReply(ControlError):
+    """The daemon closed the connection without a reply (e.g. dropped it, idle, to make room)."""
 
 
 class DaemonUnavailable(EnvironmentProblem):
@@ -157,7 +162,7 @@ class Client:
             while b"\n" not in self._buffer:
                 chunk = sock.recv(65536)
                 if not chunk:
-                    raise ControlError(
+                    raise _NoReply(
                         f"the daemon on {self.path} closed the connection without a reply."
                     )
                 self._buffer += chunk
@@ -166,7 +171,12 @@ class Client:
                 f"no reply from the daemon on {self.path} within {sock.gettimeout():g} s."
             ) from None
         except OSError as exc:
-            raise ControlError(f"lost the connection to {self.path}: {exc.strerror}.") from None
+            lost = (
+                _NoReply
+                if isinstance(exc, ConnectionResetError | BrokenPipeError)
+                else ControlError
+            )
+            raise lost(f"lost the connection to {self.path}: {exc.strerror}.") from None
         finally:
             if reply_within is not None and self._sock is not None:
                 self._sock.settimeout(self.timeout)
@@ -265,6 +275,14 @@ class Client:
         if wait is not None:
             fields["wait"] = wait
         margin = _LEASE_WAIT if wait is None else wait
+        for _attempt in range(_LEASE_TRIES - 1):
+            try:
+                return Lease(self, self._ask("lease", fields, margin + _STOP_REPLY_MARGIN))
+            except _NoReply:
+                # In a burst of new connections the daemon drops the idlest to make room,
+                # before it read their request: nothing was leased (a connection holding or
+                # asking for a lease is never dropped). Ask again on a new connection.
+                self.close()
         return Lease(self, self._ask("lease", fields, margin + _STOP_REPLY_MARGIN))
 
     def pools(self) -> Records:
