@@ -177,6 +177,9 @@ class DaemonOps:
             connection.leases.discard(lease)
         return {"released": lease}
 
+    async def pools(self) -> Reply:
+        return {"pools": self.daemon.pools.info()}
+
     def connection_closed(self, leases: set[str]) -> None:
         """A lessee's connection closed (it exited, crashed, was killed): end its leases."""
         for lease in leases:

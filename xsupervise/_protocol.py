@@ -151,6 +151,7 @@ OPS: dict[str, Op] = {
             reply=("lease", "pool", *START_REPLY),
         ),
         Op("release", (Field("lease", str),), reply=("released",)),
+        Op("pools", (), reply=("pools",)),
         Op("reset", (Field("name", str),), reply=("name", "had_history")),
     )
 }

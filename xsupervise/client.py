@@ -41,15 +41,11 @@ if TYPE_CHECKING:
 # How much longer than the "wait" it gives the daemon we wait for a stop's reply.
 _STOP_REPLY_MARGIN = 30.0
 _LEASE_WAIT = 30.0  # the protocol's default "wait" for a lease
-_LEASE_TRIES = 5
 
 
 class Lease(dict):  # type: ignore[type-arg]
-    """A display leased from a pool: the ``lease`` op's reply (``display``, ``env``,
-    ``xauthority``, ``server_pid``, ``lease``...), held while its client stays connected.
-
-    ``with client.lease("default") as lease:`` releases it when the block ends; the daemon
-    destroys the display then (and if this process dies, when its connection closes)."""
+    """A leased display: the ``lease`` op's reply (``display``, ``env``, ``lease``...), held
+    while its client stays connected; ``with`` releases it (the daemon destroys it)."""
 
     def __init__(self, client: Client, reply: Reply):
         super().__init__(reply)
@@ -61,7 +57,7 @@ class Lease(dict):  # type: ignore[type-arg]
         if not self.released:
             self.released = True
             try:
-                self.client.request("release", lease=self["lease"])
+                self.client.release(self["lease"])
             except ControlError:
                 pass  # the daemon or the connection is gone: so is the lease
 
@@ -81,7 +77,7 @@ class ControlError(XSuperviseError):
 
 
 class _NoReply(ControlError):
-    """The daemon closed the connection without a reply (e.g. dropped it, idle, to make room)."""
+    """The daemon closed the connection without a reply (e.g. dropped it to make room)."""
 
 
 class DaemonUnavailable(EnvironmentProblem):
@@ -268,26 +264,28 @@ class Client:
         return bool(self._ask("reset", {"name": name})["had_history"])
 
     def lease(self, pool: str = "default", wait: float | None = None) -> Lease:
-        """A display of ``pool``, held while this client stays connected or until released;
-        a context manager. ``wait``: seconds to wait for a spare (the daemon's default: 30).
-        A FAILED pool raises ControlError with exit code 7 at once."""
+        """A display of ``pool`` (a context manager), held while connected or until released;
+        ``wait``: seconds for a spare (default 30). A FAILED pool: ControlError, exit code 7."""
         fields: dict[str, object] = {"pool": pool}
         if wait is not None:
             fields["wait"] = wait
-        margin = _LEASE_WAIT if wait is None else wait
-        for _attempt in range(_LEASE_TRIES - 1):
+        within = (_LEASE_WAIT if wait is None else wait) + _STOP_REPLY_MARGIN
+        for _attempt in range(4):  # then a fifth, whose error is raised
             try:
-                return Lease(self, self._ask("lease", fields, margin + _STOP_REPLY_MARGIN))
+                return Lease(self, self._ask("lease", fields, within))
             except _NoReply:
-                # In a burst of new connections the daemon drops the idlest to make room,
-                # before it read their request: nothing was leased (a connection holding or
-                # asking for a lease is never dropped). Ask again on a new connection.
+                # Dropped for room in a burst, before our request was read: nothing was
+                # leased (lessees are never dropped). Ask again on a new connection.
                 self.close()
-        return Lease(self, self._ask("lease", fields, margin + _STOP_REPLY_MARGIN))
+        return Lease(self, self._ask("lease", fields, within))
+
+    def release(self, lease: str) -> None:
+        """End lease ``lease`` (the id ``lease`` replied with); its display is destroyed."""
+        self._ask("release", {"lease": lease})
 
     def pools(self) -> Records:
         """Every pool: name, size, ready, leased, refilling, state."""
-        pools: Records = self._ask("list", {})["pools"]
+        pools: Records = self._ask("pools", {}).get("pools", [])
         return pools
 
 
