@@ -223,9 +223,12 @@ def test_toml_example(where: str, text: str) -> None:
         }
         return
     sessions = data.pop("session", {})
+    pools = data.pop("pool", {})
     assert set(data) <= set(FIELDS), f"{where}: unknown settings"
     for table in sessions.values():
         assert set(table) <= {*FIELDS, "display"}, f"{where}: unknown session keys"
+    for table in pools.values():
+        assert set(table) <= {*FIELDS, "size"}, f"{where}: unknown pool keys"
 
 
 def slug(heading: str) -> str:

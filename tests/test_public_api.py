@@ -36,6 +36,7 @@ CLIENT_API = [
     "Client",
     "ControlError",
     "DaemonUnavailable",
+    "Lease",
     "default_socket_path",
     "running_daemon",
 ]

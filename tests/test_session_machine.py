@@ -114,12 +114,14 @@ def test_the_modes_mean_what_the_four_booleans_meant():
         Mode.RELAUNCHED: ("cli", False, True, True),
         Mode.DAEMON_CONFIGURED: ("daemon", True, False, False),
         Mode.DAEMON_REQUESTED: ("daemon", False, False, False),
+        Mode.DAEMON_POOL: ("daemon", True, False, False),
     }
     # give_up_when_failed was no_wait; once ready, every session but a configured one gives up
     for mode in Mode:
         assert mode.gives_up_when_failed(no_wait=True, ready_once=False)
         assert not mode.gives_up_when_failed(no_wait=False, ready_once=False)
-        assert mode.gives_up_when_failed(False, True) is (mode is not Mode.DAEMON_CONFIGURED)
+        retries = mode in (Mode.DAEMON_CONFIGURED, Mode.DAEMON_POOL)
+        assert mode.gives_up_when_failed(False, True) is not retries
     assert [mode for mode in Mode if mode.counts_app_failures] == [Mode.RELAUNCHED]
 
 

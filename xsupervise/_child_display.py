@@ -196,17 +196,18 @@ class Desktop:
 class Leased:
     """A display leased from a pool of the daemon, held while the connection is open."""
 
-    def __init__(self, client: Any, reply: Mapping[str, Any]) -> None:
+    def __init__(self, client: Any, lease: Mapping[str, Any]) -> None:
         self._client = client
-        self.display: str = reply["display"]
-        self.xauthority: str = reply["xauthority"]
-        self.server_pid: int | None = reply.get("server_pid")
+        self._lease = lease  # a client.Lease
+        self.display: str = lease["display"]
+        self.xauthority: str = lease["xauthority"]
+        self.server_pid: int | None = lease.get("server_pid")
         self.env = {"DISPLAY": self.display, "XAUTHORITY": self.xauthority}
 
     def stop(self) -> None:
-        release = getattr(self._client, "release", None)
+        release = getattr(self._lease, "release", None)
         if release is not None:
-            release(self.display)
+            release()  # the daemon destroys the display
         self._client.close()
 
 

@@ -12,6 +12,7 @@ import os
 import sys
 
 from . import _cli_commands as commands
+from . import _cli_lease as cli_lease
 from . import _cli_parsers as parsers
 from . import _log as log
 from ._errors import XSuperviseError
@@ -58,6 +59,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "clean": Subcommand(parsers.add_clean, commands.clean),
     "check": Subcommand(parsers.add_check, commands.check),
     "screenshot": Subcommand(parsers.add_screenshot, commands.screenshot),
+    "lease": Subcommand(cli_lease.add_lease, cli_lease.lease),
 }
 
 

@@ -29,7 +29,12 @@ def start(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """`run`: `start :auto -- COMMAND` that prints nothing of its own."""
+    """`run`: `start :auto -- COMMAND` that prints nothing of its own (--pool: leased)."""
+    pool = args.pool or os.environ.get("XSUPERVISE_POOL")
+    if pool:
+        from ._cli_lease import run_leased
+
+        return run_leased(args, parser, pool)
     return _supervise(args)
 
 
@@ -144,10 +149,11 @@ def list_(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from ._records import SessionRecord
 
-    daemon = _daemon(args)
+    daemon, pools = _daemon(args), []
     if daemon is not None:
         with daemon:
             records = [SessionRecord(**data) for data in daemon.list()]
+            pools = daemon.pools()
     else:
         from ._paths import RuntimeDir
         from ._records import live_records
@@ -158,7 +164,7 @@ def list_(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return ExitCode.OK
     if not records:
         print("no sessions")
-        return ExitCode.OK
+        return _print_pools(pools)
     print(
         f"{'DISPLAY':8} {'STATE':9} {'KIND':6} {'SUPERVISOR':>10} {'SERVER':>8} {'UPTIME':>8}  NAME"
     )
@@ -169,7 +175,13 @@ def list_(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"{record.supervisor_pid:>10} {record.server_pid or '-':>8} "
             f"{int(now - record.started_at):>7}s  {record.name}"
         )
-    return ExitCode.OK
+    return _print_pools(pools)
+
+
+def _print_pools(pools: list[dict[str, object]]) -> int:
+    from ._cli_lease import print_pools
+
+    return print_pools(pools)
 
 
 def stop(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -202,10 +214,11 @@ def status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ._settings import load_settings
 
     now = time.time()
-    daemon = _daemon(args)
+    daemon, pools = _daemon(args), []
     if daemon is not None:
         with daemon:
             entries = daemon.status(args.target)
+            pools = [] if args.target else daemon.pools()
     else:
         entries = session_status(RuntimeDir.discover(), args.target, load_settings().policy(), now)
     if args.json:
@@ -214,7 +227,7 @@ def status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print("no sessions")
     for entry in [] if args.json else entries:
         print(format_status(entry, now))
-    return ExitCode.OK
+    return ExitCode.OK if args.json else _print_pools(pools)
 
 
 def reset(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

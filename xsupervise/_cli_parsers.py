@@ -144,6 +144,13 @@ def add_run(commands: Subparsers) -> None:
     )
     _add_display_options(run)
     _add_launcher_options(run)
+    run.add_argument(
+        "--pool",
+        metavar="NAME",
+        help="lease a display of pool NAME from the running 'xsupervise serve' instead of "
+        "starting a server (XSUPERVISE_POOL); no daemon: exit 5",
+    )
+    _add_socket_option(run)
 
 
 def _add_launcher_options(parser: argparse.ArgumentParser) -> None:

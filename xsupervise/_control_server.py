@@ -1,14 +1,17 @@
 """The daemon's side of the control socket: clients, their limits, one reply per request line.
 
 Defences: at most ``MAX_CLIENTS`` connections (when full, the one idle longest is dropped),
-lines of at most ``_protocol.MAX_LINE`` bytes, ``_protocol.IDLE_TIMEOUT`` seconds to send a
-complete line, ``WRITE_TIMEOUT`` seconds for a reply to be taken, peers of another uid
-refused (root is always allowed). What a request means is ``_daemon_ops.DaemonOps``'s part.
+besides at most ``MAX_LESSEES`` that asked for a lease (never dropped: a lease lasts as long
+as its connection, with no idle timeout while it holds one), lines of at most
+``_protocol.MAX_LINE`` bytes, ``_protocol.IDLE_TIMEOUT`` seconds to send a complete line,
+``WRITE_TIMEOUT`` seconds for a reply to be taken, peers of another uid refused (root is
+always allowed). What a request means is ``_daemon_ops.DaemonOps``'s part.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import socket
 import sys
@@ -25,14 +28,27 @@ if TYPE_CHECKING:
     from ._protocol import Reply
 
 MAX_CLIENTS = 64
+# Connections that asked for a lease are counted apart (a burst of lessees may wait on a
+# small pool, and a lessee is never dropped to make room: that would destroy its display).
+MAX_LESSEES = 1024
 WRITE_TIMEOUT = 10.0
 
 
-class _Client:
+class Connection:
+    """One client connection; ``leases``: the ids of the leases it holds (they end with it)."""
+
     def __init__(self, writer: asyncio.StreamWriter):
         self.writer = writer
         self.last_activity = time.monotonic()
         self.busy = False
+        self.lessee = False  # it asked for a lease: see MAX_LESSEES
+        self.leases: set[str] = set()
+
+
+# The connection whose request is being answered (each connection is a task of its own).
+CURRENT: contextvars.ContextVar[Connection | None] = contextvars.ContextVar(
+    "xsupervise_connection", default=None
+)
 
 
 class ControlServer:
@@ -40,7 +56,7 @@ class ControlServer:
 
     def __init__(self, ops: DaemonOps):
         self.ops = ops
-        self.clients: dict[asyncio.StreamWriter, _Client] = {}
+        self.clients: dict[asyncio.StreamWriter, Connection] = {}
         self._server: asyncio.Server | None = None
 
     def __repr__(self) -> str:
@@ -68,7 +84,8 @@ class ControlServer:
     async def _serve_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        client = _Client(writer)
+        client = Connection(writer)
+        CURRENT.set(client)
         try:
             _pid, uid, _gid = peer_credentials(writer.get_extra_info("socket"))
             if uid not in (os.getuid(), 0):
@@ -92,8 +109,10 @@ class ControlServer:
                 return
             self.clients[writer] = client
             while True:
+                # A lessee holds its connection open, idle, for as long as it uses the display.
+                timeout = None if client.leases else protocol.IDLE_TIMEOUT
                 try:
-                    line = await asyncio.wait_for(reader.readline(), protocol.IDLE_TIMEOUT)
+                    line = await asyncio.wait_for(reader.readline(), timeout)
                 except TimeoutError:
                     await self._reply(
                         client,
@@ -123,16 +142,23 @@ class ControlServer:
             pass
         finally:
             self.clients.pop(writer, None)
+            if client.leases:  # the lessee is gone: so are its displays
+                self.ops.connection_closed(client.leases)
             if writer.transport.get_write_buffer_size():
                 writer.transport.abort()  # it does not read: do not wait to flush to it
             else:
                 writer.close()
 
+    def lessees(self) -> int:
+        return sum(client.lessee for client in self.clients.values())
+
     def _make_room(self) -> bool:
-        """At MAX_CLIENTS, drop the connection idle longest (never one being answered)."""
-        if len(self.clients) < MAX_CLIENTS:
+        """At MAX_CLIENTS, drop the connection idle longest (never one being answered, nor
+        one holding a lease: that would destroy a display in use)."""
+        others = [client for client in self.clients.values() if not client.lessee]
+        if len(others) < MAX_CLIENTS:
             return True
-        idle = [client for client in self.clients.values() if not client.busy]
+        idle = [client for client in others if not client.busy]
         if not idle:
             return False
         oldest = min(idle, key=lambda client: client.last_activity)
@@ -140,7 +166,7 @@ class ControlServer:
         oldest.writer.transport.abort()  # frees its fd now; close() would wait to flush
         return True
 
-    async def _reply(self, client: _Client, reply: Reply) -> None:
+    async def _reply(self, client: Connection, reply: Reply) -> None:
         client.writer.write(protocol.encode(reply))
         await asyncio.wait_for(client.writer.drain(), WRITE_TIMEOUT)
 

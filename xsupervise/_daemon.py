@@ -21,9 +21,11 @@ from . import _log as log
 from ._control_server import ControlServer
 from ._daemon_ops import DaemonOps
 from ._errors import ExitCode, XSuperviseError
+from ._lease import Pools
 from ._listener import Listener
 from ._notify import Notifier
 from ._paths import RuntimeDir
+from ._pool_spec import load_pool_specs
 from ._registry import Registry
 from ._settings import load_session_specs, load_settings
 
@@ -54,6 +56,8 @@ class Daemon:
         self.flags = dict(flags or {})
         self.notifier = notifier or Notifier()
         self.registry = Registry(runtime, self.notifier)
+        self.pools = Pools(runtime, self.registry.note_change)
+        self.registry.more_status = self.pools.status_text
         self.control = ControlServer(DaemonOps(self))
         self.config_path: str | None = None
         self.policy = load_settings(self.flags).policy()  # for status; re-read on SIGHUP
@@ -73,17 +77,20 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.config_path, specs = load_session_specs(self.flags)  # a bad file: exit 2 now
+        self.pools.apply(load_pool_specs(self.flags))  # known at once; spares once reclaimed
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         await self.control.start(self.listener.sock)
         await self._reclaim()
+        self.pools.begin()
         log.get().info(
-            "serving on %s (%s); config %s with %d session(s).",
+            "serving on %s (%s); config %s with %d session(s), %d pool(s).",
             self.listener.path or "a socket from systemd",
             "socket-activated" if self.listener.activated else "bound by us",
             self.config_path or "(none)",
             len(specs),
+            len(self.pools.pools),
         )
         for spec in specs:
             self.registry.start(spec, "config")
@@ -96,8 +103,8 @@ class Daemon:
             for task in (self._readiness, watchdog):
                 if task is not None:
                     task.cancel()
-            self.control.close()
-            await self.registry.stop(list(self.registry))
+            self.control.close()  # every lessee sees its connection close
+            await asyncio.gather(self.pools.stop(), self.registry.stop(list(self.registry)))
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
         return ExitCode.OK
@@ -119,6 +126,7 @@ class Daemon:
             self._stop.set()
         else:  # a second signal: cut the X servers' grace short
             self.registry.cancel_all()
+            self.pools.cancel_all()
 
     async def _watchdog(self) -> None:
         # This runs on the event loop: if the loop is stuck, the pings stop and systemd
@@ -133,7 +141,10 @@ class Daemon:
         """READY=1 once every configured session is ready or FAILED (or READY_DEADLINE)."""
         deadline = time.monotonic() + READY_DEADLINE
         changed = self.registry.changed
-        while not all(managed.settled() for managed in self.registry.configured()):
+        while not (
+            all(managed.settled() for managed in self.registry.configured())
+            and self.pools.settled()
+        ):
             changed.clear()
             try:
                 await asyncio.wait_for(changed.wait(), deadline - time.monotonic())
@@ -154,6 +165,7 @@ class Daemon:
             self.notifier.reloading()
             try:
                 config_path, specs = load_session_specs(self.flags)
+                pools = load_pool_specs(self.flags)
                 policy = load_settings(self.flags).policy()
             except XSuperviseError as error:
                 log.get().error("config not reloaded, keeping the old one: %s", error)
@@ -172,11 +184,13 @@ class Daemon:
             for spec in specs:
                 if self.registry.get(spec.name) is None:
                     self.registry.start(spec, "config")
+            self.pools.apply(pools)  # leased displays are never touched
             log.get().info(
-                "reloaded %s: %d session(s), %d stopped or restarted.",
+                "reloaded %s: %d session(s), %d stopped or restarted; %d pool(s).",
                 self.config_path or "(no config file)",
                 len(specs),
                 len(outdated),
+                len(pools),
             )
             self._announce_again()
 

@@ -127,13 +127,20 @@ class DaemonOps:
     async def list(self) -> Reply:
         from ._records import live_records
 
-        return {"sessions": [record.as_dict() for record in live_records(self.runtime)]}
+        return {
+            "sessions": [record.as_dict() for record in live_records(self.runtime)],
+            "pools": self.daemon.pools.info(),
+        }
 
     async def status(self, target: str | None) -> Reply:
         from ._local_ops import session_status
 
         entries = session_status(self.runtime, target, self.daemon.policy, time.time())
-        return {"sessions": entries, "status": self.registry.status_line()}
+        return {
+            "sessions": entries,
+            "status": self.registry.status_line(),
+            "pools": self.daemon.pools.info(),
+        }
 
     async def reset(self, name: str | None) -> Reply:
         from ._ledger import Ledger
@@ -141,3 +148,39 @@ class DaemonOps:
         if not name:
             raise UsageError('reset needs "name": NAME.')
         return {"name": name, "had_history": Ledger(self.runtime, name).reset()}
+
+    async def lease(self, pool: str, wait: float) -> Reply:
+        from ._control_server import CURRENT, MAX_LESSEES
+
+        connection = CURRENT.get()
+        if connection is None:
+            raise UsageError("a lease is held by a control connection; ask over the socket.")
+        if not connection.lessee:
+            if self.daemon.control.lessees() >= MAX_LESSEES:
+                raise EnvironmentProblem(
+                    f"{MAX_LESSEES} connections hold or wait for leases already; release some."
+                )
+            connection.lessee = True
+        lease = await self.daemon.pools.lease(pool, float(wait))
+        connection.leases.add(lease.id)  # before the reply: a closed connection releases it
+        return lease.reply()
+
+    async def release(self, lease: str | None) -> Reply:
+        from ._control_server import CURRENT
+
+        if not lease:
+            raise UsageError('release needs "lease": the id the lease op replied with.')
+        if self.daemon.pools.release(lease) is None:
+            raise NoSuchSession(f"no lease {lease!r} is held in this daemon (released already?).")
+        connection = CURRENT.get()
+        if connection is not None:
+            connection.leases.discard(lease)
+        return {"released": lease}
+
+    async def pools(self) -> Reply:
+        return {"pools": self.daemon.pools.info()}
+
+    def connection_closed(self, leases: set[str]) -> None:
+        """A lessee's connection closed (it exited, crashed, was killed): end its leases."""
+        for lease in leases:
+            self.daemon.pools.release(lease)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from os import PathLike
 from types import TracebackType
 
+from ._errors import UsageError
 from ._launcher import XServer, launch_steps
 from ._paths import RuntimeDir
 from ._process import run_blocking
@@ -15,6 +16,8 @@ from ._x11 import ServerFacts
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Self
+
+    from ._lease_client import LeasedServer
 
 
 class Display:
@@ -28,6 +31,10 @@ class Display:
 
     Start it from a thread that outlives it: the server is killed when the thread that
     spawned it exits (PR_SET_PDEATHSIG), so that it can never outlive us.
+
+    ``Display(pool="NAME")`` leases a display of that pool from the running ``xsupervise
+    serve`` instead (``socket``: its control socket), ready in milliseconds; leaving the block
+    ends the lease and the daemon destroys the display. No daemon: ``DaemonUnavailable``.
     """
 
     def __init__(
@@ -41,7 +48,12 @@ class Display:
         name: str | None = None,
         runtime_dir: str | None = None,
         settings: Settings | None = None,
+        pool: str | None = None,
+        socket: str | None = None,
     ):
+        if pool is not None and (display != ":auto" or screen or server or settings):
+            raise UsageError(f"Display(pool={pool!r}) takes the pool's settings; give no others.")
+        self._pool, self._socket = pool, socket
         self._number = parse_display(display)
         self._settings = settings or load_settings(
             {
@@ -53,7 +65,7 @@ class Display:
         )
         self._name = name
         self._runtime_dir = runtime_dir
-        self._server: XServer | None = None
+        self._server: XServer | LeasedServer | None = None
 
     def __repr__(self) -> str:
         if self._server is None:
@@ -69,15 +81,23 @@ class Display:
         """Start the server and return once the display answers; raise on any failure."""
         if self._server is not None:
             raise RuntimeError("this Display is already started; use a new one")
+        if self._pool is not None:
+            from ._lease_client import take_lease
+
+            self._server = take_lease(self._pool, self._socket)
+            return self
         self._server = run_blocking(
             launch_steps(self._settings, self._runtime(), self._number, name=self._name, kind="api")
         )
         return self
 
     def stop(self) -> None:
-        """Stop the server (TERM, grace, KILL), reap it and remove its files. Idempotent."""
-        if self._server is not None:
+        """Stop the server (TERM, grace, KILL), reap it and remove its files. Idempotent.
+        A leased display: end the lease (the daemon destroys it)."""
+        if isinstance(self._server, XServer):
             run_blocking(self._server.stop_steps())
+        elif self._server is not None:
+            self._server.release()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -90,7 +110,7 @@ class Display:
     ) -> None:
         self.stop()
 
-    def _ready(self) -> XServer:
+    def _ready(self) -> XServer | LeasedServer:
         if self._server is None or self._server.exit_status is not None:
             raise RuntimeError("this Display is not running")
         return self._server
@@ -153,6 +173,8 @@ class AsyncDisplay:
         name: str | None = None,
         runtime_dir: str | None = None,
         settings: Settings | None = None,
+        pool: str | None = None,
+        socket: str | None = None,
     ):
         # A Display holds the settings and the accessors; only the driving differs.
         self._display = Display(
@@ -164,6 +186,8 @@ class AsyncDisplay:
             name=name,
             runtime_dir=runtime_dir,
             settings=settings,
+            pool=pool,
+            socket=socket,
         )
         self._started = False
 
@@ -179,6 +203,9 @@ class AsyncDisplay:
         if self._started:
             raise RuntimeError("this AsyncDisplay is already started; use a new one")
         self._started = True
+        if inner._pool is not None:
+            await self._lease()
+            return self
         inner._server = await run_steps(
             launch_steps(
                 inner._settings, inner._runtime(), inner._number, name=inner._name, kind="api"
@@ -190,8 +217,33 @@ class AsyncDisplay:
         """Stop the server (TERM, grace, KILL), reap it and remove its files. Idempotent."""
         from ._aio import run_steps
 
-        if self._display._server is not None:
-            await run_steps(self._display._server.stop_steps())
+        server = self._display._server
+        if isinstance(server, XServer):
+            await run_steps(server.stop_steps())
+        elif server is not None:
+            server.release()  # closes its connection: no waiting
+
+    async def _lease(self) -> None:
+        import asyncio
+
+        from ._lease_client import take_lease
+
+        inner = self._display
+        assert inner._pool is not None
+        # The round trip (or the wait for a spare) in a thread: the loop goes on meanwhile.
+        taking = asyncio.get_running_loop().run_in_executor(
+            None, take_lease, inner._pool, inner._socket, None
+        )
+
+        def end_late_lease(done: asyncio.Future[LeasedServer]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                done.result().release()
+
+        try:
+            inner._server = await asyncio.shield(taking)
+        except asyncio.CancelledError:  # the lease may still arrive: end it when it does
+            taking.add_done_callback(end_late_lease)
+            raise
 
     async def __aenter__(self) -> Self:
         return await self.start()

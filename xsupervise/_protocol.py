@@ -103,6 +103,17 @@ class Op:
         return f"Op({self.name!r}, fields={list(self.fields)}, reply={list(self.reply)})"
 
 
+START_REPLY = (
+    "name",
+    "display",
+    "env",
+    "xauthority",
+    "server_pid",
+    "supervisor_pid",
+    "vendor",
+    "screen",
+)
+
 OPS: dict[str, Op] = {
     op.name: op
     for op in (
@@ -117,16 +128,7 @@ OPS: dict[str, Op] = {
                 Field("no_wait", bool, False),
                 *(Field(setting, None) for setting in SETTINGS),
             ),
-            reply=(
-                "name",
-                "display",
-                "env",
-                "xauthority",
-                "server_pid",
-                "supervisor_pid",
-                "vendor",
-                "screen",
-            ),
+            reply=START_REPLY,
         ),
         # One of "display": ":N", "name": NAME or "all": true; "wait": seconds for them to exit.
         Op(
@@ -139,8 +141,17 @@ OPS: dict[str, Op] = {
             ),
             reply=("stopped",),
         ),
-        Op("list", (), reply=("sessions",)),
-        Op("status", (Field("target", str),), reply=("sessions", "status")),
+        Op("list", (), reply=("sessions", "pools")),
+        Op("status", (Field("target", str),), reply=("sessions", "status", "pools")),
+        # A display of pool "pool", held until "release" or until this connection closes;
+        # "wait": seconds to wait for a spare to become ready when none is.
+        Op(
+            "lease",
+            (Field("pool", str, "default"), Field("wait", _NUMBER, 30.0, _seconds_to_wait)),
+            reply=("lease", "pool", *START_REPLY),
+        ),
+        Op("release", (Field("lease", str),), reply=("released",)),
+        Op("pools", (), reply=("pools",)),
         Op("reset", (Field("name", str),), reply=("name", "had_history")),
     )
 }

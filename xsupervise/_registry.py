@@ -9,7 +9,7 @@ control socket (origin "request": tried once, then restarted as ``xsupervise sta
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from . import _log as log
 from ._aio import run_steps
@@ -57,6 +57,7 @@ class Registry:
         self.notifier = notifier
         self.entries: dict[str, DaemonEntry] = {}
         self.changed = asyncio.Event()
+        self.more_status: Callable[[], str] = str  # e.g. the pools' part of the status line
         self._requests = 0
 
     def __repr__(self) -> str:
@@ -168,4 +169,12 @@ class Registry:
             parts.append(f"{len(backoff)} in backoff until {clock_time(min(backoff))}")
         if failed:
             parts.append(f"{len(failed)} FAILED ({' '.join(failed)})")
+        more = self.more_status()
+        if more:
+            parts.append(more)
         return ", ".join(parts)
+
+    def note_change(self) -> None:
+        """Something outside the sessions (a pool) changed: wake waiters, update STATUS=."""
+        self.changed.set()
+        self.notifier.status(self.status_line())

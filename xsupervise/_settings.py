@@ -239,6 +239,7 @@ class SessionSpec:
 
 
 SESSION_TABLE = "session"
+POOL_TABLE = "pool"  # [pool.NAME]: read by _pool_spec.load_pool_specs
 
 
 def load_session_specs(
@@ -253,11 +254,11 @@ def load_session_specs(
     base = load_settings(flags, environ)
     path = config_file(environ)
     data = read_config_file(path) if path else {}
-    unknown = set(data) - set(_PARSERS) - {SESSION_TABLE}
+    unknown = set(data) - set(_PARSERS) - {SESSION_TABLE, POOL_TABLE}
     if unknown:
         raise UsageError(
-            f"unknown key(s) {', '.join(sorted(unknown))} in {path}; the known "
-            f"ones are {', '.join(_PARSERS)} and [{SESSION_TABLE}.NAME] tables."
+            f"unknown key(s) {', '.join(sorted(unknown))} in {path}; the known ones are "
+            f"{', '.join(_PARSERS)}, [{SESSION_TABLE}.NAME] and [{POOL_TABLE}.NAME] tables."
         )
     tables = data.get(SESSION_TABLE, {})
     if not isinstance(tables, dict):

@@ -91,6 +91,7 @@ class Mode(enum.Enum):
     RELAUNCHED = "relaunched"  # start / run --relaunched: a relauncher restarts us on every exit
     DAEMON_CONFIGURED = "daemon-configured"  # a [session.NAME] in the daemon's config
     DAEMON_REQUESTED = "daemon-requested"  # a `start` op sent to the daemon
+    DAEMON_POOL = "daemon-pool"  # a spare display of a [pool.NAME], then its lessee's
 
     @property
     def kind(self) -> str:
@@ -101,8 +102,9 @@ class Mode(enum.Enum):
     def retries_first_start(self) -> bool:
         """A failed first start is retried by the policy, not raised; and once ready, a FAILED
         budget is waited out rather than ending the session. A configured session must come
-        up by itself (a mount or package may not be there yet at boot)."""
-        return self is Mode.DAEMON_CONFIGURED
+        up by itself (a mount or package may not be there yet at boot); so must a pool's
+        spares, which are refilled under the pool name's budget."""
+        return self in (Mode.DAEMON_CONFIGURED, Mode.DAEMON_POOL)
 
     @property
     def reclaims(self) -> bool:

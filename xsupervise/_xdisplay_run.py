@@ -49,14 +49,6 @@ class XDisplayRun:
             problem = platform_problem()
             if problem:
                 raise pytest.UsageError(f"--xdisplay: {problem}")
-        if self.pool and not self.off:
-            from .client import Client
-
-            if not hasattr(Client, "lease"):
-                raise pytest.UsageError(
-                    f"--xdisplay-pool {self.pool}: leases from a pool need a daemon with pools "
-                    "('xsupervise serve' has none in this version); use --xdisplay instead"
-                )
 
     # -- displays ---------------------------------------------------------------------------
 
@@ -109,11 +101,15 @@ class XDisplayRun:
     def _lease(self) -> Leased:
         from .client import Client
 
-        # Pools are not in this version: this is the shape they are expected to take (a
-        # lease held for as long as the connection that took it stays open).
+        # Held for as long as the connection that took it stays open: if this process dies,
+        # the daemon destroys the display.
+        assert self.pool is not None
         client = Client().connect()
-        reply = client.lease(self.pool)  # type: ignore[attr-defined]
-        return Leased(client, reply)
+        try:
+            return Leased(client, client.lease(self.pool))
+        except BaseException:
+            client.close()
+            raise
 
     # -- hooks ------------------------------------------------------------------------------
 

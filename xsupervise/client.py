@@ -18,7 +18,14 @@ import socket
 from . import _protocol as protocol
 from ._errors import EnvironmentProblem, ExitCode, UsageError, XSuperviseError
 
-__all__ = ["Client", "ControlError", "DaemonUnavailable", "default_socket_path", "running_daemon"]
+__all__ = [
+    "Client",
+    "ControlError",
+    "DaemonUnavailable",
+    "Lease",
+    "default_socket_path",
+    "running_daemon",
+]
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
 if TYPE_CHECKING:
@@ -33,6 +40,32 @@ if TYPE_CHECKING:
 
 # How much longer than the "wait" it gives the daemon we wait for a stop's reply.
 _STOP_REPLY_MARGIN = 30.0
+_LEASE_WAIT = 30.0  # the protocol's default "wait" for a lease
+
+
+class Lease(dict):  # type: ignore[type-arg]
+    """A leased display: the ``lease`` op's reply (``display``, ``env``, ``lease``...), held
+    while its client stays connected; ``with`` releases it (the daemon destroys it)."""
+
+    def __init__(self, client: Client, reply: Reply):
+        super().__init__(reply)
+        self.client = client
+        self.released = False
+
+    def release(self) -> None:
+        """End the lease (idempotent); its display is destroyed by the daemon."""
+        if not self.released:
+            self.released = True
+            try:
+                self.client.release(self["lease"])
+            except ControlError:
+                pass  # the daemon or the connection is gone: so is the lease
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
 
 
 class ControlError(XSuperviseError):
@@ -41,6 +74,10 @@ class ControlError(XSuperviseError):
     def __init__(self, message: str, exit_code: int = ExitCode.FAILURE):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class _NoReply(ControlError):
+    """The daemon closed the connection without a reply (e.g. dropped it to make room)."""
 
 
 class DaemonUnavailable(EnvironmentProblem):
@@ -121,7 +158,7 @@ class Client:
             while b"\n" not in self._buffer:
                 chunk = sock.recv(65536)
                 if not chunk:
-                    raise ControlError(
+                    raise _NoReply(
                         f"the daemon on {self.path} closed the connection without a reply."
                     )
                 self._buffer += chunk
@@ -130,7 +167,12 @@ class Client:
                 f"no reply from the daemon on {self.path} within {sock.gettimeout():g} s."
             ) from None
         except OSError as exc:
-            raise ControlError(f"lost the connection to {self.path}: {exc.strerror}.") from None
+            lost = (
+                _NoReply
+                if isinstance(exc, ConnectionResetError | BrokenPipeError)
+                else ControlError
+            )
+            raise lost(f"lost the connection to {self.path}: {exc.strerror}.") from None
         finally:
             if reply_within is not None and self._sock is not None:
                 self._sock.settimeout(self.timeout)
@@ -220,6 +262,31 @@ class Client:
     def reset(self, name: str) -> bool:
         """Clear the restart history of ``name``; whether it had any."""
         return bool(self._ask("reset", {"name": name})["had_history"])
+
+    def lease(self, pool: str = "default", wait: float | None = None) -> Lease:
+        """A display of ``pool`` (a context manager), held while connected or until released;
+        ``wait``: seconds for a spare (default 30). A FAILED pool: ControlError, exit code 7."""
+        fields: dict[str, object] = {"pool": pool}
+        if wait is not None:
+            fields["wait"] = wait
+        within = (_LEASE_WAIT if wait is None else wait) + _STOP_REPLY_MARGIN
+        for _attempt in range(4):  # then a fifth, whose error is raised
+            try:
+                return Lease(self, self._ask("lease", fields, within))
+            except _NoReply:
+                # Dropped for room in a burst, before our request was read: nothing was
+                # leased (lessees are never dropped). Ask again on a new connection.
+                self.close()
+        return Lease(self, self._ask("lease", fields, within))
+
+    def release(self, lease: str) -> None:
+        """End lease ``lease`` (the id ``lease`` replied with); its display is destroyed."""
+        self._ask("release", {"lease": lease})
+
+    def pools(self) -> Records:
+        """Every pool: name, size, ready, leased, refilling, state."""
+        pools: Records = self._ask("pools", {}).get("pools", [])
+        return pools
 
 
 def running_daemon(path: str | None = None, timeout: float | None = 60.0) -> Client | None:

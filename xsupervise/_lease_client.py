@@ -1,0 +1,53 @@
+"""A display leased from a pool of ``xsupervise serve``, behind the interface ``Display`` and
+``AsyncDisplay`` give a server of their own (``env``, ``number``, ``pid``, ``facts``...).
+
+The lease is held by its connection to the daemon: ``release`` closes it, and the daemon
+destroys the display (in the background); so does our death, however it comes.
+"""
+
+from __future__ import annotations
+
+from ._x11 import ServerFacts
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .client import Client, Lease
+
+
+class LeasedServer:
+    """What a ``Display(pool=...)`` holds instead of an ``XServer``."""
+
+    def __init__(self, client: Client, lease: Lease):
+        self.client = client
+        self.lease = lease
+        self.number: int = int(lease["display"][1:])
+        self.pid: int = lease["server_pid"]
+        self.auth_path: str = lease["xauthority"]
+        width, height, depth = (int(part) for part in lease["screen"].split("x"))
+        self.facts = ServerFacts(lease["vendor"], 0, width, height, depth, 0)
+        self.exit_status: int | None = None  # "not running" once released, as for XServer
+
+    def __repr__(self) -> str:
+        return f"<LeasedServer :{self.number} lease {self.lease['lease']}>"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"DISPLAY": f":{self.number}", "XAUTHORITY": self.auth_path}
+
+    def release(self) -> None:
+        """End the lease: close its connection (no round trip; idempotent)."""
+        if self.exit_status is None:
+            self.exit_status = 0
+            self.client.close()
+
+
+def take_lease(pool: str, socket: str | None = None, wait: float | None = None) -> LeasedServer:
+    """Lease a display of ``pool`` (blocking: up to ``wait`` s when no spare is ready)."""
+    from .client import Client
+
+    client = Client(socket, timeout=None).connect()
+    try:
+        return LeasedServer(client, client.lease(pool, wait))
+    except BaseException:
+        client.close()
+        raise
