@@ -5,6 +5,7 @@ no process we started (or that was orphaned to us), no zombie, no session file, 
 
 from __future__ import annotations
 
+import compileall
 import ctypes
 import os
 import select
@@ -26,6 +27,13 @@ XSUPERVISE = [sys.executable, "-m", "xsupervise"]
 # than to PID 1, so the leak check sees them and they can be reaped.
 _PR_SET_CHILD_SUBREAPER = 36
 ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+# The tests start hundreds of Python processes of ours (the CLI, supervisors, daemons). Where
+# PYTHONDONTWRITEBYTECODE is set (CI images often set it) each would compile the package
+# from source again, ~30 ms apiece: compile it once, here (Python still reads .pyc files).
+compileall.compile_dir(
+    str(TESTS.parent / "xsupervise"), quiet=1, workers=0 if (os.cpu_count() or 1) > 1 else 1
+)
 
 requires_xvfb = pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed")
 
