@@ -31,9 +31,7 @@ ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 # The tests start hundreds of Python processes of ours (the CLI, supervisors, daemons). Where
 # PYTHONDONTWRITEBYTECODE is set (CI images often set it) each would compile the package
 # from source again, ~30 ms apiece: compile it once, here (Python still reads .pyc files).
-compileall.compile_dir(
-    str(TESTS.parent / "xsupervise"), quiet=1, workers=0 if (os.cpu_count() or 1) > 1 else 1
-)
+compileall.compile_dir(str(TESTS.parent / "xsupervise"), quiet=1)
 
 requires_xvfb = pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed")
 
