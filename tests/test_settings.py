@@ -184,3 +184,37 @@ def test_every_setting_is_typed_for_type_checkers():
     from xsupervise._settings import FIELDS
 
     assert list(Settings.__annotations__) == list(FIELDS)
+
+
+@pytest.mark.parametrize("table", ["", "[session.main]\n"])
+@pytest.mark.parametrize(
+    "command", [["run", "--", "true"], ["start", ":auto"], ["status"], ["serve"]]
+)
+def test_every_command_refuses_an_unknown_key_as_serve_does(tmp_path: Path, command, table):
+    # A typo ("scren") must never fall back to the default geometry, whichever command reads it.
+    config = write_config(tmp_path, f'{table}scren = "800x600x24"\n')
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "XDG_RUNTIME_DIR": str(tmp_path)}
+    env.pop("XSUPERVISE_CONFIG", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "xsupervise", *command, "--socket", str(tmp_path / "c.sock")]
+        if command == ["serve"]
+        else [sys.executable, "-m", "xsupervise", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    where = f"[session.main] in {config}" if table else str(config)
+    assert (result.returncode, result.stderr.splitlines()) == (
+        2,
+        [f"xsupervise: unknown key(s) scren in {where}; the known ones are " + KNOWN[bool(table)]],
+    )
+
+
+KNOWN = {
+    False: "server, screen, displayfd_timeout, kill_grace, backoff_initial, backoff_max, "
+    "reset_after, start_limit_burst, start_limit_interval, failed_cooldown and "
+    "[session.NAME] tables.",
+    True: "display, server, screen, displayfd_timeout, kill_grace, backoff_initial, "
+    "backoff_max, reset_after, start_limit_burst, start_limit_interval, failed_cooldown.",
+}

@@ -175,6 +175,8 @@ def load_settings(
     flags = {key: value for key, value in (flags or {}).items() if value is not None}
     path = config_file(environ)
     from_file = read_config_file(path) if path else {}
+    if path:
+        check_keys(path, from_file)
     values: dict[str, object] = {}
     for field, parse in _PARSERS.items():
         if field in flags:
@@ -241,18 +243,9 @@ class SessionSpec:
 SESSION_TABLE = "session"
 
 
-def load_session_specs(
-    flags: Mapping[str, object] | None = None, environ: Mapping[str, str] = os.environ
-) -> tuple[str | None, list[SessionSpec]]:
-    """The config file in force and the sessions it declares, for ``xsupervise serve``.
-
-    A session table's own keys win over everything else (it is the most specific); the keys
-    it does not set come from flags > environment > top-level file keys > defaults, as for
-    ``start``. Unknown keys are errors: a typo must not silently fall back to a default.
-    """
-    base = load_settings(flags, environ)
-    path = config_file(environ)
-    data = read_config_file(path) if path else {}
+def check_keys(path: str, data: Mapping[str, object]) -> None:
+    """Refuse (exit 2) an unknown key, top-level or in a session table. load_settings calls
+    it, so every command refuses a typo with serve's line: it must never become a default."""
     unknown = set(data) - set(_PARSERS) - {SESSION_TABLE}
     if unknown:
         raise UsageError(
@@ -262,7 +255,6 @@ def load_session_specs(
     tables = data.get(SESSION_TABLE, {})
     if not isinstance(tables, dict):
         raise UsageError(f"'{SESSION_TABLE}' in {path} must be tables: [{SESSION_TABLE}.NAME].")
-    specs = []
     for name, table in tables.items():
         where = f"[{SESSION_TABLE}.{name}] in {path}"
         if not isinstance(table, dict):
@@ -273,6 +265,25 @@ def load_session_specs(
                 f"unknown key(s) {', '.join(sorted(unknown))} in {where}; the "
                 f"known ones are display, {', '.join(_PARSERS)}."
             )
+
+
+def load_session_specs(
+    flags: Mapping[str, object] | None = None, environ: Mapping[str, str] = os.environ
+) -> tuple[str | None, list[SessionSpec]]:
+    """The config file in force and the sessions it declares, for ``xsupervise serve``.
+
+    A session table's own keys win over everything else (it is the most specific); the keys
+    it does not set come from flags > environment > top-level file keys > defaults, as for
+    ``start``. Unknown keys are errors: a typo must not silently fall back to a default.
+    """
+    base = load_settings(flags, environ)  # checks every key of the file (check_keys)
+    path = config_file(environ)
+    data = read_config_file(path) if path else {}
+    tables = data.get(SESSION_TABLE, {})
+    assert isinstance(tables, dict)  # check_keys made sure
+    specs = []
+    for name, table in tables.items():
+        where = f"[{SESSION_TABLE}.{name}] in {path}"
         values = {field: getattr(base, field) for field in FIELDS}
         for field, raw in table.items():
             if field == "display":
