@@ -131,6 +131,7 @@ class Session:
         finally:
             self.server = None
             self.files.remove()
+            self.ledger.prune()  # a clean history leaves no files behind (issue 15)
 
     def _start(self, first: bool) -> Steps[LaunchedServer]:
         while True:
