@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -168,3 +169,55 @@ def free_display_number(start: int = 40) -> int:
         ):
             return number
     raise AssertionError("no free display number")
+
+
+# -- running as another uid ----------------------------------------------------------------------
+# A checkout (and its .venv) under /root is 0700 on Debian: uid 65534 cannot read it. So what
+# that uid runs is staged where it can read it: a copy of the package and of its imports in a
+# 0755 directory, run by the base interpreter (not the venv's) with PYTHONPATH. If the
+# interpreter itself is out of its reach (e.g. a pyenv under /root), the test skips, saying so.
+_STAGED_PACKAGES = ("xsupervise", "psutil", "xdg", "systemd")
+
+
+@pytest.fixture(scope="session")
+def as_other_user() -> Iterator[tuple[list[str], dict[str, str]]]:
+    """(argv prefix to run Python as uid 65534, environment) for a staged copy of xsupervise."""
+    import importlib.util
+    import tempfile
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to act as uid 65534")
+    stage = tempfile.mkdtemp(prefix="xsupervise-stage-")
+    try:
+        os.chmod(stage, 0o755)
+        for name in _STAGED_PACKAGES:
+            spec = importlib.util.find_spec(name)
+            if spec is None or not spec.submodule_search_locations:
+                continue
+            source = next(iter(spec.submodule_search_locations))
+            shutil.copytree(
+                source,
+                os.path.join(stage, name),
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
+        for root, dirs, files in os.walk(stage):
+            for entry in dirs + files:
+                os.chmod(os.path.join(root, entry), 0o755 if entry in dirs else 0o644)
+        python = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python]
+        env = {"PATH": os.environ["PATH"], "PYTHONPATH": stage}
+        probe = subprocess.run(
+            [*prefix, "-c", "import xsupervise, psutil, xdg"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        if probe.returncode != 0:
+            why = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+            pytest.skip(
+                f"uid 65534 cannot run {python} with a staged copy of xsupervise ({why}); the "
+                "interpreter must be one other users can run (e.g. not a pyenv under /root)"
+            )
+        yield prefix, env
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

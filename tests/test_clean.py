@@ -46,18 +46,18 @@ def dead_pid() -> int:
     return child.pid
 
 
-def clean(*args: str, as_user: int | None = None) -> subprocess.CompletedProcess:
+def clean(*args: str, as_user: tuple[list[str], dict[str, str]] | None = None):
+    """`xsupervise clean --json ARGS`, as root or (as_user: the as_other_user fixture) uid 65534."""
     argv = [*XSUPERVISE, "clean", "--json", *args]
     env = dict(os.environ)
     runtime = None
     if as_user is not None:
         # Outside pytest's 0700 tree, which the other user could not traverse.
         runtime = tempfile.mkdtemp(prefix="xsupervise-other-")
-        os.chown(runtime, as_user, as_user)
-        env.update(
-            XDG_RUNTIME_DIR=runtime, HOME=runtime, PYTHONPATH=str(Path(__file__).parent.parent)
-        )
-        argv = ["setpriv", f"--reuid={as_user}", f"--regid={as_user}", "--clear-groups", *argv]
+        os.chown(runtime, NOBODY, NOBODY)
+        prefix, staged = as_user
+        env = {**staged, "XDG_RUNTIME_DIR": runtime, "HOME": runtime}
+        argv = [*prefix, "-m", "xsupervise", "clean", "--json", *args]
     try:
         return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
     finally:
@@ -98,10 +98,10 @@ def test_own_stale_socket_and_lock_are_removed_and_dry_run_changes_nothing(numbe
 
 @pytest.mark.root("it runs clean as uid 65534 and as root")
 @pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"), reason="needs root, setpriv")
-def test_another_users_stale_files_are_reported_by_them_and_removed_by_root(numbers):
+def test_another_users_stale_files_are_reported_by_them_and_removed_by_root(numbers, as_other_user):
     sock = stale_socket(numbers[0], owner=0)
     lock = stale_lock(numbers[1], dead_pid(), owner=0)
-    as_nobody = clean(as_user=NOBODY)
+    as_nobody = clean(as_user=as_other_user)
     assert as_nobody.returncode == 1, as_nobody.stderr
     found = entries_by_path(as_nobody)
     for path in (sock, lock):

@@ -146,32 +146,24 @@ def test_symlink_planted_as_runtime_dir_is_refused(tmp_path: Path):
 @pytest.mark.skipif(
     os.getuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv"
 )
-def test_unprivileged_user_without_xdg_runtime_dir_gets_a_private_home_directory():
+def test_unprivileged_user_without_xdg_runtime_dir_gets_a_private_home_directory(as_other_user):
     # Outside pytest's own 0700 tmp tree, which the unprivileged user cannot traverse.
     home = Path(tempfile.mkdtemp(prefix="xsupervise-home-"))
     home.chmod(0o755)
     os.chown(home, 65534, 65534)
     try:
-        _check_fallback_as_nobody(home)
+        _check_fallback_as_nobody(home, *as_other_user)
     finally:
         shutil.rmtree(home)
 
 
-def _check_fallback_as_nobody(home: Path) -> None:
+def _check_fallback_as_nobody(home: Path, prefix: list[str], staged: dict[str, str]) -> None:
     code = (
         "from xsupervise._paths import RuntimeDir; import os, stat; r = RuntimeDir.discover(); "
         "print(r.path, oct(stat.S_IMODE(os.lstat(r.path).st_mode)), os.lstat(r.path).st_uid)"
     )
-    env = {
-        "HOME": str(home),
-        "PATH": os.environ["PATH"],
-        "PYTHONPATH": str(Path(__file__).parent.parent),
-    }
     result = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
+        [*prefix, "-c", code], env={**staged, "HOME": str(home)}, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
     path, mode, uid = result.stdout.split()
@@ -184,3 +176,37 @@ def test_every_setting_is_typed_for_type_checkers():
     from xsupervise._settings import FIELDS
 
     assert list(Settings.__annotations__) == list(FIELDS)
+
+
+@pytest.mark.parametrize("table", ["", "[session.main]\n"])
+@pytest.mark.parametrize(
+    "command", [["run", "--", "true"], ["start", ":auto"], ["status"], ["serve"]]
+)
+def test_every_command_refuses_an_unknown_key_as_serve_does(tmp_path: Path, command, table):
+    # A typo ("scren") must never fall back to the default geometry, whichever command reads it.
+    config = write_config(tmp_path, f'{table}scren = "800x600x24"\n')
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "XDG_RUNTIME_DIR": str(tmp_path)}
+    env.pop("XSUPERVISE_CONFIG", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "xsupervise", *command, "--socket", str(tmp_path / "c.sock")]
+        if command == ["serve"]
+        else [sys.executable, "-m", "xsupervise", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    where = f"[session.main] in {config}" if table else str(config)
+    assert (result.returncode, result.stderr.splitlines()) == (
+        2,
+        [f"xsupervise: unknown key(s) scren in {where}; the known ones are " + KNOWN[bool(table)]],
+    )
+
+
+KNOWN = {
+    False: "server, screen, displayfd_timeout, kill_grace, backoff_initial, backoff_max, "
+    "reset_after, start_limit_burst, start_limit_interval, failed_cooldown and "
+    "[session.NAME] tables.",
+    True: "display, server, screen, displayfd_timeout, kill_grace, backoff_initial, "
+    "backoff_max, reset_after, start_limit_burst, start_limit_interval, failed_cooldown.",
+}

@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except XSuperviseError as error:
         if args.verbose:
             log.get().debug("details", exc_info=True)
-        print(f"xsupervise: {error}", file=sys.stderr, flush=True)
+        log.report(error)  # the journal under systemd (PRIORITY, SESSION...); else stderr
         return error.exit_code
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 from . import _log as log
 from ._clock import SYSTEM_CLOCK, Clock, clock_time
+from ._errors import SessionFailed, XSuperviseError
 from ._notify import Notifier, child_environment
 from ._paths import RuntimeDir
 from ._pinned import reap_orphans
@@ -161,6 +162,12 @@ class ForegroundSupervisor(Events):
                 run_blocking(core.steps(), self)
             except _Stop as stop:
                 return stop.code
+            except XSuperviseError as error:  # reported by the CLI: with our journal fields
+                log.attach_fields(error, core.log_fields())
+                failed = isinstance(error, SessionFailed)
+                self.notifier.stopping(f"{'FAILED' if failed else 'stopping'}: {error}")
+                self.exit_code = error.exit_code
+                raise
             finally:
                 if self.exit_code is None:  # ending by an error, not by a stop
                     self.notifier.stopping()

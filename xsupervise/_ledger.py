@@ -3,6 +3,12 @@
 One file per name in ``<runtime>/ledger/``; a separate ``.lock`` file is held with flock(2)
 for each read-modify-write, so concurrent supervisors (and relaunched ones) see one history.
 flock is released by the kernel when a holder dies, so a SIGKILL cannot wedge it.
+
+A name's files outlive its sessions only while its history holds something: a start in
+flight, failures, a backoff, FAILED, probation. A session's end (``prune``) removes both files
+otherwise (under the lock), so any number of clean sessions leaves O(1) files (the ``starts``
+count then begins again). Whoever locked the removed lock file's inode notices (it is no
+longer the file at that path) and locks afresh.
 """
 
 from __future__ import annotations
@@ -44,16 +50,55 @@ class Ledger:
     @contextlib.contextmanager
     def update(self) -> Iterator[History]:
         """Hold the lock, yield the history, write it back if the block ends normally."""
-        ensure_private_dir(self.directory)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = self._lock()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             history = self._read()
             history.name = self.name
             yield history
             write_private_file(self.path, json.dumps(history.as_dict()).encode())
         finally:
             os.close(fd)  # releases the lock
+
+    def prune(self) -> None:
+        """At a session's end: remove the name's files if its history holds nothing (no
+        failure history, nothing in flight). Never raises: it runs in a teardown."""
+        if not os.path.exists(self.lock_path):
+            return
+        try:
+            fd = self._lock()
+            try:
+                if holds_nothing(self._read()):
+                    self._remove_locked()
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+    def _lock(self) -> int:
+        """Open and flock the lock file; returns its fd. Retries when the file we locked was
+        removed (or replaced) meanwhile by a holder that found the history empty."""
+        ensure_private_dir(self.directory)
+        while True:
+            fd = os.open(
+                self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    current = os.lstat(self.lock_path).st_ino
+                except FileNotFoundError:
+                    current = None
+                if current == os.fstat(fd).st_ino:
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+
+    def _remove_locked(self) -> None:
+        """Remove the history and then the lock file, holding the lock."""
+        remove_file(self.path)
+        remove_file(self.lock_path)
 
     def read(self) -> History:
         """A snapshot, without the lock (for `status`)."""
@@ -64,15 +109,25 @@ class Ledger:
 
     def reset(self) -> bool:
         """Forget the history; True if there was one."""
-        ensure_private_dir(self.directory)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = self._lock()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             existed = os.path.exists(self.path)
-            remove_file(self.path)
+            self._remove_locked()
         finally:
             os.close(fd)
         return existed
+
+
+def holds_nothing(history: History) -> bool:
+    """No failure history, nothing in flight: nothing a later start would need to know."""
+    return not (
+        history.in_flight
+        or history.failures
+        or history.in_a_row
+        or history.failed_at is not None
+        or history.on_probation
+        or history.next_start_at
+    )
 
 
 def read_history(path: str) -> History:

@@ -5,14 +5,14 @@ one named ``control`` (FileDescriptorName=, i.e. LISTEN_FDNAMES), or the only on
 check that it is a listening Unix stream socket, and never bind another.
 
 Otherwise we bind PATH ourselves, under an flock on PATH.lock held for our lifetime (two
-daemons starting at once cannot both decide the file is stale). A socket file nobody serves
-is stale and replaced; one that accepts a connection is served by a live process, and we
-refuse to start, naming that process (pid and command, from SO_PEERCRED and psutil).
+daemons starting at once cannot both decide the file is stale); both files go at a clean
+stop. A socket file nobody listens on is stale and replaced; one a live process listens on
+(the kernel's socket table says so: we never connect, which would socket-activate the
+service) is refused, naming the processes that hold it now, systemd's socket unit by name.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import socket
@@ -21,14 +21,10 @@ from collections.abc import Mapping
 
 from ._errors import EnvironmentProblem, UsageError
 from ._paths import RuntimeDir, remove_file
-from ._process import peer_credentials
 
 SOCKET_NAME = "control.sock"
 FD_NAME = "control"  # FileDescriptorName= in xsupervise.socket
 ENV_SOCKET = "XSUPERVISE_SOCKET"
-
-
-BUSY = -1  # who_serves: something listens, but a connection (and so its pid) is not to be had
 
 
 class SocketInUse(EnvironmentProblem):
@@ -39,42 +35,20 @@ def default_path(runtime: RuntimeDir, environ: Mapping[str, str] = os.environ) -
     return environ.get(ENV_SOCKET) or os.path.join(runtime.path, SOCKET_NAME)
 
 
-def describe_pid(pid: int) -> str:
-    """'pid 42 (xsupervise serve)', with the command line as psutil sees it."""
-    import psutil
-
-    if pid == BUSY:
-        return "a process too busy to accept a connection (its backlog is full)"
+def who_serves(path: str) -> list[int] | None:
+    """The pids holding a socket that listens on ``path`` (systemd's PID 1 or user manager for
+    a socket unit), [] when one listens but its holder is not ours to see, None when nothing
+    listens. From the kernel's tables (_holder.py): connecting would socket-activate."""
+    from ._holder import holders, listening_inodes
 
     try:
-        command = " ".join(psutil.Process(pid).cmdline()) or psutil.Process(pid).name()
-    except psutil.Error:
-        command = "?"
-    return f"pid {pid} ({command})"
-
-
-def who_serves(path: str) -> int | None:
-    """The pid of the process listening on ``path`` (for systemd's sockets, PID 1 or
-    systemd-socket-activate), BUSY if it listens but accepts nothing, or None if nothing
-    listens there."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    probe.settimeout(2.0)
-    try:
-        probe.connect(path)
-        return peer_credentials(probe)[0]
-    except (FileNotFoundError, ConnectionRefusedError):
-        return None
-    except TimeoutError:
-        return BUSY
+        inodes = listening_inodes(path)
     except OSError as exc:
-        if exc.errno == errno.EAGAIN:  # the backlog is full: very much alive
-            return BUSY
         raise EnvironmentProblem(
-            f"cannot probe control socket {path}: {exc.strerror}; check "
-            "its owner and mode, or choose another with --socket."
+            f"cannot read /proc/net/unix to see who serves {path}: {exc.strerror}; "
+            "is /proc mounted?"
         ) from None
-    finally:
-        probe.close()
+    return holders(inodes) if inodes else None
 
 
 class Listener:
@@ -101,8 +75,18 @@ class Listener:
             except FileNotFoundError:
                 pass
         if self.lock_fd >= 0:
+            if self.path:  # removed while still held: see _lock_file
+                _remove_if_same(self.path + ".lock", os.fstat(self.lock_fd).st_ino)
             os.close(self.lock_fd)  # releases the lock
             self.lock_fd = -1
+
+
+def _remove_if_same(path: str, inode: int) -> None:
+    try:
+        if os.lstat(path).st_ino == inode:
+            remove_file(path)
+    except FileNotFoundError:
+        pass
 
 
 def from_systemd() -> Listener | None:
@@ -149,48 +133,75 @@ def bind(path: str) -> Listener:
             f"control socket path {path} is longer than {_MAX_PATH} bytes, the "
             "most a Unix socket address holds; choose a shorter --socket."
         )
+    lock_fd = _lock_file(path)
     try:
-        lock_fd = os.open(
-            path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
-    except OSError as exc:
-        raise EnvironmentProblem(
-            f"cannot create {path}.lock: {exc.strerror}; check that "
-            f"{os.path.dirname(path) or '.'} exists and is ours, or "
-            "choose another --socket."
-        ) from None
-    try:
-        owner = os.fstat(lock_fd).st_uid
-        if owner != os.getuid():
-            raise EnvironmentProblem(
-                f"{path}.lock belongs to uid {owner}, not to us; someone "
-                "else controls that directory: choose another --socket."
-            )
         return _bind_locked(path, lock_fd)
     except BaseException:
+        _remove_if_same(path + ".lock", os.fstat(lock_fd).st_ino)  # ours: we hold it
         os.close(lock_fd)
         raise
 
 
-def _bind_locked(path: str, lock_fd: int) -> Listener:
-    """The rest of bind(), holding the lock file open (the caller closes it on failure)."""
+def _lock_file(path: str) -> int:
+    """Open and flock PATH.lock; its fd. A lock file can be removed by its holder at a clean
+    stop after we opened it: then the inode we locked is no longer the file, and we retry."""
+    while True:
+        try:
+            lock_fd = os.open(
+                path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+        except OSError as exc:
+            raise EnvironmentProblem(
+                f"cannot create {path}.lock: {exc.strerror}; check that "
+                f"{os.path.dirname(path) or '.'} exists and is ours, or "
+                "choose another --socket."
+            ) from None
+        try:
+            owner = os.fstat(lock_fd).st_uid
+            if owner != os.getuid():
+                raise EnvironmentProblem(
+                    f"{path}.lock belongs to uid {owner}, not to us; someone "
+                    "else controls that directory: choose another --socket."
+                )
+            _flock(path, lock_fd)
+            try:
+                current = os.lstat(path + ".lock").st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(lock_fd).st_ino:
+                return lock_fd
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        os.close(lock_fd)
+
+
+def _flock(path: str, lock_fd: int) -> None:
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(lock_fd, 32, 0).decode(errors="replace").strip()
-        who = describe_pid(int(holder)) if holder.isdigit() else "another process"
+        from ._holder import describe, lock_holder
+
+        holder = lock_holder(lock_fd)
+        who = describe([holder]) if holder is not None else "another process"
         raise SocketInUse(
             f"control socket {path} is held by {who}; stop that xsupervise "
             "serve first, or give this one another --socket."
         ) from None
+
+
+def _bind_locked(path: str, lock_fd: int) -> Listener:
+    """The rest of bind(), holding the lock (the caller closes it on failure)."""
     os.ftruncate(lock_fd, 0)
     os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
-    serving = who_serves(path)
+    serving = who_serves(path) if os.path.lexists(path) else None
     if serving is not None:
+        from ._holder import describe
+
         raise SocketInUse(
-            f"control socket {path} is already served by {describe_pid(serving)}; only one "
-            "may listen on it. If that is systemd (xsupervise.socket), start xsupervise."
-            "service instead of a second daemon; otherwise stop it or use --socket."
+            f"control socket {path} is already served by {describe(serving)}; only one may "
+            "listen on it: if that is a socket unit, start xsupervise.service instead of a "
+            "second daemon; otherwise stop it or use --socket."
         )
     try:
         info = os.lstat(path)

@@ -79,6 +79,24 @@ def handler_for(
     return handler
 
 
+def report(error: BaseException) -> None:
+    """The line a command ends with, through our handler: under systemd, a journal entry at
+    PRIORITY warning for a failed start (StartError), err for anything else (FAILED, a give-up),
+    with the session's fields when the error carries them (``attach_fields``); otherwise
+    'xsupervise: ...' on stderr, as before. Never prefixed twice."""
+    from ._errors import StartError
+
+    level = "warning" if isinstance(error, StartError) else "error"
+    fields = getattr(error, "log_fields", None) or {}
+    getattr(get(), level)("%s", str(error), extra=fields)
+
+
+def attach_fields(error: BaseException, fields: Mapping[str, object]) -> None:
+    """Let ``report`` send a session's journal fields (SESSION, DISPLAY...) with ``error``."""
+    if not getattr(error, "log_fields", None):
+        setattr(error, "log_fields", dict(fields))  # noqa: B010 - exceptions take attributes
+
+
 def setup(level_name: str) -> None:
     """Configure our logger on first use: the right handler, the given level."""
 

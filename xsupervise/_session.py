@@ -131,6 +131,7 @@ class Session:
         finally:
             self.server = None
             self.files.remove()
+            self.ledger.prune()  # a clean history leaves no files behind (issue 15)
 
     def _start(self, first: bool) -> Steps[LaunchedServer]:
         while True:
@@ -143,7 +144,7 @@ class Session:
                     self._record_failure(str(error))
                 if not self.mode.retries_failed_start(crashed, first):
                     raise
-                self._log("error", "%s", error)
+                self._log("warning", "%s", error)  # a failed start: retried
                 self.on_event(self, "start-failed")
                 continue
             if self.ready_once:

@@ -175,6 +175,8 @@ def load_settings(
     flags = {key: value for key, value in (flags or {}).items() if value is not None}
     path = config_file(environ)
     from_file = read_config_file(path) if path else {}
+    if path:
+        check_keys(path, from_file)
     values: dict[str, object] = {}
     for field, parse in _PARSERS.items():
         if field in flags:
@@ -242,6 +244,31 @@ SESSION_TABLE = "session"
 POOL_TABLE = "pool"  # [pool.NAME]: read by _pool_spec.load_pool_specs
 
 
+def check_keys(path: str, data: Mapping[str, object]) -> None:
+    """Refuse (exit 2) an unknown key, top-level or in a session table. load_settings calls
+    it, so every command refuses a typo with serve's line: it must never become a default."""
+    unknown = set(data) - set(_PARSERS) - {SESSION_TABLE, POOL_TABLE}
+    if unknown:
+        raise UsageError(
+            f"unknown key(s) {', '.join(sorted(unknown))} in {path}; the known ones are "
+            f"{', '.join(_PARSERS)}, [{SESSION_TABLE}.NAME] and [{POOL_TABLE}.NAME] tables."
+        )
+    for kind, own_key in ((SESSION_TABLE, "display"), (POOL_TABLE, "size")):
+        tables = data.get(kind, {})
+        if not isinstance(tables, dict):
+            raise UsageError(f"'{kind}' in {path} must be tables: [{kind}.NAME].")
+        for name, table in tables.items():
+            where = f"[{kind}.{name}] in {path}"
+            if not isinstance(table, dict):
+                raise UsageError(f"{where} must be a table of settings.")
+            unknown = set(table) - set(_PARSERS) - {own_key}
+            if unknown:
+                raise UsageError(
+                    f"unknown key(s) {', '.join(sorted(unknown))} in {where}; the "
+                    f"known ones are {own_key}, {', '.join(_PARSERS)}."
+                )
+
+
 def load_session_specs(
     flags: Mapping[str, object] | None = None, environ: Mapping[str, str] = os.environ
 ) -> tuple[str | None, list[SessionSpec]]:
@@ -251,29 +278,14 @@ def load_session_specs(
     it does not set come from flags > environment > top-level file keys > defaults, as for
     ``start``. Unknown keys are errors: a typo must not silently fall back to a default.
     """
-    base = load_settings(flags, environ)
+    base = load_settings(flags, environ)  # checks every key of the file (check_keys)
     path = config_file(environ)
     data = read_config_file(path) if path else {}
-    unknown = set(data) - set(_PARSERS) - {SESSION_TABLE, POOL_TABLE}
-    if unknown:
-        raise UsageError(
-            f"unknown key(s) {', '.join(sorted(unknown))} in {path}; the known ones are "
-            f"{', '.join(_PARSERS)}, [{SESSION_TABLE}.NAME] and [{POOL_TABLE}.NAME] tables."
-        )
     tables = data.get(SESSION_TABLE, {})
-    if not isinstance(tables, dict):
-        raise UsageError(f"'{SESSION_TABLE}' in {path} must be tables: [{SESSION_TABLE}.NAME].")
+    assert isinstance(tables, dict)  # check_keys made sure
     specs = []
     for name, table in tables.items():
         where = f"[{SESSION_TABLE}.{name}] in {path}"
-        if not isinstance(table, dict):
-            raise UsageError(f"{where} must be a table of settings.")
-        unknown = set(table) - set(_PARSERS) - {"display"}
-        if unknown:
-            raise UsageError(
-                f"unknown key(s) {', '.join(sorted(unknown))} in {where}; the "
-                f"known ones are display, {', '.join(_PARSERS)}."
-            )
         values = {field: getattr(base, field) for field in FIELDS}
         for field, raw in table.items():
             if field == "display":

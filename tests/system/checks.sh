@@ -28,6 +28,15 @@ t_socket_alone() {
     [ "$(show xsupervise.service ActiveState)" = inactive ] || { echo "service is $(show xsupervise.service ActiveState) before any client"; return 1; }
 }
 
+t_serve_refusal() {  # serve by hand on the socket unit's path: refused, naming it; no activation
+    local err code=0
+    err=$(timeout 20 "$X" serve 2>&1) || code=$?
+    [ "$code" = 5 ] || { echo "exit $code: $err"; return 1; }
+    case $err in *"systemctl status xsupervise.socket"*) ;; *) echo "$err"; return 1 ;; esac
+    [ "$(show xsupervise.service ActiveState)" = inactive ] || { echo "the probe activated the service"; return 1; }
+    command -v xsupervise >/dev/null || { echo "xsupervise is not on PATH"; return 1; }
+}
+
 t_activation() {  # the first client request starts the service (it answers before READY=1)
     "$X" status >/dev/null || return 1
     case $(show xsupervise.service ActiveState) in activating|active) ;; *) echo "service is $(show xsupervise.service ActiveState)"; return 1 ;; esac
@@ -114,6 +123,7 @@ systemctl daemon-reload
 
 check "units verify cleanly on a minimal system" t_verify
 check "socket unit alone listens (service inactive)" t_socket_alone
+check "serve by hand names the socket unit, activates nothing" t_serve_refusal
 check "first client request socket-activates the service" t_activation
 check "Type=notify: start returns when the configured display answers" t_notify_ready
 check "configured display [session.x] answers xdpyinfo" t_configured_display
