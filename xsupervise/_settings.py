@@ -1,8 +1,7 @@
 """Settings: command-line flag > environment (XSUPERVISE_*) > config file > built-in default.
 
-The config file is TOML. It is looked for, first found wins, at ``$XSUPERVISE_CONFIG``,
-``$XDG_CONFIG_HOME/xsupervise/config.toml`` (pyxdg), then ``/etc/xsupervise/config.toml``.
-Top-level keys have the names of the fields below (``displayfd_timeout = 15``).
+The config file is TOML, first found of ``$XSUPERVISE_CONFIG``, ``$XDG_CONFIG_HOME/xsupervise/
+config.toml`` (pyxdg), ``/etc/xsupervise/config.toml``; keys are the fields below.
 """
 
 from __future__ import annotations
@@ -280,8 +279,7 @@ def load_session_specs(
     """
     base = load_settings(flags, environ)  # checks every key of the file (check_keys)
     path = config_file(environ)
-    data = read_config_file(path) if path else {}
-    tables = data.get(SESSION_TABLE, {})
+    tables = (read_config_file(path) if path else {}).get(SESSION_TABLE, {})
     assert isinstance(tables, dict)  # check_keys made sure
     specs = []
     for name, table in tables.items():
