@@ -154,7 +154,10 @@ class Client:
         if reply_within is not None and self.timeout is not None:
             sock.settimeout(max(self.timeout, reply_within))
         try:
-            sock.sendall(protocol.encode({"op": op, **fields}))
+            try:
+                sock.sendall(protocol.encode({"op": op, **fields}))
+            except BrokenPipeError:
+                pass  # it answered and closed before reading (a refusal): read that answer
             while b"\n" not in self._buffer:
                 chunk = sock.recv(65536)
                 if not chunk:
@@ -167,11 +170,8 @@ class Client:
                 f"no reply from the daemon on {self.path} within {sock.gettimeout():g} s."
             ) from None
         except OSError as exc:
-            lost = (
-                _NoReply
-                if isinstance(exc, ConnectionResetError | BrokenPipeError)
-                else ControlError
-            )
+            reset = isinstance(exc, ConnectionResetError | BrokenPipeError)
+            lost = _NoReply if reset else ControlError
             raise lost(f"lost the connection to {self.path}: {exc.strerror}.") from None
         finally:
             if reply_within is not None and self._sock is not None:
