@@ -48,14 +48,24 @@ def inner_env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONPATH": ".", **extra}
 
 
+# Loading every installed plugin (jupyter's, anyio, xdist...) costs each inner pytest about
+# half a second: most runs load only ours, by name. The entry point itself is what the runs
+# with ``autoload=True`` use (the xdist one and the one checking the plugin stays inactive).
+ONLY_OURS = ("-p", "xsupervise.pytest_plugin")
+
+
 def run_pytest(
-    project: Path, *args: str, env: dict[str, str] | None = None
+    project: Path, *args: str, env: dict[str, str] | None = None, autoload: bool = False
 ) -> subprocess.CompletedProcess[str]:
+    env = env or inner_env()
+    if not autoload:
+        env = {**env, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args]
+        + ([] if autoload else list(ONLY_OURS)),
         check=False,
         cwd=project,
-        env=env or inner_env(),
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
@@ -151,7 +161,7 @@ def test_each_xdist_worker_gets_its_own_display(tmp_path: Path) -> None:
                 record("controller")
     """)
     )
-    done = run_pytest(project, "--xdisplay", "-n", "2")
+    done = run_pytest(project, "--xdisplay", "-n", "2", autoload=True)
     assert done.returncode == 0, done.stdout + done.stderr
     seen = records(project)
     assert seen.pop("controller")["display"] is None  # the controller started none
@@ -175,9 +185,9 @@ def test_sigkilled_pytest_leaves_no_server_and_no_file(tmp_path: Path, isolated:
     """,
     )
     inner = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", "--xdisplay"],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", "--xdisplay", *ONLY_OURS],
         cwd=project,
-        env=inner_env(),
+        env=inner_env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         bufsize=0,
@@ -240,7 +250,7 @@ def test_plugin_is_inactive_unless_asked(tmp_path: Path, isolated: Path) -> None
             record("plain")
     """,
     )
-    done = run_pytest(project, env=inner_env(DISPLAY=":4242"))
+    done = run_pytest(project, env=inner_env(DISPLAY=":4242"), autoload=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert records(project)["plain"]["display"] == ":4242"
     assert not (isolated / "xsupervise").exists()  # not even a runtime directory
