@@ -300,12 +300,38 @@ def test_no_x_server_is_a_usage_error_with_the_flag_and_a_skip_without(tmp_path:
     assert records(project) == {}
 
 
-def test_pool_is_a_clear_usage_error_until_pools_exist(tmp_path: Path) -> None:
-    from xsupervise.client import Client
+@requires_xvfb
+def test_a_pool_lease_serves_the_run_and_dies_with_it(tmp_path: Path) -> None:
+    from test_pool import PoolDaemon, gone_within
 
-    if hasattr(Client, "lease"):
-        pytest.skip("this xsupervise has pools")
-    project = sample(tmp_path, "def test_nothing():\n    pass\n")
-    done = run_pytest(project, "--xdisplay-pool", "ci")
-    assert done.returncode == pytest.ExitCode.USAGE_ERROR
-    assert "leases from a pool need a daemon with pools" in done.stderr
+    daemon = PoolDaemon(tmp_path, {"ci": {"size": 1, "screen": "640x480x24"}})
+    try:
+        spare = daemon.until(lambda pool: pool["ready"] == 1, name="ci")
+        project = sample(
+            tmp_path,
+            """
+            import os, subprocess
+
+            def test_display(xdisplay):
+                shown = subprocess.run(["xdpyinfo"], check=True, capture_output=True, text=True)
+                record("during", pid=xdisplay.server_pid, dimensions="640x480" in shown.stdout)
+        """,
+        )
+        env = inner_env(XSUPERVISE_SOCKET=daemon.socket)
+        done = run_pytest(project, "--xdisplay-pool", "ci", env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        during = records(project)["during"]
+        assert during["dimensions"] is True and during["display"]
+        assert gone_within(int(during["pid"]), 5)  # the lease ended with the run: destroyed
+        daemon.until(lambda pool: pool["ready"] == 1 and pool["leased"] == 0, name="ci")
+        assert spare["size"] == 1
+        daemon.stop()
+        # No daemon: an explicit --xdisplay-pool is never replaced by a private server.
+        refused = run_pytest(project, "--xdisplay-pool", "ci", env=env)
+        assert refused.returncode == pytest.ExitCode.USAGE_ERROR, refused.stdout + refused.stderr
+        assert (
+            "ERROR: --xdisplay-pool: no lease from pool 'ci': no xsupervise serve answers on"
+            in refused.stderr
+        )
+    finally:
+        daemon.stop()

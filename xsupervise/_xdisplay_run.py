@@ -91,7 +91,10 @@ class XDisplayRun:
         try:
             self.display = self._lease() if self.pool else self._start(self.screen, self.server)
         except (EnvironmentProblem, UsageError) as exc:
-            self.failure = f"no X display: {exc}"
+            # An explicit pool is never replaced by a private server: say which pool failed.
+            self.failure = (
+                f"no lease from pool {self.pool!r}: {exc}" if self.pool else f"no X display: {exc}"
+            )
             return
         self._run_env = set_display_env(self.display.env)
 
@@ -130,7 +133,8 @@ class XDisplayRun:
         except XSuperviseError as exc:
             pytest.exit(f"xdisplay: {exc}", returncode=pytest.ExitCode.INTERNAL_ERROR)
         if self.failure:
-            raise pytest.UsageError(f"--xdisplay: {self.failure}")
+            flag = "--xdisplay-pool" if self.pool else "--xdisplay"
+            raise pytest.UsageError(f"{flag}: {self.failure}")
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
