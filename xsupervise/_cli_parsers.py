@@ -34,8 +34,7 @@ def _add_display_options(parser: argparse.ArgumentParser, with_name: bool = True
     group.add_argument(
         "--server",
         metavar="CMD",
-        help="X server command, e.g. 'Xephyr' or 'Xvnc -SecurityTypes None' "
-        "(XSUPERVISE_SERVER; default: Xvfb)",
+        help="X server command, e.g. 'Xephyr' (XSUPERVISE_SERVER; default: Xvfb)",
     )
     group.add_argument(
         "--screen",
@@ -55,6 +54,12 @@ def _add_display_options(parser: argparse.ArgumentParser, with_name: bool = True
         help="time between SIGTERM and SIGKILL when stopping the server, "
         "and COMMAND after a SIGTERM/SIGHUP we passed on to it "
         "(XSUPERVISE_KILL_GRACE; default: 2)",
+    )
+    group.add_argument(
+        "--wm",
+        metavar="CMD",
+        help="a window manager to run on the display once it is ready, e.g. openbox "
+        "(XSUPERVISE_WM; default: none)",
     )
     restart = parser.add_argument_group(
         "restart policy (flag > XSUPERVISE_* variable > config file)",
@@ -271,7 +276,8 @@ def add_serve(commands: Subparsers) -> None:
         "(xsupervise.socket). SIGHUP re-reads the config; SIGTERM stops everything.",
         epilog="example config (/etc/xsupervise/config.toml, or $XDG_CONFIG_HOME/xsupervise/"
         'config.toml):\n  [session.main]\n  display = ":99"\n  screen = '
-        '"1920x1080x24"\n\n  [session.vnc]\n  server = "Xvnc -SecurityTypes None"\n'
+        '"1920x1080x24"\n\n  [session.vnc]\n  server = "Xvnc -localhost -SecurityTypes VncAuth '
+        '-PasswordFile /etc/xsupervise/vncpasswd"\n'
         "  start_limit_burst = 3\n\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -50,8 +50,9 @@ class Display:
         settings: Settings | None = None,
         pool: str | None = None,
         socket: str | None = None,
+        wm: str | Sequence[str] | None = None,
     ):
-        if pool is not None and (display != ":auto" or screen or server or settings):
+        if pool is not None and (display != ":auto" or screen or server or settings or wm):
             raise UsageError(f"Display(pool={pool!r}) takes the pool's settings; give no others.")
         self._pool, self._socket = pool, socket
         self._number = parse_display(display)
@@ -61,6 +62,7 @@ class Display:
                 "screen": screen,
                 "server": server,
                 "kill_grace": kill_grace,
+                "wm": wm,
             }
         )
         self._name = name
@@ -175,6 +177,7 @@ class AsyncDisplay:
         settings: Settings | None = None,
         pool: str | None = None,
         socket: str | None = None,
+        wm: str | Sequence[str] | None = None,
     ):
         # A Display holds the settings and the accessors; only the driving differs.
         self._display = Display(
@@ -188,6 +191,7 @@ class AsyncDisplay:
             settings=settings,
             pool=pool,
             socket=socket,
+            wm=wm,
         )
         self._started = False
 

@@ -110,6 +110,10 @@ def launch_steps(
         yield Offload(clean_own_quietly)
         server.number = yield from read_display_number(read_fd, child, deadline)
         server.facts = yield from verify(server.number, child, files.cookie, deadline)
+        if settings.wm:  # ready means managed, for tests that need focus (see _wm.py)
+            from ._wm import start_steps as start_wm
+
+            server.wm = yield from start_wm(server)
     except (DisplayFdError, HandshakeError) as exc:
         yield from server.stop_steps()
         raise _start_error(exc, server) from None

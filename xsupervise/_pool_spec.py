@@ -20,11 +20,11 @@ from ._settings import (
     FIELDS,
     POOL_TABLE,
     Settings,
-    _count,
     config_file,
     load_settings,
     read_config_file,
 )
+from ._values import _count
 
 DEFAULT_SIZE = 1
 

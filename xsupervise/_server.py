@@ -108,6 +108,7 @@ class XServer:
         self.exit_status: int | None = None
         self.released = False
         self.output_tail = ""
+        self.wm: Child | None = None  # the wm setting's window manager, stopped before us
 
     def __repr__(self) -> str:
         return f"<XServer {self.display or '(no display yet)'} {self.child!r}>"
@@ -158,6 +159,8 @@ class XServer:
         if they are its alone)."""
         if self.exit_status is not None:
             return self.exit_status
+        if self.wm is not None and self.wm.returncode is None:
+            yield from self.wm.stop_steps(self.settings.kill_grace)
         try:
             self.exit_status = yield from self.child.stop_steps(
                 self.settings.kill_grace, self._warn_escalation, self._warn_stuck
@@ -172,6 +175,9 @@ class XServer:
     def kill_now(self) -> None:
         """SIGKILL the group and clean up, for when no waiting is possible (a closed generator):
         the reap waits at most _KILL_NOW_WAIT, so that a stuck server cannot hang its caller."""
+        if self.wm is not None and self.wm.returncode is None:
+            self.wm.signal(signal.SIGKILL)
+            self.wm.reap_within(_KILL_NOW_WAIT)
         if self.exit_status is None:
             self.child.signal(signal.SIGKILL)
             self.exit_status = self.child.reap_within(_KILL_NOW_WAIT)
@@ -183,6 +189,9 @@ class XServer:
         """Once the server has ended: reap it (if it has) and remove what it leaves behind."""
         if self.exit_status is None:
             self.exit_status = self.child.try_reap()
+        if self.wm is not None and self.wm.returncode is None:
+            self.wm.signal(signal.SIGKILL)  # its display is gone: nothing left to manage
+            self.wm.reap_within(_KILL_NOW_WAIT)
         if self.released:
             return
         self.released = True

@@ -7,11 +7,11 @@ config.toml`` (pyxdg), ``/etc/xsupervise/config.toml``; keys are the fields belo
 from __future__ import annotations
 
 import os
-import shlex
 from collections.abc import Mapping
 
 from ._errors import UsageError
 from ._policy import DEFAULTS as POLICY_DEFAULTS
+from ._values import _command, _count, _optional_command, _positive_seconds, _screen
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
 if TYPE_CHECKING:
@@ -21,37 +21,6 @@ if TYPE_CHECKING:
 
 ENV_PREFIX = "XSUPERVISE_"
 SYSTEM_CONFIG = "/etc/xsupervise/config.toml"
-
-
-# Parsers get text (environment) or any TOML value: float(), int() and iteration raise
-# TypeError for a value of the wrong type, which load_settings turns into a UsageError.
-def _positive_seconds(value: object) -> float:
-    seconds = float(value)  # type: ignore[arg-type]
-    if not 0 < seconds < 86400:
-        raise ValueError("must be a number of seconds above 0")
-    return seconds
-
-
-def _command(value: object) -> tuple[str, ...]:
-    words = shlex.split(value) if isinstance(value, str) else [str(word) for word in value]  # type: ignore[attr-defined]
-    if not words:
-        raise ValueError("must name a program")
-    return tuple(words)
-
-
-def _screen(value: object) -> str:
-    text = str(value)
-    parts = text.split("x")
-    if len(parts) != 3 or not all(part.isdigit() and int(part) > 0 for part in parts):
-        raise ValueError("must look like WIDTHxHEIGHTxDEPTH, e.g. 1920x1080x24")
-    return text
-
-
-def _count(value: object) -> int:
-    number: int = int(value)  # type: ignore[call-overload]
-    if not 1 <= number <= 1000:
-        raise ValueError("must be a whole number from 1 to 1000")
-    return number
 
 
 # name -> default; parsers for text values are in _PARSERS below.
@@ -64,6 +33,8 @@ FIELDS: dict[str, object] = {
     "displayfd_timeout": 10.0,
     # How long a server may take to exit after SIGTERM before it gets SIGKILL.
     "kill_grace": 2.0,
+    # A window manager started on the display once it is ready (see _wm.py); () for none.
+    "wm": (),
     # The restart policy's settings (see _policy.py).
     **POLICY_DEFAULTS,
 }
@@ -81,6 +52,7 @@ class Settings:
     screen: str
     displayfd_timeout: float
     kill_grace: float
+    wm: tuple[str, ...]
     backoff_initial: float
     backoff_max: float
     reset_after: float
@@ -117,6 +89,7 @@ _PARSERS: dict[str, Callable[[object], object]] = {
     "screen": _screen,
     "displayfd_timeout": _positive_seconds,
     "kill_grace": _positive_seconds,
+    "wm": _optional_command,
     "backoff_initial": _positive_seconds,
     "backoff_max": _positive_seconds,
     "reset_after": _positive_seconds,

@@ -1,0 +1,43 @@
+"""The settings' value parsers (see _settings.FIELDS).
+
+Parsers get text (environment) or any TOML value: float(), int() and iteration raise
+TypeError for a value of the wrong type, which load_settings turns into a UsageError.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+
+def _positive_seconds(value: object) -> float:
+    seconds = float(value)  # type: ignore[arg-type]
+    if not 0 < seconds < 86400:
+        raise ValueError("must be a number of seconds above 0")
+    return seconds
+
+
+def _command(value: object) -> tuple[str, ...]:
+    words = shlex.split(value) if isinstance(value, str) else [str(word) for word in value]  # type: ignore[attr-defined]
+    if not words:
+        raise ValueError("must name a program")
+    return tuple(words)
+
+
+def _optional_command(value: object) -> tuple[str, ...]:
+    """A command, or none: "" (or an empty list) turns it off."""
+    return () if value in ("", [], ()) else _command(value)
+
+
+def _screen(value: object) -> str:
+    text = str(value)
+    parts = text.split("x")
+    if len(parts) != 3 or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise ValueError("must look like WIDTHxHEIGHTxDEPTH, e.g. 1920x1080x24")
+    return text
+
+
+def _count(value: object) -> int:
+    number: int = int(value)  # type: ignore[call-overload]
+    if not 1 <= number <= 1000:
+        raise ValueError("must be a whole number from 1 to 1000")
+    return number
