@@ -392,3 +392,19 @@ def test_without_systemd_python_run_works_and_serve_under_systemd_exits_5(tmp_pa
         assert "NOTIFY_SOCKET is set" in refused.stderr
         assert "pip install 'xsupervise[systemd]'" in refused.stderr
     assert not (tmp_path / "control.sock").exists()  # refused before binding anything
+
+
+def test_inherited_listen_fds_of_another_process_do_not_need_systemd_python():
+    # A socket-activated service's LISTEN_FDS reach whatever it runs; sd_listen_fds(3) says
+    # they are ours only when LISTEN_PID is our pid.
+    env = {**os.environ, "LISTEN_FDS": "1", "LISTEN_PID": "1"}
+    env.pop("NOTIFY_SOCKET", None)
+    listed = subprocess.run(
+        [sys.executable, "-c", WITHOUT_SYSTEMD + "sys.exit(main(['list']))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert (listed.returncode, listed.stderr) == (0, "")

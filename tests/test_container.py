@@ -380,3 +380,45 @@ def test_the_sidecar_command_shares_its_cookie_and_stops_with_0(tmp_path, monkey
         assert result[0] == 0, result
         assert os.stat(env["XAUTHORITY"]).st_mode & 0o777 == 0o644
         assert _stop(process) == (0, b"")
+
+
+STRANGER = """
+import socket, sys
+server = socket.socket(socket.AF_UNIX)
+server.bind(sys.argv[1])
+server.listen(1)
+print("up", flush=True)
+client, _ = server.accept()
+client.settimeout(2)
+try:
+    data = client.recv(4096)
+except OSError:
+    data = b""
+print(data.hex(), flush=True)
+"""
+
+
+@requires_root
+@pytest.mark.root("it listens as uid 65534")
+def test_check_gives_its_cookie_only_to_a_server_of_its_uid_or_root(tmp_path: Path, monkeypatch):
+    # Someone else listening on a display's path (its file deleted by a /tmp cleaner and the
+    # name taken): our cookie would give them the real display, through its abstract socket.
+    number = free_display_number()
+    path = f"/tmp/.X11-unix/X{number}"
+    setpriv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    stranger = subprocess.Popen(
+        [*setpriv, sys.executable, "-c", STRANGER, path], stdout=subprocess.PIPE, bufsize=0
+    )
+    try:
+        assert read_line(stranger.stdout) == "up\n"
+        cookie = tmp_path / "cookie"
+        cookie.write_bytes(xauthority_entry(os.urandom(16)))
+        monkeypatch.setenv("XAUTHORITY", str(cookie))
+        code, line = check(f":{number}", 2.0, None)
+        assert code == 1 and "uid 65534" in line and "refusing to send it our cookie" in line
+        sent = bytes.fromhex(read_line(stranger.stdout).strip())
+        assert b"MIT-MAGIC-COOKIE-1" not in sent
+    finally:
+        stranger.kill()
+        stranger.wait(timeout=10)
+        os.unlink(path)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_gone
 from xsupervise._holder import describe, holders, listening_inodes
 from xsupervise._listener import SocketInUse, bind
 
@@ -45,6 +46,7 @@ def test_the_listener_that_handed_its_socket_on_is_not_named(tmp_path: Path):
         assert not os.path.exists(path + ".lock")  # our lock went with the refusal
     finally:
         os.kill(keeper, signal.SIGKILL)
+        assert wait_gone(keeper, 10)  # kill() returns before its fds are closed
     assert holders(listening_inodes(path)) == []
 
 
@@ -58,6 +60,19 @@ def test_probing_does_not_connect(tmp_path: Path):
             bind(path)
         with pytest.raises(BlockingIOError):
             listening.accept()  # nobody connected: a socket unit would not have been activated
+
+
+def test_a_listener_reached_through_a_symlinked_directory_is_found(tmp_path: Path):
+    # /var/run -> /run: the kernel's table holds the path as it was bound, not as we name it.
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listening:
+        listening.bind(str(tmp_path / "real" / "control.sock"))
+        listening.listen(8)
+        with pytest.raises(SocketInUse) as refused:
+            bind(str(tmp_path / "link" / "control.sock"))
+        assert f"pid {os.getpid()}" in str(refused.value)
+        assert (tmp_path / "real" / "control.sock").exists()  # never unlinked from under it
 
 
 @pytest.mark.skipif(

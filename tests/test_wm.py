@@ -113,3 +113,28 @@ def test_a_missing_or_failing_wm_is_one_line_and_leaves_nothing() -> None:
     assert line.count("\n") == 1 and "window manager sh" in line
     assert "ended before it managed the display (exited with status 3)" in line
     assert "cannot manage" in line
+
+
+@requires_xvfb
+@needs_openbox
+def test_a_wm_that_dies_takes_its_display_into_a_restart(runtime_dir: Path) -> None:
+    with start_cli("start", "--json", "--wm", "openbox", "--backoff-initial", "0.1") as process:
+        facts = json.loads(read_line(process.stdout))
+        first = _window_manager_of(facts["server_pid"], process.pid)
+        first.kill()
+        assert wait_gone(facts["server_pid"], 10)  # the display went with it: no zombie wm
+        assert not psutil.pid_exists(first.pid)
+        deadline = time.monotonic() + 15
+        while True:
+            status = subprocess.run(
+                [*XSUPERVISE, "status", "--json"], capture_output=True, text=True, check=True
+            )
+            (entry,) = json.loads(status.stdout)
+            if entry["state"] == "ready" and entry["server_pid"] != facts["server_pid"]:
+                break
+            assert time.monotonic() < deadline, entry
+            time.sleep(0.05)
+        assert "window manager openbox" in (entry["last_failure"] or "")
+        assert _window_manager_of(entry["server_pid"], process.pid).pid != first.pid
+        process.terminate()
+        assert process.wait(timeout=30) == 0

@@ -136,6 +136,29 @@ def resolve(
     return int(chosen["display"][1:]), chosen["xauthority"]
 
 
+def _connect(sock: socket.socket, path: str) -> None:
+    """The server's abstract socket first, as libxcb does: a /tmp cleaner may have deleted the
+    file (and someone else may have bound its name since); then the file."""
+    try:
+        sock.connect("\0" + path)
+    except OSError:
+        sock.connect(path)
+
+
+def _refuse_a_stranger(sock: socket.socket, name: str, cookie: bytes | None) -> None:
+    """Our cookie goes only to a server of our own uid (or root's): to anyone else listening
+    there it would give our display away."""
+    from ._process import peer_credentials
+
+    pid, uid, _ = peer_credentials(sock)
+    if cookie is not None and uid not in (os.getuid(), 0):
+        raise Refusal(
+            ExitCode.FAILURE,
+            f"display {name} is served by pid {pid} of uid {uid}, not by us or root: "
+            "refusing to send it our cookie; is the display number right?",
+        )
+
+
 def handshake(number: int, cookie: bytes | None, deadline: float) -> str:
     """Connect to display ``number`` and complete an X11 connection setup by ``deadline``
     (time.monotonic()); what the server said, as a short description."""
@@ -155,7 +178,8 @@ def handshake(number: int, cookie: bytes | None, deadline: float) -> str:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
         try:
             sock.settimeout(remaining())
-            sock.connect(path)
+            _connect(sock, path)
+            _refuse_a_stranger(sock, name, cookie)
             request = (
                 setup_request(cookie)
                 if cookie is not None

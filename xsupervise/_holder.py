@@ -17,15 +17,24 @@ _ACCEPTCON = 0x10000  # /proc/net/unix Flags: a listening socket
 
 def listening_inodes(path: str) -> set[int]:
     """Socket inodes listening on ``path`` in this network namespace."""
-    wanted = {os.fsencode(path), os.fsencode(os.path.abspath(path))}
+    # The table holds the path as bound, which may name the same file through another
+    # spelling (a symlinked /var/run -> /run): compare the real directory and the name.
+    name, where = os.path.basename(path), _real_directory(path)
     found = set()
     with open("/proc/net/unix", "rb") as table:
         next(table, None)  # the header
         for line in table:
             fields = line.rstrip(b"\n").split(None, 7)
-            if len(fields) == 8 and int(fields[3], 16) & _ACCEPTCON and fields[7] in wanted:
+            if len(fields) != 8 or not int(fields[3], 16) & _ACCEPTCON:
+                continue
+            bound = os.fsdecode(fields[7])
+            if os.path.basename(bound) == name and _real_directory(bound) == where:
                 found.add(int(fields[6]))
     return found
+
+
+def _real_directory(path: str) -> str:
+    return os.path.realpath(os.path.dirname(os.path.abspath(path)))
 
 
 def holders(inodes: set[int]) -> list[int]:

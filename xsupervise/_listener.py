@@ -212,7 +212,13 @@ def _bind_locked(path: str, lock_fd: int) -> Listener:
             raise EnvironmentProblem(
                 f"{path} exists and is not a socket; remove it or choose another --socket."
             )
-        os.unlink(path)  # stale: nothing accepts connections on it
+        try:
+            os.unlink(path)  # stale: nothing accepts connections on it
+        except OSError as exc:  # e.g. another user's, in a sticky directory
+            raise EnvironmentProblem(
+                f"{path} is a stale socket (uid {info.st_uid}) that we cannot remove "
+                f"({exc.strerror}); remove it as its owner or choose another --socket."
+            ) from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     old_umask = os.umask(0o177)
     try:

@@ -259,9 +259,11 @@ class Session:
     def _watch(self, server: LaunchedServer) -> Steps[None]:
         """Return when the server has died (after recording it)."""
         stable_at: float | None = self.ready_at + self.policy.reset_after
+        wm = getattr(server, "wm", None)  # the wm setting's window manager goes with its display
+        watched = (server.child.pidfd,) if wm is None else (server.child.pidfd, wm.pidfd)
         while True:
-            ready = yield Wait((server.child.pidfd,), stable_at)
-            if server.child.pidfd in ready:
+            ready = yield Wait(watched, stable_at)
+            if ready:
                 break
             if stable_at is not None and self.clock.monotonic() >= stable_at:
                 with self.ledger.update() as history:
@@ -275,6 +277,11 @@ class Session:
             f"X server {server.display} (pid {server.pid}) {describe_status(status)} after "
             f"{uptime:.1f} s up. Its last output: {server.output_tail or '(nothing)'}"
         )
+        if wm is not None and server.child.pidfd not in ready:  # the wm ended: restart both
+            reason = (
+                f"window manager {wm.argv[0]} (pid {wm.pid}) {describe_status(wm.returncode)} "
+                f"on {server.display} after {uptime:.1f} s; its display is restarted with it."
+            )
         self._go(Event.DIED)
         self.last_failure = reason
         self._log("error", "%s", reason)

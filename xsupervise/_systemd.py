@@ -18,9 +18,12 @@ INSTALL_HINT = "pip install 'xsupervise[systemd]' (Debian: apt-get install pytho
 
 def what_systemd_expects(environ: Mapping[str, str]) -> str | None:
     """Which sign of systemd we see, or None."""
-    for variable in ("NOTIFY_SOCKET", "LISTEN_FDS"):
-        if environ.get(variable):
-            return f"{variable} is set"
+    if environ.get("NOTIFY_SOCKET"):
+        return "NOTIFY_SOCKET is set"
+    # LISTEN_FDS is ours only when LISTEN_PID names us (sd_listen_fds(3)): a socket-activated
+    # parent's variables may be inherited by anything it runs.
+    if environ.get("LISTEN_FDS") and environ.get("LISTEN_PID") == str(os.getpid()):
+        return "LISTEN_FDS is set for us"
     from ._log import journal_is_stderr
 
     if journal_is_stderr(environ):

@@ -18,10 +18,10 @@ import time
 
 from . import _errors as errors
 from ._notify import child_environment
-from ._process import Child, describe_status, spawn
+from ._process import Child, describe_status, peer_credentials, spawn
 from ._server import _output_tail
 from ._steps import Wait
-from ._x11 import setup_request, socket_path
+from ._x11 import served_by, setup_request, socket_path
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -57,50 +57,61 @@ def _spawn(server: XServer) -> tuple[Child, int]:
         os.close(log_fd)
 
 
-def _ask(sock: socket.socket, request: bytes, wm: Child, deadline: float) -> Steps[bytes]:
+def _ask(
+    sock: socket.socket, request: bytes, server: XServer, wm: Child, deadline: float
+) -> Steps[bytes]:
     """Send one request and return its 32-byte reply (both of ours have no extra data)."""
     sock.sendall(request)
-    reply = b""
-    while len(reply) < 32:
-        ready = yield Wait((sock.fileno(), wm.pidfd), deadline)
-        if sock.fileno() in ready:
-            chunk = sock.recv(32 - len(reply))
-            if not chunk:
-                raise OSError("the X server closed our connection")
-            reply += chunk
-        elif wm.pidfd in ready:
-            raise ChildProcessError
-        elif time.monotonic() >= deadline:
-            raise TimeoutError
+    if wm.has_exited():
+        raise ChildProcessError
+    reply = yield from _receive(sock, 32, server, deadline)
     if reply[0] != 1:
         raise OSError(f"X error {reply[1]} on request {request[0]}")
     return reply
 
 
+def _receive(sock: socket.socket, size: int, server: XServer, deadline: float) -> Steps[bytes]:
+    """Exactly ``size`` bytes of the server's answer, waiting without blocking."""
+    data = b""
+    while len(data) < size:
+        ready = yield Wait((sock.fileno(), server.child.pidfd), deadline)
+        if sock.fileno() in ready:
+            chunk = sock.recv(size - len(data))
+            if not chunk:
+                raise OSError("the X server closed our connection")
+            data += chunk
+        elif ready:
+            raise OSError("the X server exited")
+        else:
+            raise TimeoutError
+    return data
+
+
 def _await_manager(server: XServer, wm: Child, deadline: float) -> Steps[None]:
     """Return once someone owns WM_S0 on the display."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+    flags = socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK  # never hang here
+    with socket.socket(socket.AF_UNIX, flags) as sock:
         assert server.number is not None
         sock.connect(socket_path(server.number))
-        sock.setblocking(False)
+        peer = peer_credentials(sock)[0]
+        if not served_by(server.child, peer):  # our cookie goes to our server only
+            raise OSError(f"display {server.display} is served by pid {peer}, not by ours")
         sock.sendall(setup_request(server.files.cookie))
-        header = b""
-        while len(header) < 8:  # the setup reply: its length is in its 8-byte header
-            ready = yield Wait((sock.fileno(),), deadline)
-            if not ready:
-                raise TimeoutError
-            header += sock.recv(8 - len(header))
-        rest = 4 * struct.unpack_from("<H", header, 6)[0]
-        while rest:
-            yield Wait((sock.fileno(),), deadline)
-            rest -= len(sock.recv(rest))
+        header = yield from _receive(sock, 8, server, deadline)  # its length is in its header
+        yield from _receive(sock, 4 * struct.unpack_from("<H", header, 6)[0], server, deadline)
         pad = -len(_SELECTION) % 4
         intern = struct.pack("<BBHHxx", _INTERN_ATOM, 0, 2 + (len(_SELECTION) + pad) // 4, 5)
-        reply = yield from _ask(sock, intern + _SELECTION + b"\0" * pad, wm, deadline)
+        reply = yield from _ask(sock, intern + _SELECTION + b"\0" * pad, server, wm, deadline)
         owner_request = struct.pack("<BxHI", _GET_SELECTION_OWNER, 2, _word(reply))
-        while not _word((yield from _ask(sock, owner_request, wm, deadline))):
-            if (yield Wait((wm.pidfd,), min(deadline, time.monotonic() + _POLL))):
-                raise ChildProcessError
+        while not _word((yield from _ask(sock, owner_request, server, wm, deadline))):
+            if time.monotonic() >= deadline:
+                raise TimeoutError
+            if (
+                yield Wait((wm.pidfd, server.child.pidfd), min(deadline, time.monotonic() + _POLL))
+            ):
+                if wm.has_exited():
+                    raise ChildProcessError
+                raise OSError("the X server exited")
 
 
 def _word(reply: bytes) -> int:

@@ -145,7 +145,7 @@ class HandshakeError(Exception):
         super().__init__(what)
 
 
-def _served_by(child: Child, pid: int) -> bool:
+def served_by(child: Child, pid: int) -> bool:
     """The listening socket's owner is our child, or in its process group (a wrapper script)."""
     if pid == child.pid:
         return True
@@ -195,7 +195,7 @@ def verify(
             ) from None
         inode = os.lstat(path).st_ino
         peer = peer_credentials(sock)[0]
-        if not _served_by(child, peer):
+        if not served_by(child, peer):
             raise HandshakeError(
                 f"wrote display number {number} but {path} is served by pid {peer}, not by it"
             )

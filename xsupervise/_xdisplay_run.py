@@ -122,7 +122,7 @@ class XDisplayRun:
         if self.config.pluginmanager.has_plugin("dsession"):
             # The xdist controller runs no tests and starts no display; it checks what it
             # can, so that a missing server is one usage error, not every worker crashing.
-            problem = server_problem(self.server)
+            problem = None if self.pool else server_problem(self.server)  # a pool's are its own
             if problem:
                 raise pytest.UsageError(f"--xdisplay: {problem}")
             return
