@@ -116,8 +116,8 @@ def _daemon(args: argparse.Namespace) -> Client | None:
 
 def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ._daemon import serve as run_daemon
-    from ._listener import bind, default_path, from_systemd
-    from ._paths import RuntimeDir
+    from ._listener import bind, from_systemd
+    from ._paths import RuntimeDir, default_path
     from ._settings import FIELDS
 
     if args.config:
