@@ -9,10 +9,17 @@ size = 4`, then prints one table:
 - time to a usable display: `Display(pool="default")` (enter -> env) against a raw
   `Xvfb -displayfd` start (p50, p99; targets 0.1x and 0.25x);
 - `xsupervise run --pool default -- true` against `xvfb-run -a true`, whole processes
-  (target <= 0.6x), interleaved round by round;
+  (target <= 0.6x), interleaved round by round: as the README installs it (a non-editable
+  `pip install` into a fresh venv in a temporary directory; its dependencies come from .venv
+  through a .pth line, so pip only fetches the build backend), and from the editable .venv,
+  whose import hook costs ~20 ms of start-up; beside the floor of the first: its Python
+  importing what pip's console-script wrapper imports (`re`) and nothing of ours;
 - 100 leases in one burst on the pool of 4: all served, distinct servers, p50/p99 wait;
 - the idle daemon: wakeups per second over 10 s (voluntary + involuntary context switches of
-  all its threads, from /proc), its RSS, and the X servers' RSS.
+  all its threads, from /proc) with no client connected (a connected client that sends
+  nothing is dropped after the protocol's 10 s: a wakeup of its own), its RSS, and the X
+  servers' RSS. Each spare also wakes it once, reset_after (60 s) after it became ready, to
+  record in the pool's budget that it proved stable; then never again while idle.
 
 Needs Xvfb and xvfb-run (Debian: xvfb). Do not run it alongside the test suite.
 """
@@ -25,6 +32,7 @@ import select
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -80,6 +88,21 @@ def whole(argv: list[str], env: dict[str, str]) -> float:
     if proc.wait() != 0:
         raise RuntimeError(f"{argv} exited {proc.returncode}")
     return time.perf_counter() - t0
+
+
+def install(tmp: str) -> Path | None:
+    """A fresh venv with xsupervise pip-installed (non-editable); its bin directory."""
+    venv = Path(tmp, "venv")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps"]
+        subprocess.run([*pip, str(REPO)], check=True, stdout=subprocess.DEVNULL)
+    except subprocess.CalledProcessError as error:
+        print(f"no installed row: {error}", file=sys.stderr)
+        return None
+    (site,) = venv.glob("lib/python*/site-packages")
+    Path(site, "zz-xsupervise-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return venv / "bin"
 
 
 def settle(client, size: int, timeout: float = 30.0) -> None:
@@ -153,6 +176,7 @@ def main() -> int:
     from xsupervise.client import Client, DaemonUnavailable
 
     with tempfile.TemporaryDirectory() as tmp:
+        installed = install(tmp)
         runtime = Path(tmp, "run")
         runtime.mkdir(mode=0o700)
         config = Path(tmp, "config.toml")
@@ -177,6 +201,8 @@ def main() -> int:
                     time.sleep(0.01)
             settle(client, POOL_SIZE)
             lease_t, raw_t, pooled_run, xvfb_run = [], [], [], []
+            installed_run: list[float] = []
+            floor: list[float] = []
             for _ in range(args.rounds):
                 raw_t.append(raw_xvfb())
                 settle(client, POOL_SIZE)
@@ -188,6 +214,11 @@ def main() -> int:
                 pooled_run.append(
                     whole([XSUPERVISE, "run", "--pool", "default", "--", "true"], env)
                 )
+                if installed is not None:
+                    settle(client, POOL_SIZE)
+                    argv = [str(installed / "xsupervise"), "run", "--pool", "default"]
+                    installed_run.append(whole([*argv, "--", "true"], env))
+                    floor.append(whole([str(installed / "python"), "-c", "import re"], env))
                 xvfb_run.append(whole(["xvfb-run", "-a", "true"], env))
             settle(client, POOL_SIZE)
             client.close()  # an idle connection may be dropped to make room for the burst
@@ -196,6 +227,7 @@ def main() -> int:
             settle(client, POOL_SIZE, timeout=120)
             records = client.list()
             leftover = len(records) - POOL_SIZE
+            client.close()  # idle means no client: see the docstring
             time.sleep(1.0)  # let the refills' last logging and reaping finish
             before = switches(daemon.pid)
             time.sleep(args.idle)
@@ -203,7 +235,6 @@ def main() -> int:
             servers = [record["server_pid"] for record in records]
             daemon_rss = rss_kib(daemon.pid)
             server_rss = sum(rss_kib(pid) for pid in servers)
-            client.close()
         finally:
             daemon.terminate()
             daemon.wait(30)
@@ -223,7 +254,13 @@ def main() -> int:
     print(row("raw Xvfb -displayfd (base)", raw_t))
     print(row("Display(pool=...) enter -> env", lease_t, raw_t) + " target 0.1 / 0.25")
     print(row("xvfb-run -a true (base)", xvfb_run))
-    print(row("xsupervise run --pool default -- true", pooled_run, xvfb_run) + " target 0.6")
+    if installed_run:
+        print(
+            row("xsupervise run --pool default -- true (installed)", installed_run, xvfb_run)
+            + " target 0.6"
+        )
+        print(row("  floor: its python -c 'import re'", floor, xvfb_run))
+    print(row("xsupervise run --pool default -- true (editable .venv)", pooled_run, xvfb_run))
     print(
         f"\n100-lease burst on a pool of {POOL_SIZE}: {len(waits)} served, {failed} failed, "
         f"{len(pids)} distinct X servers; wait p50 {pct(waits, 0.5) * 1e3:.1f} ms, "

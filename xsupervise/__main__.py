@@ -1,3 +1,3 @@
-from ._cli import console
+from ._cli_fast import console
 
 console()

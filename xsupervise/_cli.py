@@ -8,7 +8,6 @@ part of every run.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from . import _cli_commands as commands
@@ -123,16 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def console() -> None:
-    """The console-script entry point: main(), then a fast exit.
+    """The entry point of installs made before ``_cli_fast.console`` (the same thing)."""
+    from ._cli_fast import console as entry_point
 
-    Everything of ours is torn down and reaped before main() returns; what would remain is
-    the interpreter's own finalisation (~10 ms here, a tenth of a whole `xsupervise run`),
-    which we skip after flushing what the user is owed.
-    """
-    code = main()
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        pass
-    sys.stderr.flush()
-    os._exit(code)
+    entry_point()

@@ -116,8 +116,8 @@ def _daemon(args: argparse.Namespace) -> Client | None:
 
 def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ._daemon import serve as run_daemon
-    from ._listener import bind, default_path, from_systemd
-    from ._paths import RuntimeDir
+    from ._listener import bind, from_systemd
+    from ._paths import RuntimeDir, default_path
     from ._settings import FIELDS
 
     if args.config:
@@ -144,9 +144,9 @@ def _start_detached(args: argparse.Namespace) -> int:
 
 
 def list_(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    import json
     import time
 
+    from ._cli_lease import print_json, print_pools
     from ._records import SessionRecord
 
     daemon, pools = _daemon(args), []
@@ -160,11 +160,10 @@ def list_(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         records = live_records(RuntimeDir.discover())
     if args.json:
-        print(json.dumps([record.as_dict() for record in records], indent=1))
-        return ExitCode.OK
+        return print_json([record.as_dict() for record in records], pools)
     if not records:
         print("no sessions")
-        return _print_pools(pools)
+        return print_pools(pools)
     print(
         f"{'DISPLAY':8} {'STATE':9} {'KIND':6} {'SUPERVISOR':>10} {'SERVER':>8} {'UPTIME':>8}  NAME"
     )
@@ -175,12 +174,6 @@ def list_(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"{record.supervisor_pid:>10} {record.server_pid or '-':>8} "
             f"{int(now - record.started_at):>7}s  {record.name}"
         )
-    return _print_pools(pools)
-
-
-def _print_pools(pools: list[dict[str, object]]) -> int:
-    from ._cli_lease import print_pools
-
     return print_pools(pools)
 
 
@@ -206,9 +199,9 @@ def stop(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    import json
     import time
 
+    from ._cli_lease import print_json, print_pools
     from ._local_ops import format_status, session_status
     from ._paths import RuntimeDir
     from ._settings import load_settings
@@ -222,12 +215,12 @@ def status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     else:
         entries = session_status(RuntimeDir.discover(), args.target, load_settings().policy(), now)
     if args.json:
-        print(json.dumps(entries, indent=1))
-    elif not entries:
+        return print_json(list(entries), pools)  # type: ignore[arg-type]
+    if not entries:
         print("no sessions")
-    for entry in [] if args.json else entries:
+    for entry in entries:
         print(format_status(entry, now))
-    return ExitCode.OK if args.json else _print_pools(pools)
+    return print_pools(pools)
 
 
 def reset(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

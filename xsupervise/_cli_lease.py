@@ -159,3 +159,13 @@ def print_pools(pools: list[dict[str, object]]) -> int:
             + (f" ({pool['last_failure']})" if pool.get("last_failure") else "")
         )
     return ExitCode.OK
+
+
+def print_json(entries: list[dict[str, object]], pools: list[dict[str, object]]) -> int:
+    """`list --json` / `status --json`: the sessions' entries as they were, then one entry per
+    pool with ``"kind": "pool"`` (and the keys every entry has: name, display, state)."""
+    import json
+
+    shown = [{"kind": "pool", "display": None, **pool} for pool in pools]
+    print(json.dumps([*entries, *shown], indent=1))
+    return ExitCode.OK

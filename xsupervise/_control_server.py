@@ -42,6 +42,7 @@ class Connection:
         self.last_activity = time.monotonic()
         self.busy = False
         self.lessee = False  # it asked for a lease: see MAX_LESSEES
+        self.pid: int | None = None  # the peer's, when it connected
         self.leases: set[str] = set()
 
 
@@ -87,7 +88,7 @@ class ControlServer:
         client = Connection(writer)
         CURRENT.set(client)
         try:
-            _pid, uid, _gid = peer_credentials(writer.get_extra_info("socket"))
+            client.pid, uid, _gid = peer_credentials(writer.get_extra_info("socket"))
             if uid not in (os.getuid(), 0):
                 await self._reply(
                     client,
@@ -148,6 +149,14 @@ class ControlServer:
                 writer.transport.abort()  # it does not read: do not wait to flush to it
             else:
                 writer.close()
+
+    def forget_lease(self, lease: str) -> int | None:
+        """The lease is over (revoked): its connection holds it no more; that peer's pid."""
+        for client in self.clients.values():
+            if lease in client.leases:
+                client.leases.discard(lease)
+                return client.pid
+        return None
 
     def lessees(self) -> int:
         return sum(client.lessee for client in self.clients.values())

@@ -97,6 +97,8 @@ class DaemonOps:
         number = parse_display(display) if display else None
         if display and number is None:
             raise UsageError(f'stop needs a display number, not {display!r}, e.g. ":5".')
+        if number is not None and self.daemon.pools.find(f":{number}"):
+            return {"stopped": [await self._revoke(f":{number}", float(wait))]}
         ours = [
             managed
             for managed in self.registry
@@ -123,6 +125,23 @@ class DaemonOps:
         elif not ours:
             raise NoSuchSession(f"no session named {name!r} runs in this daemon.")
         return {"stopped": lines}
+
+    async def _revoke(self, display: str, wait: float) -> str:
+        """`stop :N` of a pool's display: a leased one's lease ends (its display destroyed,
+        awaited up to ``wait`` s); a spare is refused (the pool would only replace it)."""
+        pool, lease = self.daemon.pools.find(display) or ("?", None)
+        if lease is None:
+            raise UsageError(
+                f"display {display} is a spare of pool {pool}, kept ready for leases; to keep "
+                f"fewer, lower size in [pool.{pool}] of the config file and reload (SIGHUP)."
+            )
+        holder = self.daemon.control.forget_lease(lease.id)
+        self.daemon.pools.release(lease.id)
+        await asyncio.wait([lease.entry.running], timeout=wait)
+        return (
+            f"{display}: stopped (lease {lease.id} of pool {pool}, held by pid {holder}, "
+            f"revoked; xsupervise serve pid {os.getpid()})"
+        )
 
     async def list(self) -> Reply:
         from ._records import live_records

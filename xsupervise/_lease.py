@@ -160,6 +160,16 @@ class Pools:
             self.changed()
         return lease
 
+    def find(self, display: str) -> tuple[str, Lease | None] | None:
+        """The pool ``display`` (":N") is of and its lease (None: a spare); None: no pool's."""
+        for lease in self.leases.values():
+            if lease.entry.core.display == display:
+                return lease.pool, lease
+        for name, pool in self.pools.items():
+            if any(entry.core.display == display for entry in pool.spares):
+                return name, None
+        return None
+
     def leased(self, name: str) -> int:
         return sum(lease.pool == name for lease in self.leases.values())
 

@@ -17,22 +17,15 @@ import fcntl
 import os
 import socket
 import stat
-from collections.abc import Mapping
 
 from ._errors import EnvironmentProblem, UsageError
-from ._paths import RuntimeDir, remove_file
+from ._paths import remove_file
 
-SOCKET_NAME = "control.sock"
 FD_NAME = "control"  # FileDescriptorName= in xsupervise.socket
-ENV_SOCKET = "XSUPERVISE_SOCKET"
 
 
 class SocketInUse(EnvironmentProblem):
     """Another live process serves the control socket's path."""
-
-
-def default_path(runtime: RuntimeDir, environ: Mapping[str, str] = os.environ) -> str:
-    return environ.get(ENV_SOCKET) or os.path.join(runtime.path, SOCKET_NAME)
 
 
 def who_serves(path: str) -> list[int] | None:

@@ -173,6 +173,15 @@ class RuntimeDir:
                 yield os.path.join(self.sessions, name)
 
 
+SOCKET_NAME = "control.sock"  # the daemon's control socket, in the runtime directory
+ENV_SOCKET = "XSUPERVISE_SOCKET"
+
+
+def default_path(runtime: RuntimeDir, environ: Mapping[str, str] = os.environ) -> str:
+    """The daemon's control socket: $XSUPERVISE_SOCKET, else control.sock in ``runtime``."""
+    return environ.get(ENV_SOCKET) or os.path.join(runtime.path, SOCKET_NAME)
+
+
 def new_token() -> str:
     """A fresh name for one session's files: our pid and start time (so that crash recovery
     can tell whether the process that made them is gone, even before it wrote a record) and

@@ -85,8 +85,7 @@ class DaemonUnavailable(EnvironmentProblem):
 
 
 def default_socket_path() -> str:
-    from ._listener import default_path
-    from ._paths import RuntimeDir
+    from ._paths import RuntimeDir, default_path
 
     return default_path(RuntimeDir.discover())
 
