@@ -7,6 +7,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -364,3 +365,40 @@ def test_pool_tables_are_checked(tmp_path, monkeypatch):
         write_pools(config, {"ci": bad})
         with pytest.raises(UsageError, match=why):
             load_pool_specs()
+
+
+@requires_xvfb
+def test_a_lessee_that_leaves_while_waiting_takes_no_display(pools, tmp_path):
+    daemon = pools(default={"size": 1, "server": fake_server("slow=1.0")})
+    daemon.until(ready(1))
+    with daemon.client() as holder:
+        held = holder.lease("default")  # the only spare: the next lessee waits for a new one
+        leaver = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        leaver.connect(daemon.socket)
+        leaver.sendall(b'{"op": "lease", "pool": "default", "wait": 30}\n')
+        leaver.close()  # gave up (Ctrl-C) before the next spare was ready
+        pool = daemon.until(ready(1), timeout=15)
+        assert pool["leased"] == 1  # the new spare waits for a live lessee, untaken
+        with daemon.client() as other:
+            with pytest.raises(ControlError) as refused:  # nor can another release ours
+                other.request("release", lease=held["lease"])
+            assert refused.value.exit_code == 6
+        assert xdpyinfo({"DISPLAY": held["display"], "XAUTHORITY": held["xauthority"]}) == 0
+
+
+@requires_xvfb
+def test_the_lease_command_with_no_stdin_to_watch_holds_until_a_signal(pools):
+    # A script's background job, or a unit, gets /dev/null as stdin: its end means nothing.
+    daemon = pools(default={"size": 1})
+    daemon.until(ready(1))
+    lessee = start_cli("lease", "--socket", daemon.socket, stdin=subprocess.DEVNULL)
+    display = read_line(lessee.stdout).strip()
+    assert display.startswith("DISPLAY=:")
+    read_line(lessee.stdout)
+    daemon.until(lambda pool: pool["leased"] == 1)
+    assert lessee.poll() is None  # still holding it
+    lessee.send_signal(signal.SIGTERM)
+    assert lessee.wait(timeout=10) == 0
+    lessee.stdout.close()
+    lessee.stderr.close()
+    daemon.until(lambda pool: pool["leased"] == 0)

@@ -106,11 +106,15 @@ class _Stop(Exception):
 
 
 def _open(fd: int) -> bool:
+    """Whether ``fd`` is a stdin whose end tells something: a pipe, socket or terminal. Not
+    /dev/null (a script's background job, a unit), whose end would drop the lease at once."""
+    import stat
+
     try:
-        os.fstat(fd)
+        mode = os.fstat(fd).st_mode
     except OSError:
         return False
-    return True
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
 
 
 def run_leased(args: argparse.Namespace, parser: argparse.ArgumentParser, pool: str) -> int:

@@ -37,13 +37,18 @@ WRITE_TIMEOUT = 10.0
 class Connection:
     """One client connection; ``leases``: the ids of the leases it holds (they end with it)."""
 
-    def __init__(self, writer: asyncio.StreamWriter):
+    def __init__(self, writer: asyncio.StreamWriter, reader: asyncio.StreamReader | None = None):
         self.writer = writer
+        self.reader = reader
         self.last_activity = time.monotonic()
         self.busy = False
         self.lessee = False  # it asked for a lease: see MAX_LESSEES
         self.pid: int | None = None  # the peer's, when it connected
         self.leases: set[str] = set()
+
+    def gone(self) -> bool:
+        """The client closed its end (the transport still reads while we do not)."""
+        return self.reader is not None and self.reader.at_eof()
 
 
 # The connection whose request is being answered (each connection is a task of its own).
@@ -85,7 +90,7 @@ class ControlServer:
     async def _serve_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        client = Connection(writer)
+        client = Connection(writer, reader)
         CURRENT.set(client)
         try:
             client.pid, uid, _gid = peer_credentials(writer.get_extra_info("socket"))

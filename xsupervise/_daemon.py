@@ -205,6 +205,13 @@ def serve(
     runtime: RuntimeDir, listener: Listener, flags: Mapping[str, object] | None = None
 ) -> int:
     """Run the daemon until SIGTERM/SIGINT; the exit code."""
+    import resource
+
+    # Up to MAX_LESSEES connections, each with a display's pidfd and pipes: the soft limit
+    # (1024 under systemd) would make a burst fail accept() and spawns; the hard one will not.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if resource.RLIM_INFINITY not in (soft, hard) and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         return asyncio.run(Daemon(runtime, listener, flags=flags).run())
     finally:

@@ -180,7 +180,7 @@ class DaemonOps:
                     f"{MAX_LESSEES} connections hold or wait for leases already; release some."
                 )
             connection.lessee = True
-        lease = await self.daemon.pools.lease(pool, float(wait))
+        lease = await self.daemon.pools.lease(pool, float(wait), connection.gone)
         connection.leases.add(lease.id)  # before the reply: a closed connection releases it
         return lease.reply()
 
@@ -189,9 +189,11 @@ class DaemonOps:
 
         if not lease:
             raise UsageError('release needs "lease": the id the lease op replied with.')
+        connection = CURRENT.get()
+        if connection is not None and lease not in connection.leases:  # another's: in use
+            raise NoSuchSession(f"this connection holds no lease {lease!r}; release your own.")
         if self.daemon.pools.release(lease) is None:
             raise NoSuchSession(f"no lease {lease!r} is held in this daemon (released already?).")
-        connection = CURRENT.get()
         if connection is not None:
             connection.leases.discard(lease)
         return {"released": lease}

@@ -113,8 +113,11 @@ class Pools:
     def _forget(self, entry: DaemonEntry) -> Callable[[object], None]:
         return lambda _task: self.retiring.discard(entry)
 
-    async def lease(self, name: str, wait: float) -> Lease:
-        """A ready display of pool ``name``: at once, or the next one within ``wait`` s."""
+    async def lease(
+        self, name: str, wait: float, gone: Callable[[], bool] = lambda: False
+    ) -> Lease:
+        """A ready display of pool ``name``: at once, or the next one within ``wait`` s.
+        ``gone()``: the lessee has left while it waited; no display is taken for it."""
         pool = self.pools.get(name)
         if pool is None:
             known = ", ".join(self.pools) or "none"
@@ -130,6 +133,8 @@ class Pools:
                     f"pool {name} is {'stopping' if self.stopping else 'gone'} (the daemon "
                     f"{'is stopping' if self.stopping else 'reloaded its config'}); retry."
                 )
+            if gone():
+                raise EnvironmentProblem(f"the client waiting for pool {name} has left.")
             entry = pool.take()
             if entry is not None:
                 break
