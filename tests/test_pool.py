@@ -368,7 +368,9 @@ def test_pool_tables_are_checked(tmp_path, monkeypatch):
 
 
 @requires_xvfb
-def test_a_lessee_that_leaves_while_waiting_takes_no_display(pools, tmp_path):
+def test_a_lessee_that_leaves_while_waiting_takes_no_display(pools, tmp_path, monkeypatch):
+    report = tmp_path / "x-spawns"
+    monkeypatch.setenv("FAKE_X_REPORT", str(report))
     daemon = pools(default={"size": 1, "server": fake_server("slow=1.0")})
     daemon.until(ready(1))
     with daemon.client() as holder:
@@ -378,7 +380,9 @@ def test_a_lessee_that_leaves_while_waiting_takes_no_display(pools, tmp_path):
         leaver.sendall(b'{"op": "lease", "pool": "default", "wait": 30}\n')
         leaver.close()  # gave up (Ctrl-C) before the next spare was ready
         pool = daemon.until(ready(1), timeout=15)
-        assert pool["leased"] == 1  # the new spare waits for a live lessee, untaken
+        assert pool["leased"] == 1  # the new spare waits for a live lessee, untaken...
+        spawns = [line for line in report.read_text().splitlines() if line.startswith("pid=")]
+        assert len(spawns) == 2  # ...not taken by the one that left, destroyed and made again
         with daemon.client() as other:
             with pytest.raises(ControlError) as refused:  # nor can another release ours
                 other.request("release", lease=held["lease"])
