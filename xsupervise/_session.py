@@ -24,14 +24,13 @@ from collections.abc import Callable
 
 from . import _log as log
 from . import _policy as policy
+from ._budget import await_budget, record_failure
 from ._clock import SYSTEM_CLOCK, Clock, clock_time
-from ._errors import EnvironmentProblem, SessionFailed, StartError
+from ._errors import EnvironmentProblem, StartError
 from ._launcher import SessionFiles, launch_steps
 from ._ledger import Ledger
 from ._paths import RuntimeDir
-from ._process import Offload, Wait, describe_status, same_process
-from ._records import own_identity
-from ._recovery import reclaim_abandoned
+from ._process import Wait, describe_status
 from ._settings import Settings
 from ._states import Event, Mode, State, transition
 
@@ -40,8 +39,6 @@ __all__ = ["Mode", "Session", "State", "clock_time"]
 TYPE_CHECKING = False  # typing costs the CLI milliseconds to import: only for the checker
 if TYPE_CHECKING:
     from ._clock import LaunchedServer, Launcher, Steps
-
-_LEDGER_RECHECK = 1.0  # seconds: 'xsupervise reset' is noticed this fast by a waiting session
 
 
 def _ignore(_session: Session, _event: str) -> None:
@@ -135,13 +132,13 @@ class Session:
 
     def _start(self, first: bool) -> Steps[LaunchedServer]:
         while True:
-            yield from self._await_budget()
+            yield from await_budget(self)
             try:
                 server = yield from self._launch()
             except (StartError, EnvironmentProblem) as error:
                 crashed = isinstance(error, StartError)  # else e.g. no such server binary
                 if self.mode.counts_failed_start(crashed):
-                    self._record_failure(str(error))
+                    record_failure(self, str(error))
                 if not self.mode.retries_failed_start(crashed, first):
                     raise
                 self._log("warning", "%s", error)  # a failed start: retried
@@ -165,59 +162,6 @@ class Session:
                 )
                 self.on_event(self, "ready")
             return server
-
-    # -- the budget ----------------------------------------------------------------------
-    def _await_budget(self) -> Steps[None]:
-        """Return when the ledger allows a start (and has noted it as in flight)."""
-        announced = None
-        give_up = self.mode.gives_up_when_failed(self.no_wait, self.ready_once)
-        while True:
-            now = self.clock.wall()
-            with self.ledger.update() as history:
-                decision = policy.may_start(history, now, self.policy, same_process)
-                if decision.go:
-                    policy.begin_start(history, now, self.files.token, *own_identity())
-                    self.next_retry_at = None
-                    return
-            if decision.state == State.FAILED and give_up:
-                self._go(Event.GIVE_UP)
-                raise SessionFailed(_failed_line(self, history, decision))
-            if (decision.state, decision.until) != announced:
-                if announced is None and self.mode.reclaims:
-                    # A start that goes ahead reclaims what killed supervisors left, once its
-                    # server is spawned; one that waits must do it now, or every supervisor
-                    # a relauncher kills while it waits would leave its files.
-                    yield Offload(reclaim_abandoned, self.runtime, self.settings.kill_grace)
-                announced = (decision.state, decision.until)
-                self._go(Event.COOL_DOWN if decision.state == State.FAILED else Event.BACKOFF)
-                self.next_retry_at = decision.until
-                self.last_failure = decision.reason or self.last_failure
-                self.files.save(
-                    state=self.state, next_retry_at=decision.until, last_failure=decision.reason
-                )
-                what = "FAILED, cooling down" if self.state == State.FAILED else "backing off"
-                self._log(
-                    "warning",
-                    "session %s is %s: next start at %s (in %.2f s). Last failure: %s",
-                    self.name,
-                    what,
-                    clock_time(decision.until),
-                    decision.until - now,
-                    decision.reason or "(none)",
-                )
-                self.on_event(self, "waiting")
-            # Ask the ledger again at least every second: 'xsupervise reset' may have cleared it.
-            wake_at = min(decision.until, now + _LEDGER_RECHECK)
-            yield Wait((), self.clock.monotonic() + max(0.0, wake_at - self.clock.wall()))
-
-    def _record_failure(self, reason: str) -> None:
-        with self.ledger.update() as history:
-            policy.record_failure(
-                history, self.clock.wall(), self.policy, reason, token=self.files.token
-            )
-        self._go(Event.START_FAILED)
-        self.last_failure = reason
-        self.files.save(state=self.state, last_failure=reason)
 
     def record_app_failure(self, reason: str) -> None:
         """What runs on the display failed: count it like a death of the server (a failure
@@ -290,14 +234,3 @@ class Session:
             policy.record_death(history, self.clock.wall(), self.policy, uptime, reason)
         self.files.save(state=self.state, last_failure=reason)
         self.on_event(self, "died")
-
-
-def _failed_line(session: Session, history: policy.History, decision: policy.Decision) -> str:
-    rules = session.policy
-    return (
-        f"session {session.name} is FAILED: {len(history.failures)} failed starts in "
-        f"{rules.start_limit_interval:g} s (limit {rules.start_limit_burst}), FAILED since "
-        f"{clock_time(history.failed_at)}; next try allowed at {clock_time(decision.until)}. "
-        f"Last failure: {decision.reason or '(unknown)'} Fix the cause, then run "
-        f"'xsupervise reset {session.name}' to try at once."
-    )
