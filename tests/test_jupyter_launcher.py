@@ -260,9 +260,10 @@ RELAUNCH_SECONDS = 4.0
 RELAUNCH_BACKOFF = "0.25"
 
 
-def relaunch_for(command: list[str], seconds: float) -> None:
-    """Run ``command`` as jupyter-server-proxy does: simpervisor relaunches it at once each time
-    it exits non-zero, while the proxy waits ``seconds`` for an app that never answers."""
+def relaunch_for(commands: list[list[str]], seconds: float) -> None:
+    """Run each command as jupyter-server-proxy does, side by side on one event loop:
+    simpervisor relaunches it at once each time it exits non-zero, while the proxy waits
+    ``seconds`` for an app that never answers."""
     import asyncio
 
     from simpervisor import SupervisedProcess
@@ -270,9 +271,9 @@ def relaunch_for(command: list[str], seconds: float) -> None:
     async def never_ready(_process) -> bool:
         return False
 
-    async def main() -> None:
+    async def one(number: int, command: list[str]) -> None:
         process = SupervisedProcess(
-            "launcher",
+            f"launcher{number}",
             *command,
             ready_func=never_ready,
             ready_timeout=seconds,
@@ -284,33 +285,28 @@ def relaunch_for(command: list[str], seconds: float) -> None:
         if process.running:
             await process.terminate()  # SIGTERM, as Jupyter's own shutdown does
 
+    async def main() -> None:
+        await asyncio.gather(*(one(n, command) for n, command in enumerate(commands)))
+
     asyncio.run(main())
 
 
 @pytest.mark.realtime
 @requires_xvfb
-def test_an_app_that_crashes_at_once_spends_the_budget(
+def test_an_app_that_crashes_and_a_missing_x_server_spend_the_budget(
     tmp_path: Path, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """An app that exits 1 as soon as it starts (port taken, ImportError...): each relaunch
-    would start a fresh X server at once. With --relaunched, its failures back off."""
+    """Two launchers under simpervisor at once (they share nothing but the clock, so their
+    4-second windows run side by side):
+
+    - an app that exits 1 as soon as it starts (port taken, ImportError...): each relaunch
+      would start a fresh X server at once; with --relaunched, its failures back off;
+    - an X server that is not installed: each relaunch would fail at once, for ever.
+    """
     report = tmp_path / "x-spawns"
-    spec = xsupervise.jupyter.server_process(
+    crash = xsupervise.jupyter.server_process(
         "crash", ["sh", "-c", "exit 1"], server=fake_server("slow=0").split()
     )  # a real Xvfb
-    command = [arg.format(port=0, unix_socket="", base_url="/") for arg in spec["command"]]
-    monkeypatch.setenv("FAKE_X_REPORT", str(report))
-    monkeypatch.setenv("XSUPERVISE_BACKOFF_INITIAL", RELAUNCH_BACKOFF)
-    relaunch_for(command, RELAUNCH_SECONDS)
-    spawns = sum(1 for line in report.read_text().splitlines() if line.startswith("pid="))
-    # Backoff after each failure: 0.25, 0.5, 1, 2 s (times a jitter in [0.5, 1]) fit at most
-    # 5 starts into 4 s; without the budget it was over a hundred in 10 s.
-    assert 2 <= spawns <= 5, f"{spawns} X servers in {RELAUNCH_SECONDS:g} s"
-    assert list((runtime_dir / "sessions").iterdir()) == []
-
-
-@pytest.mark.realtime
-def test_a_missing_x_server_spends_the_budget_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     launches = tmp_path / "launches"
     wrapper = [
         "sh",
@@ -320,11 +316,22 @@ def test_a_missing_x_server_spends_the_budget_too(tmp_path: Path, monkeypatch: p
         "-m",
         "xsupervise",
     ]
-    spec = xsupervise.jupyter.server_process(
+    nox = xsupervise.jupyter.server_process(
         "nox", ["true"], server="/nonexistent/Xvfb", xsupervise=wrapper
     )
-    command = [arg.format(port=0, unix_socket="", base_url="/") for arg in spec["command"]]
+    monkeypatch.setenv("FAKE_X_REPORT", str(report))
     monkeypatch.setenv("XSUPERVISE_BACKOFF_INITIAL", RELAUNCH_BACKOFF)
-    relaunch_for(command, RELAUNCH_SECONDS)
+    relaunch_for(
+        [
+            [arg.format(port=0, unix_socket="", base_url="/") for arg in spec["command"]]
+            for spec in (crash, nox)
+        ],
+        RELAUNCH_SECONDS,
+    )
+    spawns = sum(1 for line in report.read_text().splitlines() if line.startswith("pid="))
+    # Backoff after each failure: 0.25, 0.5, 1, 2 s (times a jitter in [0.5, 1]) fit at most
+    # 5 starts into 4 s; without the budget it was over a hundred in 10 s.
+    assert 2 <= spawns <= 5, f"{spawns} X servers in {RELAUNCH_SECONDS:g} s"
     count = len(launches.read_text().splitlines())
     assert 2 <= count <= 6, f"xsupervise was launched {count} times in {RELAUNCH_SECONDS:g} s"
+    assert list((runtime_dir / "sessions").iterdir()) == []
