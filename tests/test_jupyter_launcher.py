@@ -178,11 +178,11 @@ def test_the_example_answers_through_jupyter_with_the_real_displays_facts(
     assert list((runtime_dir / "sessions").iterdir()) == []
 
 
-STORM_SECONDS = 8.0
+STORM_SECONDS = 5.0
 STORM_LAUNCHER = "storm"
 # The example's app, declared in Jupyter's config by the same helper, with a short allowance
 # for the app's own start: the proxy's timeout (backoff_max + X deadline + app_start) is then
-# 0.5 + 0.5 + 3 s instead of the example's 30 s and more.
+# 0.5 + 0.5 + 1 s instead of the example's 30 s and more, so the window holds two or more.
 STORM_CONFIG = f"""
 import sys
 import xsupervise.jupyter
@@ -192,14 +192,14 @@ c.ServerProxy.servers = {{
         {STORM_LAUNCHER!r},
         [sys.executable, "-m", "xsupervise_xinfo.app", "--port", "{{port}}", "--display",
          "{{display}}"],
-        app_start=3.0),
+        app_start=1.0),
 }}
 """
 
 
 @pytest.mark.realtime
 def test_a_never_ready_x_server_cannot_storm_through_jupyter(tmp_path: Path, runtime_dir: Path):
-    """Requests for 8 s to a launcher whose X server never answers.
+    """Requests for 5 s to a launcher whose X server never answers.
 
     jupyter-server-proxy relaunches its child at once whenever it exits non-zero, and SIGKILLs
     it at its readiness timeout; each request after that starts it again. With a 0.5 s X
