@@ -371,7 +371,7 @@ def test_pool_tables_are_checked(tmp_path, monkeypatch):
 def test_a_lessee_that_leaves_while_waiting_takes_no_display(pools, tmp_path, monkeypatch):
     report = tmp_path / "x-spawns"
     monkeypatch.setenv("FAKE_X_REPORT", str(report))
-    daemon = pools(default={"size": 1, "server": fake_server("slow=1.0")})
+    daemon = pools(default={"size": 1, "server": fake_server("slow=0.5")})
     daemon.until(ready(1))
     with daemon.client() as holder:
         held = holder.lease("default")  # the only spare: the next lessee waits for a new one
