@@ -221,3 +221,34 @@ def as_other_user() -> Iterator[tuple[list[str], dict[str, str]]]:
         yield prefix, env
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def ask_as(uid: int, path: str, request: dict | None = None) -> dict:
+    """Send one control request as ``uid`` (credentials are fixed at connect time); the reply."""
+    import json
+    import socket
+
+    line = (json.dumps(request or {"op": "ping"}) + "\n").encode()
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(read_fd)
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(10)
+            sock.connect(path)
+            try:
+                sock.sendall(line)
+            except BrokenPipeError:
+                pass  # refused and closed before our line was read: the refusal is there
+            os.write(write_fd, sock.makefile("rb").readline())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as reply:
+        data = reply.read()
+    os.waitpid(pid, 0)
+    return dict(json.loads(data))

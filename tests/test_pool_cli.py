@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 from test_pool import PoolDaemon, gone_within, ready
 
-from conftest import XSUPERVISE, read_line, requires_xvfb
+from conftest import XSUPERVISE, ask_as, read_line, requires_xvfb
 from xsupervise._cli_fast import run_pool_fast
 
 # The full CLI without the fast path (what `run --pool` did before it, and still does for
@@ -170,33 +169,6 @@ def test_stop_of_a_leased_display_revokes_its_lease(pools):
     daemon.until(lambda pool: ready(1)(pool) and pool["leased"] == 0)
 
 
-def _lease_as(uid: int, path: str) -> dict:
-    """Ask for a lease as ``uid`` (credentials are fixed at connect time); the reply."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(read_fd)
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(10)
-            sock.connect(path)
-            try:
-                sock.sendall(b'{"op": "lease", "pool": "default"}\n')
-            except BrokenPipeError:
-                pass  # refused and closed before our line was read: the refusal is there
-            os.write(write_fd, sock.makefile("rb").readline())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as reply:
-        data = reply.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)
-
-
 @pytest.mark.root("it acts as another uid")
 @requires_xvfb
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another uid")
@@ -212,7 +184,7 @@ def test_another_uid_gets_no_lease(pools):
         link = shared / "control.sock"
         os.link(daemon.socket, link)  # the same socket, where uid 65534 can reach it
         os.chmod(link, 0o666)
-        refused = _lease_as(65534, str(link))
+        refused = ask_as(65534, str(link), {"op": "lease", "pool": "default"})
         assert refused["ok"] is False and "uid 65534 may not use this daemon" in refused["error"]
         assert daemon.pool()["leased"] == 0
         with daemon.client() as client, client.lease("default") as lease:

@@ -19,7 +19,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import XSUPERVISE, fake_server, free_display_number, read_report, requires_xvfb
+from conftest import (
+    XSUPERVISE,
+    ask_as,
+    fake_server,
+    free_display_number,
+    read_report,
+    requires_xvfb,
+)
 from xsupervise._protocol import OPS
 from xsupervise.client import Client, ControlError
 
@@ -493,33 +500,6 @@ def test_a_stop_racing_a_start_leaves_no_session_and_no_files(
 # -- access and abuse ------------------------------------------------------------------------
 
 
-def _ask_as(uid: int, path: str) -> dict:
-    """Connect as ``uid`` (creds are fixed at connect time) and send a ping; the reply."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(read_fd)
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(10)
-            sock.connect(path)
-            try:
-                sock.sendall(b'{"op": "ping"}\n')
-            except BrokenPipeError:
-                pass  # refused and closed before our line was read: the refusal is still there
-            os.write(write_fd, sock.makefile("rb").readline())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as reply:
-        data = reply.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)
-
-
 @pytest.mark.root("it acts as another uid")
 @requires_socket_activate
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another uid")
@@ -554,9 +534,9 @@ def test_another_uid_is_refused(tmp_path: Path, notifications):
             assert time.monotonic() < deadline and daemon.process.poll() is None
             select.select([], [], [], 0.01)
         path.chmod(0o666)
-        assert _ask_as(os.getuid(), str(path))["ok"] is True  # starts the daemon
+        assert ask_as(os.getuid(), str(path))["ok"] is True  # starts the daemon
         notifications.until("READY")
-        refused = _ask_as(65534, str(path))
+        refused = ask_as(65534, str(path))
         assert refused["ok"] is False and "uid 65534 may not use this daemon" in refused["error"]
         with daemon.client() as client:
             assert client.ping()["ok"]
