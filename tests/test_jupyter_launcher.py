@@ -256,7 +256,7 @@ def test_a_never_ready_x_server_cannot_storm_through_jupyter(tmp_path: Path, run
 
 # A short backoff (0.25 s, doubling) in a short window: the same bounds as the default
 # policy's 1 s in 10 s (test_session_machine.py checks those in simulated time).
-RELAUNCH_SECONDS = 4.0
+RELAUNCH_SECONDS = 3.0
 RELAUNCH_BACKOFF = "0.25"
 
 
@@ -297,7 +297,7 @@ def test_an_app_that_crashes_and_a_missing_x_server_spend_the_budget(
     tmp_path: Path, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """Two launchers under simpervisor at once (they share nothing but the clock, so their
-    4-second windows run side by side):
+    3-second windows run side by side):
 
     - an app that exits 1 as soon as it starts (port taken, ImportError...): each relaunch
       would start a fresh X server at once; with --relaunched, its failures back off;
@@ -330,7 +330,7 @@ def test_an_app_that_crashes_and_a_missing_x_server_spend_the_budget(
     )
     spawns = sum(1 for line in report.read_text().splitlines() if line.startswith("pid="))
     # Backoff after each failure: 0.25, 0.5, 1, 2 s (times a jitter in [0.5, 1]) fit at most
-    # 5 starts into 4 s; without the budget it was over a hundred in 10 s.
+    # 5 starts into 3 s; without the budget it was over a hundred in 10 s.
     assert 2 <= spawns <= 5, f"{spawns} X servers in {RELAUNCH_SECONDS:g} s"
     count = len(launches.read_text().splitlines())
     assert 2 <= count <= 6, f"xsupervise was launched {count} times in {RELAUNCH_SECONDS:g} s"

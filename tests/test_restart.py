@@ -93,7 +93,7 @@ def test_killed_server_restarts_on_its_number_then_fails_and_reset_revives_it():
 
 @pytest.mark.realtime
 def test_a_relauncher_cannot_make_a_storm(tmp_path: Path, monkeypatch):
-    """jupyter-server-proxy style: relaunch at once on exit, SIGKILL after 1.5 s; for 5 s, with
+    """jupyter-server-proxy style: relaunch at once on exit, SIGKILL after 1.5 s; for 4 s, with
     real supervisors and a never-ready server. The policy's arithmetic over a minute with the
     default policy is test_session_machine.py's; this one keeps it end to end, so with a small
     budget: 2 failed starts allowed (a 0.5 s X deadline), the 3rd makes the name FAILED."""
@@ -111,7 +111,7 @@ def test_a_relauncher_cannot_make_a_storm(tmp_path: Path, monkeypatch):
         "--start-limit-burst",
         "2",
     ]
-    end = time.monotonic() + 5  # the 3rd failure (FAILED) comes within ~2 s; then only waits
+    end = time.monotonic() + 4  # the 3rd failure (FAILED) comes within ~2 s; then only waits
     launches = 0
     while time.monotonic() < end:
         launches += 1
