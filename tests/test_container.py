@@ -32,6 +32,27 @@ MANIFESTS = sorted((ROOT / "examples" / "kubernetes").glob("*.yaml"))
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a PID namespace)")
 
 
+def _pid_namespace_problem() -> str | None:
+    """Why `unshare --pid --fork --mount-proc` cannot run here (e.g. in a chroot, whose root
+    is no mount point), or None."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return "needs root and unshare (util-linux)"
+    probe = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", "true"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return probe.stderr.strip() or f"exit {probe.returncode}" if probe.returncode else None
+
+
+_PIDNS_PROBLEM = _pid_namespace_problem()
+requires_pid_namespace = pytest.mark.skipif(
+    _PIDNS_PROBLEM is not None, reason=f"no PID namespace with its own /proc: {_PIDNS_PROBLEM}"
+)
+
+
 def _announced(process: subprocess.Popen[bytes]) -> dict[str, str]:
     lines = [read_line(process.stdout), read_line(process.stdout)]
     return dict(line.strip().split("=", 1) for line in lines)
@@ -189,8 +210,13 @@ class _Pid1:
             stderr=subprocess.PIPE,
             bufsize=0,
         )
-        self.env = _announced(self.process)
-        (self.pid,) = _children(self.process.pid)  # PID 1 inside, as the host sees it
+        try:
+            self.env = _announced(self.process)
+            (self.pid,) = _children(self.process.pid)  # PID 1 inside, as the host sees it
+        except BaseException:
+            self.process.kill()  # the namespace's init goes with it, and all inside
+            _, err = self.process.communicate(timeout=30)
+            raise AssertionError(f"the CMD did not announce its display: {err!r}") from None
 
     def health(self, number: int) -> int:
         _, _, command = _dockerfile()["HEALTHCHECK"].partition(" CMD ")
@@ -224,9 +250,8 @@ def _state(pid: int) -> str | None:
         return None
 
 
-@requires_root
+@requires_pid_namespace
 @requires_xvfb
-@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) missing")
 def test_docker_cmd_as_pid1_is_healthy_and_stops_cleanly_on_sigterm():
     number = free_display_number()
     pid1 = _Pid1(number)
@@ -242,7 +267,7 @@ def test_docker_cmd_as_pid1_is_healthy_and_stops_cleanly_on_sigterm():
     assert number not in bound_abstract_displays()
 
 
-@requires_root
+@requires_pid_namespace
 @requires_xvfb
 @pytest.mark.skipif(shutil.which("nsenter") is None, reason="nsenter (util-linux) missing")
 def test_docker_cmd_as_pid1_reaps_orphans():
