@@ -213,7 +213,7 @@ class _Pid1:
         try:
             self.env = _announced(self.process)
             (self.pid,) = _children(self.process.pid)  # PID 1 inside, as the host sees it
-        except BaseException:
+        except (AssertionError, ValueError):  # no announcement, or not the one expected
             self.process.kill()  # the namespace's init goes with it, and all inside
             _, err = self.process.communicate(timeout=30)
             raise AssertionError(f"the CMD did not announce its display: {err!r}") from None
