@@ -81,7 +81,7 @@ def run_pool_fast(argv: list[str]) -> int | None:
             print(f"xsupervise: {answer.get('error')}", file=sys.stderr)
             valid = isinstance(code, int) and not isinstance(code, bool)
             return code if valid else ExitCode.FAILURE
-        return _run_leased(command, answer["env"])
+        return run_on_lease(command, answer["env"])
     finally:
         sock.close()  # the lease ends with the connection: the daemon destroys the display
 
@@ -137,8 +137,8 @@ def _read_line(sock: _socket.socket) -> bytes:
     return data
 
 
-def _run_leased(command: list[str], display_env: dict[str, str]) -> int:
-    """COMMAND with the leased display, as ``_cli_lease.run_leased`` runs it."""
+def run_on_lease(command: list[str], display_env: dict[str, str]) -> int:
+    """Run COMMAND on a leased display (both CLI paths do); its exit status, as shells give it."""
     import signal
 
     for fd in map(int, os.listdir("/proc/self/fd")):  # as subprocess's close_fds=True
@@ -159,6 +159,9 @@ def _run_leased(command: list[str], display_env: dict[str, str]) -> int:
         return ExitCode.COMMAND_NOT_FOUND
     except PermissionError:
         print(f"xsupervise: command {command[0]!r} is not executable.", file=sys.stderr)
+        return ExitCode.COMMAND_NOT_RUNNABLE
+    except OSError as exc:  # not a program it can run (ENOEXEC)...
+        print(f"xsupervise: command {command[0]!r} cannot run: {exc.strerror}.", file=sys.stderr)
         return ExitCode.COMMAND_NOT_RUNNABLE
 
     def forward(signum: int, _frame: object) -> None:

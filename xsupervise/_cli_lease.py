@@ -119,9 +119,6 @@ def _open(fd: int) -> bool:
 
 def run_leased(args: argparse.Namespace, parser: argparse.ArgumentParser, pool: str) -> int:
     """`run --pool NAME -- COMMAND`: COMMAND on a leased display; its exit status."""
-    import signal
-    import subprocess
-
     from ._settings import FIELDS
 
     given = [f for f in FIELDS if getattr(args, f, None) is not None]
@@ -130,24 +127,11 @@ def run_leased(args: argparse.Namespace, parser: argparse.ArgumentParser, pool: 
             "--pool leases a display of the daemon's pool: its settings are the pool's; "
             "give no display options, --name, --no-wait or launcher options with it."
         )
+    from ._cli_fast import run_on_lease
+
     client, held = _take(args.socket, pool, None)
     try:
-        try:
-            child = subprocess.Popen(args.cmd, env={**os.environ, **held["env"]})
-        except FileNotFoundError:
-            print(f"xsupervise: command {args.cmd[0]!r} was not found.", file=sys.stderr)
-            return ExitCode.COMMAND_NOT_FOUND
-        except PermissionError:
-            print(f"xsupervise: command {args.cmd[0]!r} is not executable.", file=sys.stderr)
-            return ExitCode.COMMAND_NOT_RUNNABLE
-
-        def forward(signum: int, _frame: object) -> None:
-            child.send_signal(signum)  # not reaped yet: its pid cannot be reused
-
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, forward)
-        status = child.wait()
-        return ExitCode.signalled(-status) if status < 0 else status
+        return run_on_lease(args.cmd, held["env"])  # one way to run COMMAND, as the fast path
     finally:
         client.close()  # the daemon destroys the display in the background
 
