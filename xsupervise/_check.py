@@ -24,7 +24,7 @@ from typing import Any
 
 from ._errors import ExitCode, XSuperviseError
 from ._paths import RuntimeDir
-from ._x11 import COOKIE_PROTOCOL, parse_setup_reply, setup_request, socket_path
+from ._x11 import COOKIE_PROTOCOL, parse_setup_reply, refusal_reason, setup_request, socket_path
 
 _FAMILY_LOCAL = 256
 _FAMILY_WILD = 0xFFFF
@@ -210,16 +210,9 @@ def handshake(number: int, cookie: bytes | None, deadline: float) -> str:
                 ExitCode.FAILURE,
                 f"display {name}: nothing answers on {path} ({exc.strerror or exc}).",
             ) from None
-    if reply[0] != 1:
-        reason = (
-            reply[8 : 8 + reply[1]].decode("latin-1", "replace").strip()
-            if reply[0] == 0
-            else "it asked for further authentication"
-        )
-        raise Refusal(
-            ExitCode.FAILURE,
-            f"display {name} refused our X11 connection: {reason or 'no reason given'}.",
-        )
+    reason = refusal_reason(reply)
+    if reason is not None:
+        raise Refusal(ExitCode.FAILURE, f"display {name} refused our X11 connection: {reason}.")
     try:
         vendor, _, width, height, depth = parse_setup_reply(reply)
     except (struct.error, IndexError) as exc:

@@ -21,7 +21,7 @@ from ._notify import child_environment
 from ._process import Child, describe_status, peer_credentials, spawn
 from ._server import _output_tail
 from ._steps import Wait
-from ._x11 import served_by, setup_request, socket_path
+from ._x11 import refusal_reason, served_by, setup_request, socket_path
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -98,7 +98,12 @@ def _await_manager(server: XServer, wm: Child, deadline: float) -> Steps[None]:
             raise OSError(f"display {server.display} is served by pid {peer}, not by ours")
         sock.sendall(setup_request(server.files.cookie))
         header = yield from _receive(sock, 8, server, deadline)  # its length is in its header
-        yield from _receive(sock, 4 * struct.unpack_from("<H", header, 6)[0], server, deadline)
+        rest = yield from _receive(
+            sock, 4 * struct.unpack_from("<H", header, 6)[0], server, deadline
+        )
+        reason = refusal_reason(header + rest)
+        if reason is not None:
+            raise OSError(f"display {server.display} refused our cookie: {reason}")
         pad = -len(_SELECTION) % 4
         intern = struct.pack("<BBHHxx", _INTERN_ATOM, 0, 2 + (len(_SELECTION) + pad) // 4, 5)
         reply = yield from _ask(sock, intern + _SELECTION + b"\0" * pad, server, wm, deadline)

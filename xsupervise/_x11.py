@@ -163,6 +163,16 @@ def setup_request(cookie: bytes) -> bytes:
     return header + padded(COOKIE_PROTOCOL) + padded(cookie)
 
 
+def refusal_reason(reply: bytes) -> str | None:
+    """None when a connection setup reply (its 8-byte header at least) says Success; else
+    the server's reason, as one line."""
+    if reply[0] == 1:
+        return None
+    if reply[0] == 0:  # Failed: the reason follows the header
+        return reply[8 : 8 + reply[1]].decode("latin-1", "replace").strip() or "no reason given"
+    return "it asked for further authentication"
+
+
 def parse_setup_reply(reply: bytes) -> tuple[str, int, int, int, int]:
     """(vendor, release, width, height, depth) of screen 0 from a Success reply."""
     (release,) = struct.unpack_from("<I", reply, 8)
@@ -218,12 +228,8 @@ def verify(
                     f"accepted an X11 connection on {path} but did not answer it in time",
                     kind="timeout",
                 )
-        if reply[0] != 1:
-            reason = (
-                reply[8 : 8 + reply[1]].decode("latin-1", "replace").strip()
-                if reply[0] == 0
-                else "it asked for further authentication"
-            )
+        reason = refusal_reason(reply)
+        if reason is not None:
             raise HandshakeError(
                 f"refused our X11 connection with our cookie on {path}: {reason}", kind="refused"
             )
