@@ -419,25 +419,20 @@ def test_a_stale_socket_file_is_replaced(tmp_path: Path, notifications):
     assert not (tmp_path / "control.sock").exists()  # ours, so removed on exit
 
 
+def socket_activated_serve(path: Path) -> list[str]:
+    """`serve` as systemd's socket unit starts it: the socket passed, named "control"."""
+    variables = ("NOTIFY_SOCKET", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME")
+    passed = [arg for name in variables for arg in ("-E", name)]
+    activate = ["systemd-socket-activate", "-l", str(path), "--fdname=control", *passed]
+    return [*activate, *XSUPERVISE, "serve"]
+
+
 @requires_socket_activate
 def test_socket_activation_takes_the_socket_and_binds_none(
     tmp_path: Path, notifications, runtime_dir: Path
 ):
     path = tmp_path / "activated.sock"
-    argv = [
-        "systemd-socket-activate",
-        "-l",
-        str(path),
-        "--fdname=control",
-        "-E",
-        "NOTIFY_SOCKET",
-        "-E",
-        "XDG_RUNTIME_DIR",
-        "-E",
-        "XDG_CONFIG_HOME",
-        *XSUPERVISE,
-        "serve",
-    ]
+    argv = socket_activated_serve(path)
     daemon = Daemon(tmp_path, notifications, argv=argv, socket_path=path)
     try:
         # systemd-socket-activate listens first and execs us on the first connection.
@@ -509,20 +504,7 @@ def test_another_uid_is_refused(tmp_path: Path, notifications):
     shared = Path(tempfile.mkdtemp(prefix="xsupervise-test-"))
     shared.chmod(0o755)
     path = shared / "control.sock"
-    argv = [
-        "systemd-socket-activate",
-        "-l",
-        str(path),
-        "--fdname=control",
-        "-E",
-        "NOTIFY_SOCKET",
-        "-E",
-        "XDG_RUNTIME_DIR",
-        "-E",
-        "XDG_CONFIG_HOME",
-        *XSUPERVISE,
-        "serve",
-    ]
+    argv = socket_activated_serve(path)
     old_umask = os.umask(0)
     try:
         daemon = Daemon(tmp_path, notifications, argv=argv, socket_path=path)

@@ -119,10 +119,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.get().debug("details", exc_info=True)
         log.report(error)  # the journal under systemd (PRIORITY, SESSION...); else stderr
         return error.exit_code
-
-
-def console() -> None:
-    """The entry point of installs made before ``_cli_fast.console`` (the same thing)."""
-    from ._cli_fast import console as entry_point
-
-    entry_point()
