@@ -12,6 +12,7 @@ import os
 import time
 
 from . import __version__
+from . import _protocol as protocol
 from ._errors import EnvironmentProblem, NoSuchSession, StartError, UsageError, XSuperviseError
 from ._settings import SessionSpec, default_session_name, load_settings, parse_display
 
@@ -78,18 +79,7 @@ class DaemonOps:
                 pid=None,
                 elapsed=0.0,
             )
-        facts = server.facts
-        assert facts is not None  # a server is verified before its session is ready
-        return {
-            "name": name_or_default,
-            "display": server.display,
-            "env": server.env,
-            "xauthority": server.auth_path,
-            "server_pid": server.pid,
-            "supervisor_pid": os.getpid(),
-            "vendor": facts.vendor,
-            "screen": f"{facts.width}x{facts.height}x{facts.depth}",
-        }
+        return protocol.display_reply(name_or_default, server)
 
     async def stop(self, display: str | None, name: str | None, all: bool, wait: float) -> Reply:  # noqa: A002 - the protocol's field
         if not (display or name or all):

@@ -9,7 +9,6 @@ out twice, so no window, property, selection or cookie of one lessee reaches the
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable
 
@@ -47,20 +46,10 @@ class Lease:
     def reply(self) -> Reply:
         """The fields ``start`` replies with, plus ``lease`` and ``pool``."""
         server = self.entry.core.server
-        assert server is not None and server.facts is not None  # taken only when ready
-        facts = server.facts
-        return {
-            "lease": self.id,
-            "pool": self.pool,
-            "name": self.entry.core.name,
-            "display": server.display,
-            "env": server.env,
-            "xauthority": server.auth_path,
-            "server_pid": server.pid,
-            "supervisor_pid": os.getpid(),
-            "vendor": facts.vendor,
-            "screen": f"{facts.width}x{facts.height}x{facts.depth}",
-        }
+        assert server is not None  # taken only when ready
+        from ._protocol import display_reply
+
+        return {"lease": self.id, "pool": self.pool, **display_reply(self.entry.core.name, server)}
 
 
 class Pools:

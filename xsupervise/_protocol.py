@@ -26,6 +26,8 @@ TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the 
 if TYPE_CHECKING:
     from typing import Any, TypeAlias, TypedDict
 
+    from ._clock import LaunchedServer
+
     Reply: TypeAlias = dict[str, Any]
     """A decoded reply; its fields are the op's ``Op.reply`` (plus ``ok``)."""
 
@@ -198,3 +200,21 @@ def reply_exit_code(reply: Mapping[str, object]) -> int:
     """The exit code of an error reply; FAILURE if it carries none we can use."""
     code = reply.get("exit_code")
     return code if isinstance(code, int) and not isinstance(code, bool) else ExitCode.FAILURE
+
+
+def display_reply(name: str, server: LaunchedServer) -> Reply:
+    """What ``start`` replies for a ready display (``lease`` adds its id and pool to it)."""
+    import os
+
+    facts = server.facts
+    assert facts is not None  # replied only once verified
+    return {
+        "name": name,
+        "display": server.display,
+        "env": server.env,
+        "xauthority": server.auth_path,
+        "server_pid": server.pid,
+        "supervisor_pid": os.getpid(),
+        "vendor": facts.vendor,
+        "screen": f"{facts.width}x{facts.height}x{facts.depth}",
+    }
