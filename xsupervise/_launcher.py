@@ -61,6 +61,9 @@ def launch_steps(
             files.remove()
         raise
     try:
+        from ._containment import choose
+
+        files.spawns += 1
         child = spawn(
             argv,
             env=child_environment(),
@@ -69,6 +72,7 @@ def launch_steps(
             stdout=log_fd,
             stderr=log_fd,
             deathsig=signal.SIGKILL,
+            boundary=choose(f"{files.token}-{files.spawns}"),
         )
     except OSError as exc:
         os.close(read_fd)
@@ -101,6 +105,8 @@ def launch_steps(
             server_pid=child.pid,
             server_ticks=child.start_ticks,
             server_argv=argv,
+            containment=child.boundary.kind if child.boundary else None,
+            cgroup=child.boundary.cgroup if child.boundary else None,
             display=None,
             socket_inode=None,
         )

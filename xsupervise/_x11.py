@@ -149,8 +149,19 @@ def _served_by(child: Child, pid: int) -> bool:
     """The listening socket's owner is our child, or in its process group (a wrapper script)."""
     if pid == child.pid:
         return True
+    leaders = {child.pid} if child.own_group else set()
+    if child.boundary is not None and child.boundary.namespace is not None:
+        # In a PID namespace the server runs under its init (unshare -> sh -> server), and it
+        # makes a group of its own (its getpgrp() is 0 there: our group leader is outside).
+        from ._containment import namespace_server
+
+        inner = namespace_server(child.pid)
+        if inner is not None:
+            if pid == inner:
+                return True
+            leaders.add(inner)
     try:
-        return child.own_group and os.getpgid(pid) == child.pid
+        return os.getpgid(pid) in leaders
     except ProcessLookupError:
         return False
 
