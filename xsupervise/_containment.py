@@ -12,6 +12,7 @@ Best first (see docs/containment.md for what each guarantees and needs):
 - ``group``: the fallback: a process group and session; crash recovery sweeps the session.
 
 The cgroup and the namespace are chosen once per process (a probe: ``unshare ... true``).
+``XSUPERVISE_CONTAINMENT`` (auto, cgroup, pidns, group) caps the choice: for tests and bench.
 """
 
 from __future__ import annotations
@@ -159,8 +160,9 @@ class Boundary:
 def choose(label: str) -> Boundary:
     """The best boundary this process can make, for a spawn named ``label`` (session token and
     a role). Makes the cgroup directory now; ``Boundary.remove`` removes it."""
-    namespace = _namespace_prefix()
-    base = _cgroup_base()
+    wanted = os.environ.get("XSUPERVISE_CONTAINMENT", "auto")  # tests, bench: force a kind
+    namespace = _namespace_prefix() if wanted in ("auto", "cgroup", "pidns") else None
+    base = _cgroup_base() if wanted in ("auto", "cgroup") else None
     if base is not None:
         path = os.path.join(base, CGROUP_PREFIX + label)
         try:
@@ -230,19 +232,6 @@ def _watch(path: str) -> int:
     return fd
 
 
-def session_cgroups(token: str) -> list[str]:
-    """Cgroups a session of ``token`` made under our base (for crash recovery)."""
-    base = _cgroup_base()
-    if base is None:
-        return []
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return []
-    prefix = f"{CGROUP_PREFIX}{token}-"
-    return [os.path.join(base, name) for name in names if name.startswith(prefix)]
-
-
 def all_cgroup_tokens() -> dict[str, list[str]]:
     """Every session token with cgroups under our base, and their paths."""
     base = _cgroup_base()
@@ -268,3 +257,32 @@ def clear_cgroup(cgroup: str, timeout: float) -> bool:
     empty = run_blocking(Boundary("cgroup", cgroup, None).empty_steps(timeout))
     remove_cgroup(cgroup)
     return bool(empty)
+
+
+def sweep_session(sid: int, ticks: int, grace: float) -> list[int]:
+    """The fallback's crash recovery: SIGTERM, then SIGKILL, every process of ours whose session
+    is ``sid`` (the server's) and that started no earlier than the server (``ticks``). Each is
+    pinned by pidfd and checked first; a session id is not reused while a member lives."""
+    from ._pinned import Pinned, proc_stat, terminate_pinned
+
+    uid = os.geteuid()
+    swept = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        fields = proc_stat(pid)
+        # After the command name: state, ppid, pgrp, session, ... starttime is field 19 here.
+        if not fields or int(fields[3]) != sid or int(fields[19]) < ticks or fields[0] == "Z":
+            continue
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+        except OSError:
+            continue
+        process = Pinned.pin(pid, int(fields[19]))
+        if process is not None:
+            terminate_pinned(process, grace)
+            process.close()
+            swept.append(pid)
+    return swept

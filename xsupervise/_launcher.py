@@ -99,7 +99,8 @@ def launch_steps(
         from ._recovery import reclaim_abandoned
         from ._stale import clean_own_quietly
 
-        log.get()
+        if child.boundary is not None:
+            log.get().info("X server pid %d contained by %s", child.pid, child.boundary.describe())
         files.save(
             state="starting",
             server_pid=child.pid,
