@@ -178,23 +178,6 @@ def choose(label: str) -> Boundary:
     return Boundary("group", None, None)
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as listing:
-            return [int(child) for child in listing.read().split()]
-    except OSError:
-        return []
-
-
-def namespace_server(unshare_pid: int) -> int | None:
-    """The pid (in our namespace) of the program the namespace's init runs: the first child
-    of the init, which is the only child of `unshare`."""
-    for init in _children(unshare_pid):
-        children = _children(init)
-        return min(children) if children else None
-    return None
-
-
 def populated(cgroup: str) -> bool:
     try:
         with open(os.path.join(cgroup, "cgroup.events")) as stream:

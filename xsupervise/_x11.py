@@ -150,17 +150,12 @@ def _served_by(child: Child, pid: int) -> bool:
     if pid == child.pid:
         return True
     leaders = {child.pid} if child.own_group else set()
-    if child.boundary is not None and child.boundary.namespace is not None:
-        # In a PID namespace the server runs under its init (unshare -> sh -> server), and it
-        # makes a group of its own (its getpgrp() is 0 there: our group leader is outside).
-        from ._containment import namespace_server
-
-        inner = namespace_server(child.pid)
-        if inner is not None:
-            if pid == inner:
-                return True
-            leaders.add(inner)
     try:
+        if child.own_group and child.boundary is not None and child.boundary.namespace:
+            # In a PID namespace the server runs under its init (unshare -> sh -> server) and
+            # makes a group of its own (its getpgrp() is 0 there: our leader is outside); it
+            # stays in the session we made, which a daemon (setsid) leaves.
+            return os.getsid(pid) == child.pid
         return os.getpgid(pid) in leaders
     except ProcessLookupError:
         return False
