@@ -30,7 +30,8 @@ CGROUP_PREFIX = "xsupervise-"
 # so our SIGTERM reaches it), and leaves when the supervisor dies (SIGHUP from --kill-child):
 # init's exit makes the kernel SIGKILL everything else in the namespace.
 _INIT = (
-    'trap "exit 129" HUP; trap \'kill -TERM "$child"\' TERM; trap : INT; "$@" & child=$!; '
+    'trap "exit 129" HUP; trap \'kill -TERM "$child" 2>/dev/null\' TERM; trap : INT; '
+    '"$@" & child=$!; '
     'while :; do wait "$child"; status=$?; kill -0 "$child" 2>/dev/null || exit "$status"; done'
 )
 _probed: dict[str, object] = {}
