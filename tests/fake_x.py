@@ -74,22 +74,29 @@ elif mode == "ignore-term":
     report(ignoring=1)
     hang()
 elif mode == "grandchild":
+    told, tell = os.pipe()
     child = os.fork()
     if child == 0:
         os.close(fd)
+        report(grandchild=host_pid())  # itself: the host's pid, also in a PID namespace
+        os.close(tell)
         hang()
-    report(grandchild=child)
+    os.close(tell)
+    os.read(told, 1)  # reported
     hang()
 elif mode.startswith("slow="):
     time.sleep(float(mode.split("=")[1]))
     report(exec_at=time.time())
     os.execvp("Xvfb", ["Xvfb", *args[:-1]])
 elif mode == "wrapper":
+    told, tell = os.pipe()
     server = os.fork()
     if server == 0:
+        report(server=host_pid())  # in the test's pid namespace; exec keeps it
+        os.close(tell)
         os.execvp("Xvfb", ["Xvfb", *args[:-1]])
-    with open(f"/proc/{host_pid()}/task/{host_pid()}/children") as listing:
-        report(server=listing.read().split()[0])  # in the test's pid namespace
+    os.close(tell)
+    os.read(told, 1)
     os.waitpid(server, 0)
 elif mode in ("background", "double-fork"):
     first = os.fork()

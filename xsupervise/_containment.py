@@ -19,50 +19,48 @@ from __future__ import annotations
 
 import os
 
-from ._steps import Steps, Wait
+from ._cgroup import (
+    CGROUP_PREFIX,
+    all_cgroup_tokens,
+    cgroup_base,
+    clear_cgroup,
+    empty_steps,
+    kill_cgroup,
+    populated,
+    remove_cgroup,
+)
+from ._steps import Steps
+
+_cgroup_base = cgroup_base  # tests probe it under this name
+__all__ = ["CGROUP_PREFIX", "Boundary", "all_cgroup_tokens", "choose", "clear_cgroup"]
+__all__ += ["kill_cgroup", "populated", "program_pid", "remove_cgroup", "sweep_session"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-CGROUP_PREFIX = "xsupervise-"
-# The namespace's init: runs the server, forwards nothing (the server shares our process group,
-# so our SIGTERM reaches it), and leaves when the supervisor dies (SIGHUP from --kill-child):
-# init's exit makes the kernel SIGKILL everything else in the namespace.
+NS_DISPLAYFD = 3  # in a namespace the server's -displayfd is 3 (the pipe arrives as stdin)
+# In a PID namespace three processes run the server (see docs/containment.md):
+# - "outside" (our child; `unshare --pid` without --fork, so it stays out and its first child
+#   is the namespace's init): dies with us (PR_SET_PDEATHSIG), starts the init, closes its
+#   copy of the -displayfd pipe (so that a server closing it is seen at once) and waits;
+# - the init (pid 1 there; `setpriv --pdeathsig KILL`, so it dies with "outside", and the
+#   kernel then kills everything in the namespace) runs the server, forwards SIGTERM to it
+#   (an X server makes a process group of its own there), closes its copy of the pipe, and
+#   exits with the server's status;
+# - the server, pid 2 there, with the pipe as fd 3 and /dev/null as stdin.
+# dash names fds 0-9 only: hence the pipe as stdin, moved to fd 3 before any fork.
+_WAIT = 'while :; do wait "$1"; s=$?; kill -0 "$1" 2>/dev/null || exit "$s"; done'
 _INIT = (
-    'trap "exit 129" HUP; trap \'kill -TERM "$child" 2>/dev/null\' TERM; trap : INT; '
-    '"$@" & child=$!; '
-    'while :; do wait "$child"; status=$?; kill -0 "$child" 2>/dev/null || exit "$status"; done'
+    "trap 'kill -TERM \"$c\" 2>/dev/null' TERM; trap : INT HUP; "
+    '"$@" & c=$!; exec 3>&-; set -- "$c"; ' + _WAIT
+)
+_OUTSIDE = (
+    "trap 'kill -TERM \"$i\" 2>/dev/null' TERM; trap : INT HUP; exec 3<&0 0</dev/null; "
+    'init=$1; shift; setpriv --pdeathsig KILL -- /bin/sh -c "$init" xsupervise-init "$@" & '
+    'i=$!; exec 3>&-; set -- "$i"; ' + _WAIT
 )
 _probed: dict[str, object] = {}
-
-
-def _cgroup_base() -> str | None:
-    """Our own cgroup v2 directory, if we may create cgroups under it and move processes."""
-    if "cgroup" in _probed:
-        return _probed["cgroup"]  # type: ignore[return-value]
-    base = None
-    try:
-        with open("/proc/self/cgroup") as stream:
-            relative = next((line[3:].strip() for line in stream if line.startswith("0::")), None)
-        mount = None
-        with open("/proc/self/mountinfo") as stream:
-            for line in stream:
-                before, _, after = line.partition(" - ")
-                if after.split(" ", 1)[0] == "cgroup2":
-                    fields = before.split()
-                    mount = (fields[3], fields[4])  # (root within the hierarchy, mount point)
-                    break
-        if relative is not None and mount is not None and relative.startswith(mount[0]):
-            inside = relative[len(mount[0]) :].strip("/")
-            candidate = os.path.join(mount[1], inside) if inside else mount[1]
-            procs = os.path.join(candidate, "cgroup.procs")
-            if os.access(candidate, os.W_OK) and os.access(procs, os.W_OK):
-                base = candidate
-    except OSError:
-        base = None
-    _probed["cgroup"] = base
-    return base
 
 
 def _namespace_prefix() -> tuple[str, ...] | None:
@@ -75,11 +73,13 @@ def _namespace_prefix() -> tuple[str, ...] | None:
     prefix: tuple[str, ...] | None = None
     unshare = shutil.which("unshare")
     if unshare is not None:
+        # A user namespace clears our PR_SET_PDEATHSIG (new credentials): setpriv sets it again.
         user = () if os.geteuid() == 0 else ("--user", "--map-root-user")
-        candidate = (unshare, *user, "--pid", "--fork", "--kill-child=SIGHUP", "--")
+        again = () if not user else ("setpriv", "--pdeathsig", "KILL", "--")
+        candidate = (unshare, *user, "--pid", "--", *again, "/bin/sh", "-c", _OUTSIDE)
         try:
             probe = subprocess.run(
-                (*candidate, "true"),
+                (*candidate, "xsupervise-ns", _INIT, "true"),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -117,7 +117,7 @@ class Boundary:
     def argv(self, argv: Sequence[str]) -> list[str]:
         if self.namespace is None:
             return list(argv)
-        return [*self.namespace, "/bin/sh", "-c", _INIT, "xsupervise-init", *argv]
+        return [*self.namespace, "xsupervise-ns", _INIT, *argv]
 
     def enter(self) -> None:
         """In the child, between fork and exec: move into the cgroup (before any fork)."""
@@ -137,21 +137,7 @@ class Boundary:
         """Wait (on inotify, no polling) until the cgroup is empty; False after ``timeout``."""
         if not self.cgroup:
             return True
-        import time
-
-        deadline = time.monotonic() + timeout
-        watch = _watch(os.path.join(self.cgroup, "cgroup.events"))
-        try:
-            while populated(self.cgroup):
-                if time.monotonic() >= deadline:
-                    return False
-                ready = yield Wait((watch,) if watch >= 0 else (), deadline)
-                if ready and watch >= 0:
-                    os.read(watch, 4096)
-        finally:
-            if watch >= 0:
-                os.close(watch)
-        return True
+        return (yield from empty_steps(self.cgroup, timeout))
 
     def remove(self) -> None:
         if self.cgroup:
@@ -163,7 +149,7 @@ def choose(label: str) -> Boundary:
     a role). Makes the cgroup directory now; ``Boundary.remove`` removes it."""
     wanted = os.environ.get("XSUPERVISE_CONTAINMENT", "auto")  # tests, bench: force a kind
     namespace = _namespace_prefix() if wanted in ("auto", "cgroup", "pidns") else None
-    base = _cgroup_base() if wanted in ("auto", "cgroup") else None
+    base = cgroup_base() if wanted in ("auto", "cgroup") else None
     if base is not None:
         path = os.path.join(base, CGROUP_PREFIX + label)
         try:
@@ -177,70 +163,6 @@ def choose(label: str) -> Boundary:
     if namespace is not None:
         return Boundary("pidns", None, namespace)
     return Boundary("group", None, None)
-
-
-def populated(cgroup: str) -> bool:
-    try:
-        with open(os.path.join(cgroup, "cgroup.events")) as stream:
-            return "populated 1" in stream.read()
-    except FileNotFoundError:
-        return False
-
-
-def kill_cgroup(cgroup: str) -> None:
-    try:
-        with open(os.path.join(cgroup, "cgroup.kill"), "w") as stream:
-            stream.write("1")
-    except FileNotFoundError:
-        pass
-
-
-def remove_cgroup(cgroup: str) -> None:
-    try:
-        os.rmdir(cgroup)
-    except (FileNotFoundError, OSError):
-        pass  # busy: a process stuck in the kernel; recovery tries again later
-
-
-def _watch(path: str) -> int:
-    """An inotify fd that becomes readable when ``path`` (a cgroup.events) changes; -1 if none."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = int(libc.inotify_init1(os.O_CLOEXEC | os.O_NONBLOCK))
-    if fd < 0:
-        return -1
-    if libc.inotify_add_watch(fd, path.encode(), 0x00000002) < 0:  # IN_MODIFY
-        os.close(fd)
-        return -1
-    return fd
-
-
-def all_cgroup_tokens() -> dict[str, list[str]]:
-    """Every session token with cgroups under our base, and their paths."""
-    base = _cgroup_base()
-    found: dict[str, list[str]] = {}
-    if base is None:
-        return found
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return found
-    for name in names:
-        if name.startswith(CGROUP_PREFIX):
-            token, _, _ = name[len(CGROUP_PREFIX) :].rpartition("-")
-            found.setdefault(token, []).append(os.path.join(base, name))
-    return found
-
-
-def clear_cgroup(cgroup: str, timeout: float) -> bool:
-    """Kill a cgroup's processes, wait until it is empty and remove it (blocking: recovery)."""
-    from ._steps import run_blocking
-
-    kill_cgroup(cgroup)
-    empty = run_blocking(Boundary("cgroup", cgroup, None).empty_steps(timeout))
-    remove_cgroup(cgroup)
-    return bool(empty)
 
 
 def sweep_session(sid: int, ticks: int, grace: float) -> list[int]:
@@ -270,3 +192,25 @@ def sweep_session(sid: int, ticks: int, grace: float) -> list[int]:
             process.close()
             swept.append(pid)
     return swept
+
+
+def program_pid(outside: int) -> int | None:
+    """In a PID namespace: the pid (in ours) of the program the init runs, i.e. the child of
+    ``outside``'s child; None if it is not (or no longer) there. Reads /proc (there is no
+    /proc/PID/task/*/children on every kernel), the likely pids first."""
+    from ._pinned import proc_stat
+
+    def child_of(parent: int) -> int | None:
+        for pid in range(parent + 1, parent + 8):  # usually the very next pids
+            fields = proc_stat(pid)
+            if fields and int(fields[1]) == parent:
+                return pid
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                fields = proc_stat(int(name))
+                if fields and int(fields[1]) == parent:
+                    return int(name)
+        return None
+
+    init = child_of(outside)
+    return child_of(init) if init is not None else None

@@ -88,7 +88,22 @@ class Child:
             popen.wait()  # just spawned, not stuck anywhere: its exit is immediate
             raise
         self.start_ticks = start_ticks(self.pid)  # unreaped, so it cannot be gone
+        # The program asked for: this child, or in a PID namespace the one its init runs.
+        self.program_pid, self.program_ticks = self.pid, self.start_ticks
         UNREAPED_CHILDREN.add(self.pid)
+
+    def find_program(self) -> int:
+        """program_pid, looked up while a namespace's init runs it (we signal only the child)."""
+        if self.boundary is None or self.boundary.namespace is None:
+            return self.pid
+        if self.program_pid == self.pid and not self.has_exited():
+            from ._containment import program_pid
+
+            pid = program_pid(self.pid)
+            ticks = start_ticks(pid) if pid is not None else None
+            if pid is not None and ticks is not None:
+                self.program_pid, self.program_ticks = pid, ticks
+        return self.program_pid
 
     def __repr__(self) -> str:
         name = os.path.basename(self.argv[0])

@@ -115,7 +115,8 @@ class XServer:
 
     @property
     def pid(self) -> int:
-        return self.child.pid
+        """The X server's pid (in a PID namespace: the one its init runs, once seen)."""
+        return self.child.program_pid
 
     @property
     def auth_path(self) -> str:
