@@ -3,6 +3,10 @@
 
     .venv/bin/python bench/startup.py [--rounds N]
 
+xsupervise.Display and `xsupervise run -- true` also run under each containment mechanism
+this machine offers (XSUPERVISE_CONTAINMENT=group, pidns, cgroup), side by side: the
+containment table compares each with "group", the process group of before containment.
+
 Each round runs every contender once, in a fresh random order, so that the noise of a busy
 machine falls on all of them alike instead of on whichever happened to run during a burst.
 In-process contenders time start() only (teardown is untimed); the whole-process ones time the
@@ -173,6 +177,44 @@ CONTENDERS = {
 }
 BASE, RUN, XVFB_RUN = "raw Xvfb -displayfd", "xsupervise run -- true", "xvfb-run -a true"
 FLOOR = "python floor (run -- true)"
+DISPLAY = "xsupervise.Display"
+
+
+def contained(kind: str, contender):
+    """``contender`` with XSUPERVISE_CONTAINMENT=kind (in-process and in the CLI it starts)."""
+
+    def run() -> float:
+        before = os.environ.get("XSUPERVISE_CONTAINMENT")
+        os.environ["XSUPERVISE_CONTAINMENT"] = kind
+        try:
+            return contender()
+        finally:
+            if before is None:
+                del os.environ["XSUPERVISE_CONTAINMENT"]
+            else:
+                os.environ["XSUPERVISE_CONTAINMENT"] = before
+
+    return run
+
+
+def mechanisms() -> list[str]:
+    """The containment mechanisms this machine offers; "group" (a process group and session,
+    what xsupervise did before containment) is the baseline the others are measured against."""
+    from xsupervise import _containment
+
+    kinds = ["group"]
+    if _containment._namespace_prefix() is not None:
+        kinds.append("pidns")
+    if _containment.cgroup_base() is not None:
+        kinds.append("cgroup")
+    return kinds
+
+
+KINDS = mechanisms()
+for _kind in KINDS:  # the containment column: both xsupervise contenders under each mechanism
+    for _name in (DISPLAY, RUN):
+        _function, _ready = CONTENDERS[_name]
+        CONTENDERS[f"{_name} [{_kind}]"] = (contained(_kind, _function), _ready)
 
 
 def stray_xvfbs() -> list[psutil.Process]:
@@ -302,8 +344,27 @@ def main() -> int:
             f"{len(errors[name])} |"
         )
 
+    print("\n| containment | Display median ms | × group | `run -- true` median ms | × group |")
+    print("|---|--:|--:|--:|--:|")
+    for kind in KINDS:
+        d, r = median(f"{DISPLAY} [{kind}]"), median(f"{RUN} [{kind}]")
+        d0, r0 = median(f"{DISPLAY} [group]"), median(f"{RUN} [group]")
+        print(
+            f"| {kind} | {fmt(d, '.1f')} | {fmt(d / d0 if d and d0 else None, '.3f')} | "
+            f"{fmt(r, '.1f')} | {fmt(r / r0 if r and r0 else None, '.3f')} |"
+        )
+
     ok = True
     print()
+    for kind in KINDS[1:]:
+        a, b = f"{DISPLAY} [{kind}]", f"{DISPLAY} [group]"
+        ma, mb = median(a), median(b)
+        ratio = ma / mb if ma and mb else None
+        verdict = "n/a" if ratio is None else ("met" if ratio <= 1.05 else "NOT met")
+        print(
+            f"- containment {kind} / group, time to ready: {fmt(ratio, '.3f')} (median of "
+            f"per-round ratios {fmt(paired(a, b), '.3f')}); target ≤ 1.05: **{verdict}**"
+        )
     for label, a, b, target in (
         ("xsupervise.Display / raw Xvfb", "xsupervise.Display", BASE, 1.05),
         ("xsupervise run / xvfb-run", RUN, XVFB_RUN, 1.25),

@@ -12,6 +12,9 @@ It accepts the argv xsupervise gives a real server (``-displayfd FD`` among it) 
   ignore-term  ignores SIGTERM and never writes
   grandchild   starts a grandchild (same process group), then never writes
   slow=S       waits S seconds, then becomes a real Xvfb with the same arguments
+  wrapper      a script's shape: runs the real Xvfb as its child and waits for it
+  background   starts a setsid child that outlives it (a daemon), then never writes
+  double-fork  daemonizes (fork, setsid, fork); the daemon becomes a real Xvfb and serves
 If $FAKE_X_REPORT names a file, it writes "pid=..., grandchild=..., exit_at=..." lines there.
 """
 
@@ -26,6 +29,11 @@ mode = args[-1]
 report_path = os.environ.get("FAKE_X_REPORT")
 
 
+def host_pid() -> int:
+    """Our pid as the test sees it: /proc is the host's, also inside a PID namespace."""
+    return int(os.readlink("/proc/self"))
+
+
 def report(**facts):
     if report_path:
         with open(report_path, "a") as stream:
@@ -38,7 +46,7 @@ def hang():
         signal.pause()
 
 
-report(pid=os.getpid())
+report(pid=host_pid())
 if mode == "never":
     print("fake: never ready", file=sys.stderr, flush=True)
     hang()
@@ -66,15 +74,45 @@ elif mode == "ignore-term":
     report(ignoring=1)
     hang()
 elif mode == "grandchild":
+    told, tell = os.pipe()
     child = os.fork()
     if child == 0:
         os.close(fd)
+        report(grandchild=host_pid())  # itself: the host's pid, also in a PID namespace
+        os.close(tell)
         hang()
-    report(grandchild=child)
+    os.close(tell)
+    os.read(told, 1)  # reported
     hang()
 elif mode.startswith("slow="):
     time.sleep(float(mode.split("=")[1]))
     report(exec_at=time.time())
     os.execvp("Xvfb", ["Xvfb", *args[:-1]])
+elif mode == "wrapper":
+    told, tell = os.pipe()
+    server = os.fork()
+    if server == 0:
+        report(server=host_pid())  # in the test's pid namespace; exec keeps it
+        os.close(tell)
+        os.execvp("Xvfb", ["Xvfb", *args[:-1]])
+    os.close(tell)
+    os.read(told, 1)
+    os.waitpid(server, 0)
+elif mode in ("background", "double-fork"):
+    first = os.fork()
+    if first == 0:
+        os.setsid()
+        daemon = os.fork()
+        if daemon == 0:
+            report(daemon=host_pid())
+            if mode == "double-fork":
+                os.execvp("Xvfb", ["Xvfb", *args[:-1]])
+            os.close(fd)
+            hang()
+        os._exit(0)
+    os.waitpid(first, 0)
+    if mode == "double-fork":
+        os.close(fd)
+    hang()
 else:
     sys.exit(f"fake_x: unknown mode {mode}")

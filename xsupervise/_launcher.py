@@ -52,7 +52,14 @@ def launch_steps(
         log_fd = os.open(files.log_path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
         log_offset = os.lseek(log_fd, 0, os.SEEK_END)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        argv = server_argv(settings.server, number, write_fd, files.auth_path, settings.screen)
+        from ._containment import NS_DISPLAYFD, choose
+
+        files.spawns += 1
+        boundary = choose(f"{files.token}-{files.spawns}")
+        # In a PID namespace the pipe goes in as stdin and the server finds it as fd 3.
+        inside = boundary.namespace is not None
+        displayfd = NS_DISPLAYFD if inside else write_fd
+        argv = server_argv(settings.server, number, displayfd, files.auth_path, settings.screen)
     except BaseException:
         for fd in (log_fd, read_fd, write_fd):
             if fd >= 0:
@@ -64,11 +71,12 @@ def launch_steps(
         child = spawn(
             argv,
             env=child_environment(),
-            pass_fds=(write_fd,),
-            stdin=subprocess.DEVNULL,
+            pass_fds=() if inside else (write_fd,),
+            stdin=write_fd if inside else subprocess.DEVNULL,
             stdout=log_fd,
             stderr=log_fd,
             deathsig=signal.SIGKILL,
+            boundary=boundary,
         )
     except OSError as exc:
         os.close(read_fd)
@@ -95,12 +103,13 @@ def launch_steps(
         from ._recovery import reclaim_abandoned
         from ._stale import clean_own_quietly
 
-        log.get()
         files.save(
             state="starting",
             server_pid=child.pid,
             server_ticks=child.start_ticks,
             server_argv=argv,
+            containment=child.boundary.kind if child.boundary else None,
+            cgroup=child.boundary.cgroup if child.boundary else None,
             display=None,
             socket_inode=None,
         )
@@ -109,12 +118,16 @@ def launch_steps(
             yield Offload(reclaim_abandoned, runtime, settings.kill_grace)
         yield Offload(clean_own_quietly)
         server.number = yield from read_display_number(read_fd, child, deadline)
+        if child.boundary is not None:
+            pid = child.find_program()
+            log.get().info("X server pid %d contained by %s", pid, child.boundary.describe())
         server.facts = yield from verify(server.number, child, files.cookie, deadline)
         if settings.wm:  # ready means managed, for tests that need focus (see _wm.py)
             from ._wm import start_steps as start_wm
 
             server.wm = yield from start_wm(server)
     except (DisplayFdError, HandshakeError) as exc:
+        child.find_program()  # the error names the server, not a namespace's init
         yield from server.stop_steps()
         raise _start_error(exc, server) from None
     except GeneratorExit:
@@ -126,7 +139,13 @@ def launch_steps(
         raise
     finally:
         os.close(read_fd)
-    files.save(state="ready", display=server.display, socket_inode=server.facts.socket_inode)
+    files.save(
+        state="ready",
+        display=server.display,
+        socket_inode=server.facts.socket_inode,
+        server_pid=child.program_pid,
+        server_ticks=child.program_ticks,
+    )
     return server
 
 

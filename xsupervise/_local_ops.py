@@ -89,6 +89,7 @@ def session_status(
                 "last_failure": record.last_failure,
                 "supervisor_pid": record.supervisor_pid,
                 "server_pid": record.server_pid,
+                "containment": record.containment,
                 "uptime": now - record.ready_at
                 if record.state == "ready" and record.ready_at
                 else None,
@@ -120,6 +121,7 @@ def session_status(
                 "last_failure": history.last_failure,
                 "supervisor_pid": None,
                 "server_pid": None,
+                "containment": None,
                 "uptime": None,
                 "next_retry_at": retry,
                 "failed_since": history.failed_at,

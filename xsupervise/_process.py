@@ -12,7 +12,6 @@ reach what we started.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -27,6 +26,14 @@ from ._pinned import (
     stop_adopted,
     terminate_pinned,
     wait_exited,
+)
+from ._prctl import (
+    _die_with_parent,
+    become_subreaper,
+    describe_status,
+    peer_credentials,
+    shell_status,
+    signal_when_parent_dies,
 )
 from ._steps import Events, Offload, Steps, Wait, poll_ready, run_blocking
 
@@ -55,50 +62,22 @@ __all__ = [
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import socket
-
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_parent(parent_pid: int, deathsig: int) -> Callable[[], None]:
-    def setup() -> None:  # runs in the child between fork and exec
-        # PR_SET_PDEATHSIG delivers ``deathsig`` when the *thread* that forked us exits;
-        # so processes must be spawned from a thread that outlives them.
-        if _libc.prctl(_PR_SET_PDEATHSIG, deathsig, 0, 0, 0) != 0:
-            os._exit(126)
-        # If the parent died before prctl took effect, no signal will ever come: leave now.
-        if os.getppid() != parent_pid:
-            os._exit(126)
-
-    return setup
-
-
-def signal_when_parent_dies(parent_pid: int, signum: int = signal.SIGTERM) -> bool:
-    """Ask the kernel to send us ``signum`` when our parent (the thread that forked us) exits.
-
-    ``parent_pid`` is the parent as first seen; False if it is already gone (we have been
-    re-parented), in which case no signal will ever come.
-    """
-    if _libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    return os.getppid() == parent_pid
-
-
-def become_subreaper() -> None:
-    """Orphans among our descendants (what COMMAND started and left) become our children,
-    not init's: we can then stop them without any risk of pid reuse (see stop_adopted)."""
-    if _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+    from ._containment import Boundary
 
 
 class Child:
     """A process we spawned and have not reaped; ``pidfd`` becomes readable when it exits."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], argv: Sequence[str], own_group: bool):
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        argv: Sequence[str],
+        own_group: bool,
+        boundary: Boundary | None = None,
+    ):
         self._popen = popen
-        self.argv = tuple(argv)
+        self.argv = tuple(argv)  # what was asked for (the boundary may wrap it)
+        self.boundary = boundary
         self.pid = popen.pid
         self.own_group = own_group
         self.spawned_at = time.monotonic()
@@ -109,7 +88,22 @@ class Child:
             popen.wait()  # just spawned, not stuck anywhere: its exit is immediate
             raise
         self.start_ticks = start_ticks(self.pid)  # unreaped, so it cannot be gone
+        # The program asked for: this child, or in a PID namespace the one its init runs.
+        self.program_pid, self.program_ticks = self.pid, self.start_ticks
         UNREAPED_CHILDREN.add(self.pid)
+
+    def find_program(self) -> int:
+        """program_pid, looked up while a namespace's init runs it (we signal only the child)."""
+        if self.boundary is None or self.boundary.namespace is None:
+            return self.pid
+        if self.program_pid == self.pid and not self.has_exited():
+            from ._containment import program_pid
+
+            pid = program_pid(self.pid)
+            ticks = start_ticks(pid) if pid is not None else None
+            if pid is not None and ticks is not None:
+                self.program_pid, self.program_ticks = pid, ticks
+        return self.program_pid
 
     def __repr__(self) -> str:
         name = os.path.basename(self.argv[0])
@@ -133,6 +127,8 @@ class Child:
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to the child's whole process group (or the child alone)."""
+        if signum == signal.SIGKILL and self.boundary is not None:
+            self.boundary.kill()  # the cgroup is ours alone: no pid of a stranger is in it
         if self._popen.returncode is not None:
             return  # reaped: its pid may already belong to someone else
         try:
@@ -202,6 +198,7 @@ class Child:
         see reap_steps, whose ``on_stuck`` names it after another ``grace`` s.
         """
         if self._popen.returncode is not None:
+            yield from self.clear_boundary_steps(grace)
             return self._popen.returncode
         if not self.has_exited():
             self.signal(signal.SIGTERM)
@@ -217,7 +214,25 @@ class Child:
             if not self.has_exited() and on_escalate is not None:
                 on_escalate(self)
         self.signal(signal.SIGKILL)
-        return (yield from self.reap_steps(grace, on_stuck))
+        status = yield from self.reap_steps(grace, on_stuck)
+        yield from self.clear_boundary_steps(grace)
+        return status
+
+    def clear_boundary_steps(self, grace: float) -> Steps[bool]:
+        """Once reaped: kill what is left in our boundary and wait until it is empty (a PID
+        namespace is empty once its init is reaped; a cgroup once cgroup.procs is)."""
+        if self.boundary is None or self.boundary.cgroup is None:
+            return True
+        self.boundary.kill()
+        empty = yield from self.boundary.empty_steps(grace)
+        if empty:
+            self.boundary.remove()
+        return empty
+
+    def clear_boundary_now(self, timeout: float) -> None:
+        """clear_boundary_steps for a caller that can no longer yield."""
+        if self.boundary is not None and self.boundary.cgroup is not None:
+            run_blocking(self.clear_boundary_steps(timeout))
 
 
 def spawn(
@@ -230,11 +245,49 @@ def spawn(
     stderr: int | None = None,
     own_group: bool = True,
     deathsig: int = signal.SIGKILL,
+    boundary: Boundary | None = None,
 ) -> Child:
     """Start ``argv``; it gets ``deathsig`` if we die. ``own_group``: a new session and group,
-    so that a stop reaches everything it started. Raises FileNotFoundError/PermissionError."""
-    popen = subprocess.Popen(
-        list(argv),
+    so that a stop reaches everything it started. ``boundary``: the cgroup and/or namespace
+    it runs in (see _containment); a cgroup we cannot enter falls back to the next best.
+    Raises FileNotFoundError/PermissionError."""
+    if boundary is not None and boundary.namespace is not None:
+        # The namespace's init runs the program: check it exists, as a plain exec would.
+        from shutil import which
+
+        if which(argv[0]) is None:
+            raise FileNotFoundError(2, "No such file or directory", argv[0])
+    try:
+        popen = _popen(argv, env, pass_fds, stdin, stdout, stderr, own_group, deathsig, boundary)
+    except subprocess.SubprocessError:
+        if boundary is None or boundary.cgroup is None:
+            raise
+        boundary.remove()  # we could not enter it: the next best boundary
+        from ._containment import Boundary
+
+        kind = "pidns" if boundary.namespace else "group"
+        boundary = Boundary(kind, None, boundary.namespace)
+        popen = _popen(argv, env, pass_fds, stdin, stdout, stderr, own_group, deathsig, boundary)
+    except BaseException:
+        if boundary is not None:
+            boundary.remove()
+        raise
+    return Child(popen, argv, own_group, boundary)
+
+
+def _popen(
+    argv: Sequence[str],
+    env: dict[str, str] | None,
+    pass_fds: Sequence[int],
+    stdin: int | None,
+    stdout: int | None,
+    stderr: int | None,
+    own_group: bool,
+    deathsig: int,
+    boundary: Boundary | None,
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        boundary.argv(argv) if boundary is not None else list(argv),
         env=env,
         pass_fds=tuple(pass_fds),
         stdin=stdin,
@@ -243,33 +296,5 @@ def spawn(
         start_new_session=own_group,
         # PR_SET_PDEATHSIG has no other way in; we spawn from one thread only (the loop's or
         # the CLI's), never from an Offload's worker.
-        preexec_fn=_die_with_parent(os.getpid(), deathsig),
+        preexec_fn=_die_with_parent(os.getpid(), deathsig, boundary),
     )
-    return Child(popen, argv, own_group)
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of a connected Unix socket: for a
-    client's connection, the process that called listen(); for a server's, the one that
-    connected (SO_PEERCRED, fixed by the kernel at that moment)."""
-    import socket
-    import struct
-
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)
-
-
-def describe_status(returncode: int) -> str:
-    """'exited with status 1' / 'was killed by SIGKILL', for log lines."""
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"was killed by {name}"
-    return f"exited with status {returncode}"
-
-
-def shell_status(returncode: int) -> int:
-    """The exit code a shell would report: the status, or 128+signal."""
-    return 128 - returncode if returncode < 0 else returncode

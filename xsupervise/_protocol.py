@@ -24,7 +24,7 @@ from ._settings import FIELDS as SETTINGS
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
 if TYPE_CHECKING:
-    from typing import Any, TypeAlias, TypedDict
+    from typing import Any, NotRequired, TypeAlias, TypedDict
 
     from ._clock import LaunchedServer
 
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         last_failure: str | None
         supervisor_pid: int | None
         server_pid: int | None
+        containment: NotRequired[str | None]  # cgroup, pidns or group (see _containment)
         uptime: float | None  # seconds, when ready
         next_retry_at: float | None  # wall time, in backoff or FAILED
         failed_since: float | None  # wall time

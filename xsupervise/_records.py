@@ -38,6 +38,8 @@ class SessionRecord:
         "socket_inode": None,
         "started_at": None,
         "server_argv": (),
+        "containment": None,  # cgroup, pidns or group (see _containment)
+        "cgroup": None,  # the server's cgroup, with containment "cgroup"
         "restarts": 0,
         "last_failure": None,
         "next_retry_at": None,
@@ -57,6 +59,8 @@ class SessionRecord:
     socket_inode: int | None
     started_at: float
     server_argv: Sequence[str]
+    containment: str | None
+    cgroup: str | None
     restarts: int
     last_failure: str | None
     next_retry_at: float | None

@@ -11,6 +11,7 @@ run it as an ``Offload`` or in an executor.
 from __future__ import annotations
 
 from . import _log as log
+from ._containment import all_cgroup_tokens, clear_cgroup, sweep_session
 from ._paths import RuntimeDir, token_owner
 from ._process import Pinned, same_process, terminate_pinned
 from ._records import SessionRecord, load_records
@@ -31,6 +32,7 @@ def reclaim_abandoned(runtime: RuntimeDir, grace: float = 2.0) -> list[SessionRe
                 record.display or record.name,
                 record.supervisor_pid,
             )
+        _clear_boundary(record, grace)
         if record.display and record.socket_inode:
             remove_dead_socket(int(record.display[1:]), record.socket_inode)
         runtime.remove_session(record.token)
@@ -45,4 +47,27 @@ def reclaim_abandoned(runtime: RuntimeDir, grace: float = 2.0) -> list[SessionRe
         owner = token_owner(token)
         if owner is not None and not same_process(*owner):
             runtime.remove_session(token)
+    # Cgroups of a supervisor killed before it wrote its record (or after removing it).
+    for token, cgroups in all_cgroup_tokens().items():
+        owner = token_owner(token)
+        if token not in recorded and owner is not None and not same_process(*owner):
+            for cgroup in cgroups:
+                clear_cgroup(cgroup, grace)
     return abandoned
+
+
+def _clear_boundary(record: SessionRecord, grace: float) -> None:
+    """What the server left in its boundary: a cgroup's processes, or its session's (the
+    fallback: members of session ``server_pid`` started no earlier than the server)."""
+    for cgroup in all_cgroup_tokens().get(record.token, []):
+        if clear_cgroup(cgroup, grace) is False:
+            log.get().error("cgroup %s did not empty within %.1f s of cgroup.kill.", cgroup, grace)
+    if record.containment == "group" and record.server_pid and record.server_ticks is not None:
+        swept = sweep_session(record.server_pid, record.server_ticks, grace)
+        if swept:
+            log.get().warning(
+                "stopped pid %s, left in the session of X server pid %d of %s.",
+                " ".join(map(str, swept)),
+                record.server_pid,
+                record.display or record.name,
+            )

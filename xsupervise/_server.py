@@ -50,6 +50,7 @@ class SessionFiles:
         self.log_path = runtime.log_path(self.token)
         self.name = name
         self.kind = kind
+        self.spawns = 0  # servers spawned so far: names each one's cgroup
         # Made once a server is spawned (it needs json: see launch_steps).
         self.record: SessionRecord | None = None
         os.close(create_private_file(self.auth_path, xauthority_entry(self.cookie)))
@@ -115,7 +116,8 @@ class XServer:
 
     @property
     def pid(self) -> int:
-        return self.child.pid
+        """The X server's pid (in a PID namespace: the one its init runs, once seen)."""
+        return self.child.program_pid
 
     @property
     def auth_path(self) -> str:
@@ -183,6 +185,8 @@ class XServer:
             self.exit_status = self.child.reap_within(_KILL_NOW_WAIT)
             if self.exit_status is None:
                 self._warn_stuck(self.child)
+            else:
+                self.child.clear_boundary_now(_KILL_NOW_WAIT)
             self.release()
 
     def release(self) -> None:

@@ -149,8 +149,14 @@ def served_by(child: Child, pid: int) -> bool:
     """The listening socket's owner is our child, or in its process group (a wrapper script)."""
     if pid == child.pid:
         return True
+    leaders = {child.pid} if child.own_group else set()
     try:
-        return child.own_group and os.getpgid(pid) == child.pid
+        if child.own_group and child.boundary is not None and child.boundary.namespace:
+            # In a PID namespace the server runs under its init (unshare -> sh -> server) and
+            # makes a group of its own (its getpgrp() is 0 there: our leader is outside); it
+            # stays in the session we made, which a daemon (setsid) leaves.
+            return os.getsid(pid) == child.pid
+        return os.getpgid(pid) in leaders
     except ProcessLookupError:
         return False
 

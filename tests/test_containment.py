@@ -1,0 +1,135 @@
+"""Containment (issue 11): nothing a session starts outlives it, whatever shape its server has.
+
+Each fake server shape (tests/fake_x.py: wrapper, background, double-fork) goes through a clean
+stop, a failed start and a SIGKILL of its supervisor, under each mechanism this machine offers
+(XSUPERVISE_CONTAINMENT caps the choice). The fake reports every pid it makes; all must go.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    XSUPERVISE,
+    fake_server,
+    read_line,
+    read_report,
+    requires_xvfb,
+    start_cli,
+    wait_gone,
+)
+from xsupervise import _containment
+
+
+def _available() -> list[str]:
+    kinds = ["group"]
+    if _containment._namespace_prefix() is not None:
+        kinds.append("pidns")
+    if _containment._cgroup_base() is not None:
+        kinds.append("cgroup")
+    return kinds
+
+
+KINDS = _available()
+pytestmark = requires_xvfb
+
+
+def _pids(report: Path) -> list[int]:
+    facts = read_report(report)
+    return [int(facts[key]) for key in ("pid", "server", "daemon") if key in facts]
+
+
+def _env(kind: str, report: Path) -> dict[str, str]:
+    return {**os.environ, "XSUPERVISE_CONTAINMENT": kind, "FAKE_X_REPORT": str(report)}
+
+
+def _wait_report(report: Path, key: str) -> None:
+    import time
+
+    deadline = time.monotonic() + 10
+    while key not in read_report(report):  # the fake writes it within milliseconds
+        assert time.monotonic() < deadline, f"fake never reported {key}"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_wrapper_server_stops_whole(kind: str, tmp_path: Path, runtime_dir: Path):
+    report = tmp_path / "report"
+    env = _env(kind, report)
+    with start_cli("start", "--json", "--server", fake_server("wrapper"), env=env) as process:
+        facts = json.loads(read_line(process.stdout))
+        status = subprocess.run(
+            [*XSUPERVISE, "status", "--json"], env=env, capture_output=True, timeout=30
+        )
+        pids = _pids(report)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    assert json.loads(status.stdout)[0]["containment"] == kind
+    assert len(pids) == 2
+    assert all(wait_gone(pid, 1.0) for pid in pids)
+    assert facts["server_pid"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", ["background", "double-fork"])
+def test_a_failed_start_leaves_nothing(kind: str, shape: str, tmp_path: Path):
+    if kind == "group":
+        pytest.skip("a setsid daemon escapes a process group (docs/containment.md)")
+    report = tmp_path / "report"
+    result = subprocess.run(
+        [*XSUPERVISE, "run", "--timeout", "2", "--server", fake_server(shape), "--", "true"],
+        env=_env(kind, report),
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    pids = _pids(report)
+    assert len(pids) == 2
+    assert all(wait_gone(pid, 1.0) for pid in pids), result.stderr
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", ["wrapper", "background"])
+def test_a_sigkilled_supervisor_leaves_nothing(
+    kind: str, shape: str, tmp_path: Path, runtime_dir: Path
+):
+    report = tmp_path / "report"
+    env = _env(kind, report)
+    args = ["start", "--json", "--timeout", "30", "--server", fake_server(shape)]
+    with start_cli(*args, env=env) as process:
+        if shape == "wrapper":
+            read_line(process.stdout)
+        else:
+            _wait_report(report, "daemon")
+        pids = _pids(report)
+        process.kill()
+        process.wait()
+    if kind == "group" and shape == "background":
+        # The fallback cannot follow a setsid daemon; the next command sweeps what it can.
+        pids = pids[:1]
+    if kind != "group":
+        assert all(wait_gone(pid, 1.0) for pid in pids)  # nobody's help needed
+    subprocess.run([*XSUPERVISE, "run", "--", "true"], env=env, check=True, timeout=60)
+    leftover = [pid for pid in _pids(report) if not wait_gone(pid, 1.0)]
+    for pid in leftover:  # only the fallback's escaped daemon; by its pid, then fail
+        os.kill(pid, signal.SIGKILL)
+    assert (kind == "group" and shape == "background") or not leftover
+    assert list((runtime_dir / "sessions").iterdir()) == []
+
+
+@pytest.mark.skipif("cgroup" not in KINDS, reason="no writable cgroup v2 here")
+def test_cgroups_are_removed(tmp_path: Path):
+    base = _containment._cgroup_base()
+    assert base is not None
+    before = {name for name in os.listdir(base) if name.startswith("xsupervise-")}
+    subprocess.run(
+        [*XSUPERVISE, "run", "--", "true"], env=_env("cgroup", tmp_path / "r"), check=True
+    )
+    after = {name for name in os.listdir(base) if name.startswith("xsupervise-")}
+    assert after <= before

@@ -1,0 +1,122 @@
+"""cgroup v2 for containment (see _containment): find our own writable cgroup, make, kill
+(``cgroup.kill``, Linux >= 5.14), wait until empty (inotify on ``cgroup.events``), remove."""
+
+from __future__ import annotations
+
+import os
+
+from ._steps import Steps, Wait
+
+CGROUP_PREFIX = "xsupervise-"
+_probed: dict[str, str | None] = {}
+
+
+def cgroup_base() -> str | None:
+    """Our own cgroup v2 directory, if we may create cgroups under it and move processes."""
+    if "cgroup" in _probed:
+        return _probed["cgroup"]
+    base = None
+    try:
+        with open("/proc/self/cgroup") as stream:
+            relative = next((line[3:].strip() for line in stream if line.startswith("0::")), None)
+        mount = None
+        with open("/proc/self/mountinfo") as stream:
+            for line in stream:
+                before, _, after = line.partition(" - ")
+                if after.split(" ", 1)[0] == "cgroup2":
+                    fields = before.split()
+                    mount = (fields[3], fields[4])  # (root within the hierarchy, mount point)
+                    break
+        if relative is not None and mount is not None and relative.startswith(mount[0]):
+            inside = relative[len(mount[0]) :].strip("/")
+            candidate = os.path.join(mount[1], inside) if inside else mount[1]
+            procs = os.path.join(candidate, "cgroup.procs")
+            if os.access(candidate, os.W_OK) and os.access(procs, os.W_OK):
+                base = candidate
+    except OSError:
+        base = None
+    _probed["cgroup"] = base
+    return base
+
+
+def populated(cgroup: str) -> bool:
+    try:
+        with open(os.path.join(cgroup, "cgroup.events")) as stream:
+            return "populated 1" in stream.read()
+    except FileNotFoundError:
+        return False
+
+
+def kill_cgroup(cgroup: str) -> None:
+    try:
+        with open(os.path.join(cgroup, "cgroup.kill"), "w") as stream:
+            stream.write("1")
+    except FileNotFoundError:
+        pass
+
+
+def remove_cgroup(cgroup: str) -> None:
+    try:
+        os.rmdir(cgroup)
+    except (FileNotFoundError, OSError):
+        pass  # busy: a process stuck in the kernel; recovery tries again later
+
+
+def _watch(path: str) -> int:
+    """An inotify fd that becomes readable when ``path`` (a cgroup.events) changes; -1 if none."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = int(libc.inotify_init1(os.O_CLOEXEC | os.O_NONBLOCK))
+    if fd < 0:
+        return -1
+    if libc.inotify_add_watch(fd, path.encode(), 0x00000002) < 0:  # IN_MODIFY
+        os.close(fd)
+        return -1
+    return fd
+
+
+def all_cgroup_tokens() -> dict[str, list[str]]:
+    """Every session token with cgroups under our base, and their paths."""
+    base = cgroup_base()
+    found: dict[str, list[str]] = {}
+    if base is None:
+        return found
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return found
+    for name in names:
+        if name.startswith(CGROUP_PREFIX):
+            token, _, _ = name[len(CGROUP_PREFIX) :].rpartition("-")
+            found.setdefault(token, []).append(os.path.join(base, name))
+    return found
+
+
+def clear_cgroup(cgroup: str, timeout: float) -> bool:
+    """Kill a cgroup's processes, wait until it is empty and remove it (blocking: recovery)."""
+    from ._steps import run_blocking
+
+    kill_cgroup(cgroup)
+    empty = run_blocking(empty_steps(cgroup, timeout))
+    remove_cgroup(cgroup)
+    return bool(empty)
+
+
+def empty_steps(cgroup: str, timeout: float) -> Steps[bool]:
+    """Wait (on inotify, no polling) until ``cgroup`` is empty; False after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    watch = _watch(os.path.join(cgroup, "cgroup.events"))
+    try:
+        while populated(cgroup):
+            if time.monotonic() >= deadline:
+                return False
+            ready = yield Wait((watch,) if watch >= 0 else (), deadline)
+            if ready and watch >= 0:
+                os.read(watch, 4096)
+    finally:
+        if watch >= 0:
+            os.close(watch)
+    return True

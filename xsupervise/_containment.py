@@ -1,0 +1,216 @@
+"""Containment: a boundary around every process a session starts, so that none outlives it.
+
+Best first (see docs/containment.md for what each guarantees and needs):
+
+- ``cgroup``: a cgroup v2 of the session's own (where the hierarchy is writable: root, a unit
+  with ``Delegate=yes``), *and* a PID namespace when one can be made. Teardown writes
+  ``cgroup.kill`` and waits until the cgroup is empty; crash recovery kills a dead
+  supervisor's cgroup.
+- ``pidns``: a PID namespace (with a user namespace when unprivileged). Its init is a shell
+  that gets SIGHUP when the supervisor dies (``unshare --kill-child``) and then exits, and the
+  kernel kills everything else in the namespace with it.
+- ``group``: the fallback: a process group and session; crash recovery sweeps the session.
+
+The cgroup and the namespace are chosen once per process (a probe: ``unshare ... true``).
+``XSUPERVISE_CONTAINMENT`` (auto, cgroup, pidns, group) caps the choice: for tests and bench.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ._cgroup import (
+    CGROUP_PREFIX,
+    all_cgroup_tokens,
+    cgroup_base,
+    clear_cgroup,
+    empty_steps,
+    kill_cgroup,
+    populated,
+    remove_cgroup,
+)
+from ._steps import Steps
+
+_cgroup_base = cgroup_base  # tests probe it under this name
+__all__ = ["CGROUP_PREFIX", "Boundary", "all_cgroup_tokens", "choose", "clear_cgroup"]
+__all__ += ["kill_cgroup", "populated", "program_pid", "remove_cgroup", "sweep_session"]
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+NS_DISPLAYFD = 3  # in a namespace the server's -displayfd is 3 (the pipe arrives as stdin)
+# In a PID namespace three processes run the server (see docs/containment.md):
+# - "outside" (our child; `unshare --pid` without --fork, so it stays out and its first child
+#   is the namespace's init): dies with us (PR_SET_PDEATHSIG), starts the init, closes its
+#   copy of the -displayfd pipe (so that a server closing it is seen at once) and waits;
+# - the init (pid 1 there; `setpriv --pdeathsig KILL`, so it dies with "outside", and the
+#   kernel then kills everything in the namespace) runs the server, forwards SIGTERM to it
+#   (an X server makes a process group of its own there), closes its copy of the pipe, and
+#   exits with the server's status;
+# - the server, pid 2 there, with the pipe as fd 3 and /dev/null as stdin.
+# dash names fds 0-9 only: hence the pipe as stdin, moved to fd 3 before any fork.
+_WAIT = 'while :; do wait "$1"; s=$?; kill -0 "$1" 2>/dev/null || exit "$s"; done'
+_INIT = (
+    "trap 'kill -TERM \"$c\" 2>/dev/null' TERM; trap : INT HUP; "
+    '"$@" & c=$!; exec 3>&-; set -- "$c"; ' + _WAIT
+)
+_OUTSIDE = (
+    "trap 'kill -TERM \"$i\" 2>/dev/null' TERM; trap : INT HUP; exec 3<&0 0</dev/null; "
+    'init=$1; shift; setpriv --pdeathsig KILL -- /bin/sh -c "$init" xsupervise-init "$@" & '
+    'i=$!; exec 3>&-; set -- "$i"; ' + _WAIT
+)
+_probed: dict[str, object] = {}
+
+
+def _namespace_prefix() -> tuple[str, ...] | None:
+    """The `unshare` command line that makes a PID namespace here, or None if none can be."""
+    if "pidns" in _probed:
+        return _probed["pidns"]  # type: ignore[return-value]
+    import shutil
+    import subprocess
+
+    prefix: tuple[str, ...] | None = None
+    unshare = shutil.which("unshare")
+    if unshare is not None:
+        # A user namespace clears our PR_SET_PDEATHSIG (new credentials): setpriv sets it again.
+        user = () if os.geteuid() == 0 else ("--user", "--map-root-user")
+        again = () if not user else ("setpriv", "--pdeathsig", "KILL", "--")
+        candidate = (unshare, *user, "--pid", "--", *again, "/bin/sh", "-c", _OUTSIDE)
+        try:
+            probe = subprocess.run(
+                (*candidate, "xsupervise-ns", _INIT, "true"),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=5,
+            )
+            prefix = candidate if probe.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            prefix = None
+    _probed["pidns"] = prefix
+    return prefix
+
+
+class Boundary:
+    """The boundary one spawned process (an X server, a COMMAND) and its descendants live in."""
+
+    def __init__(self, kind: str, cgroup: str | None, namespace: tuple[str, ...] | None):
+        self.kind = kind  # "cgroup", "pidns" or "group"
+        self.cgroup = cgroup
+        self.namespace = namespace
+        self._procs = os.path.join(cgroup, "cgroup.procs").encode() if cgroup else b""
+
+    def __repr__(self) -> str:
+        return f"<Boundary {self.describe()}>"
+
+    def describe(self) -> str:
+        """For the `-v` line: 'cgroup /sys/fs/cgroup/...; pid namespace'."""
+        parts = []
+        if self.cgroup:
+            parts.append(f"cgroup {self.cgroup}")
+        if self.namespace:
+            user = " and user" if "--user" in self.namespace else ""
+            parts.append(f"pid{user} namespace")
+        return "; ".join(parts) or "process group and session (no cgroup or namespace here)"
+
+    def argv(self, argv: Sequence[str]) -> list[str]:
+        if self.namespace is None:
+            return list(argv)
+        return [*self.namespace, "xsupervise-ns", _INIT, *argv]
+
+    def enter(self) -> None:
+        """In the child, between fork and exec: move into the cgroup (before any fork)."""
+        if self._procs:
+            fd = os.open(self._procs, os.O_WRONLY)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+
+    def kill(self) -> None:
+        """SIGKILL everything in the cgroup at once (Linux >= 5.14)."""
+        if self.cgroup:
+            kill_cgroup(self.cgroup)
+
+    def empty_steps(self, timeout: float) -> Steps[bool]:
+        """Wait (on inotify, no polling) until the cgroup is empty; False after ``timeout``."""
+        if not self.cgroup:
+            return True
+        return (yield from empty_steps(self.cgroup, timeout))
+
+    def remove(self) -> None:
+        if self.cgroup:
+            remove_cgroup(self.cgroup)
+
+
+def choose(label: str) -> Boundary:
+    """The best boundary this process can make, for a spawn named ``label`` (session token and
+    a role). Makes the cgroup directory now; ``Boundary.remove`` removes it."""
+    wanted = os.environ.get("XSUPERVISE_CONTAINMENT", "auto")  # tests, bench: force a kind
+    namespace = _namespace_prefix() if wanted in ("auto", "cgroup", "pidns") else None
+    base = cgroup_base() if wanted in ("auto", "cgroup") else None
+    if base is not None:
+        path = os.path.join(base, CGROUP_PREFIX + label)
+        try:
+            os.mkdir(path)
+        except OSError:
+            pass
+        else:
+            if os.path.exists(os.path.join(path, "cgroup.kill")):
+                return Boundary("cgroup", path, namespace)
+            remove_cgroup(path)
+    if namespace is not None:
+        return Boundary("pidns", None, namespace)
+    return Boundary("group", None, None)
+
+
+def sweep_session(sid: int, ticks: int, grace: float) -> list[int]:
+    """The fallback's crash recovery: SIGTERM, then SIGKILL, every process of ours whose session
+    is ``sid`` (the server's) and that started no earlier than the server (``ticks``). Each is
+    pinned by pidfd and checked first; a session id is not reused while a member lives."""
+    from ._pinned import Pinned, proc_stat, terminate_pinned
+
+    uid = os.geteuid()
+    swept = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        fields = proc_stat(pid)
+        # After the command name: state, ppid, pgrp, session, ... starttime is field 19 here.
+        if not fields or int(fields[3]) != sid or int(fields[19]) < ticks or fields[0] == "Z":
+            continue
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+        except OSError:
+            continue
+        process = Pinned.pin(pid, int(fields[19]))
+        if process is not None:
+            terminate_pinned(process, grace)
+            process.close()
+            swept.append(pid)
+    return swept
+
+
+def program_pid(outside: int) -> int | None:
+    """In a PID namespace: the pid (in ours) of the program the init runs, i.e. the child of
+    ``outside``'s child; None if it is not (or no longer) there. Reads /proc (there is no
+    /proc/PID/task/*/children on every kernel), the likely pids first."""
+    from ._pinned import proc_stat
+
+    def child_of(parent: int) -> int | None:
+        for pid in range(parent + 1, parent + 8):  # usually the very next pids
+            fields = proc_stat(pid)
+            if fields and int(fields[1]) == parent:
+                return pid
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                fields = proc_stat(int(name))
+                if fields and int(fields[1]) == parent:
+                    return int(name)
+        return None
+
+    init = child_of(outside)
+    return child_of(init) if init is not None else None
