@@ -29,11 +29,13 @@ from ._cgroup import (
     populated,
     remove_cgroup,
 )
+from ._group import session_members, sweep_session
 from ._steps import Steps
 
 _cgroup_base = cgroup_base  # tests probe it under this name
 __all__ = ["CGROUP_PREFIX", "Boundary", "all_cgroup_tokens", "choose", "clear_cgroup"]
-__all__ += ["kill_cgroup", "populated", "program_pid", "remove_cgroup", "sweep_session"]
+__all__ += ["kill_cgroup", "populated", "program_pid", "remove_cgroup", "session_members"]
+__all__ += ["sweep_session"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -43,22 +45,29 @@ NS_DISPLAYFD = 3  # in a namespace the server's -displayfd is 3 (the pipe arrive
 # In a PID namespace three processes run the server (see docs/containment.md):
 # - "outside" (our child; `unshare --pid` without --fork, so it stays out and its first child
 #   is the namespace's init): dies with us (PR_SET_PDEATHSIG), starts the init, closes its
-#   copy of the -displayfd pipe (so that a server closing it is seen at once) and waits;
+#   copy of the -displayfd pipe (so that a server closing it is seen at once), forwards
+#   SIGTERM to the init and exits with its status;
 # - the init (pid 1 there; `setpriv --pdeathsig KILL`, so it dies with "outside", and the
-#   kernel then kills everything in the namespace) runs the server, forwards SIGTERM to it
-#   (an X server makes a process group of its own there), closes its copy of the pipe, and
-#   exits with the server's status;
+#   kernel then kills everything in the namespace) runs the server. On SIGTERM, or once the
+#   server has exited, it sends SIGTERM to every process of the namespace (`kill -1`: a
+#   wrapper's X server, a compositor's children), reaps them (dash reaps any child, orphans
+#   included, while it waits for `sleep`), and SIGKILLs what is left after _NS_GRACE_STEPS
+#   times 20 ms. Only then does it exit with the server's status: teardown waits for every
+#   process of the session, not only the first.
 # - the server, pid 2 there, with the pipe as fd 3 and /dev/null as stdin.
 # dash names fds 0-9 only: hence the pipe as stdin, moved to fd 3 before any fork.
-_WAIT = 'while :; do wait "$1"; s=$?; kill -0 "$1" 2>/dev/null || exit "$s"; done'
+_NS_GRACE_STEPS = 100
+_WAIT = 'while :; do wait "$1"; s=$?; kill -0 "$1" 2>/dev/null || break; done; '
 _INIT = (
-    "trap 'kill -TERM \"$c\" 2>/dev/null' TERM; trap : INT HUP; "
-    '"$@" & c=$!; exec 3>&-; set -- "$c"; ' + _WAIT
+    "trap 'kill -TERM -1 2>/dev/null' TERM; trap : INT HUP; "
+    '"$@" & c=$!; exec 3>&-; set -- "$c"; ' + _WAIT + "kill -TERM -1 2>/dev/null; n=0; "
+    "while kill -0 -1 2>/dev/null; do n=$((n+1)); "
+    f'[ "$n" -gt {_NS_GRACE_STEPS} ] && kill -KILL -1 2>/dev/null; sleep 0.02; done; exit "$s"'
 )
 _OUTSIDE = (
     "trap 'kill -TERM \"$i\" 2>/dev/null' TERM; trap : INT HUP; exec 3<&0 0</dev/null; "
     'init=$1; shift; setpriv --pdeathsig KILL -- /bin/sh -c "$init" xsupervise-init "$@" & '
-    'i=$!; exec 3>&-; set -- "$i"; ' + _WAIT
+    'i=$!; exec 3>&-; set -- "$i"; ' + _WAIT + 'exit "$s"'
 )
 _probed: dict[str, object] = {}
 
@@ -163,35 +172,6 @@ def choose(label: str) -> Boundary:
     if namespace is not None:
         return Boundary("pidns", None, namespace)
     return Boundary("group", None, None)
-
-
-def sweep_session(sid: int, ticks: int, grace: float) -> list[int]:
-    """The fallback's crash recovery: SIGTERM, then SIGKILL, every process of ours whose session
-    is ``sid`` (the server's) and that started no earlier than the server (``ticks``). Each is
-    pinned by pidfd and checked first; a session id is not reused while a member lives."""
-    from ._pinned import Pinned, proc_stat, terminate_pinned
-
-    uid = os.geteuid()
-    swept = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        pid = int(name)
-        fields = proc_stat(pid)
-        # After the command name: state, ppid, pgrp, session, ... starttime is field 19 here.
-        if not fields or int(fields[3]) != sid or int(fields[19]) < ticks or fields[0] == "Z":
-            continue
-        try:
-            if os.stat(f"/proc/{pid}").st_uid != uid:
-                continue
-        except OSError:
-            continue
-        process = Pinned.pin(pid, int(fields[19]))
-        if process is not None:
-            terminate_pinned(process, grace)
-            process.close()
-            swept.append(pid)
-    return swept
 
 
 def program_pid(outside: int) -> int | None:

@@ -49,6 +49,7 @@ def launch_steps(
         )
     log_fd = read_fd = write_fd = -1
     try:
+        files.create()  # the cookie and log appear now, just before the first spawn
         log_fd = os.open(files.log_path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
         log_offset = os.lseek(log_fd, 0, os.SEEK_END)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)

@@ -36,6 +36,7 @@ from ._prctl import (
     signal_when_parent_dies,
 )
 from ._steps import Events, Offload, Steps, Wait, poll_ready, run_blocking
+from ._teardown import clear_now, clear_steps, kill_rest, rest_steps
 
 # Steps and pinned processes live in their own modules; importers may keep using these names.
 __all__ = [
@@ -127,10 +128,12 @@ class Child:
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to the child's whole process group (or the child alone)."""
-        if signum == signal.SIGKILL and self.boundary is not None:
-            self.boundary.kill()  # the cgroup is ours alone: no pid of a stranger is in it
         if self._popen.returncode is not None:
-            return  # reaped: its pid may already belong to someone else
+            if signum == signal.SIGKILL and self.boundary is not None:
+                self.boundary.kill()  # a cgroup is ours alone: no stranger's pid is in it
+            return  # reaped: its pid (and session id) may already belong to someone else
+        if signum == signal.SIGKILL:
+            kill_rest(self)  # a cgroup's or a session's other processes
         try:
             if self.own_group:
                 os.killpg(self.pid, signum)
@@ -190,7 +193,8 @@ class Child:
         on_escalate: Callable[[Child], None] | None = None,
         on_stuck: Callable[[Child], None] | None = None,
     ) -> Steps[int]:
-        """SIGTERM the group, wait up to ``grace`` s, then SIGKILL the group; reap. Returns status.
+        """SIGTERM the group, wait up to ``grace`` s for it *and* the rest of its boundary
+        (see _teardown), then SIGKILL the group and the boundary; reap. Returns status.
 
         SIGKILL goes to the group even after a clean exit of the leader, so that nothing it
         started outlives it. If we are interrupted while waiting, we escalate at once. A
@@ -198,12 +202,15 @@ class Child:
         see reap_steps, whose ``on_stuck`` names it after another ``grace`` s.
         """
         if self._popen.returncode is not None:
-            yield from self.clear_boundary_steps(grace)
+            yield from clear_steps(self, grace)
             return self._popen.returncode
         if not self.has_exited():
+            deadline = time.monotonic() + grace
             self.signal(signal.SIGTERM)
             try:
-                yield Wait((self.pidfd,), time.monotonic() + grace)
+                yield Wait((self.pidfd,), deadline)
+                if self.has_exited():
+                    yield from rest_steps(self, deadline)
             except GeneratorExit:
                 self.signal(signal.SIGKILL)  # closed: no more yielding; the owner reaps
                 raise
@@ -215,24 +222,12 @@ class Child:
                 on_escalate(self)
         self.signal(signal.SIGKILL)
         status = yield from self.reap_steps(grace, on_stuck)
-        yield from self.clear_boundary_steps(grace)
+        yield from clear_steps(self, grace)
         return status
 
-    def clear_boundary_steps(self, grace: float) -> Steps[bool]:
-        """Once reaped: kill what is left in our boundary and wait until it is empty (a PID
-        namespace is empty once its init is reaped; a cgroup once cgroup.procs is)."""
-        if self.boundary is None or self.boundary.cgroup is None:
-            return True
-        self.boundary.kill()
-        empty = yield from self.boundary.empty_steps(grace)
-        if empty:
-            self.boundary.remove()
-        return empty
-
     def clear_boundary_now(self, timeout: float) -> None:
-        """clear_boundary_steps for a caller that can no longer yield."""
-        if self.boundary is not None and self.boundary.cgroup is not None:
-            run_blocking(self.clear_boundary_steps(timeout))
+        """What stop_steps does after the reap, for a caller that can no longer yield."""
+        clear_now(self, timeout)
 
 
 def spawn(

@@ -53,18 +53,27 @@ class SessionFiles:
         self.spawns = 0  # servers spawned so far: names each one's cgroup
         # Made once a server is spawned (it needs json: see launch_steps).
         self.record: SessionRecord | None = None
+        self.created = False  # see create(): nothing is on disk before the first spawn
+
+    def create(self) -> None:
+        """Write the cookie and an empty log, just before the first spawn: a supervisor that
+        is only waiting for its restart budget (and may be killed there) leaves nothing."""
+        if self.created:
+            return
         os.close(create_private_file(self.auth_path, xauthority_entry(self.cookie)))
         try:
             os.close(create_private_file(self.log_path))
         except BaseException:
             remove_file(self.auth_path)
             raise
+        self.created = True
 
     def __repr__(self) -> str:
         return f"<SessionFiles {self.name} {self.token}>"
 
     def save(self, **changes: object) -> None:
-        """Update the record (creating it the first time) and write it."""
+        """Update the record (creating it the first time) and write it; before the first
+        spawn (see create) only in memory."""
         if self.record is None:
             from ._records import SessionRecord, own_identity
 
@@ -79,10 +88,12 @@ class SessionFiles:
             )
         for field, value in changes.items():
             setattr(self.record, field, value)
-        self.record.save(self.runtime)
+        if self.created:
+            self.record.save(self.runtime)
 
     def remove(self) -> None:
         self.runtime.remove_session(self.token)
+        self.created = False
 
 
 class XServer:
