@@ -133,3 +133,43 @@ def test_cgroups_are_removed(tmp_path: Path):
     )
     after = {name for name in os.listdir(base) if name.startswith("xsupervise-")}
     assert after <= before
+
+
+@pytest.mark.parametrize("command", ["list", "status", "clean"])
+def test_the_next_command_sweeps_what_a_killed_supervisor_left(
+    command: str, tmp_path: Path, runtime_dir: Path
+):
+    """The fallback (a process group and session) cannot stop a grandchild when its supervisor
+    is SIGKILLed: the next command does, and list/status show the session as abandoned."""
+    report = tmp_path / "report"
+    env = _env("group", report)
+    with start_cli("start", "--json", "--server", fake_server("wrapper"), env=env) as process:
+        read_line(process.stdout)
+        server = int(read_report(report)["server"])
+        supervisor = process.pid
+        process.kill()
+        process.wait()
+    assert not wait_gone(server, 0.2)  # the grandchild outlived its supervisor
+    shown = subprocess.run(
+        [*XSUPERVISE, command, *(["--json"] if command == "status" else [])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert wait_gone(server, 1.0)  # swept by that command, pinned by pid and start time
+    left = list((runtime_dir / "sessions").iterdir())
+    if command == "clean":
+        assert left == []
+        return
+    assert left, "list and status keep the files until a start, run or clean"
+    if command == "status":
+        (entry,) = json.loads(shown.stdout)
+        assert entry["state"] == "abandoned"
+        assert f"supervisor pid {supervisor} died" in entry["abandoned"]
+        assert "left: record, cookie, log" in entry["abandoned"]
+    else:
+        assert "abandoned" in shown.stdout and f"supervisor pid {supervisor} died" in shown.stdout
+    subprocess.run([*XSUPERVISE, "clean"], env=env, check=True, capture_output=True, timeout=30)
+    assert list((runtime_dir / "sessions").iterdir()) == []

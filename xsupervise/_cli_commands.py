@@ -155,10 +155,10 @@ def list_(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             records = [SessionRecord(**data) for data in daemon.list()]
             pools = daemon.pools()
     else:
+        from ._local_ops import local_records
         from ._paths import RuntimeDir
-        from ._records import live_records
 
-        records = live_records(RuntimeDir.discover())
+        records = local_records(RuntimeDir.discover())
     if args.json:
         return print_json([record.as_dict() for record in records], pools)
     if not records:
@@ -174,6 +174,8 @@ def list_(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"{record.supervisor_pid:>10} {record.server_pid or '-':>8} "
             f"{int(now - record.started_at):>7}s  {record.name}"
         )
+        if record.abandoned:
+            print(f"  {record.display or record.name} abandoned: {record.abandoned}")
     return print_pools(pools)
 
 

@@ -11,8 +11,9 @@ import signal
 from ._errors import NoSuchSession, XSuperviseError
 from ._paths import RuntimeDir
 from ._process import Pinned, wait_exited
-from ._records import live_records
+from ._records import SessionRecord, live_records
 
+ABANDONED = "abandoned"  # a record's state in list/status once its supervisor has died
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
 if TYPE_CHECKING:
     from ._policy import RestartPolicy
@@ -78,7 +79,7 @@ def session_status(
     from ._ledger import Ledger, all_ledgers, read_history
 
     entries: list[StatusEntry] = []
-    for record in live_records(runtime):
+    for record in local_records(runtime):
         history = Ledger(runtime, record.name).read()
         entries.append(
             {
@@ -90,6 +91,7 @@ def session_status(
                 "supervisor_pid": record.supervisor_pid,
                 "server_pid": record.server_pid,
                 "containment": record.containment,
+                "abandoned": record.abandoned,
                 "uptime": now - record.ready_at
                 if record.state == "ready" and record.ready_at
                 else None,
@@ -122,6 +124,7 @@ def session_status(
                 "supervisor_pid": None,
                 "server_pid": None,
                 "containment": None,
+                "abandoned": None,
                 "uptime": None,
                 "next_retry_at": retry,
                 "failed_since": history.failed_at,
@@ -150,6 +153,8 @@ def format_status(entry: StatusEntry, now: float) -> str:
             f"{state} until {clock(entry['next_retry_at'])} "
             f"(in {max(0.0, entry['next_retry_at'] - now):.0f} s)"
         )
+    elif state == ABANDONED:
+        parts.append(f"abandoned: {entry.get('abandoned')}")
     elif state == "ready" and entry["uptime"] is not None:
         parts.append(f"ready, up {entry['uptime']:.0f} s")
     else:
@@ -162,3 +167,30 @@ def format_status(entry: StatusEntry, now: float) -> str:
     if entry["last_failure"]:
         parts.append(f"last failure: {entry['last_failure']}")
     return "  ".join(parts)
+
+
+def local_records(runtime: RuntimeDir) -> list[SessionRecord]:
+    """What `list` and `status` show without a daemon: every live session, and every session
+    whose supervisor died (state ``abandoned``, with what it left) until a start, run or
+    clean removes its files. What such a session left running is stopped first."""
+    import os
+
+    from ._recovery import sweep_abandoned
+
+    abandoned = sweep_abandoned(runtime)
+    for record in abandoned:
+        left = [
+            what
+            for what, path in (
+                ("record", runtime.record_path(record.token)),
+                ("cookie", runtime.auth_path(record.token)),
+                ("log", runtime.log_path(record.token)),
+            )
+            if os.path.lexists(path)
+        ]
+        record.state = ABANDONED
+        record.abandoned = (
+            f"supervisor pid {record.supervisor_pid} died; its processes are stopped; left: "
+            f"{', '.join(left) or 'nothing'} (removed by the next start, run or clean)"
+        )
+    return live_records(runtime) + abandoned

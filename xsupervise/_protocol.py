@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         supervisor_pid: int | None
         server_pid: int | None
         containment: NotRequired[str | None]  # cgroup, pidns or group (see _containment)
+        abandoned: NotRequired[str | None]  # state "abandoned": what its dead supervisor left
         uptime: float | None  # seconds, when ready
         next_retry_at: float | None  # wall time, in backoff or FAILED
         failed_since: float | None  # wall time

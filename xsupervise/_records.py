@@ -40,6 +40,7 @@ class SessionRecord:
         "server_argv": (),
         "containment": None,  # cgroup, pidns or group (see _containment)
         "cgroup": None,  # the server's cgroup, with containment "cgroup"
+        "abandoned": None,  # shown by list/status: what a dead supervisor left (see _local_ops)
         "restarts": 0,
         "last_failure": None,
         "next_retry_at": None,
@@ -61,6 +62,7 @@ class SessionRecord:
     server_argv: Sequence[str]
     containment: str | None
     cgroup: str | None
+    abandoned: str | None
     restarts: int
     last_failure: str | None
     next_retry_at: float | None

@@ -20,19 +20,8 @@ from ._stale import remove_dead_socket
 
 def reclaim_abandoned(runtime: RuntimeDir, grace: float = 2.0) -> list[SessionRecord]:
     """Clean up after every session whose supervisor is gone; return their records."""
-    abandoned = [record for record in load_records(runtime) if not record.supervisor_alive()]
+    abandoned = sweep_abandoned(runtime, grace)
     for record in abandoned:
-        server = Pinned.pin(record.server_pid, record.server_ticks)
-        if server is not None:
-            terminate_pinned(server, grace)
-            server.close()
-            log.get().warning(
-                "stopped X server pid %d of %s: its supervisor pid %d is gone.",
-                record.server_pid,
-                record.display or record.name,
-                record.supervisor_pid,
-            )
-        _clear_boundary(record, grace)
         if record.display and record.socket_inode:
             remove_dead_socket(int(record.display[1:]), record.socket_inode)
         runtime.remove_session(record.token)
@@ -71,3 +60,22 @@ def _clear_boundary(record: SessionRecord, grace: float) -> None:
                 record.server_pid,
                 record.display or record.name,
             )
+
+
+def sweep_abandoned(runtime: RuntimeDir, grace: float = 2.0) -> list[SessionRecord]:
+    """Stop what every dead supervisor's session left running (its X server, its cgroup or
+    session); keep the files, so that `list` and `status` can show what was abandoned."""
+    abandoned = [record for record in load_records(runtime) if not record.supervisor_alive()]
+    for record in abandoned:
+        server = Pinned.pin(record.server_pid, record.server_ticks)
+        if server is not None:
+            terminate_pinned(server, grace)
+            server.close()
+            log.get().warning(
+                "stopped X server pid %d of %s: its supervisor pid %d is gone.",
+                record.server_pid,
+                record.display or record.name,
+                record.supervisor_pid,
+            )
+        _clear_boundary(record, grace)
+    return abandoned
