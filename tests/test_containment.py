@@ -79,8 +79,6 @@ def test_a_wrapper_server_stops_whole(kind: str, tmp_path: Path, runtime_dir: Pa
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("shape", ["background", "double-fork"])
 def test_a_failed_start_leaves_nothing(kind: str, shape: str, tmp_path: Path):
-    if kind == "group":
-        pytest.skip("a setsid daemon escapes a process group (docs/containment.md)")
     report = tmp_path / "report"
     result = subprocess.run(
         [*XSUPERVISE, "run", "--timeout", "2", "--server", fake_server(shape), "--", "true"],

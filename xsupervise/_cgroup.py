@@ -7,8 +7,13 @@ import os
 
 from ._steps import Steps, Wait
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+
 CGROUP_PREFIX = "xsupervise-"
 _probed: dict[str, str | None] = {}
+_KEEPERS: dict[int, subprocess.Popen[bytes]] = {}  # pid -> the keeper (see start_keeper)
 
 
 def cgroup_base() -> str | None:
@@ -120,3 +125,40 @@ def empty_steps(cgroup: str, timeout: float) -> Steps[bool]:
         if watch >= 0:
             os.close(watch)
     return True
+
+
+# The keeper kills a cgroup when its supervisor dies, however it dies: it reads a pipe whose
+# only writer is the supervisor (close-on-exec, so no child holds it) and writes cgroup.kill
+# at end of file. It is not in the cgroup, does not die with us (no PR_SET_PDEATHSIG), and
+# exits at once after a clean stop, when we close the pipe ourselves.
+_KEEPER = 'read -r _; echo 1 > "$1" 2>/dev/null; exit 0'
+
+
+def start_keeper(cgroup: str) -> tuple[int, int]:
+    """Spawn the keeper of ``cgroup``; return its (pid, our end of its pipe)."""
+    import subprocess
+
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        keeper = subprocess.Popen(
+            ["/bin/sh", "-c", _KEEPER, "xsupervise-keeper", os.path.join(cgroup, "cgroup.kill")],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a signal to our group (^C) must not fire it early
+        )
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    _KEEPERS[keeper.pid] = keeper
+    return keeper.pid, write_end
+
+
+def stop_keeper(pid: int, write_end: int) -> None:
+    """After a clean teardown: end the keeper (the cgroup is empty: its kill is a no-op)."""
+    os.close(write_end)
+    keeper = _KEEPERS.pop(pid, None)
+    if keeper is not None:
+        keeper.wait()  # it exits as soon as it reads end of file

@@ -1,18 +1,17 @@
 """Containment: a boundary around every process a session starts, so that none outlives it.
 
-Best first (see docs/containment.md for what each guarantees and needs):
+Best first (see docs/containment.md for what each guarantees, needs and costs):
 
-- ``cgroup``: a cgroup v2 of the session's own (where the hierarchy is writable: root, a unit
-  with ``Delegate=yes``), *and* a PID namespace when one can be made. Teardown writes
-  ``cgroup.kill`` and waits until the cgroup is empty; crash recovery kills a dead
-  supervisor's cgroup.
-- ``pidns``: a PID namespace (with a user namespace when unprivileged). Its init is a shell
-  that gets SIGHUP when the supervisor dies (``unshare --kill-child``) and then exits, and the
-  kernel kills everything else in the namespace with it.
+- ``pidns``: a PID namespace (with a user namespace when unprivileged). Its init dies with the
+  supervisor (PR_SET_PDEATHSIG through ``setpriv``), and the kernel then kills everything in
+  the namespace; teardown waits for every process in it (see _INIT below).
+- ``cgroup``: a cgroup v2 of the spawn's own, where the hierarchy is writable (root, a unit
+  with ``Delegate=yes``) but no namespace can be made. Teardown waits until it is empty, then
+  writes ``cgroup.kill``; crash recovery kills a dead supervisor's cgroup.
 - ``group``: the fallback: a process group and session; crash recovery sweeps the session.
 
-The cgroup and the namespace are chosen once per process (a probe: ``unshare ... true``).
-``XSUPERVISE_CONTAINMENT`` (auto, cgroup, pidns, group) caps the choice: for tests and bench.
+The namespace is probed once per process (``unshare ... true``).
+``XSUPERVISE_CONTAINMENT`` (auto, pidns, cgroup, group) caps the choice: for tests and bench.
 """
 
 from __future__ import annotations
@@ -28,6 +27,8 @@ from ._cgroup import (
     kill_cgroup,
     populated,
     remove_cgroup,
+    start_keeper,
+    stop_keeper,
 )
 from ._group import session_members, sweep_session
 from ._steps import Steps
@@ -39,6 +40,7 @@ __all__ += ["sweep_session"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Sequence
 
 NS_DISPLAYFD = 3  # in a namespace the server's -displayfd is 3 (the pipe arrives as stdin)
@@ -109,6 +111,20 @@ class Boundary:
         self.cgroup = cgroup
         self.namespace = namespace
         self._procs = os.path.join(cgroup, "cgroup.procs").encode() if cgroup else b""
+        self._keeper: tuple[int, int] | None = None  # a cgroup's keeper (see _cgroup)
+
+    def spawned(self, popen: subprocess.Popen[bytes]) -> None:
+        """Once our child is in the cgroup: start its keeper, which kills the cgroup if we die.
+        If we cannot, the child (unwatched yet, so it must not live) and the cgroup go."""
+        if self.cgroup is not None and self._keeper is None:
+            try:
+                self._keeper = start_keeper(self.cgroup)
+            except BaseException:
+                popen.kill()
+                popen.wait()
+                self.kill()
+                self.remove()
+                raise
 
     def __repr__(self) -> str:
         return f"<Boundary {self.describe()}>"
@@ -149,15 +165,25 @@ class Boundary:
         return (yield from empty_steps(self.cgroup, timeout))
 
     def remove(self) -> None:
+        if self._keeper is not None:
+            stop_keeper(*self._keeper)
+            self._keeper = None
         if self.cgroup:
             remove_cgroup(self.cgroup)
 
 
 def choose(label: str) -> Boundary:
     """The best boundary this process can make, for a spawn named ``label`` (session token and
-    a role). Makes the cgroup directory now; ``Boundary.remove`` removes it."""
+    a count). A PID namespace first: it holds everything (setsid and setuid included) and dies
+    with the supervisor by itself, for ~1 exec more; then a cgroup of our own (moving a process
+    into a cgroup costs more than the 5 % of time-to-ready we allow, see docs/containment.md,
+    and nothing kills it when the supervisor dies: the next command does); then the group.
+    Makes the cgroup directory now; ``Boundary.remove`` removes it."""
     wanted = os.environ.get("XSUPERVISE_CONTAINMENT", "auto")  # tests, bench: force a kind
-    namespace = _namespace_prefix() if wanted in ("auto", "cgroup", "pidns") else None
+    if wanted in ("auto", "pidns"):
+        namespace = _namespace_prefix()
+        if namespace is not None:
+            return Boundary("pidns", None, namespace)
     base = cgroup_base() if wanted in ("auto", "cgroup") else None
     if base is not None:
         path = os.path.join(base, CGROUP_PREFIX + label)
@@ -167,10 +193,8 @@ def choose(label: str) -> Boundary:
             pass
         else:
             if os.path.exists(os.path.join(path, "cgroup.kill")):
-                return Boundary("cgroup", path, namespace)
+                return Boundary("cgroup", path, None)
             remove_cgroup(path)
-    if namespace is not None:
-        return Boundary("pidns", None, namespace)
     return Boundary("group", None, None)
 
 

@@ -257,16 +257,17 @@ def spawn(
     except subprocess.SubprocessError:
         if boundary is None or boundary.cgroup is None:
             raise
-        boundary.remove()  # we could not enter it: the next best boundary
+        boundary.remove()  # we could not enter it: the fallback
         from ._containment import Boundary
 
-        kind = "pidns" if boundary.namespace else "group"
-        boundary = Boundary(kind, None, boundary.namespace)
+        boundary = Boundary("group", None, None)
         popen = _popen(argv, env, pass_fds, stdin, stdout, stderr, own_group, deathsig, boundary)
     except BaseException:
         if boundary is not None:
             boundary.remove()
         raise
+    if boundary is not None:
+        boundary.spawned(popen)
     return Child(popen, argv, own_group, boundary)
 
 
