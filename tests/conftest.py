@@ -203,15 +203,29 @@ def as_other_user() -> Iterator[tuple[list[str], dict[str, str]]]:
         for root, dirs, files in os.walk(stage):
             for entry in dirs + files:
                 os.chmod(os.path.join(root, entry), 0o755 if entry in dirs else 0o644)
-        python = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
-        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python]
         env = {"PATH": os.environ["PATH"], "PYTHONPATH": stage}
-        probe = subprocess.run(
-            [*prefix, "-c", "import xsupervise, psutil, xdg"],
-            capture_output=True,
-            text=True,
-            env=env,
-        )
+        # Ours may sit under /root (pyenv): then the system's, if it is the same version.
+        ours = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+        same = f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}"
+        for python in dict.fromkeys([ours, same]):
+            prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python]
+            try:
+                probe = subprocess.run(
+                    # (and it must see its own interpreter, which it runs servers with)
+                    [
+                        *prefix,
+                        "-c",
+                        "import xsupervise, psutil, xdg, os, sys; "
+                        "assert os.access(sys.executable, os.X_OK)",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                )
+            except FileNotFoundError:
+                continue
+            if probe.returncode == 0:
+                break
         if probe.returncode != 0:
             why = (probe.stderr.strip().splitlines() or ["no output"])[-1]
             pytest.skip(

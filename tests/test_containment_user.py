@@ -1,0 +1,92 @@
+"""Containment as an unprivileged user (uid 65534): the boundary is a PID namespace inside a
+user namespace where the system allows one (else the process group), and nothing is left."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAKE_X, read_line, read_report, requires_xvfb, wait_gone
+
+pytestmark = requires_xvfb
+NOBODY = 65534
+
+
+@pytest.fixture
+def nobody_home(as_other_user) -> Iterator[tuple[list[str], dict[str, str], Path]]:
+    """(argv prefix to run Python as uid 65534, its environment, a directory it owns)."""
+    prefix, env = as_other_user
+    home = Path(tempfile.mkdtemp(prefix="xsupervise-nobody-"))
+    try:
+        os.chmod(home, 0o755)
+        # Its interpreter: the one uid 65534 runs (ours may sit under /root).
+        script = Path(FAKE_X).read_text().split("\n", 1)[1]
+        (home / "fake_x.py").write_text(f"#!{prefix[-1]}\n{script}")
+        os.chmod(home / "fake_x.py", 0o755)
+        runtime = home / "run"
+        runtime.mkdir(mode=0o700)
+        os.chown(runtime, NOBODY, NOBODY)
+        (home / "report").touch()
+        os.chown(home / "report", NOBODY, NOBODY)
+        env = {**env, "XDG_RUNTIME_DIR": str(runtime), "FAKE_X_REPORT": str(home / "report")}
+        yield prefix, env, home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _start(prefix: list[str], env: dict[str, str], home: Path, mode: str) -> subprocess.Popen:
+    server = f"{home / 'fake_x.py'} {mode}"
+    return subprocess.Popen(
+        [*prefix, "-m", "xsupervise", "-v", "start", "--json", "--server", server],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _contained_by(prefix: list[str], env: dict[str, str]) -> str:
+    status = subprocess.run(
+        [*prefix, "-m", "xsupervise", "status", "--json"], env=env, capture_output=True
+    )
+    return json.loads(status.stdout)[0]["containment"]
+
+
+@pytest.mark.parametrize("ending", ["sigterm", "sigkill"])
+def test_an_unprivileged_wrapper_server_leaves_nothing(nobody_home, ending: str):
+    prefix, env, home = nobody_home
+    process = _start(prefix, env, home, "wrapper")
+    try:
+        line = read_line(process.stdout)
+        assert line, process.stderr.read().decode()
+        facts = json.loads(line)
+        kind = _contained_by(prefix, env)
+        pids = [int(v) for k, v in read_report(home / "report").items() if k in ("pid", "server")]
+        assert facts["server_pid"] in pids
+        process.send_signal(signal.SIGTERM if ending == "sigterm" else signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+    userns = subprocess.run(
+        [*prefix[:-1], "unshare", "--user", "--map-root-user", "--pid", "true"],
+        capture_output=True,
+    )
+    assert kind == ("pidns" if userns.returncode == 0 else "group"), userns.stderr
+    if kind == "pidns" or ending == "sigterm":
+        assert all(wait_gone(pid, 1.0) for pid in pids), f"left: {pids} ({kind})"
+    else:  # the fallback: the next command of that user sweeps what is left
+        subprocess.run([*prefix, "-m", "xsupervise", "list"], env=env, capture_output=True)
+        assert all(wait_gone(pid, 1.0) for pid in pids)
+    subprocess.run([*prefix, "-m", "xsupervise", "clean"], env=env, capture_output=True)
+    assert list((Path(env["XDG_RUNTIME_DIR"]) / "xsupervise" / "sessions").iterdir()) == []
