@@ -149,3 +149,32 @@ def test_leftovers_are_told_apart_the_servers_and_commands(tmp_path: Path):
         f"xsupervise: COMMAND left 2 process(es) running (pid {background} sleep, pid "
         f"{detached} sleep); stopped them.",
     ], result.stderr
+
+
+@requires_xvfb
+@pytest.mark.root("it runs as uid 65534")
+def test_a_holder_we_may_not_look_at_is_said_to_be_one(as_other_user):
+    import shutil
+    import tempfile
+
+    prefix, staged = as_other_user
+    runtime = tempfile.mkdtemp(prefix="xsupervise-other-")  # outside pytest's 0700 tree
+    os.chown(runtime, 65534, 65534)
+    try:
+        with xsupervise.Display() as root_display:
+            taken = root_display.display
+            result = subprocess.run(
+                [*prefix, "-m", "xsupervise", "start", taken],
+                env={**staged, "XDG_RUNTIME_DIR": runtime, "HOME": runtime},
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+    finally:
+        shutil.rmtree(runtime)
+    assert result.returncode == 3, result.stderr
+    assert (
+        f"Display {taken} is already served by a process we may not look at "
+        "(another user's; as root, `ss -xlp` names it); ask for another number or :auto. "
+        "Xvfb said: Fatal server error: " in result.stderr
+    ), result.stderr
