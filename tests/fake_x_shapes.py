@@ -9,6 +9,8 @@ It accepts the argv xsupervise gives a real server (``-displayfd FD`` among it) 
                that daemonizes
   background   forks a helper that leaves the session (setsid) and runs `sleep 300`, then
                becomes a real Xvfb with the same arguments
+  doublefork   the same, but the helper is double-forked (setsid, fork, the middle one
+               exits) before the server becomes Xvfb: an orphan before it is ready
 If $FAKE_X_REPORT names a file, it writes "pid=...", "daemon=...", "helper=..." lines there.
 """
 
@@ -81,6 +83,21 @@ elif mode == "background":
         os.setsid()
         os.execvp("sleep", ["sleep", "300"])
     report(helper=helper)
+    os.execvp("Xvfb", ["Xvfb", *args[:-1]])
+elif mode == "doublefork":
+    helper_pipe_read, helper_pipe_write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(fd)
+        os.setsid()
+        grandchild = os.fork()
+        if grandchild == 0:
+            os.execvp("sleep", ["sleep", "300"])
+        os.write(helper_pipe_write, str(grandchild).encode())
+        os._exit(0)
+    os.close(helper_pipe_write)
+    report(helper=os.read(helper_pipe_read, 32).decode())
+    os.waitpid(child, 0)  # the middle one is gone: its child is an orphan now
     os.execvp("Xvfb", ["Xvfb", *args[:-1]])
 else:
     sys.exit(f"fake_x_shapes: unknown mode {mode}")

@@ -178,3 +178,27 @@ def test_a_holder_we_may_not_look_at_is_said_to_be_one(as_other_user):
         "(another user's; as root, `ss -xlp` names it); ask for another number or :auto. "
         "Xvfb said: Fatal server error: " in result.stderr
     ), result.stderr
+
+
+@requires_xvfb
+def test_a_helper_the_server_double_forked_is_the_servers_under_start(tmp_path: Path):
+    # Orphaned before the display was ready, so before COMMAND ran: only the server can have
+    # left it. `start -- COMMAND` reports as `run` does.
+    report = tmp_path / "report"
+    result = run_cli(
+        "start",
+        ":auto",
+        "--server",
+        f"{SHAPES} doublefork",
+        "--",
+        "true",
+        env={**os.environ, "FAKE_X_REPORT": str(report)},
+    )
+    assert result.returncode == 0, result.stderr
+    facts = read_report(report)
+    server, helper = int(facts["pid"]), int(facts["helper"])
+    assert not psutil.pid_exists(helper)
+    assert result.stderr.splitlines() == [
+        f"xsupervise: X server pid {server} left 1 process(es) running (pid {helper} sleep); "
+        "stopped them."
+    ], result.stderr

@@ -187,7 +187,7 @@ class ForegroundSupervisor(Events):
     def _on_event(self, core: Session, event: str) -> None:
         server = core.server  # set on "ready" and "restarted"
         if self.lineage is not None and server is not None:
-            self.lineage.note_server(server)
+            self.lineage.note_server(server, command_started=self.command is not None)
         if event == "ready" and server is not None:
             self.announce(server)
             if self.command_argv:

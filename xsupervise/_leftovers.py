@@ -6,7 +6,8 @@ The supervisor of a COMMAND is a subreaper: whatever COMMAND or the X server lea
 kept, best first, and never by a guess:
 
 1. ancestry seen while their parents ran: the X server's descendants (pid and start time) are
-   noted when it becomes ready and when the session begins to stop (``Lineage.snapshot``);
+   noted when it becomes ready and when the session begins to stop (``Lineage.snapshot``),
+   and so are the orphans we adopted before COMMAND started (only the server ran then);
 2. session and process group: the X server runs in a session of its own (and the wm in
    another), COMMAND in ours; a process can leave a session only for a new one (setsid);
 3. environment: COMMAND got ``XAUTHORITY`` naming this session's cookie, the server did not;
@@ -20,7 +21,7 @@ from __future__ import annotations
 import os
 
 from . import _log as log
-from ._pinned import proc_stat, stop_adopted
+from ._pinned import UNREAPED_CHILDREN, _children_of_ours, proc_stat, stop_adopted
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -81,9 +82,15 @@ class Lineage:
         ``side``'s ("X server pid N", "window manager pid N")."""
         self.roots[pid] = side
 
-    def note_server(self, server: LaunchedServer) -> None:
-        """A server of the session is ready: note it, its wm, its cookie and descendants."""
-        self.add_root(server.pid, f"X server pid {server.pid}")
+    def note_server(self, server: LaunchedServer, command_started: bool) -> None:
+        """A server of the session is ready: note it, its wm, its cookie and descendants.
+        Before COMMAND has started, every orphan we adopted came from the server (a helper
+        that double-forked while it started): it is the server's too."""
+        side = f"X server pid {server.pid}"
+        self.add_root(server.pid, side)
+        if not command_started:
+            for pid in _children_of_ours() - UNREAPED_CHILDREN:
+                self._see(pid, side)
         wm = getattr(server, "wm", None)  # the wm setting's window manager (see _wm.py)
         if wm is not None:
             self.add_root(wm.pid, f"window manager pid {wm.pid}")
@@ -94,10 +101,13 @@ class Lineage:
         """Note the living descendants of every root, for once they are orphaned."""
         for root, side in self.roots.items():
             for pid in _descendants(root):
-                stat = proc_stat(pid)
-                if stat is not None:
-                    self.seen[(pid, int(stat[19]))] = side
-                    self.seen_pids[pid] = side
+                self._see(pid, side)
+
+    def _see(self, pid: int, side: str) -> None:
+        stat = proc_stat(pid)
+        if stat is not None:
+            self.seen[(pid, int(stat[19]))] = side
+            self.seen_pids[pid] = side
 
     def side_of(self, pid: int) -> str:
         """Whose ``pid`` is: a root's side, COMMAND, or "" (unknown)."""
