@@ -80,7 +80,7 @@ def who_serves(number: int, our_server: int | None = None) -> tuple[str, bool]:
     started by ``our_server``). Says so when nobody we may look at holds them."""
     inodes = listening_inodes(number)
     if not inodes:
-        return "no process any more (nothing listens as that display now)", False
+        return "a process that has gone since (nothing listens as that display now)", False
     pids = holders(inodes)
     if not pids:
         return (
