@@ -202,3 +202,37 @@ def test_a_helper_the_server_double_forked_is_the_servers_under_start(tmp_path: 
         f"xsupervise: X server pid {server} left 1 process(es) running (pid {helper} sleep); "
         "stopped them."
     ], result.stderr
+
+
+def test_a_leftover_nothing_places_is_of_unknown_origin_not_commands(tmp_path: Path):
+    from xsupervise._leftovers import Lineage
+
+    lineage = Lineage()
+    lineage.add_root(os.getpid() + 10**6, "X server pid 1")  # a root none of these is under
+    lineage.cookie_entry = os.fsencode(f"XAUTHORITY={tmp_path}/cookie")
+    env = {key: value for key, value in os.environ.items() if key != "XAUTHORITY"}
+    # Each in a session of its own (setsid), as a daemon of either side would be.
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True, env=env)
+    commands = subprocess.Popen(
+        ["sleep", "301"],
+        start_new_session=True,
+        env={**env, "XAUTHORITY": f"{tmp_path}/cookie"},
+    )
+    try:
+        ours = subprocess.Popen(["sleep", "302"])  # in our session: COMMAND's
+        try:
+            lineage.note([stranger.pid, commands.pid, ours.pid])
+        finally:
+            ours.kill()
+            ours.wait()
+    finally:
+        for process in (stranger, commands):
+            process.kill()
+            process.wait()
+    first, second = sorted((commands.pid, ours.pid))  # listed by pid
+    assert sorted(lineage.report()) == [
+        f"COMMAND left 2 process(es) running (pid {first} sleep, pid {second} sleep); "
+        "stopped them.",
+        "Something of unknown origin (neither the X server's nor COMMAND's) left 1 process(es) "
+        f"running (pid {stranger.pid} sleep); stopped them.",
+    ]
