@@ -3,6 +3,7 @@ items 4 and 5): the server's own reason, who serves a display instead, whose lef
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import os
 import re
@@ -96,13 +97,29 @@ def test_xorg_log_time_stamps_and_glued_markers_are_dropped():
     )
 
 
-def test_a_server_that_daemonizes_is_named_with_its_daemon(tmp_path: Path, monkeypatch):
+def start_once(server: str, asynchronous: bool) -> None:
+    """Start a display and stop it, through Display or (on an event loop) AsyncDisplay."""
+    if not asynchronous:
+        with xsupervise.Display(server=server, timeout=5):
+            return
+
+    async def main() -> None:
+        async with xsupervise.AsyncDisplay(server=server, timeout=5):
+            return
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["Display", "AsyncDisplay"])
+def test_a_server_that_daemonizes_is_named_with_its_daemon(
+    tmp_path: Path, monkeypatch, asynchronous: bool
+):
     report = tmp_path / "report"
     monkeypatch.setenv("FAKE_X_REPORT", str(report))
     number = free_display_number(start=700)
     try:
         with pytest.raises(xsupervise.NotServing) as failure:
-            xsupervise.Display(server=f"{SHAPES} daemon={number}", timeout=5).start()
+            start_once(f"{SHAPES} daemon={number}", asynchronous)
         facts = read_report(report)
         daemon = int(facts["daemon"])
         line = str(failure.value)
