@@ -83,6 +83,7 @@ class FakeServer:
         self.number: int | None = None
         self.facts = None
         self.output_tail = ""
+        self.output_reason = ""
         self.dies_at: float | None = None  # monotonic time of its death, if scripted
         self.status = -9  # how it dies: SIGKILLed (or exit 1 before ready, see launcher)
         self.exit_status: int | None = None  # once stopped and "reaped"

@@ -241,7 +241,9 @@ def test_what_command_leaves_running_is_stopped_too(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     orphan = int(pidfile.read_text())
     assert not psutil.pid_exists(orphan)
-    assert f"COMMAND left 1 process(es) running (pid {orphan}); stopped them." in result.stderr
+    assert (
+        f"COMMAND left 1 process(es) running (pid {orphan} sleep); stopped them." in result.stderr
+    )
 
 
 @requires_xvfb

@@ -52,6 +52,8 @@ if TYPE_CHECKING:
         @property
         def output_tail(self) -> str: ...  # its last output, once it has been stopped
         @property
+        def output_reason(self) -> str: ...  # its own reason for failing, if it gave one
+        @property
         def facts(self) -> ServerFacts | None: ...
         def stop_steps(self) -> Steps[int]: ...  # TERM, grace, KILL, reap: its exit status
         def kill_now(self) -> None: ...  # SIGKILL and reap, for when no waiting is possible

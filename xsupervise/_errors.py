@@ -88,7 +88,9 @@ class StartError(XSuperviseError):
 
     Attributes carry the facts of the error line: ``server`` (argv[0]), ``pid``,
     ``elapsed`` (seconds since spawn), ``stderr_tail`` (last lines it printed),
-    ``display`` (":N" when it wrote one, else None).
+    ``server_reason`` (its own reason: the line after "Fatal server error:" and its "(EE)"
+    lines, or "" when it gave none), ``display`` (":N" when it wrote one, else None).
+    The line quotes ``server_reason``, and ``stderr_tail`` only when there is no reason.
     """
 
     exit_code = ExitCode.START_FAILED
@@ -103,6 +105,7 @@ class StartError(XSuperviseError):
         stderr_tail: str = "",
         display: str | None = None,
         hint: str = "",
+        server_reason: str = "",
     ):
         self.what = what
         self.server = server
@@ -111,6 +114,7 @@ class StartError(XSuperviseError):
         self.stderr_tail = stderr_tail
         self.display = display
         self.hint = hint
+        self.server_reason = server_reason
         super().__init__(self._line())
 
     def _line(self) -> str:
@@ -121,8 +125,9 @@ class StartError(XSuperviseError):
         )
         if self.hint:
             line += f" {self.hint}"
-        tail = self.stderr_tail or "(nothing)"
-        return f"{line} Its last output: {tail}"
+        if self.server_reason:
+            return f"{line} {self.server} said: {self.server_reason}"
+        return f"{line} Its last output: {self.stderr_tail or '(nothing)'}"
 
 
 class ServerExited(StartError):

@@ -30,7 +30,6 @@ from ._process import (
     shell_status,
     signal_when_parent_dies,
     spawn,
-    stop_adopted,
 )
 from ._session import Session
 from ._settings import Settings
@@ -40,6 +39,7 @@ from ._states import Mode
 TYPE_CHECKING = False  # typing costs the CLI milliseconds to import: only for the checker
 if TYPE_CHECKING:
     from ._clock import LaunchedServer
+    from ._leftovers import Lineage
 
 EXIT_COMMAND_NOT_FOUND = 127
 EXIT_COMMAND_NOT_RUNNABLE = 126
@@ -129,6 +129,7 @@ class ForegroundSupervisor(Events):
         self.command: Child | None = None
         self.exit_code: int | None = None  # set once we are stopping
         self.inbox: SignalInbox | None = None
+        self.lineage: Lineage | None = None  # with COMMAND: whose processes are whose
 
     def run(self) -> int:
         """Supervise until done; return the exit code."""
@@ -143,6 +144,9 @@ class ForegroundSupervisor(Events):
                 return 128 + signal.SIGTERM if self.command_argv else 0
             if self.command_argv:
                 become_subreaper()  # so that what COMMAND leaves behind is ours to stop
+                from ._leftovers import Lineage
+
+                self.lineage = Lineage()
             if os.getpid() == 1:
                 # A container's init: the kernel hands us every orphan in it, and nobody else
                 # reaps them. A Python handler makes SIGCHLD wake our poll loop (through the
@@ -173,19 +177,17 @@ class ForegroundSupervisor(Events):
                     self.notifier.stopping()
                 if self.command is not None and self.command.returncode is None:
                     run_blocking(self.command.stop_steps(self.settings.kill_grace))
-                if self.command_argv:
-                    left = stop_adopted(self.settings.kill_grace)
-                    if left:
-                        log.get().warning(
-                            "COMMAND left %d process(es) running (pid %s); stopped them.",
-                            len(left),
-                            " ".join(map(str, sorted(left))),
-                        )
+                if self.lineage is not None:  # whose is each leftover: see _leftovers
+                    from ._leftovers import stop_leftovers
+
+                    stop_leftovers(self.settings.kill_grace, self.lineage)
         raise AssertionError("a session's steps end only by raising")
 
     # -- what the core tells us --------------------------------------------------------
     def _on_event(self, core: Session, event: str) -> None:
         server = core.server  # set on "ready" and "restarted"
+        if self.lineage is not None and server is not None:
+            self.lineage.note_server(server, command_started=self.command is not None)
         if event == "ready" and server is not None:
             self.announce(server)
             if self.command_argv:
@@ -284,5 +286,7 @@ class ForegroundSupervisor(Events):
 
     def _stopping(self, code: int) -> None:
         self.exit_code = code
+        if self.lineage is not None:
+            self.lineage.snapshot()  # the server's descendants, before it is stopped
         self.notifier.stopping()
         raise _Stop(code)

@@ -10,16 +10,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
 from . import _errors as errors
 from . import _log as log
 from ._notify import child_environment
 from ._paths import RuntimeDir
-from ._process import Offload, Steps, describe_status, spawn
+from ._process import Offload, Steps, spawn
 from ._server import SessionFiles, XServer
 from ._settings import Settings
-from ._stale import bound_abstract_displays
 from ._x11 import DisplayFdError, HandshakeError, read_display_number, server_argv, verify
 
 __all__ = ["SessionFiles", "XServer", "launch_steps"]  # the first two live in _server.py
@@ -130,7 +128,9 @@ def launch_steps(
     except (DisplayFdError, HandshakeError) as exc:
         child.find_program()  # the error names the server, not a namespace's init
         yield from server.stop_steps()
-        raise _start_error(exc, server) from None
+        from ._start_failure import start_error
+
+        raise (yield from start_error(exc, server)) from None
     except GeneratorExit:
         # Closed half-way (the driver gave up on us): no more waiting is possible here.
         server.kill_now()
@@ -148,39 +148,3 @@ def launch_steps(
         server_ticks=child.program_ticks,
     )
     return server
-
-
-def _start_error(exc: DisplayFdError | HandshakeError, server: XServer) -> errors.StartError:
-    kind, what = exc.kind, str(exc)
-    error: type[errors.StartError] = errors.NotServing
-    hint = "Is another program interfering with /tmp/.X11-unix?"
-    if kind == "exited":
-        error, hint = errors.ServerExited, "Check the --server and --screen settings."
-        requested = server.requested_number
-        if requested is not None and requested in bound_abstract_displays():
-            hint = (
-                f"Display :{requested} is already served by another X server; "
-                "ask for another number or :auto."
-            )
-        status = server.exit_status
-        what = (
-            f"{describe_status(status) if status is not None else 'ended'} before it "
-            "wrote a display number"
-        )
-    elif kind == "timeout":
-        error = errors.ReadyTimeout
-        what = f"was not ready within the {server.settings.displayfd_timeout:g} s deadline ({exc})"
-        hint = "If it is just slow, raise --timeout (XSUPERVISE_DISPLAYFD_TIMEOUT)."
-    elif kind == "refused":
-        hint = "Does --server pass its own -auth or access options?"
-    elif kind in ("garbage", "closed"):
-        error, hint = errors.BadDisplayFd, "Is --server an X server that supports -displayfd?"
-    return error(
-        what,
-        server=os.path.basename(server.child.argv[0]),
-        pid=server.pid,
-        elapsed=time.monotonic() - server.child.spawned_at,
-        stderr_tail=server.output_tail,
-        display=server.display,
-        hint=hint,
-    )

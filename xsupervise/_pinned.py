@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ._steps import Wait, poll_ready
 
@@ -143,11 +143,12 @@ def reap_orphans() -> list[int]:
     return reaped
 
 
-def stop_adopted(grace: float) -> list[int]:
+def stop_adopted(grace: float, on_found: Callable[[list[int]], None] | None = None) -> list[int]:
     """SIGTERM every child we still have (all of them orphans we adopted as a subreaper:
     call this after our own children are reaped), SIGKILL those left after ``grace``, reap
     them all. They are unreaped children of ours, so their pids cannot have been reused.
-    Returns the pids that were still running."""
+    ``on_found`` is shown each round's running ones before they are signalled (see
+    _leftovers). Returns the pids that were still running."""
     running: list[int] = []
     for _ in range(3):  # adopted processes may still be forking; a few rounds catch them
         adopted = []
@@ -158,7 +159,10 @@ def stop_adopted(grace: float) -> list[int]:
                 continue
         if not adopted:
             break
-        running += [process.pid for process in adopted if not is_zombie(process.pid)]
+        found = [process.pid for process in adopted if not is_zombie(process.pid)]
+        if on_found is not None:
+            on_found(found)
+        running += found
         for process in adopted:
             process.signal(signal.SIGTERM)  # a zombie ignores it
         for process in wait_exited(adopted, grace):

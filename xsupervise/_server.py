@@ -10,6 +10,7 @@ import time
 from . import _log as log
 from ._paths import RuntimeDir, create_private_file, new_token, remove_file
 from ._process import Child, Steps
+from ._server_output import read_output
 from ._settings import Settings
 from ._stale import remove_dead_socket
 from ._x11 import ServerFacts, xauthority_entry
@@ -19,23 +20,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._records import SessionRecord
 
-_TAIL_BYTES = 4096
 # Seconds kill_now waits for a SIGKILLed server that it cannot wait for asynchronously.
 _KILL_NOW_WAIT = 1.0
-_TAIL_LINES = 3
-
-
-def _output_tail(path: str, since: int = 0) -> str:
-    """The last few non-empty lines the server printed (after offset ``since``), as one line."""
-    try:
-        with open(path, "rb") as stream:
-            stream.seek(0, os.SEEK_END)
-            stream.seek(max(since, stream.tell() - _TAIL_BYTES))
-            text = stream.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return " | ".join(lines[-_TAIL_LINES:])
 
 
 class SessionFiles:
@@ -119,7 +105,8 @@ class XServer:
         self.spawned_wall = time.time()
         self.exit_status: int | None = None
         self.released = False
-        self.output_tail = ""
+        self.output_tail = ""  # its last lines of output, once it has ended
+        self.output_reason = ""  # its own reason for failing, if it gave one (_server_output)
         self.wm: Child | None = None  # the wm setting's window manager, stopped before us
 
     def __repr__(self) -> str:
@@ -214,6 +201,6 @@ class XServer:
             remove_dead_socket(
                 self.number, self.facts.socket_inode if self.facts else None, self.spawned_wall
             )
-        self.output_tail = _output_tail(self.files.log_path, self.log_offset)
+        self.output_reason, self.output_tail = read_output(self.files.log_path, self.log_offset)
         if self.owns_files:
             self.files.remove()

@@ -31,6 +31,7 @@ from ._launcher import SessionFiles, launch_steps
 from ._ledger import Ledger
 from ._paths import RuntimeDir
 from ._process import Wait, describe_status
+from ._server_output import quote
 from ._settings import Settings
 from ._states import Event, Mode, State, transition
 
@@ -219,7 +220,7 @@ class Session:
         uptime = self.clock.monotonic() - self.ready_at
         reason = (
             f"X server {server.display} (pid {server.pid}) {describe_status(status)} after "
-            f"{uptime:.1f} s up. Its last output: {server.output_tail or '(nothing)'}"
+            f"{uptime:.1f} s up. {quote('It', server.output_reason, server.output_tail)}"
         )
         if wm is not None and server.child.pidfd not in ready:  # the wm ended: restart both
             reason = (

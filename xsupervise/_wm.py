@@ -19,7 +19,7 @@ import time
 from . import _errors as errors
 from ._notify import child_environment
 from ._process import Child, describe_status, peer_credentials, spawn
-from ._server import _output_tail
+from ._server_output import read_output
 from ._steps import Wait
 from ._x11 import refusal_reason, served_by, setup_request, socket_path
 
@@ -144,7 +144,7 @@ def start_steps(server: XServer) -> Steps[Child]:
             server=f"window manager {os.path.basename(wm.argv[0])}",
             pid=wm.pid,
             elapsed=time.monotonic() - wm.spawned_at,
-            stderr_tail=_output_tail(server.files.log_path, offset),
+            stderr_tail=read_output(server.files.log_path, offset)[1],
             display=server.display,
             hint="Check the wm setting (a window manager that takes WM_S0, e.g. openbox).",
         ) from None

@@ -14,7 +14,7 @@ import struct
 import time
 from collections.abc import Generator
 
-from ._process import Child, Wait, peer_credentials
+from ._process import Child, Offload, Steps, Wait, peer_credentials
 
 X11_UNIX_DIR = "/tmp/.X11-unix"
 COOKIE_PROTOCOL = b"MIT-MAGIC-COOKIE-1"
@@ -140,8 +140,10 @@ class ServerFacts:
 
 
 class HandshakeError(Exception):
-    def __init__(self, what: str, kind: str = "not-serving"):
-        self.kind = kind  # "not-serving", "refused", "timeout"
+    def __init__(self, what: str, kind: str = "not-serving", holder: str = ""):
+        self.kind = kind  # "not-serving", "stranger", "refused", "timeout"
+        self.holder = holder  # "stranger": who serves the display instead (_display_holder)
+        self.daemonized = False  # "stranger": our server started that process
         super().__init__(what)
 
 
@@ -191,9 +193,7 @@ def parse_setup_reply(reply: bytes) -> tuple[str, int, int, int, int]:
     return vendor, release, width, height, depth
 
 
-def verify(
-    number: int, child: Child, cookie: bytes, deadline: float
-) -> Generator[Wait, set[int], ServerFacts]:
+def verify(number: int, child: Child, cookie: bytes, deadline: float) -> Steps[ServerFacts]:
     """Prove display ``number`` works: our child serves its socket and accepts our cookie."""
     import socket  # here, not at the top: it is not needed before the server is spawned
 
@@ -212,9 +212,18 @@ def verify(
         inode = os.lstat(path).st_ino
         peer = peer_credentials(sock)[0]
         if not served_by(child, peer):
-            raise HandshakeError(
-                f"wrote display number {number} but {path} is served by pid {peer}, not by it"
+            # Named from /proc while our server still runs (SO_PEERCRED names whoever called
+            # listen(), perhaps a process gone since, its pid reused): see _display_holder.
+            from ._display_holder import who_serves
+
+            holder, daemonized = yield Offload(who_serves, number, child.pid)
+            error = HandshakeError(
+                f"wrote display number {number} but {path} is served by another process",
+                kind="stranger",
+                holder=holder,
             )
+            error.daemonized = daemonized
+            raise error
         sock.send(setup_request(cookie))
         reply = b""
         needed = 8

@@ -1,0 +1,255 @@
+"""The lines a user sees when a start fails or a session leaves processes behind (issue 11,
+items 4 and 5): the server's own reason, who serves a display instead, whose leftovers."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+
+import xsupervise
+from conftest import (
+    FAKE_X,
+    TESTS,
+    XSUPERVISE,
+    free_display_number,
+    read_report,
+    requires_xvfb,
+    wait_gone,
+)
+from xsupervise._server_output import server_reason
+
+SHAPES = str(TESTS / "fake_x_shapes.py")
+ELAPSED = r"\(\d+\.\d\d s after start\)"
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*XSUPERVISE, *args], capture_output=True, text=True, timeout=30, env=env)
+
+
+def test_the_fatal_error_and_the_ee_lines_are_quoted_not_the_last_lines(tmp_path: Path):
+    report = tmp_path / "report"
+    result = run_cli(
+        "run",
+        "--server",
+        f"{SHAPES} fatal",
+        "--",
+        "true",
+        env={**os.environ, "FAKE_X_REPORT": str(report)},
+    )
+    pid = read_report(report)["pid"]
+    assert result.returncode == 3
+    assert re.fullmatch(
+        rf"xsupervise: fake_x_shapes\.py \(pid {pid}\) exited with status 1 before it wrote a "
+        rf"display number {ELAPSED}; its process group was stopped and reaped\. Check the "
+        r"--server and --screen settings\. fake_x_shapes\.py said: Fatal server error: fake: "
+        r"no screens found \| fake: open /dev/dri/card0: No such file or directory\n",
+        result.stderr,
+    ), result.stderr
+
+
+def test_ee_lines_alone_are_quoted():
+    with pytest.raises(xsupervise.ServerExited) as failure:
+        xsupervise.Display(server=f"{SHAPES} ee").start()
+    assert failure.value.server_reason == "fake: could not connect to wayland server"
+    assert failure.value.stderr_tail == "(EE) fake: could not connect to wayland server | bye"
+    assert str(failure.value).endswith(
+        "fake_x_shapes.py said: fake: could not connect to wayland server"
+    )
+
+
+def test_without_a_reason_the_last_lines_are_quoted():
+    with pytest.raises(xsupervise.ServerExited) as failure:
+        xsupervise.Display(server=f"{FAKE_X} exit").start()
+    assert failure.value.server_reason == ""
+    assert str(failure.value).endswith("Its last output: fake: cannot open virtual screen")
+
+
+@requires_xvfb
+def test_a_real_xvfb_with_a_bad_option_is_quoted():
+    result = run_cli("run", "--server", "Xvfb -screen 0 bogus", "--", "true")
+    assert result.returncode == 3
+    assert re.fullmatch(
+        rf"xsupervise: Xvfb \(pid \d+\) exited with status 1 before it wrote a display number "
+        rf"{ELAPSED}; its process group was stopped and reaped\. Check the --server and "
+        r"--screen settings\. Xvfb said: Fatal server error: Invalid screen configuration "
+        r"bogus for -screen 0\n",
+        result.stderr,
+    ), result.stderr
+
+
+def test_xorg_log_time_stamps_and_glued_markers_are_dropped():
+    text = (
+        "[    10.1] (EE) open /dev/dri/card0: No such file or directory\n(EE) \n"
+        "Fatal server error:\n(EE) no screens found(EE) \n(EE) \n"
+        '(EE) Please also check the log file at "/var/log/Xorg.0.log".\n(EE) \n'
+        "(EE) Server terminated with error (1). Closing log file.\n"
+    )
+    assert server_reason(text) == (
+        "Fatal server error: no screens found | open /dev/dri/card0: No such file or directory"
+    )
+
+
+def start_once(server: str, asynchronous: bool) -> None:
+    """Start a display and stop it, through Display or (on an event loop) AsyncDisplay."""
+    if not asynchronous:
+        with xsupervise.Display(server=server, timeout=5):
+            return
+
+    async def main() -> None:
+        async with xsupervise.AsyncDisplay(server=server, timeout=5):
+            return
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["Display", "AsyncDisplay"])
+def test_a_server_that_daemonizes_is_named_with_its_daemon(
+    tmp_path: Path, monkeypatch, asynchronous: bool
+):
+    report = tmp_path / "report"
+    monkeypatch.setenv("FAKE_X_REPORT", str(report))
+    number = free_display_number(start=700)
+    try:
+        with pytest.raises(xsupervise.NotServing) as failure:
+            start_once(f"{SHAPES} daemon={number}", asynchronous)
+        facts = read_report(report)
+        daemon = int(facts["daemon"])
+        line = str(failure.value)
+        assert re.fullmatch(
+            rf"fake_x_shapes\.py \(pid {facts['pid']}\) wrote display number {number} but "
+            rf"/tmp/\.X11-unix/X{number} is served by another process: pid {daemon} \(user "
+            rf"{getpass.getuser()}: \S*python3? {re.escape(SHAPES)} -displayfd \S+ -nolisten "
+            r"tcp -noreset [^)]*\) "
+            rf"{ELAPSED}; its process group was stopped and reaped\. That process was started "
+            r"by the server but left its process group \(the server daemonizes\): run it in the "
+            r"foreground\. Its last output: \(nothing\)",
+            line,
+        ), line
+    finally:
+        facts = read_report(report)
+        if "daemon" in facts:  # outside the server's group: ours to stop here
+            os.kill(int(facts["daemon"]), signal.SIGTERM)
+            assert wait_gone(int(facts["daemon"]), 5)
+
+
+@requires_xvfb
+def test_leftovers_are_told_apart_the_servers_and_commands(tmp_path: Path):
+    report = tmp_path / "report"
+    pids = tmp_path / "pids"
+    result = run_cli(
+        "run",
+        "--server",
+        f"{SHAPES} background",
+        "--",
+        "sh",
+        "-c",
+        f"sleep 100 & echo $! > {pids}; setsid sleep 101 & echo $! >> {pids}; exit 0",
+        env={**os.environ, "FAKE_X_REPORT": str(report)},
+    )
+    assert result.returncode == 0, result.stderr
+    facts = read_report(report)
+    server, helper = int(facts["pid"]), int(facts["helper"])
+    background, detached = map(int, pids.read_text().split())
+    for pid in (helper, background, detached):
+        assert not psutil.pid_exists(pid)
+    assert result.stderr.splitlines() == [
+        f"xsupervise: X server pid {server} left 1 process(es) running (pid {helper} sleep); "
+        "stopped them.",
+        f"xsupervise: COMMAND left 2 process(es) running (pid {background} sleep, pid "
+        f"{detached} sleep); stopped them.",
+    ], result.stderr
+
+
+@requires_xvfb
+@pytest.mark.root("it runs as uid 65534")
+def test_a_holder_we_may_not_look_at_is_said_to_be_one(as_other_user):
+    import shutil
+    import tempfile
+
+    prefix, staged = as_other_user
+    runtime = tempfile.mkdtemp(prefix="xsupervise-other-")  # outside pytest's 0700 tree
+    os.chown(runtime, 65534, 65534)
+    try:
+        with xsupervise.Display() as root_display:
+            taken = root_display.display
+            result = subprocess.run(
+                [*prefix, "-m", "xsupervise", "start", taken],
+                env={**staged, "XDG_RUNTIME_DIR": runtime, "HOME": runtime},
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+    finally:
+        shutil.rmtree(runtime)
+    assert result.returncode == 3, result.stderr
+    assert (
+        f"Display {taken} is already served by a process we may not look at "
+        "(another user's; as root, `ss -xlp` names it); ask for another number or :auto. "
+        "Xvfb said: Fatal server error: " in result.stderr
+    ), result.stderr
+
+
+@requires_xvfb
+def test_a_helper_the_server_double_forked_is_the_servers_under_start(tmp_path: Path):
+    # Orphaned before the display was ready, so before COMMAND ran: only the server can have
+    # left it. `start -- COMMAND` reports as `run` does.
+    report = tmp_path / "report"
+    result = run_cli(
+        "start",
+        ":auto",
+        "--server",
+        f"{SHAPES} doublefork",
+        "--",
+        "true",
+        env={**os.environ, "FAKE_X_REPORT": str(report)},
+    )
+    assert result.returncode == 0, result.stderr
+    facts = read_report(report)
+    server, helper = int(facts["pid"]), int(facts["helper"])
+    assert not psutil.pid_exists(helper)
+    assert result.stderr.splitlines() == [
+        f"xsupervise: X server pid {server} left 1 process(es) running (pid {helper} sleep); "
+        "stopped them."
+    ], result.stderr
+
+
+def test_a_leftover_nothing_places_is_of_unknown_origin_not_commands(tmp_path: Path):
+    from xsupervise._leftovers import Lineage
+
+    lineage = Lineage()
+    lineage.add_root(os.getpid() + 10**6, "X server pid 1")  # a root none of these is under
+    lineage.cookie_entry = os.fsencode(f"XAUTHORITY={tmp_path}/cookie")
+    env = {key: value for key, value in os.environ.items() if key != "XAUTHORITY"}
+    # Each in a session of its own (setsid), as a daemon of either side would be.
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True, env=env)
+    commands = subprocess.Popen(
+        ["sleep", "301"],
+        start_new_session=True,
+        env={**env, "XAUTHORITY": f"{tmp_path}/cookie"},
+    )
+    try:
+        ours = subprocess.Popen(["sleep", "302"])  # in our session: COMMAND's
+        try:
+            lineage.note([stranger.pid, commands.pid, ours.pid])
+        finally:
+            ours.kill()
+            ours.wait()
+    finally:
+        for process in (stranger, commands):
+            process.kill()
+            process.wait()
+    first, second = sorted((commands.pid, ours.pid))  # listed by pid
+    assert sorted(lineage.report()) == [
+        f"COMMAND left 2 process(es) running (pid {first} sleep, pid {second} sleep); "
+        "stopped them.",
+        "Something of unknown origin (neither the X server's nor COMMAND's) left 1 process(es) "
+        f"running (pid {stranger.pid} sleep); stopped them.",
+    ]

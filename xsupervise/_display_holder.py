@@ -1,0 +1,91 @@
+"""Who serves a display number: the processes holding its listening sockets, from /proc.
+
+Never by connecting or by SO_PEERCRED alone: SO_PEERCRED names whoever called listen(),
+which for a server that listened and then forked (daemonized) is a process long gone, its
+pid perhaps reused. The listening sockets named ``/tmp/.X11-unix/X<n>`` (or the abstract
+``@/tmp/.X11-unix/X<n>``) come from ``/proc/net/unix``, their holders from ``/proc/PID/fd``
+(``_holder.holders``), as they are now. A process we may not look at is said to be one.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ._holder import holders
+
+_ACCEPTCON = 0x10000  # /proc/net/unix Flags: a listening socket
+_COMMAND_CHARS = 120
+
+
+def listening_inodes(number: int) -> set[int]:
+    """Inodes of the sockets listening as display ``number`` (path or abstract)."""
+    names = {f"/tmp/.X11-unix/X{number}", f"@/tmp/.X11-unix/X{number}"}
+    found = set()
+    try:
+        with open("/proc/net/unix", "rb") as table:
+            next(table, None)  # the header
+            for line in table:
+                fields = line.rstrip(b"\n").split(None, 7)
+                listening = len(fields) == 8 and int(fields[3], 16) & _ACCEPTCON
+                if listening and os.fsdecode(fields[7]) in names:
+                    found.add(int(fields[6]))
+    except OSError:
+        pass
+    return found
+
+
+def _user(pid: int) -> str:
+    import pwd
+
+    try:
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return "?"
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _command(pid: int) -> str:
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        command = " ".join(process.cmdline()) or process.name()
+    except psutil.Error:
+        return "?"
+    if len(command) > _COMMAND_CHARS:
+        command = command[: _COMMAND_CHARS - 3] + "..."
+    return command
+
+
+def started_by(pid: int, ancestor: int) -> bool:
+    """``ancestor`` is among ``pid``'s living ancestors (its parent, the parent's parent...)."""
+    import psutil
+
+    try:
+        return any(parent.pid == ancestor for parent in psutil.Process(pid).parents())
+    except psutil.Error:
+        return False
+
+
+def describe_process(pid: int) -> str:
+    """'pid 123 (user alice: Xvfb :5 -nolisten tcp)'."""
+    return f"pid {pid} (user {_user(pid)}: {_command(pid)})"
+
+
+def who_serves(number: int, our_server: int | None = None) -> tuple[str, bool]:
+    """(who holds display ``number``'s listening sockets, as words; whether one of them was
+    started by ``our_server``). Says so when nobody we may look at holds them."""
+    inodes = listening_inodes(number)
+    if not inodes:
+        return "a process that has gone since (nothing listens as that display now)", False
+    pids = holders(inodes)
+    if not pids:
+        return (
+            "a process we may not look at (another user's; as root, `ss -xlp` names it)",
+            False,
+        )
+    ours = our_server is not None and any(started_by(pid, our_server) for pid in pids)
+    return " and ".join(describe_process(pid) for pid in pids), ours
