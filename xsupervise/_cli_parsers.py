@@ -31,16 +31,9 @@ def _add_display_options(parser: argparse.ArgumentParser, with_name: bool = True
     group = parser.add_argument_group(
         "display options (flag > XSUPERVISE_* variable > config file)"
     )
-    group.add_argument(
-        "--server",
-        metavar="CMD",
-        help="X server command, e.g. 'Xephyr' (XSUPERVISE_SERVER; default: Xvfb)",
-    )
-    group.add_argument(
-        "--screen",
-        metavar="WxHxD",
-        help="screen geometry (XSUPERVISE_SCREEN; default: 1280x1024x24)",
-    )
+    from ._cli_servers import add_server_options
+
+    add_server_options(group)  # --server, --screen, --glx, --vnc-listen
     group.add_argument(
         "--timeout",
         metavar="SECONDS",

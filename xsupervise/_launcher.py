@@ -17,10 +17,11 @@ from . import _log as log
 from ._notify import child_environment
 from ._paths import RuntimeDir
 from ._process import Offload, Steps, describe_status, spawn
+from ._profiles import plan_launch
 from ._server import SessionFiles, XServer
 from ._settings import Settings
 from ._stale import bound_abstract_displays
-from ._x11 import DisplayFdError, HandshakeError, read_display_number, server_argv, verify
+from ._x11 import DisplayFdError, HandshakeError, read_display_number, verify
 
 __all__ = ["SessionFiles", "XServer", "launch_steps"]  # the first two live in _server.py
 
@@ -52,7 +53,11 @@ def launch_steps(
         log_fd = os.open(files.log_path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
         log_offset = os.lseek(log_fd, 0, os.SEEK_END)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        argv = server_argv(settings.server, number, write_fd, files.auth_path, settings.screen)
+        plan = plan_launch(settings, number, write_fd, files)  # a profile or a raw command
+        argv = plan.argv
+        companion = None  # Xwayland's compositor, started first (see _profiles.Companion)
+        if plan.companion is not None:
+            companion = yield from plan.companion.start_steps(settings, files)
     except BaseException:
         for fd in (log_fd, read_fd, write_fd):
             if fd >= 0:
@@ -63,7 +68,7 @@ def launch_steps(
     try:
         child = spawn(
             argv,
-            env=child_environment(),
+            env=child_environment(plan.env),
             pass_fds=(write_fd,),
             stdin=subprocess.DEVNULL,
             stdout=log_fd,
@@ -72,13 +77,16 @@ def launch_steps(
         )
     except OSError as exc:
         os.close(read_fd)
+        if companion is not None:
+            companion.signal(signal.SIGKILL)
+            companion.reap_within(settings.kill_grace)
         if owns_files:
             files.remove()
         if isinstance(exc, FileNotFoundError):
             where = "does not exist" if "/" in argv[0] else "was not found on PATH"
             raise errors.ServerNotFound(
-                f"X server {argv[0]!r} {where}; install it (Debian: apt-get install xvfb) or "
-                "name another with --server."
+                f"X server {argv[0]!r} {where}; install it (Debian: apt-get install "
+                f"{plan.package or 'xvfb'}) or name another with --server."
             ) from None
         raise errors.EnvironmentProblem(
             f"cannot start X server {argv[0]!r}: {exc.strerror}; "
@@ -89,6 +97,7 @@ def launch_steps(
         os.close(log_fd)
     deadline = child.spawned_at + settings.displayfd_timeout
     server = XServer(child, settings, files, owns_files, log_offset, number)
+    server.companion = companion
     try:
         # Everything up to the first wait runs while the server initialises (~50 ms): the
         # imports and files here cost nothing a user would notice.
@@ -103,6 +112,7 @@ def launch_steps(
             server_argv=argv,
             display=None,
             socket_inode=None,
+            vnc=plan.vnc,
         )
         # Both may block (a server that resists SIGTERM, connect() probes): off the loop.
         if reclaim:
