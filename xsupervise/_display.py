@@ -140,6 +140,11 @@ class Display:
         return self._ready().auth_path
 
     @property
+    def vnc(self) -> str | None:
+        """The xvnc profile's VNC endpoint, ``unix:PATH`` or ``HOST:PORT``; else None."""
+        return self._ready().vnc
+
+    @property
     def facts(self) -> ServerFacts:
         """Vendor and screen geometry, from the server's handshake reply."""
         return self._ready().facts  # type: ignore[return-value]

@@ -97,7 +97,7 @@ def launch_steps(
         os.close(log_fd)
     deadline = child.spawned_at + settings.displayfd_timeout
     server = XServer(child, settings, files, owns_files, log_offset, number)
-    server.companion = companion
+    server.companion, server.vnc = companion, plan.vnc
     try:
         # Everything up to the first wait runs while the server initialises (~50 ms): the
         # imports and files here cost nothing a user would notice.

@@ -110,6 +110,7 @@ class XServer:
         self.output_tail = ""
         self.wm: Child | None = None  # the wm setting's window manager, stopped before us
         self.companion: Child | None = None  # a profile's (Xwayland's weston), stopped after
+        self.vnc: str | None = None  # the xvnc profile's VNC endpoint (see _vnc.py)
 
     def __repr__(self) -> str:
         return f"<XServer {self.display or '(no display yet)'} {self.child!r}>"
