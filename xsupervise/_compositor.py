@@ -22,7 +22,7 @@ from . import _errors as errors
 from ._notify import child_environment
 from ._paths import ensure_private_dir, remove_file
 from ._process import Child, describe_status, spawn
-from ._profiles import Companion
+from ._profiles import Companion, check_socket_path
 from ._steps import Wait
 
 TYPE_CHECKING = False
@@ -60,6 +60,7 @@ class Weston(Companion):
     def __init__(self, width: int, height: int, directory: str):
         self.width, self.height = width, height
         self.runtime = os.path.join(directory, "wayland")
+        check_socket_path(os.path.join(self.runtime, SOCKET), "weston's Wayland socket")
 
     def argv(self) -> list[str]:
         return [

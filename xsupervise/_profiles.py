@@ -109,6 +109,17 @@ class Companion:
         raise NotImplementedError
 
 
+_SUN_PATH_MAX = 107  # bytes of a unix socket's path (sun_path is 108, with its NUL)
+
+
+def check_socket_path(path: str, what: str) -> None:
+    if len(os.fsencode(path)) > _SUN_PATH_MAX:
+        raise errors.EnvironmentProblem(
+            f"{what} would be {path}, longer than a unix socket's path may be "
+            f"({_SUN_PATH_MAX} bytes); point XDG_RUNTIME_DIR at a shorter directory."
+        )
+
+
 def session_dir(files: SessionFiles) -> str:
     """The session's private directory for a profile's files (removed with the session)."""
     path = files.runtime.session_dir(files.token)

@@ -16,6 +16,7 @@ import socket
 
 from . import _errors as errors
 from . import _log as log
+from ._profiles import check_socket_path
 
 _FIRST_PORT, _LAST_PORT = 5900, 5999
 SOCKET_NAME = "vnc.sock"
@@ -24,6 +25,7 @@ SOCKET_NAME = "vnc.sock"
 def vnc_args(listen: str | None, directory: str) -> tuple[list[str], str]:
     """(Xvnc's arguments, the endpoint we report: ``unix:PATH`` or ``HOST:PORT``)."""
     path = os.path.join(directory, SOCKET_NAME)
+    check_socket_path(path, "the VNC socket")
     args = ["-rfbunixpath", path, "-rfbunixmode", "0600", "-SecurityTypes", "None"]
     if listen is None:
         return ["-rfbport", "-1", *args], f"unix:{path}"
