@@ -269,8 +269,7 @@ def add_serve(commands: Subparsers) -> None:
         "(xsupervise.socket). SIGHUP re-reads the config; SIGTERM stops everything.",
         epilog="example config (/etc/xsupervise/config.toml, or $XDG_CONFIG_HOME/xsupervise/"
         'config.toml):\n  [session.main]\n  display = ":99"\n  screen = '
-        '"1920x1080x24"\n\n  [session.vnc]\n  server = "Xvnc -localhost -SecurityTypes VncAuth '
-        '-PasswordFile /etc/xsupervise/vncpasswd"\n'
+        '"1920x1080x24"\n\n  [session.vnc]\n  server = "xvnc"\n'
         "  start_limit_burst = 3\n\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
