@@ -2,6 +2,7 @@
 """Time to a ready display: xsupervise against raw Xvfb, PyVirtualDisplay, xvfbwrapper, xvfb-run.
 
     .venv/bin/python bench/startup.py [--rounds N]
+    .venv/bin/python bench/startup.py --profiles [--rounds N]   (per server profile: profiles.py)
 
 Each round runs every contender once, in a fresh random order, so that the noise of a busy
 machine falls on all of them alike instead of on whichever happened to run during a burst.
@@ -232,7 +233,19 @@ def remove_stale_x11_files(before: dict[str, str]) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument(
+        "--profiles",
+        action="store_true",
+        help="time each server profile (and xvfb with glx = false) against the same server "
+        "started by hand with the same flags",
+    )
     args = parser.parse_args()
+    if args.profiles:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from profiles import run as run_profiles
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        return run_profiles(args.rounds)
 
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     # A pip-installed package has its bytecode compiled at install time; an editable checkout
