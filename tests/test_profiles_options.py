@@ -236,3 +236,20 @@ def test_xwayland_stops_before_its_compositor(short_runtime: Path):
         weston.resume()
         assert process.wait(timeout=20) == 0
         assert wait_gone(weston.pid, 5)
+
+
+def test_glx_and_vnc_listen_values():
+    assert load_settings({"glx": "off"}, environ={}).glx is False
+    assert load_settings({}, environ={"XSUPERVISE_GLX": "1"}).glx is True
+    assert load_settings({}, environ={}).glx is True
+    assert load_settings({"vnc_listen": "[::1]:5901"}, environ={}).vnc_listen == "[::1]:5901"
+    for field, bad in (("glx", "maybe"), ("vnc_listen", "127.0.0.1:99999"), ("vnc_listen", ":1")):
+        with pytest.raises(xsupervise.UsageError, match=f"--{field.replace('_', '-')}="):
+            load_settings({field: bad}, environ={})
+
+
+def test_a_missing_profile_binary_names_its_package():
+    done = cli("run", "--server", "xvnc", "--", "true", env={**os.environ, "PATH": "/nonexistent"})
+    assert done.returncode == 5
+    assert done.stderr.count("\n") == 1
+    assert "apt-get install tigervnc-standalone-server" in done.stderr
