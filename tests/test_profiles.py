@@ -176,3 +176,22 @@ def test_python_api(profile: str, host_env: dict[str, str], monkeypatch: pytest.
         assert (display.vnc is not None) == (profile == "xvnc")
         pid = display.server_pid
     assert wait_gone(pid, 1.0)
+
+
+@pytest.mark.parametrize("profile", PARAMS)
+def test_async_api(profile: str, host_env: dict[str, str], monkeypatch: pytest.MonkeyPatch):
+    import asyncio
+
+    for key in ("DISPLAY", "XAUTHORITY"):
+        if key in host_env:
+            monkeypatch.setenv(key, host_env[key])
+
+    async def check() -> int:
+        async with xsupervise.AsyncDisplay(server=profile, screen=SCREEN) as display:
+            assert f"{display.facts.width}x{display.facts.height}x{display.facts.depth}" == SCREEN
+            assert (display.vnc is not None) == (profile == "xvnc")
+            shown = xdpyinfo(host_env, display.display, display.xauthority)
+            assert shown.returncode == 0, shown.stderr
+            return int(display.server_pid)
+
+    assert wait_gone(asyncio.run(check()), 1.0)

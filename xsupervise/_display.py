@@ -280,3 +280,4 @@ class AsyncDisplay:
     server_pid = property(lambda self: self._display.server_pid)
     xauthority = property(lambda self: self._display.xauthority)
     facts = property(lambda self: self._display.facts, doc=Display.facts.__doc__)
+    vnc = property(lambda self: self._display.vnc, doc=Display.vnc.__doc__)

@@ -199,7 +199,7 @@ def parse_display(request: str | int | None) -> int | None:
 
 def default_session_name(number: int | None, server: tuple[str, ...]) -> str:
     """The restart-budget key when --name is not given: the display request, the server's
-    program name and a checksum of its whole command, e.g. 'auto-Xvfb-1c291ca3'."""
+    program name and a checksum of its whole command, e.g. 'auto-xvfb-1c291ca3'."""
     import zlib
 
     request = "auto" if number is None else str(number)
