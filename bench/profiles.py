@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 
 import xsupervise
+from xsupervise._compositor import Weston
 from xsupervise._paths import RuntimeDir
 from xsupervise._profiles import PROFILES, plan_launch
 from xsupervise._server import SessionFiles
@@ -74,20 +75,21 @@ def by_hand(settings: Settings) -> float:
     try:
         plan = plan_launch(settings, None, w, files)
         env = {**os.environ, **plan.env}
-        quiet = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL}
         t0 = time.perf_counter()
         if plan.companion is not None:  # weston, as _compositor.Weston runs it
             weston = plan.companion
-            socket_path = os.path.join(weston.runtime, "wayland-0")  # type: ignore[attr-defined]
-            os.makedirs(weston.runtime, mode=0o700, exist_ok=True)  # type: ignore[attr-defined]
-            weston_env = {**os.environ, "XDG_RUNTIME_DIR": weston.runtime}  # type: ignore[attr-defined]
+            assert isinstance(weston, Weston)
+            socket_path = os.path.join(weston.runtime, "wayland-0")
+            os.makedirs(weston.runtime, mode=0o700, exist_ok=True)
+            weston_env = {**os.environ, "XDG_RUNTIME_DIR": weston.runtime}
             weston_env.pop("WAYLAND_DISPLAY", None)
             procs.append(
                 subprocess.Popen(
-                    weston.argv(),  # type: ignore[attr-defined]
+                    weston.argv(),
                     env=weston_env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
-                    **quiet,  # type: ignore[arg-type]
                 )
             )
             while not os.path.exists(socket_path):
@@ -97,8 +99,9 @@ def by_hand(settings: Settings) -> float:
                 plan.argv,
                 env=env,
                 pass_fds=(w,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                **quiet,  # type: ignore[arg-type]
             )
         )
         os.close(w)
