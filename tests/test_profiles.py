@@ -195,3 +195,20 @@ def test_async_api(profile: str, host_env: dict[str, str], monkeypatch: pytest.M
             return int(display.server_pid)
 
     assert wait_gone(asyncio.run(check()), 1.0)
+
+
+@pytest.mark.parametrize("profile", PARAMS)
+def test_another_geometry_is_honoured_or_refused(profile: str, host_env: dict[str, str]):
+    done = subprocess.run(
+        [*XSUPERVISE, "run", "--server", profile, "--screen", "800x600x16", "--", "xdpyinfo"],
+        env=host_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if profile == "xwayland":  # Xwayland's root window is always 24 bits deep
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert "cannot honour --screen 800x600x16" in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
+        assert geometry(done.stdout) == "800x600x16"
