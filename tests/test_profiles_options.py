@@ -253,3 +253,36 @@ def test_a_missing_profile_binary_names_its_package():
     assert done.returncode == 5
     assert done.stderr.count("\n") == 1
     assert "apt-get install tigervnc-standalone-server" in done.stderr
+
+
+@needs("xorg-dummy")
+@pytest.mark.root("runs xorg-dummy as uid 65534")
+def test_xorg_dummy_runs_unprivileged(as_other_user: tuple[list[str], dict[str, str]]):
+    prefix, env = as_other_user
+    runtime = tempfile.mkdtemp(prefix="xs-", dir="/tmp")
+    try:
+        os.chown(runtime, 65534, 65534)
+        done = subprocess.run(
+            [
+                *prefix,
+                "-m",
+                "xsupervise",
+                "run",
+                "--server",
+                "xorg-dummy",
+                "--screen",
+                "800x600x24",
+                "--",
+                "xdpyinfo",
+            ],
+            env={**env, "XDG_RUNTIME_DIR": runtime, "HOME": runtime},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        # The Xorg binary itself: no Xorg.wrap console check, -config at an absolute path.
+        assert done.returncode == 0, done.stderr
+        assert "800x600 pixels" in done.stdout
+        assert os.listdir(os.path.join(runtime, "xsupervise", "sessions")) == []
+    finally:
+        shutil.rmtree(runtime)
