@@ -51,26 +51,40 @@ def add_servers(commands: Subparsers) -> None:
     servers.add_argument("--json", action="store_true", help="one JSON array")
 
 
-def version(binary: str) -> str | None:
-    """The server's version line (``X -version`` prints it on stderr), or None."""
+def _output(argv: list[str]) -> str:
     import subprocess
 
     try:
         done = subprocess.run(
-            [binary, "-version"],
+            argv,
             capture_output=True,
             timeout=_VERSION_TIMEOUT,
             stdin=subprocess.DEVNULL,
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    for line in (done.stderr + done.stdout).decode("utf-8", "replace").splitlines():
+        return ""
+    return (done.stderr + done.stdout).decode("utf-8", "replace")
+
+
+def version(binary: str) -> str | None:
+    """The server's version line (``X -version``, on stderr); Xvfb and Xephyr have no
+    -version: then the version of the package that installed it (dpkg, else rpm)."""
+    for line in _output([binary, "-version"]).splitlines():
         if line.startswith("X Protocol"):
             continue
         if any(word in line for word in ("X Server", "Version", "TigerVNC")):
             return line.strip()
-    return None
+    import os
+
+    path = os.path.realpath(binary)
+    owner = _output(["dpkg-query", "-S", path]).partition(":")[0].strip()
+    if owner and " " not in owner:
+        found = _output(["dpkg-query", "-W", "-f=${Version}", owner]).strip()
+        if found:
+            return f"{owner} {found} (package)"
+    found = _output(["rpm", "-qf", path]).strip()
+    return f"{found} (package)" if found and " " not in found else None
 
 
 def profile_rows() -> list[dict[str, object]]:
@@ -79,17 +93,16 @@ def profile_rows() -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for profile in PROFILES.values():
         binary = profile.binary()
-        needs = [binary] if binary else []
-        if profile.name == "xwayland":
+        installed = binary is not None
+        if profile.name == "xwayland":  # and its compositor
             import shutil
 
-            weston = shutil.which("weston")
-            binary = binary if weston else None
+            installed = installed and shutil.which("weston") is not None
         rows.append(
             {
                 "profile": profile.name,
-                "installed": binary is not None,
-                "binary": binary or (needs[0] if needs else profile.binaries[0]),
+                "installed": installed,
+                "binary": binary or profile.binaries[0],
                 "version": version(binary) if binary else None,
                 "package": profile.package,
                 "summary": profile.summary,
