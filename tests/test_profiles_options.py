@@ -287,3 +287,33 @@ def test_xorg_dummy_runs_unprivileged(as_other_user: tuple[list[str], dict[str, 
         assert os.listdir(os.path.join(runtime, "xsupervise", "sessions")) == []
     finally:
         shutil.rmtree(runtime)
+
+
+@needs("xvnc")
+def test_the_daemon_reports_the_vnc_endpoint(short_runtime: Path):
+    from test_serve import Daemon, Notifications
+
+    notifications = Notifications(short_runtime.parent / "notify.sock")
+    daemon = Daemon(short_runtime.parent, notifications)
+    try:
+        notifications.until("READY")
+        with daemon.client() as client:
+            session = client.start(":auto", name="vnc", server="xvnc")
+            assert session["vnc"].startswith(f"unix:{short_runtime}")
+            assert [entry["vnc"] for entry in client.status("vnc")] == [session["vnc"]]
+            assert [entry["vnc"] for entry in client.list()] == [session["vnc"]]
+            client.stop(name="vnc")
+    finally:
+        status = daemon.stop()
+        notifications.close()
+        assert status == 0, daemon.output()
+
+
+@needs("xvnc")
+def test_start_prints_the_vnc_endpoint_beside_display(short_runtime: Path):
+    with start_cli("start", "--server", "xvnc") as process:
+        lines = [read_line(process.stdout) for _ in range(3)]
+        assert lines[0].startswith("DISPLAY=:") and lines[1].startswith("XAUTHORITY=")
+        assert lines[2].startswith(f"VNC=unix:{short_runtime}")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
