@@ -8,7 +8,8 @@ warning: a path under the user's own home, which no other user can create first,
 name in the shared /tmp.
 
 Inside it: ``sessions/<token>.json`` (a running session's record), ``<token>.xauth`` (its
-cookie) and ``<token>.log`` (its X server's output). Files are created 0600 with O_EXCL and
+cookie), ``<token>.log`` (its X server's output) and, for some server profiles, a directory
+``<token>.d`` (see _profiles.py). Files are created 0600 with O_EXCL and
 O_NOFOLLOW so that nothing planted there can be followed or reused.
 """
 
