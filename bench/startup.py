@@ -2,6 +2,7 @@
 """Time to a ready display: xsupervise against raw Xvfb, PyVirtualDisplay, xvfbwrapper, xvfb-run.
 
     .venv/bin/python bench/startup.py [--rounds N]
+    .venv/bin/python bench/startup.py --profiles [--rounds N]   (per server profile: profiles.py)
 
 xsupervise.Display and `xsupervise run -- true` also run under each containment mechanism
 this machine offers (XSUPERVISE_CONTAINMENT=group, pidns, cgroup), side by side: the
@@ -274,7 +275,19 @@ def remove_stale_x11_files(before: dict[str, str]) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument(
+        "--profiles",
+        action="store_true",
+        help="time each server profile (and xvfb with glx = false) against the same server "
+        "started by hand with the same flags",
+    )
     args = parser.parse_args()
+    if args.profiles:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from profiles import run as run_profiles
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        return run_profiles(args.rounds)
 
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     # A pip-installed package has its bytecode compiled at install time; an editable checkout

@@ -32,6 +32,7 @@ import pytest
 from conftest import XSUPERVISE, read_line, requires_xvfb, start_cli
 from xsupervise import _errors
 from xsupervise._cli import _build_parser  # the CLI's parser builder
+from xsupervise._profiles import DEFAULT_SCREEN
 from xsupervise._settings import FIELDS, env_name, flag_name
 
 ROOT = Path(__file__).parent.parent
@@ -284,11 +285,16 @@ def test_settings_table_matches_the_settings() -> None:
         key = key.strip("`")
         assert (flag, env) == (f"`{flag_name(key)}`", f"`{env_name(key)}`"), key
         value = FIELDS[key]
-        if value == ():  # a setting that is off unless given (wm)
+        if key == "screen":  # None in the code: each profile's default, one for all
+            assert value is None
+            value = DEFAULT_SCREEN
+        if value == () or value is None:  # a setting that is off unless given (wm)
             assert default == "none", f"{key}: docs say {default}, code: none"
             continue
         shown = (
-            " ".join(value)
+            str(value).lower()
+            if isinstance(value, bool)
+            else " ".join(value)
             if isinstance(value, tuple)
             else f"{value:g}"
             if isinstance(value, float)

@@ -40,7 +40,7 @@ def test_flag_beats_environment_beats_file_beats_default(tmp_path: Path):
     assert settings.displayfd_timeout == 2.0  # flag
     assert settings.screen == "1024x768x24"  # environment (the flag was not given)
     assert settings.kill_grace == 3.0  # file
-    assert settings.server == ("Xvfb",)  # default
+    assert settings.server == ("xvfb",)  # default: the xvfb profile
 
 
 def test_explicit_config_file_and_server_command_words(tmp_path: Path):
@@ -204,9 +204,10 @@ def test_every_command_refuses_an_unknown_key_as_serve_does(tmp_path: Path, comm
 
 
 KNOWN = {
-    False: "server, screen, displayfd_timeout, kill_grace, wm, backoff_initial, backoff_max, "
-    "reset_after, start_limit_burst, start_limit_interval, failed_cooldown, [session.NAME] "
-    "and [pool.NAME] tables.",
-    True: "display, server, screen, displayfd_timeout, kill_grace, wm, backoff_initial, "
-    "backoff_max, reset_after, start_limit_burst, start_limit_interval, failed_cooldown.",
+    False: "server, screen, glx, vnc_listen, displayfd_timeout, kill_grace, wm, "
+    "backoff_initial, backoff_max, reset_after, start_limit_burst, start_limit_interval, "
+    "failed_cooldown, [session.NAME] and [pool.NAME] tables.",
+    True: "display, server, screen, glx, vnc_listen, displayfd_timeout, kill_grace, wm, "
+    "backoff_initial, backoff_max, reset_after, start_limit_burst, start_limit_interval, "
+    "failed_cooldown.",
 }

@@ -227,11 +227,17 @@ def server_problem(server: str | None) -> str | None:
         files = (os.path.join(home, "xsupervise", "config.toml"), "/etc/xsupervise/config.toml")
         if os.environ.get("XSUPERVISE_CONFIG") or any(map(os.path.exists, files)):
             return None
-        command = "Xvfb"
+        command = "xvfb"
     try:
         program = shlex.split(command)[0]
     except (ValueError, IndexError):
         return None  # xsupervise names what is wrong with it
+    from ._profiles import PROFILES
+
+    if program in PROFILES:  # a profile: its binary (xsupervise names a missing companion)
+        if PROFILES[program].binary() is None:
+            return f"server profile {program} needs {PROFILES[program].binaries[0]}, not installed"
+        return None
     if shutil.which(program) is None:
         return f"X server {program!r} is not installed (not found on PATH nor as a file)"
     return None

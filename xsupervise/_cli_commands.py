@@ -69,6 +69,7 @@ def _supervise(args: argparse.Namespace) -> int:
                 "name": name,
                 "vendor": facts.vendor,
                 "screen": f"{facts.width}x{facts.height}x{facts.depth}",
+                "vnc": getattr(server, "vnc", None),  # the xvnc profile's endpoint
             },
             args.json,
         )
@@ -99,7 +100,8 @@ def _print_display(facts: dict[str, object], as_json: bool) -> None:
 
         print(json.dumps(facts), flush=True)
     else:
-        print(f"DISPLAY={facts['display']}\nXAUTHORITY={facts['xauthority']}", flush=True)
+        vnc = f"\nVNC={facts['vnc']}" if facts.get("vnc") else ""  # the xvnc profile's
+        print(f"DISPLAY={facts['display']}\nXAUTHORITY={facts['xauthority']}{vnc}", flush=True)
 
 
 def _daemon(args: argparse.Namespace) -> Client | None:
@@ -173,6 +175,7 @@ def list_(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"{record.display or '-':8} {record.state:9} {record.kind:6} "
             f"{record.supervisor_pid:>10} {record.server_pid or '-':>8} "
             f"{int(now - record.started_at):>7}s  {record.name}"
+            + (f"  vnc {record.vnc}" if record.vnc else "")
         )
         if record.abandoned:
             print(f"  {record.display or record.name} abandoned: {record.abandoned}")

@@ -31,16 +31,9 @@ def _add_display_options(parser: argparse.ArgumentParser, with_name: bool = True
     group = parser.add_argument_group(
         "display options (flag > XSUPERVISE_* variable > config file)"
     )
-    group.add_argument(
-        "--server",
-        metavar="CMD",
-        help="X server command, e.g. 'Xephyr' (XSUPERVISE_SERVER; default: Xvfb)",
-    )
-    group.add_argument(
-        "--screen",
-        metavar="WxHxD",
-        help="screen geometry (XSUPERVISE_SCREEN; default: 1280x1024x24)",
-    )
+    from ._cli_servers import add_server_options
+
+    add_server_options(group)  # --server, --screen, --glx, --vnc-listen
     group.add_argument(
         "--timeout",
         metavar="SECONDS",
@@ -276,8 +269,7 @@ def add_serve(commands: Subparsers) -> None:
         "(xsupervise.socket). SIGHUP re-reads the config; SIGTERM stops everything.",
         epilog="example config (/etc/xsupervise/config.toml, or $XDG_CONFIG_HOME/xsupervise/"
         'config.toml):\n  [session.main]\n  display = ":99"\n  screen = '
-        '"1920x1080x24"\n\n  [session.vnc]\n  server = "Xvnc -localhost -SecurityTypes VncAuth '
-        '-PasswordFile /etc/xsupervise/vncpasswd"\n'
+        '"1920x1080x24"\n\n  [session.vnc]\n  server = "xvnc"\n'
         "  start_limit_burst = 3\n\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -140,6 +140,11 @@ class Display:
         return self._ready().auth_path
 
     @property
+    def vnc(self) -> str | None:
+        """The xvnc profile's VNC endpoint, ``unix:PATH`` or ``HOST:PORT``; else None."""
+        return self._ready().vnc
+
+    @property
     def facts(self) -> ServerFacts:
         """Vendor and screen geometry, from the server's handshake reply."""
         return self._ready().facts  # type: ignore[return-value]
@@ -275,3 +280,4 @@ class AsyncDisplay:
     server_pid = property(lambda self: self._display.server_pid)
     xauthority = property(lambda self: self._display.xauthority)
     facts = property(lambda self: self._display.facts, doc=Display.facts.__doc__)
+    vnc = property(lambda self: self._display.vnc, doc=Display.vnc.__doc__)

@@ -16,9 +16,10 @@ from . import _log as log
 from ._notify import child_environment
 from ._paths import RuntimeDir
 from ._process import Offload, Steps, spawn
+from ._profiles import plan_launch
 from ._server import SessionFiles, XServer
 from ._settings import Settings
-from ._x11 import DisplayFdError, HandshakeError, read_display_number, server_argv, verify
+from ._x11 import DisplayFdError, HandshakeError, read_display_number, verify
 
 __all__ = ["SessionFiles", "XServer", "launch_steps"]  # the first two live in _server.py
 
@@ -46,6 +47,7 @@ def launch_steps(
             runtime, name or (f":{number}" if number is not None else "auto"), kind
         )
     log_fd = read_fd = write_fd = -1
+    boundary = None
     try:
         files.create()  # the cookie and log appear now, just before the first spawn
         log_fd = os.open(files.log_path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -58,18 +60,24 @@ def launch_steps(
         # In a PID namespace the pipe goes in as stdin and the server finds it as fd 3.
         inside = boundary.namespace is not None
         displayfd = NS_DISPLAYFD if inside else write_fd
-        argv = server_argv(settings.server, number, displayfd, files.auth_path, settings.screen)
+        plan = plan_launch(settings, number, displayfd, files)  # a profile or a raw command
+        argv = plan.argv
+        companion = None  # Xwayland's compositor, started first (see _profiles.Companion)
+        if plan.companion is not None:
+            companion = yield from plan.companion.start_steps(settings, files)
     except BaseException:
         for fd in (log_fd, read_fd, write_fd):
             if fd >= 0:
                 os.close(fd)
+        if boundary is not None:
+            boundary.remove()  # a cgroup made for a spawn that never came
         if owns_files:
             files.remove()
         raise
     try:
         child = spawn(
             argv,
-            env=child_environment(),
+            env=child_environment(plan.env),
             pass_fds=() if inside else (write_fd,),
             stdin=write_fd if inside else subprocess.DEVNULL,
             stdout=log_fd,
@@ -79,13 +87,16 @@ def launch_steps(
         )
     except OSError as exc:
         os.close(read_fd)
+        if companion is not None:
+            companion.signal(signal.SIGKILL)
+            companion.reap_within(settings.kill_grace)
         if owns_files:
             files.remove()
         if isinstance(exc, FileNotFoundError):
             where = "does not exist" if "/" in argv[0] else "was not found on PATH"
             raise errors.ServerNotFound(
-                f"X server {argv[0]!r} {where}; install it (Debian: apt-get install xvfb) or "
-                "name another with --server."
+                f"X server {argv[0]!r} {where}; install it (Debian: apt-get install "
+                f"{plan.package or 'xvfb'}) or name another with --server."
             ) from None
         raise errors.EnvironmentProblem(
             f"cannot start X server {argv[0]!r}: {exc.strerror}; "
@@ -96,6 +107,7 @@ def launch_steps(
         os.close(log_fd)
     deadline = child.spawned_at + settings.displayfd_timeout
     server = XServer(child, settings, files, owns_files, log_offset, number)
+    server.companion, server.vnc = companion, plan.vnc
     try:
         # Everything up to the first wait runs while the server initialises (~50 ms): the
         # imports and files here cost nothing a user would notice.
@@ -111,6 +123,7 @@ def launch_steps(
             cgroup=child.boundary.cgroup if child.boundary else None,
             display=None,
             socket_inode=None,
+            vnc=plan.vnc,
         )
         # Both may block (a server that resists SIGTERM, connect() probes): off the loop.
         if reclaim:

@@ -26,6 +26,7 @@ class LeasedServer:
         width, height, depth = (int(part) for part in lease["screen"].split("x"))
         self.facts = ServerFacts(lease["vendor"], 0, width, height, depth, 0)
         self.exit_status: int | None = None  # "not running" once released, as for XServer
+        self.vnc: str | None = lease.get("vnc")  # the xvnc profile's endpoint
 
     def __repr__(self) -> str:
         return f"<LeasedServer :{self.number} lease {self.lease['lease']}>"

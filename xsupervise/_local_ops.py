@@ -99,6 +99,7 @@ def session_status(
                 if record.state in ("backoff", "failed")
                 else None,
                 "failed_since": history.failed_at,
+                "vnc": record.vnc,
             }
         )
     seen = {entry["name"] for entry in entries}
@@ -128,6 +129,7 @@ def session_status(
                 "uptime": None,
                 "next_retry_at": retry,
                 "failed_since": history.failed_at,
+                "vnc": None,
             }
         )
     if target is not None:
@@ -164,6 +166,8 @@ def format_status(entry: StatusEntry, now: float) -> str:
         parts.append(
             f"supervisor pid {entry['supervisor_pid']}, server pid {entry['server_pid'] or '-'}"
         )
+    if entry.get("vnc"):
+        parts.append(f"vnc {entry['vnc']}")
     if entry["last_failure"]:
         parts.append(f"last failure: {entry['last_failure']}")
     return "  ".join(parts)

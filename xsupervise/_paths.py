@@ -8,7 +8,8 @@ warning: a path under the user's own home, which no other user can create first,
 name in the shared /tmp.
 
 Inside it: ``sessions/<token>.json`` (a running session's record), ``<token>.xauth`` (its
-cookie) and ``<token>.log`` (its X server's output). Files are created 0600 with O_EXCL and
+cookie), ``<token>.log`` (its X server's output) and, for some server profiles, a directory
+``<token>.d`` (see _profiles.py). Files are created 0600 with O_EXCL and
 O_NOFOLLOW so that nothing planted there can be followed or reused.
 """
 
@@ -148,10 +149,20 @@ class RuntimeDir:
     def log_path(self, token: str) -> str:
         return os.path.join(self.sessions, f"{token}.log")
 
+    def session_dir(self, token: str) -> str:
+        """A server profile's files (xorg.conf, Xorg's log, the VNC socket, Wayland's runtime
+        directory): see _profiles.py."""
+        return os.path.join(self.sessions, f"{token}.d")
+
     def remove_session(self, token: str) -> None:
         """Remove every file of one session: record, cookie, log (whichever exist)."""
         for path in (self.record_path(token), self.auth_path(token), self.log_path(token)):
             remove_file(path)
+        extra = self.session_dir(token)
+        if os.path.isdir(extra) and not os.path.islink(extra):
+            import shutil  # only sessions of a profile with files of its own have one
+
+            shutil.rmtree(extra, ignore_errors=True)  # never follows a symlink inside
 
     def tokens(self) -> set[str]:
         """The tokens of every session file here (records, cookies, logs)."""
@@ -160,7 +171,9 @@ class RuntimeDir:
         except FileNotFoundError:
             return set()
         return {
-            name.rsplit(".", 1)[0] for name in names if name.endswith((".json", ".xauth", ".log"))
+            name.rsplit(".", 1)[0]
+            for name in names
+            if name.endswith((".json", ".xauth", ".log", ".d"))
         }
 
     def record_paths(self) -> Iterator[str]:

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         uptime: float | None  # seconds, when ready
         next_retry_at: float | None  # wall time, in backoff or FAILED
         failed_since: float | None  # wall time
+        vnc: str | None  # the xvnc profile's VNC endpoint
 
 
 MAX_LINE = 64 * 1024  # bytes in one request line, newline included
@@ -116,6 +117,7 @@ START_REPLY = (
     "supervisor_pid",
     "vendor",
     "screen",
+    "vnc",
 )
 
 OPS: dict[str, Op] = {
@@ -219,4 +221,5 @@ def display_reply(name: str, server: LaunchedServer) -> Reply:
         "supervisor_pid": os.getpid(),
         "vendor": facts.vendor,
         "screen": f"{facts.width}x{facts.height}x{facts.depth}",
+        "vnc": getattr(server, "vnc", None),  # the xvnc profile's endpoint (an XServer's)
     }

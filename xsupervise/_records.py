@@ -45,6 +45,7 @@ class SessionRecord:
         "last_failure": None,
         "next_retry_at": None,
         "ready_at": None,
+        "vnc": None,  # the xvnc profile's VNC endpoint: "unix:PATH" or "HOST:PORT"
     }
     __slots__ = tuple(FIELDS)
     token: str
@@ -67,6 +68,7 @@ class SessionRecord:
     last_failure: str | None
     next_retry_at: float | None
     ready_at: float | None
+    vnc: str | None
 
     def __init__(self, **values: object):
         unknown = set(values) - set(self.FIELDS)

@@ -108,6 +108,8 @@ class XServer:
         self.output_tail = ""  # its last lines of output, once it has ended
         self.output_reason = ""  # its own reason for failing, if it gave one (_server_output)
         self.wm: Child | None = None  # the wm setting's window manager, stopped before us
+        self.companion: Child | None = None  # a profile's (Xwayland's weston), stopped after
+        self.vnc: str | None = None  # the xvnc profile's VNC endpoint (see _vnc.py)
 
     def __repr__(self) -> str:
         return f"<XServer {self.display or '(no display yet)'} {self.child!r}>"
@@ -165,6 +167,8 @@ class XServer:
             self.exit_status = yield from self.child.stop_steps(
                 self.settings.kill_grace, self._warn_escalation, self._warn_stuck
             )
+            if self.companion is not None:  # after its server: Xwayland, then weston
+                yield from self.companion.stop_steps(self.settings.kill_grace)
         except GeneratorExit:
             self.kill_now()  # closed while waiting: no more yielding is possible
             raise
@@ -186,6 +190,12 @@ class XServer:
             else:
                 self.child.clear_boundary_now(_KILL_NOW_WAIT)
             self.release()
+        self._kill_companion()
+
+    def _kill_companion(self) -> None:
+        if self.companion is not None and self.companion.returncode is None:
+            self.companion.signal(signal.SIGKILL)  # its server is gone: nothing to serve
+            self.companion.reap_within(_KILL_NOW_WAIT)
 
     def release(self) -> None:
         """Once the server has ended: reap it (if it has) and remove what it leaves behind."""
@@ -194,6 +204,8 @@ class XServer:
         if self.wm is not None and self.wm.returncode is None:
             self.wm.signal(signal.SIGKILL)  # its display is gone: nothing left to manage
             self.wm.reap_within(_KILL_NOW_WAIT)
+        if self.exit_status is not None and not self.released:
+            self._kill_companion()  # its server is gone: the next start makes a new one
         if self.released:
             return
         self.released = True

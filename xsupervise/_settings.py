@@ -11,7 +11,15 @@ from collections.abc import Mapping
 
 from ._errors import UsageError
 from ._policy import DEFAULTS as POLICY_DEFAULTS
-from ._values import _command, _count, _optional_command, _positive_seconds, _screen
+from ._values import (
+    _bool,
+    _command,
+    _count,
+    _listen,
+    _optional_command,
+    _positive_seconds,
+    _screen,
+)
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
 if TYPE_CHECKING:
@@ -25,10 +33,14 @@ SYSTEM_CONFIG = "/etc/xsupervise/config.toml"
 
 # name -> default; parsers for text values are in _PARSERS below.
 FIELDS: dict[str, object] = {
-    # The X server command: a program on PATH and optional extra arguments.
-    "server": ("Xvfb",),
-    # Screen geometry handed to the server.
-    "screen": "1280x1024x24",
+    # The X server: a profile name (see _profiles.py) or a raw command, with extra arguments.
+    "server": ("xvfb",),
+    # Screen geometry, WxHxD; None: the profile's default (1280x1024x24). Not for raw commands.
+    "screen": None,
+    # The GLX extension (OpenGL clients need it); False adds -extension GLX (faster start).
+    "glx": True,
+    # xvnc: also listen on this TCP ADDR[:PORT], unauthenticated (None: a private unix socket).
+    "vnc_listen": None,
     # How long the server may take to write its display number and answer.
     "displayfd_timeout": 10.0,
     # How long a server may take to exit after SIGTERM before it gets SIGKILL.
@@ -49,7 +61,9 @@ class Settings:
     __slots__ = tuple(FIELDS)
     # (Annotations only, for type checkers: the slots above are the attributes.)
     server: tuple[str, ...]
-    screen: str
+    screen: str | None
+    glx: bool
+    vnc_listen: str | None
     displayfd_timeout: float
     kill_grace: float
     wm: tuple[str, ...]
@@ -87,6 +101,8 @@ class Settings:
 _PARSERS: dict[str, Callable[[object], object]] = {
     "server": _command,
     "screen": _screen,
+    "glx": _bool,
+    "vnc_listen": _listen,
     "displayfd_timeout": _positive_seconds,
     "kill_grace": _positive_seconds,
     "wm": _optional_command,
@@ -183,7 +199,7 @@ def parse_display(request: str | int | None) -> int | None:
 
 def default_session_name(number: int | None, server: tuple[str, ...]) -> str:
     """The restart-budget key when --name is not given: the display request, the server's
-    program name and a checksum of its whole command, e.g. 'auto-Xvfb-1c291ca3'."""
+    program name and a checksum of its whole command, e.g. 'auto-xvfb-1c291ca3'."""
     import zlib
 
     request = "auto" if number is None else str(number)

@@ -41,3 +41,23 @@ def _count(value: object) -> int:
     if not 1 <= number <= 1000:
         raise ValueError("must be a whole number from 1 to 1000")
     return number
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError("must be true or false (also on/off, yes/no, 1/0)")
+
+
+def _listen(value: object) -> str:
+    from ._vnc import split_listen
+
+    text = str(value).strip()
+    split_listen(text)  # raises ValueError with the expected form
+    return text

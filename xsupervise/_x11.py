@@ -31,27 +31,16 @@ def lock_path(number: int) -> str:
     return f"/tmp/.X{number}-lock"
 
 
-def screen_args(server: str, screen: str) -> list[str]:
-    """Each server spells its geometry differently."""
-    width, height, depth = screen.split("x")
-    name = os.path.basename(server)
-    if name == "Xephyr":
-        return ["-screen", f"{width}x{height}x{depth}"]
-    if name in ("Xvnc", "Xtigervnc"):
-        return ["-geometry", f"{width}x{height}", "-depth", depth]
-    if name == "Xorg":
-        return []  # Xorg takes its geometry from its configuration
-    return ["-screen", "0", screen]
-
-
 def server_argv(
-    server: tuple[str, ...], number: int | None, displayfd: int, auth_path: str, screen: str
+    server: tuple[str, ...], number: int | None, displayfd: int, auth_path: str
 ) -> list[str]:
+    """What every server gets: the display (None: -displayfd lets it choose), -displayfd,
+    -nolisten tcp and -auth; then the command's own arguments. A profile adds its own
+    (see _profiles.py); a raw --server command gets only these."""
     argv = [server[0]]
     if number is not None:
         argv.append(f":{number}")
-    argv += ["-displayfd", str(displayfd), "-nolisten", "tcp", "-noreset", "-auth", auth_path]
-    argv += screen_args(server[0], screen)
+    argv += ["-displayfd", str(displayfd), "-nolisten", "tcp", "-auth", auth_path]
     argv += server[1:]
     return argv
 

@@ -1,0 +1,102 @@
+"""The xvnc profile's VNC endpoint: private by default, wider only when asked.
+
+By default TigerVNC listens on no TCP port at all (``-rfbport -1``) but on a unix socket in
+the session's private directory, mode 0600 (``-rfbunixpath``, ``-rfbunixmode``): only our
+user can reach it, which is its authentication (the kernel checks it, so ``-SecurityTypes
+None`` on it is safe). ``--vnc-listen ADDR[:PORT]`` adds an unauthenticated TCP listener on
+ADDR, with a warning: a free port from 5900 up unless PORT is given; a PORT that is taken is
+refused before the start, naming the process that holds it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+
+from . import _errors as errors
+from . import _log as log
+from ._profiles import check_socket_path
+
+_FIRST_PORT, _LAST_PORT = 5900, 5999
+SOCKET_NAME = "vnc.sock"
+
+
+def vnc_args(listen: str | None, directory: str) -> tuple[list[str], str]:
+    """(Xvnc's arguments, the endpoint we report: ``unix:PATH`` or ``HOST:PORT``)."""
+    path = os.path.join(directory, SOCKET_NAME)
+    check_socket_path(path, "the VNC socket")
+    args = ["-rfbunixpath", path, "-rfbunixmode", "0600", "-SecurityTypes", "None"]
+    if listen is None:
+        return ["-rfbport", "-1", *args], f"unix:{path}"
+    host, port = split_listen(listen)
+    port = _free_port(host, port)
+    endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    log.get().warning(
+        "VNC listens on %s without authentication (--vnc-listen): anyone who can reach it "
+        "can see and control the display.",
+        endpoint,
+    )
+    return ["-rfbport", str(port), "-interface", host, *args], endpoint
+
+
+def split_listen(listen: str) -> tuple[str, int | None]:
+    """'ADDR', 'ADDR:PORT', '[V6]' or '[V6]:PORT' -> (address, port or None)."""
+    host, port = listen, ""
+    if listen.startswith("["):
+        host, _, rest = listen[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif listen.count(":") == 1:
+        host, port = listen.split(":")
+    if not host or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+        raise ValueError("must look like ADDR or ADDR:PORT, e.g. 127.0.0.1:5901")
+    return host, int(port) if port else None
+
+
+def _free_port(host: str, port: int | None) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for candidate in [port] if port else range(_FIRST_PORT, _LAST_PORT + 1):
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, candidate))
+                return candidate
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise errors.UsageError(
+                        f"--vnc-listen {host}: no interface of this machine has that address."
+                    ) from None
+                if port is None:
+                    continue  # taken: the next one
+                why = f"taken{_holder(port)}" if exc.errno == errno.EADDRINUSE else exc.strerror
+                raise errors.EnvironmentProblem(
+                    f"VNC port {host}:{port} cannot be used: {why}; choose another with "
+                    "--vnc-listen ADDR:PORT, or leave the port out to take a free one."
+                ) from None
+    raise errors.EnvironmentProblem(
+        f"no free VNC port on {host} from {_FIRST_PORT} to {_LAST_PORT}; "
+        "name one with --vnc-listen ADDR:PORT."
+    )
+
+
+def _holder(port: int) -> str:
+    """' by pid N (comm)' for the process listening on TCP ``port``, from /proc; '' unknown."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as stream:
+                next(stream)
+                for line in stream:
+                    fields = line.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(f"socket:[{fields[9]}]")
+        except OSError:
+            continue
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    with open(f"/proc/{pid}/comm") as comm:
+                        return f" by pid {pid} ({comm.read().strip()})"
+        except OSError:
+            continue
+    return " (by a process we cannot see)" if inodes else ""
