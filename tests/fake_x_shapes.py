@@ -32,12 +32,29 @@ def report(**facts):
                 stream.write(f"{key}={value}\n")
 
 
+def host_pid(pid=None):
+    """``pid`` (ours if None) as the test sees it: /proc is the host's, also inside a PID
+    namespace, where os.getpid() and fork() give the namespace's numbers."""
+    if pid is None:
+        return int(os.readlink("/proc/self"))
+    ours = os.readlink("/proc/self/ns/pid")
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/status") as stream:
+                nspid = next(line for line in stream if line.startswith("NSpid:")).split()
+            if int(nspid[-1]) == int(pid) and os.readlink(f"/proc/{name}/ns/pid") == ours:
+                return int(name)
+        except (OSError, ValueError, StopIteration):
+            continue
+    return pid
+
+
 def hang():
     while True:
         signal.pause()
 
 
-report(pid=os.getpid())
+report(pid=host_pid())
 if mode == "fatal":
     err = sys.stderr
     err.write("(EE) fake: open /dev/dri/card0: No such file or directory\n")
@@ -73,7 +90,7 @@ elif mode.startswith("daemon="):
         hang()
     os.close(ready_write)
     os.read(ready_read, 1)  # it listens
-    report(daemon=daemon)
+    report(daemon=host_pid(daemon))
     os.write(fd, f"{number}\n".encode())
     hang()
 elif mode == "background":
@@ -82,7 +99,7 @@ elif mode == "background":
         os.close(fd)
         os.setsid()
         os.execvp("sleep", ["sleep", "300"])
-    report(helper=helper)
+    report(helper=host_pid(helper))
     os.execvp("Xvfb", ["Xvfb", *args[:-1]])
 elif mode == "doublefork":
     helper_pipe_read, helper_pipe_write = os.pipe()
@@ -96,7 +113,7 @@ elif mode == "doublefork":
         os.write(helper_pipe_write, str(grandchild).encode())
         os._exit(0)
     os.close(helper_pipe_write)
-    report(helper=os.read(helper_pipe_read, 32).decode())
+    report(helper=host_pid(os.read(helper_pipe_read, 32).decode()))
     os.waitpid(child, 0)  # the middle one is gone: its child is an orphan now
     os.execvp("Xvfb", ["Xvfb", *args[:-1]])
 else:

@@ -171,3 +171,48 @@ def test_the_next_command_sweeps_what_a_killed_supervisor_left(
         assert "abandoned" in shown.stdout and f"supervisor pid {supervisor} died" in shown.stdout
     subprocess.run([*XSUPERVISE, "clean"], env=env, check=True, capture_output=True, timeout=30)
     assert list((runtime_dir / "sessions").iterdir()) == []
+
+
+def test_what_a_command_left_is_swept_after_its_supervisor_is_killed(
+    tmp_path: Path, runtime_dir: Path
+):
+    """COMMAND keeps the caller's terminal and signals, outside the server's boundary: what it
+    leaves when its supervisor is SIGKILLed carries the session's cookie path, and the next
+    command stops it (and nothing that merely has a parent of its own)."""
+    import ctypes
+
+    pids = tmp_path / "pids"
+    script = f"sleep 300 & echo $! > {pids}; echo started; wait"
+    # As on a machine without a subreaper above us: the orphan goes to init (pid 1).
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl(36, 0, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER off (tests/conftest.py turns it on)
+    try:
+        _kill_a_supervisor_of(script, pids, tmp_path, runtime_dir)
+    finally:
+        prctl(36, 1, 0, 0, 0)
+
+
+def _kill_a_supervisor_of(script: str, pids: Path, tmp_path: Path, runtime_dir: Path) -> None:
+    with start_cli("start", "--", "sh", "-c", script) as process:
+        while read_line(process.stdout).strip() != "started":  # after start's own lines
+            pass
+        orphan = int(pids.read_text())
+        process.kill()
+        process.wait()
+    assert not wait_gone(orphan, 0.2)  # COMMAND (sh) died with its supervisor, not its child
+    bystander = subprocess.Popen(  # the display's env, but a parent that lives: not ours
+        ["sleep", "301"], env={**os.environ, "XAUTHORITY": _auth_path(runtime_dir)}
+    )
+    try:
+        subprocess.run([*XSUPERVISE, "list"], check=True, capture_output=True, timeout=30)
+        assert wait_gone(orphan, 1.0)
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+    subprocess.run([*XSUPERVISE, "clean"], check=True, capture_output=True, timeout=30)
+
+
+def _auth_path(runtime_dir: Path) -> str:
+    (cookie,) = (runtime_dir / "sessions").glob("*.xauth")
+    return str(cookie)

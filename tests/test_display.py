@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -77,7 +78,7 @@ def test_taken_number_fails_with_the_servers_own_words():
         # The holder is named from /proc (pid, user, command), not guessed.
         assert (
             f"Display {first.display} is already served by pid {first.server_pid} "
-            f"(user {getpass.getuser()}: Xvfb -displayfd " in line
+            f"(user {getpass.getuser()}: {shutil.which('Xvfb')} -displayfd " in line
         ), line
         assert line.endswith(
             "Xvfb said: Fatal server error: Cannot establish any listening sockets - "
@@ -156,7 +157,8 @@ def test_a_number_served_by_someone_else_is_a_failure():
         line = str(failure.value)
         assert (
             f"wrote display number {real.number} but /tmp/.X11-unix/X{real.number} is served "
-            f"by another process: pid {real.server_pid} (user {getpass.getuser()}: Xvfb " in line
+            f"by another process: pid {real.server_pid} "
+            f"(user {getpass.getuser()}: {shutil.which('Xvfb')} " in line
         ), line
         assert "Stop that process, or ask for another number or :auto." in line, line
         assert xdpyinfo(real.env).returncode == 0

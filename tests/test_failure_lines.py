@@ -24,6 +24,7 @@ from conftest import (
     requires_xvfb,
     wait_gone,
 )
+from xsupervise import _containment
 from xsupervise._server_output import server_reason
 
 SHAPES = str(TESTS / "fake_x_shapes.py")
@@ -42,7 +43,7 @@ def test_the_fatal_error_and_the_ee_lines_are_quoted_not_the_last_lines(tmp_path
         f"{SHAPES} fatal",
         "--",
         "true",
-        env={**os.environ, "FAKE_X_REPORT": str(report)},
+        env={**os.environ, "FAKE_X_REPORT": str(report), "XSUPERVISE_CONTAINMENT": "group"},
     )
     pid = read_report(report)["pid"]
     assert result.returncode == 3
@@ -116,6 +117,9 @@ def test_a_server_that_daemonizes_is_named_with_its_daemon(
 ):
     report = tmp_path / "report"
     monkeypatch.setenv("FAKE_X_REPORT", str(report))
+    # The fallback boundary, where the daemon outlives its server (see test_containment.py
+    # for the others, where it does not).
+    monkeypatch.setenv("XSUPERVISE_CONTAINMENT", "group")
     number = free_display_number(start=700)
     try:
         with pytest.raises(xsupervise.NotServing) as failure:
@@ -127,7 +131,7 @@ def test_a_server_that_daemonizes_is_named_with_its_daemon(
             rf"fake_x_shapes\.py \(pid {facts['pid']}\) wrote display number {number} but "
             rf"/tmp/\.X11-unix/X{number} is served by another process: pid {daemon} \(user "
             rf"{getpass.getuser()}: \S*python3? {re.escape(SHAPES)} -displayfd \S+ -nolisten "
-            r"tcp -noreset [^)]*\) "
+            r"tcp [^)]*\) "
             rf"{ELAPSED}; its process group was stopped and reaped\. That process was started "
             r"by the server but left its process group \(the server daemonizes\): run it in the "
             r"foreground\. Its last output: \(nothing\)",
@@ -141,7 +145,12 @@ def test_a_server_that_daemonizes_is_named_with_its_daemon(
 
 
 @requires_xvfb
-def test_leftovers_are_told_apart_the_servers_and_commands(tmp_path: Path):
+@pytest.mark.parametrize("kind", ["group", "pidns"])
+def test_leftovers_are_told_apart_the_servers_and_commands(tmp_path: Path, kind: str):
+    """In the fallback the server's leftover reaches the supervisor and is named as the
+    server's; in a PID namespace it never does (the namespace ends with the server)."""
+    if kind == "pidns" and _containment._namespace_prefix() is None:
+        pytest.skip("no PID namespace can be made here")
     report = tmp_path / "report"
     pids = tmp_path / "pids"
     result = run_cli(
@@ -152,7 +161,7 @@ def test_leftovers_are_told_apart_the_servers_and_commands(tmp_path: Path):
         "sh",
         "-c",
         f"sleep 100 & echo $! > {pids}; setsid sleep 101 & echo $! >> {pids}; exit 0",
-        env={**os.environ, "FAKE_X_REPORT": str(report)},
+        env={**os.environ, "FAKE_X_REPORT": str(report), "XSUPERVISE_CONTAINMENT": kind},
     )
     assert result.returncode == 0, result.stderr
     facts = read_report(report)
@@ -160,9 +169,12 @@ def test_leftovers_are_told_apart_the_servers_and_commands(tmp_path: Path):
     background, detached = map(int, pids.read_text().split())
     for pid in (helper, background, detached):
         assert not psutil.pid_exists(pid)
-    assert result.stderr.splitlines() == [
+    servers = [
         f"xsupervise: X server pid {server} left 1 process(es) running (pid {helper} sleep); "
-        "stopped them.",
+        "stopped them."
+    ]
+    assert result.stderr.splitlines() == [
+        *(servers if kind == "group" else []),
         f"xsupervise: COMMAND left 2 process(es) running (pid {background} sleep, pid "
         f"{detached} sleep); stopped them.",
     ], result.stderr
@@ -200,7 +212,8 @@ def test_a_holder_we_may_not_look_at_is_said_to_be_one(as_other_user):
 @requires_xvfb
 def test_a_helper_the_server_double_forked_is_the_servers_under_start(tmp_path: Path):
     # Orphaned before the display was ready, so before COMMAND ran: only the server can have
-    # left it. `start -- COMMAND` reports as `run` does.
+    # left it. `start -- COMMAND` reports as `run` does. (In the fallback boundary: in a PID
+    # namespace the helper never reaches the supervisor.)
     report = tmp_path / "report"
     result = run_cli(
         "start",
@@ -209,7 +222,7 @@ def test_a_helper_the_server_double_forked_is_the_servers_under_start(tmp_path: 
         f"{SHAPES} doublefork",
         "--",
         "true",
-        env={**os.environ, "FAKE_X_REPORT": str(report)},
+        env={**os.environ, "FAKE_X_REPORT": str(report), "XSUPERVISE_CONTAINMENT": "group"},
     )
     assert result.returncode == 0, result.stderr
     facts = read_report(report)

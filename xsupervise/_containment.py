@@ -57,19 +57,21 @@ NS_DISPLAYFD = 3  # in a namespace the server's -displayfd is 3 (the pipe arrive
 #   times 20 ms. Only then does it exit with the server's status: teardown waits for every
 #   process of the session, not only the first.
 # - the server, pid 2 there, with the pipe as fd 3 and /dev/null as stdin.
-# dash names fds 0-9 only: hence the pipe as stdin, moved to fd 3 before any fork.
+# dash names fds 0-9 only: hence the pipe as stdin, moved to fd 3 before any fork. Once
+# they have started their child, both shells send their own stderr to /dev/null: the log is
+# the server's ("Terminated", a shell's note on a job killed by a signal, is not).
 _NS_GRACE_STEPS = 100
 _WAIT = 'while :; do wait "$1"; s=$?; kill -0 "$1" 2>/dev/null || break; done; '
 _INIT = (
     "trap 'kill -TERM -1 2>/dev/null' TERM; trap : INT HUP; "
-    '"$@" & c=$!; exec 3>&-; set -- "$c"; ' + _WAIT + "kill -TERM -1 2>/dev/null; n=0; "
+    '"$@" & c=$!; exec 3>&- 2>/dev/null; set -- "$c"; ' + _WAIT + "kill -TERM -1 2>/dev/null; n=0; "
     "while kill -0 -1 2>/dev/null; do n=$((n+1)); "
     f'[ "$n" -gt {_NS_GRACE_STEPS} ] && kill -KILL -1 2>/dev/null; sleep 0.02; done; exit "$s"'
 )
 _OUTSIDE = (
     "trap 'kill -TERM \"$i\" 2>/dev/null' TERM; trap : INT HUP; exec 3<&0 0</dev/null; "
     'init=$1; shift; setpriv --pdeathsig KILL -- /bin/sh -c "$init" xsupervise-init "$@" & '
-    'i=$!; exec 3>&-; set -- "$i"; ' + _WAIT + 'exit "$s"'
+    'i=$!; exec 3>&- 2>/dev/null; set -- "$i"; ' + _WAIT + 'exit "$s"'
 )
 _probed: dict[str, object] = {}
 
@@ -199,22 +201,28 @@ def choose(label: str) -> Boundary:
 
 
 def program_pid(outside: int) -> int | None:
-    """In a PID namespace: the pid (in ours) of the program the init runs, i.e. the child of
-    ``outside``'s child; None if it is not (or no longer) there. Reads /proc (there is no
-    /proc/PID/task/*/children on every kernel), the likely pids first."""
+    """In a PID namespace: the pid (in ours) of the program the init runs, i.e. pid 2 of the
+    namespace (the init's first child; its later ones are `sleep`s); None if it is not, or no
+    longer, there. Reads /proc (there is no /proc/PID/task/*/children on every kernel), the
+    likely pids first."""
     from ._pinned import proc_stat
 
-    def child_of(parent: int) -> int | None:
-        for pid in range(parent + 1, parent + 8):  # usually the very next pids
-            fields = proc_stat(pid)
-            if fields and int(fields[1]) == parent:
-                return pid
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                fields = proc_stat(int(name))
-                if fields and int(fields[1]) == parent:
-                    return int(name)
+    def child_of(parent: int, inner: str | None = None) -> int | None:
+        candidates = [str(pid) for pid in range(parent + 1, parent + 8)]  # usually the next
+        for name in (*candidates, *(n for n in os.listdir("/proc") if n.isdigit())):
+            fields = proc_stat(int(name))
+            if fields and int(fields[1]) == parent and (inner is None or _nspid(name) == inner):
+                return int(name)
         return None
 
     init = child_of(outside)
-    return child_of(init) if init is not None else None
+    return child_of(init, "2") if init is not None else None
+
+
+def _nspid(pid: str) -> str | None:
+    """The pid of ``pid`` in its own (innermost) namespace."""
+    try:
+        with open(f"/proc/{pid}/status") as stream:
+            return next((line.split()[-1] for line in stream if line.startswith("NSpid:")), None)
+    except OSError:
+        return None

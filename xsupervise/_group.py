@@ -46,3 +46,43 @@ def sweep_session(sid: int, ticks: int, grace: float) -> list[int]:
             process.close()
             swept.append(pid)
     return swept
+
+
+def marked_processes(xauthority: str, ticks: int | None) -> list[tuple[int, int]]:
+    """(pid, start ticks) of every live process of ours whose environment names the session's
+    cookie (XAUTHORITY=path) and that started no earlier than ``ticks``: what a COMMAND
+    started (it runs with the caller's terminal and signals, outside the server's boundary).
+    The path holds the session's random token: no other session's process has it."""
+    uid = os.geteuid()
+    entry = os.fsencode(f"XAUTHORITY={xauthority}")
+    found: list[tuple[int, int, int]] = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        fields = proc_stat(int(name))
+        if not fields or fields[0] == "Z" or (ticks is not None and int(fields[19]) < ticks):
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid != uid:
+                continue
+            with open(f"/proc/{name}/environ", "rb") as stream:
+                if entry not in stream.read().split(b"\0"):
+                    continue
+        except OSError:
+            continue
+        found.append((int(name), int(fields[1]), int(fields[19])))
+    # Orphans only, and their children: a process whose parent lives on and is not marked
+    # (say, jupyter-server-proxy's own child given the display) is its parent's business.
+    marked = {pid for pid, _, _ in found}
+    return [(pid, ticks) for pid, ppid, ticks in found if ppid in marked or _adopter(ppid)]
+
+
+def _adopter(pid: int) -> bool:
+    """Is ``pid`` what orphans are re-parented to: init, or a systemd (user) manager?"""
+    if pid == 1:
+        return True
+    try:
+        with open(f"/proc/{pid}/comm") as stream:
+            return stream.read().strip() == "systemd"
+    except OSError:
+        return False

@@ -129,6 +129,7 @@ def launch_steps(
         if reclaim:
             yield Offload(reclaim_abandoned, runtime, settings.kill_grace)
         yield Offload(clean_own_quietly)
+        child.find_program()  # now, while it runs: a failure must name it (see _containment)
         server.number = yield from read_display_number(read_fd, child, deadline)
         if child.boundary is not None:
             pid = child.find_program()

@@ -78,4 +78,27 @@ def sweep_abandoned(runtime: RuntimeDir, grace: float = 2.0) -> list[SessionReco
                 record.supervisor_pid,
             )
         _clear_boundary(record, grace)
+        _stop_commands(record, grace)
     return abandoned
+
+
+def _stop_commands(record: SessionRecord, grace: float) -> None:
+    """What a COMMAND of the dead supervisor left: processes that carry its cookie's path."""
+    from ._group import marked_processes
+
+    if not record.xauthority or record.kind != "cli":
+        return
+    stopped = []
+    for pid, ticks in marked_processes(record.xauthority, record.supervisor_ticks):
+        process = Pinned.pin(pid, ticks)
+        if process is not None:
+            terminate_pinned(process, grace)
+            process.close()
+            stopped.append(pid)
+    if stopped:
+        log.get().warning(
+            "stopped pid %s, left on %s by a COMMAND of dead supervisor pid %d.",
+            " ".join(map(str, stopped)),
+            record.display or record.name,
+            record.supervisor_pid,
+        )
