@@ -73,6 +73,14 @@ t_template_restart() {
     [ "$(show xsupervise@99.service ActiveState)" = active ] || { echo "unit is $(show xsupervise@99.service ActiveState)"; return 1; }
 }
 
+t_containment() {  # the unit's X server runs in a PID namespace of its own (root)
+    systemctl start xsupervise@99.service || return 1
+    xcheck :99 --timeout 2 || return 1
+    local kind pid; kind=$(field display-99 containment); pid=$(field display-99 server_pid)
+    [ "$kind" = pidns ] || { echo "containment is '$kind'"; return 1; }
+    [ "$(readlink /proc/$pid/ns/pid)" != "$(readlink /proc/self/ns/pid)" ] || { echo "server pid $pid shares our PID namespace"; return 1; }
+}
+
 t_broken_fails() {  # server = /bin/false (through a wrapper that counts its spawns)
     systemctl start --no-block xsupervise@98.service
     until_ok 120 sh -c '[ "$(systemctl show -P ActiveState xsupervise@98.service)" = failed ]' || { echo "still $(show xsupervise@98.service ActiveState)"; return 1; }
@@ -129,6 +137,7 @@ check "Type=notify: start returns when the configured display answers" t_notify_
 check "configured display [session.x] answers xdpyinfo" t_configured_display
 check "systemctl reload (no /bin/kill) applies a new session" t_reload
 check "template xsupervise@99: killed Xvfb comes back" t_template_restart
+check "template xsupervise@99: its Xvfb runs in a PID namespace" t_containment
 check "broken xsupervise@98 ends failed, exit 7, spawns <= burst + 1" t_broken_fails
 check "failed xsupervise@98 status text says FAILED" t_failed_status_text
 check "journal: ready line has SESSION, DISPLAY, PRIORITY=6" t_journal_ready
