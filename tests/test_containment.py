@@ -216,3 +216,19 @@ def _kill_a_supervisor_of(script: str, pids: Path, tmp_path: Path, runtime_dir: 
 def _auth_path(runtime_dir: Path) -> str:
     (cookie,) = (runtime_dir / "sessions").glob("*.xauth")
     return str(cookie)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_stopped_server_inside_its_boundary_is_killed_after_the_grace(kind: str, monkeypatch):
+    import time
+
+    import xsupervise
+
+    monkeypatch.setenv("XSUPERVISE_CONTAINMENT", kind)
+    display = xsupervise.Display(kill_grace=0.3).start()
+    pid = display.server_pid
+    os.kill(pid, signal.SIGSTOP)  # SIGTERM stays pending: only a SIGKILL ends it
+    started = time.monotonic()
+    display.stop()
+    assert time.monotonic() - started < 3.0
+    assert wait_gone(pid, 0.0), f"X server pid {pid} outlived the stop ({kind})"

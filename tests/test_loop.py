@@ -23,6 +23,16 @@ import xsupervise
 from conftest import FAKE_X, fake_server, read_report, requires_xvfb
 
 GRACE = 1.0  # the kill grace of the servers in these tests
+
+
+@pytest.fixture(autouse=True)
+def server_as_our_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests stop or hold our child itself (SIGSTOP, a withheld SIGKILL): the X server
+    must be that child, as in the fallback boundary (in a PID namespace a shell outside it is,
+    and the namespace's init would stop a stopped server itself: tests/test_containment.py)."""
+    monkeypatch.setenv("XSUPERVISE_CONTAINMENT", "group")
+
+
 MAX_GAP = 0.4  # the longest the heartbeat may wait: well under GRACE, which a blocked loop costs
 
 

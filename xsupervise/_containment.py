@@ -114,6 +114,25 @@ class Boundary:
         self.namespace = namespace
         self._procs = os.path.join(cgroup, "cgroup.procs").encode() if cgroup else b""
         self._keeper: tuple[int, int] | None = None  # a cgroup's keeper (see _cgroup)
+        self.init_pidfd = -1  # a namespace's init: it exits once the namespace is empty
+
+    def watch_init(self, init: int, outside: int) -> None:
+        """Hold a pidfd on the namespace's init (still ``outside``'s child: not a reused pid).
+        Our child, outside, may be reaped before the kernel has emptied the namespace; the
+        init's exit comes after that (see _teardown.clear_steps)."""
+        if self.init_pidfd >= 0:
+            return
+        from ._pinned import proc_stat
+
+        try:
+            pidfd = os.pidfd_open(init)
+        except OSError:
+            return
+        fields = proc_stat(init)
+        if fields is not None and int(fields[1]) == outside:
+            self.init_pidfd = pidfd
+        else:
+            os.close(pidfd)
 
     def spawned(self, popen: subprocess.Popen[bytes]) -> None:
         """Once our child is in the cgroup: start its keeper, which kills the cgroup if we die.
@@ -200,11 +219,11 @@ def choose(label: str) -> Boundary:
     return Boundary("group", None, None)
 
 
-def program_pid(outside: int) -> int | None:
-    """In a PID namespace: the pid (in ours) of the program the init runs, i.e. pid 2 of the
-    namespace (the init's first child; its later ones are `sleep`s); None if it is not, or no
-    longer, there. Reads /proc (there is no /proc/PID/task/*/children on every kernel), the
-    likely pids first."""
+def program_pid(outside: int) -> tuple[int | None, int | None]:
+    """In a PID namespace: the pids (in ours) of its init (``outside``'s child) and of the
+    program the init runs, i.e. pid 2 of the namespace (the init's first child; its later ones
+    are `sleep`s); None where one is not, or no longer, there. Reads /proc (there is no
+    /proc/PID/task/*/children on every kernel), the likely pids first."""
     from ._pinned import proc_stat
 
     def child_of(parent: int, inner: str | None = None) -> int | None:
@@ -216,7 +235,7 @@ def program_pid(outside: int) -> int | None:
         return None
 
     init = child_of(outside)
-    return child_of(init, "2") if init is not None else None
+    return init, (child_of(init, "2") if init is not None else None)
 
 
 def _nspid(pid: str) -> str | None:

@@ -100,7 +100,9 @@ class Child:
         if self.program_pid == self.pid and not self.has_exited():
             from ._containment import program_pid
 
-            pid = program_pid(self.pid)
+            init, pid = program_pid(self.pid)
+            if init is not None:
+                self.boundary.watch_init(init, self.pid)
             ticks = start_ticks(pid) if pid is not None else None
             if pid is not None and ticks is not None:
                 self.program_pid, self.program_ticks = pid, ticks

@@ -10,6 +10,7 @@ the first, then kill what is left, as steps (see _steps.py) that never block the
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -55,6 +56,14 @@ def clear_steps(child: Child, grace: float) -> Steps[bool]:
     """Once our child is reaped: wait until the boundary is empty (False if it is not within
     ``grace``); kill a cgroup's rest first and remove it. (A session's rest got its SIGKILL
     before the reap: once the leader is reaped its pid, the session id, may be reused.)"""
+    boundary = child.boundary
+    if boundary is not None and boundary.init_pidfd >= 0:
+        # Our child (outside the namespace) may go first; the init exits once it is empty.
+        try:
+            yield Wait((boundary.init_pidfd,), time.monotonic() + grace)
+        finally:
+            os.close(boundary.init_pidfd)
+            boundary.init_pidfd = -1
     if child.boundary is not None and child.boundary.cgroup is not None:
         child.boundary.kill()
         empty = yield from child.boundary.empty_steps(grace)
@@ -72,6 +81,12 @@ def clear_steps(child: Child, grace: float) -> Steps[bool]:
 
 def clear_now(child: Child, timeout: float) -> None:
     """clear_steps for a caller that can no longer yield (after the SIGKILL and the reap)."""
+    if child.boundary is not None and child.boundary.init_pidfd >= 0:
+        from ._steps import poll_ready
+
+        poll_ready(Wait((child.boundary.init_pidfd,), time.monotonic() + timeout))
+        os.close(child.boundary.init_pidfd)
+        child.boundary.init_pidfd = -1
     if child.boundary is not None and child.boundary.cgroup is not None:
         from ._steps import run_blocking
 
