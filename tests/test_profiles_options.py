@@ -65,6 +65,7 @@ def test_screen_glx_and_vnc_listen_are_refused_with_a_raw_command():
         done = cli("run", "--server", "Xvfb", *option, "--", "true")
         assert done.returncode == 2, done.stderr
         assert "needs a server profile, not the raw command 'Xvfb'" in done.stderr
+        assert "use --server xvfb, or put it in the command" in done.stderr
 
 
 @needs("xwayland")

@@ -186,6 +186,10 @@ def plan_launch(
 
 def _refuse_for_raw(settings: Settings) -> None:
     command = " ".join(settings.server)
+    program = os.path.basename(settings.server[0])
+    # `--server Xvfb` was the way before profiles: name the profile that does what was meant.
+    profile = next((p for p in PROFILES.values() if program in p.binaries), None)
+    use = f"--server {profile.name}" if profile is not None else "a profile"
     for given, flag in (
         (settings.screen is not None, "--screen"),
         (not settings.glx, "glx = false"),
@@ -194,8 +198,8 @@ def _refuse_for_raw(settings: Settings) -> None:
         if given:
             raise errors.UsageError(
                 f"{flag} needs a server profile, not the raw command {command!r} (which gets "
-                "only -displayfd, -auth and -nolisten tcp); put it in the command or use a "
-                "profile (see 'xsupervise servers')."
+                f"only -displayfd, -auth and -nolisten tcp); use {use}, or put it in the "
+                "command (see 'xsupervise servers')."
             )
 
 
