@@ -134,17 +134,25 @@ class DaemonOps:
         )
 
     async def list(self) -> Reply:
-        from ._records import live_records
+        from ._local_ops import local_records
 
+        # With abandoned ones (see local_records), in a worker thread as for status.
+        records = await asyncio.get_running_loop().run_in_executor(
+            None, local_records, self.runtime
+        )
         return {
-            "sessions": [record.as_dict() for record in live_records(self.runtime)],
+            "sessions": [record.as_dict() for record in records],
             "pools": self.daemon.pools.info(),
         }
 
     async def status(self, target: str | None) -> Reply:
         from ._local_ops import session_status
 
-        entries = session_status(self.runtime, target, self.daemon.policy, time.time())
+        # In a worker thread: it stops what dead supervisors left (see local_records), which
+        # may take up to twice the kill grace.
+        entries = await asyncio.get_running_loop().run_in_executor(
+            None, session_status, self.runtime, target, self.daemon.policy, time.time()
+        )
         return {
             "sessions": entries,
             "status": self.registry.status_line(),
