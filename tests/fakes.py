@@ -153,6 +153,7 @@ class FakeLauncher:
         reclaim: bool = True,
     ) -> Generator[Wait, Any, FakeServer]:
         assert files is not None, "sessions always pass their files"
+        files.create()  # as the real launcher does, just before the spawn
         behaviour = self.behaviour(len(self.spawned) + self.missing)
         if behaviour.missing:
             self.missing += 1
