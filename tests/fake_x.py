@@ -101,6 +101,7 @@ elif mode == "wrapper":
 elif mode in ("background", "double-fork"):
     first = os.fork()
     if first == 0:
+        report(first=host_pid())  # it exits at once, but a test must see it gone too
         os.setsid()
         daemon = os.fork()
         if daemon == 0:

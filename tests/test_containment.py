@@ -42,7 +42,7 @@ pytestmark = requires_xvfb
 
 def _pids(report: Path) -> list[int]:
     facts = read_report(report)
-    return [int(facts[key]) for key in ("pid", "server", "daemon") if key in facts]
+    return [int(facts[key]) for key in ("pid", "server", "daemon", "first") if key in facts]
 
 
 def _env(kind: str, report: Path) -> dict[str, str]:
@@ -88,7 +88,7 @@ def test_a_failed_start_leaves_nothing(kind: str, shape: str, tmp_path: Path):
     )
     assert result.returncode != 0
     pids = _pids(report)
-    assert len(pids) == 2
+    assert len(pids) == 3  # the fake, its first fork, its daemon
     assert all(wait_gone(pid, 1.0) for pid in pids), result.stderr
 
 
@@ -232,3 +232,20 @@ def test_a_stopped_server_inside_its_boundary_is_killed_after_the_grace(kind: st
     display.stop()
     assert time.monotonic() - started < 3.0
     assert wait_gone(pid, 0.0), f"X server pid {pid} outlived the stop ({kind})"
+
+
+def test_start_in_the_fallback_stops_a_daemon_its_server_left(tmp_path: Path, runtime_dir: Path):
+    """Without COMMAND too, the supervisor adopts what leaves the server's session (it is a
+    child subreaper) and stops it with the session, saying whose it was."""
+    report = tmp_path / "report"
+    env = _env("group", report)
+    args = ["start", "--timeout", "2", "--server", fake_server("double-fork")]
+    with start_cli(*args, env=env) as process:
+        _wait_report(report, "daemon")
+        daemon = int(read_report(report)["daemon"])
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        stderr = process.stderr.read().decode()
+    assert wait_gone(daemon, 1.0), stderr
+    assert f"The X server left 1 process(es) running (pid {daemon} " in stderr, stderr
+    assert "COMMAND" not in stderr, stderr

@@ -129,7 +129,7 @@ class ForegroundSupervisor(Events):
         self.command: Child | None = None
         self.exit_code: int | None = None  # set once we are stopping
         self.inbox: SignalInbox | None = None
-        self.lineage: Lineage | None = None  # with COMMAND: whose processes are whose
+        self.lineage: Lineage | None = None  # whose processes are whose (see _leftovers)
 
     def run(self) -> int:
         """Supervise until done; return the exit code."""
@@ -142,11 +142,13 @@ class ForegroundSupervisor(Events):
                     "parent pid %d exited before we started; nothing was started.", self.parent_pid
                 )
                 return 128 + signal.SIGTERM if self.command_argv else 0
-            if self.command_argv:
-                become_subreaper()  # so that what COMMAND leaves behind is ours to stop
-                from ._leftovers import Lineage
+            # Orphans of COMMAND, and of a server that leaves its session (a setsid daemon:
+            # the fallback boundary cannot hold it), become ours to stop and to report.
+            become_subreaper()
+            from ._leftovers import Lineage
 
-                self.lineage = Lineage()
+            self.lineage = Lineage()
+            self.lineage.without_command = not self.command_argv
             if os.getpid() == 1:
                 # A container's init: the kernel hands us every orphan in it, and nobody else
                 # reaps them. A Python handler makes SIGCHLD wake our poll loop (through the

@@ -76,6 +76,7 @@ class Lineage:
         self.seen_pids: dict[int, str] = {}
         self.cookie_entry = b""
         self.found: dict[int, tuple[str, str]] = {}  # leftover pid -> (side, command name)
+        self.without_command = False  # `start` with no COMMAND: every orphan is a server's
 
     def add_root(self, pid: int, side: str) -> None:
         """``pid`` (a process we spawned in a session of its own) and its descendants are
@@ -124,6 +125,8 @@ class Lineage:
             side = COMMAND
         if side is None:
             side = self.seen_pids.get(session, "")  # its session's leader was seen in 1.
+        if not side and self.without_command:
+            side = "The X server"  # a server that was never ready, or left no trace
         return side
 
     def note(self, pids: list[int]) -> None:
