@@ -90,3 +90,35 @@ def test_an_unprivileged_wrapper_server_leaves_nothing(nobody_home, ending: str)
         assert all(wait_gone(pid, 1.0) for pid in pids)
     subprocess.run([*prefix, "-m", "xsupervise", "clean"], env=env, capture_output=True)
     assert list((Path(env["XDG_RUNTIME_DIR"]) / "xsupervise" / "sessions").iterdir()) == []
+
+
+def _userns_allowed(prefix: list[str]) -> bool:
+    return (
+        subprocess.run(
+            [*prefix[:-1], "unshare", "--user", "--map-root-user", "--pid", "true"],
+            capture_output=True,
+        ).returncode
+        == 0
+    )
+
+
+@pytest.mark.parametrize("shape", ["background", "double-fork"])
+def test_an_unprivileged_failed_start_leaves_nothing(nobody_home, shape: str):
+    """A server that leaves a setsid daemon behind and never becomes ready (background), or
+    whose daemon serves instead of it (double-fork): run fails, and nothing is left."""
+    prefix, env, home = nobody_home
+    server = f"{home / 'fake_x.py'} {shape}"
+    done = subprocess.run(
+        [*prefix, "-m", "xsupervise", "run", "--timeout", "2", "--server", server, "--", "true"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0, done.stderr
+    facts = read_report(home / "report")
+    pids = [int(facts[key]) for key in ("pid", "first", "daemon") if key in facts]
+    assert len(pids) == 3, facts
+    assert all(wait_gone(pid, 1.0) for pid in pids), done.stderr
+    if _userns_allowed(prefix):  # the namespace took the daemon: nothing to report
+        assert "left 1 process(es)" not in done.stderr, done.stderr
