@@ -93,7 +93,7 @@ def test_a_failed_start_leaves_nothing(kind: str, shape: str, tmp_path: Path):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("shape", ["wrapper", "background"])
+@pytest.mark.parametrize("shape", ["wrapper", "background", "double-fork"])
 def test_a_sigkilled_supervisor_leaves_nothing(
     kind: str, shape: str, tmp_path: Path, runtime_dir: Path
 ):
@@ -108,7 +108,8 @@ def test_a_sigkilled_supervisor_leaves_nothing(
         pids = _pids(report)
         process.kill()
         process.wait()
-    if kind == "group" and shape == "background":
+    escapes = kind == "group" and shape != "wrapper"
+    if escapes:
         # The fallback cannot follow a setsid daemon; the next command sweeps what it can.
         pids = pids[:1]
     if kind != "group":
@@ -117,7 +118,7 @@ def test_a_sigkilled_supervisor_leaves_nothing(
     leftover = [pid for pid in _pids(report) if not wait_gone(pid, 1.0)]
     for pid in leftover:  # only the fallback's escaped daemon; by its pid, then fail
         os.kill(pid, signal.SIGKILL)
-    assert (kind == "group" and shape == "background") or not leftover
+    assert escapes or not leftover
     assert list((runtime_dir / "sessions").iterdir()) == []
 
 
@@ -177,19 +178,11 @@ def test_what_a_command_left_is_swept_after_its_supervisor_is_killed(
     tmp_path: Path, runtime_dir: Path
 ):
     """COMMAND keeps the caller's terminal and signals, outside the server's boundary: what it
-    leaves when its supervisor is SIGKILLed carries the session's cookie path, and the next
-    command stops it (and nothing that merely has a parent of its own)."""
-    import ctypes
-
+    leaves when its supervisor is SIGKILLed carries COMMAND's mark (XSUPERVISE_COMMAND_OF),
+    and the next command stops it, and nothing that merely uses the display."""
     pids = tmp_path / "pids"
     script = f"sleep 300 & echo $! > {pids}; echo started; wait"
-    # As on a machine without a subreaper above us: the orphan goes to init (pid 1).
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    prctl(36, 0, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER off (tests/conftest.py turns it on)
-    try:
-        _kill_a_supervisor_of(script, pids, tmp_path, runtime_dir)
-    finally:
-        prctl(36, 1, 0, 0, 0)
+    _kill_a_supervisor_of(script, pids, tmp_path, runtime_dir)
 
 
 def _kill_a_supervisor_of(script: str, pids: Path, tmp_path: Path, runtime_dir: Path) -> None:
@@ -200,7 +193,7 @@ def _kill_a_supervisor_of(script: str, pids: Path, tmp_path: Path, runtime_dir: 
         process.kill()
         process.wait()
     assert not wait_gone(orphan, 0.2)  # COMMAND (sh) died with its supervisor, not its child
-    bystander = subprocess.Popen(  # the display's env, but a parent that lives: not ours
+    bystander = subprocess.Popen(  # the display's env, not COMMAND's mark: not COMMAND's
         ["sleep", "301"], env={**os.environ, "XAUTHORITY": _auth_path(runtime_dir)}
     )
     try:
@@ -249,3 +242,22 @@ def test_start_in_the_fallback_stops_a_daemon_its_server_left(tmp_path: Path, ru
     assert wait_gone(daemon, 1.0), stderr
     assert f"The X server left 1 process(es) running (pid {daemon} " in stderr, stderr
     assert "COMMAND" not in stderr, stderr
+
+
+def test_a_session_id_taken_by_another_process_is_never_swept():
+    """Once a dead server's session is empty, its number may lead a new session: the sweep
+    goes ahead only while that pid is free or is still the server (pinned by start time)."""
+    from xsupervise._group import session_is_ours, sweep_session
+    from xsupervise._pinned import start_ticks
+
+    other = subprocess.Popen(["sleep", "300"], start_new_session=True)  # leads session `pid`
+    try:
+        ticks = start_ticks(other.pid)
+        assert ticks is not None
+        assert session_is_ours(other.pid, ticks)  # still "the server" that started then
+        assert not session_is_ours(other.pid, ticks - 1)  # a later process on that number
+        assert sweep_session(other.pid, ticks - 1, 0.1) == []
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()

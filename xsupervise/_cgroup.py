@@ -118,7 +118,9 @@ def empty_steps(cgroup: str, timeout: float) -> Steps[bool]:
         while populated(cgroup):
             if time.monotonic() >= deadline:
                 return False
-            ready = yield Wait((watch,) if watch >= 0 else (), deadline)
+            # Without inotify (its instances used up): look again every 20 ms.
+            soon = deadline if watch >= 0 else min(deadline, time.monotonic() + 0.02)
+            ready = yield Wait((watch,) if watch >= 0 else (), soon)
             if ready and watch >= 0:
                 os.read(watch, 4096)
     finally:
@@ -158,7 +160,12 @@ def start_keeper(cgroup: str) -> tuple[int, int]:
 
 def stop_keeper(pid: int, write_end: int) -> None:
     """After a clean teardown: end the keeper (the cgroup is empty: its kill is a no-op)."""
+    import subprocess
+
     os.close(write_end)
     keeper = _KEEPERS.pop(pid, None)
     if keeper is not None:
-        keeper.wait()  # it exits as soon as it reads end of file
+        try:
+            keeper.wait(timeout=1.0)  # it exits as soon as it reads end of file: ~1 ms
+        except subprocess.TimeoutExpired:
+            _KEEPERS[pid] = keeper  # still ours: never left unreaped for good

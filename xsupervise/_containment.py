@@ -62,16 +62,23 @@ NS_DISPLAYFD = 3  # in a namespace the server's -displayfd is 3 (the pipe arrive
 # the server's ("Terminated", a shell's note on a job killed by a signal, is not).
 _NS_GRACE_STEPS = 100
 _WAIT = 'while :; do wait "$1"; s=$?; kill -0 "$1" 2>/dev/null || break; done; '
+# Exit as the child did: by its signal (128+N from wait), so that we see "killed by SIGSEGV".
+_EXIT = (
+    'if [ "$s" -gt 128 ]; then trap - TERM INT HUP; ulimit -c 0; kill -$((s-128)) $$; fi; exit "$s"'
+)
 _INIT = (
     "trap 'kill -TERM -1 2>/dev/null' TERM; trap : INT HUP; "
     '"$@" & c=$!; exec 3>&- 2>/dev/null; set -- "$c"; ' + _WAIT + "kill -TERM -1 2>/dev/null; n=0; "
     "while kill -0 -1 2>/dev/null; do n=$((n+1)); "
-    f'[ "$n" -gt {_NS_GRACE_STEPS} ] && kill -KILL -1 2>/dev/null; sleep 0.02; done; exit "$s"'
+    f'[ "$n" -gt {_NS_GRACE_STEPS} ] && kill -KILL -1 2>/dev/null; sleep 0.02; done; ' + _EXIT
 )
+# $1 is the supervisor's pid: if it died before PR_SET_PDEATHSIG was set again (setpriv, after
+# a user namespace cleared it), nothing would ever stop us: leave at once.
 _OUTSIDE = (
     "trap 'kill -TERM \"$i\" 2>/dev/null' TERM; trap : INT HUP; exec 3<&0 0</dev/null; "
-    'init=$1; shift; setpriv --pdeathsig KILL -- /bin/sh -c "$init" xsupervise-init "$@" & '
-    'i=$!; exec 3>&- 2>/dev/null; set -- "$i"; ' + _WAIT + 'exit "$s"'
+    '[ "$PPID" = "$1" ] || exit 126; '
+    'init=$2; shift 2; setpriv --pdeathsig KILL -- /bin/sh -c "$init" xsupervise-init "$@" & '
+    'i=$!; exec 3>&- 2>/dev/null; set -- "$i"; ' + _WAIT + _EXIT
 )
 _probed: dict[str, object] = {}
 
@@ -92,7 +99,7 @@ def _namespace_prefix() -> tuple[str, ...] | None:
         candidate = (unshare, *user, "--pid", "--", *again, "/bin/sh", "-c", _OUTSIDE)
         try:
             probe = subprocess.run(
-                (*candidate, "xsupervise-ns", _INIT, "true"),
+                (*candidate, "xsupervise-ns", str(os.getpid()), _INIT, "true"),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -115,6 +122,19 @@ class Boundary:
         self._procs = os.path.join(cgroup, "cgroup.procs").encode() if cgroup else b""
         self._keeper: tuple[int, int] | None = None  # a cgroup's keeper (see _cgroup)
         self.init_pidfd = -1  # a namespace's init: it exits once the namespace is empty
+
+    def find_program(self, outside: int) -> tuple[int, int] | None:
+        """In a namespace: (pid, start ticks) of the program its init runs, once it does; and
+        a pidfd on the init (see watch_init)."""
+        if self.namespace is None:
+            return None
+        from ._pinned import start_ticks
+
+        init, pid = program_pid(outside)
+        if init is not None:
+            self.watch_init(init, outside)
+        ticks = start_ticks(pid) if pid is not None else None
+        return (pid, ticks) if pid is not None and ticks is not None else None
 
     def watch_init(self, init: int, outside: int) -> None:
         """Hold a pidfd on the namespace's init (still ``outside``'s child: not a reused pid).
@@ -163,7 +183,7 @@ class Boundary:
     def argv(self, argv: Sequence[str]) -> list[str]:
         if self.namespace is None:
             return list(argv)
-        return [*self.namespace, "xsupervise-ns", _INIT, *argv]
+        return [*self.namespace, "xsupervise-ns", str(os.getpid()), _INIT, *argv]
 
     def enter(self) -> None:
         """In the child, between fork and exec: move into the cgroup (before any fork)."""

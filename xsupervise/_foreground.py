@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from . import _log as log
 from ._clock import SYSTEM_CLOCK, Clock, clock_time
 from ._errors import SessionFailed, XSuperviseError
+from ._group import COMMAND_MARK
 from ._notify import Notifier, child_environment
 from ._paths import RuntimeDir
 from ._pinned import reap_orphans
@@ -210,7 +211,10 @@ class ForegroundSupervisor(Events):
     def _start_command(self, server: LaunchedServer) -> None:
         argv = fill_command(self.command_argv, server) if self.substitute else self.command_argv
         try:
-            self.command = spawn(argv, env=child_environment(server.env), own_group=False)
+            # The mark: what COMMAND leaves behind a SIGKILLed supervisor is found by it.
+            mark = {COMMAND_MARK: self.core.files.token} if self.core is not None else {}
+            env = child_environment({**server.env, **mark})
+            self.command = spawn(argv, env=env, own_group=False)
             self.command_started_at = self.clock.monotonic()
         except FileNotFoundError:
             log.get().error("command %r was not found; nothing was run.", self.command_argv[0])

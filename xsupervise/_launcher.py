@@ -48,6 +48,12 @@ def launch_steps(
         )
     log_fd = read_fd = write_fd = -1
     boundary = None
+    if reclaim and number is not None:
+        # A fixed number may be what a killed supervisor's leftover still serves: clear it
+        # first. (With :auto the server may start meanwhile, so it is done after the spawn.)
+        from ._recovery import reclaim_abandoned
+
+        yield Offload(reclaim_abandoned, runtime, settings.kill_grace)
     try:
         files.create()  # the cookie and log appear now, just before the first spawn
         log_fd = os.open(files.log_path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -85,13 +91,15 @@ def launch_steps(
             deathsig=signal.SIGKILL,
             boundary=boundary,
         )
-    except OSError as exc:
+    except BaseException as exc:  # nothing of this launch may outlive it, whatever failed
         os.close(read_fd)
         if companion is not None:
             companion.signal(signal.SIGKILL)
             companion.reap_within(settings.kill_grace)
         if owns_files:
             files.remove()
+        if not isinstance(exc, OSError):
+            raise
         if isinstance(exc, FileNotFoundError):
             where = "does not exist" if "/" in argv[0] else "was not found on PATH"
             raise errors.ServerNotFound(
@@ -126,7 +134,7 @@ def launch_steps(
             vnc=plan.vnc,
         )
         # Both may block (a server that resists SIGTERM, connect() probes): off the loop.
-        if reclaim:
+        if reclaim and number is None:
             yield Offload(reclaim_abandoned, runtime, settings.kill_grace)
         yield Offload(clean_own_quietly)
         child.find_program()  # now, while it runs: a failure must name it (see _containment)

@@ -95,17 +95,10 @@ class Child:
 
     def find_program(self) -> int:
         """program_pid, looked up while a namespace's init runs it (we signal only the child)."""
-        if self.boundary is None or self.boundary.namespace is None:
-            return self.pid
-        if self.program_pid == self.pid and not self.has_exited():
-            from ._containment import program_pid
-
-            init, pid = program_pid(self.pid)
-            if init is not None:
-                self.boundary.watch_init(init, self.pid)
-            ticks = start_ticks(pid) if pid is not None else None
-            if pid is not None and ticks is not None:
-                self.program_pid, self.program_ticks = pid, ticks
+        if self.boundary is not None and self.program_pid == self.pid and not self.has_exited():
+            found = self.boundary.find_program(self.pid)
+            if found is not None:
+                self.program_pid, self.program_ticks = found
         return self.program_pid
 
     def __repr__(self) -> str:
@@ -169,7 +162,9 @@ class Child:
         longer yield (a closed generator). Blocks that long at worst."""
         if self._popen.returncode is None and self.pidfd >= 0:
             poll_ready(Wait((self.pidfd,), time.monotonic() + timeout))
-        return self.try_reap()
+        if (status := self.try_reap()) is not None and self.boundary is not None:
+            clear_now(self, timeout)  # and what is left in its boundary (see _teardown)
+        return status
 
     def reap_steps(
         self, stuck_after: float, on_stuck: Callable[[Child], None] | None = None
@@ -268,9 +263,15 @@ def spawn(
         if boundary is not None:
             boundary.remove()
         raise
-    if boundary is not None:
-        boundary.spawned(popen)
-    return Child(popen, argv, own_group, boundary)
+    if boundary is None:
+        return Child(popen, argv, own_group)
+    boundary.spawned(popen)
+    try:
+        return Child(popen, argv, own_group, boundary)
+    except BaseException:  # e.g. out of fds: Child killed it; its keeper and cgroup go too
+        boundary.kill()
+        boundary.remove()
+        raise
 
 
 def _popen(

@@ -10,8 +10,10 @@ run it as an ``Offload`` or in an executor.
 
 from __future__ import annotations
 
+import os
+
 from . import _log as log
-from ._containment import all_cgroup_tokens, clear_cgroup, sweep_session
+from ._containment import CGROUP_PREFIX, all_cgroup_tokens, clear_cgroup, sweep_session
 from ._paths import RuntimeDir, token_owner
 from ._process import Pinned, same_process, terminate_pinned
 from ._records import SessionRecord, load_records
@@ -48,7 +50,13 @@ def reclaim_abandoned(runtime: RuntimeDir, grace: float = 2.0) -> list[SessionRe
 def _clear_boundary(record: SessionRecord, grace: float) -> None:
     """What the server left in its boundary: a cgroup's processes, or its session's (the
     fallback: members of session ``server_pid`` started no earlier than the server)."""
-    for cgroup in all_cgroup_tokens().get(record.token, []):
+    # Its own, where recorded (it may lie under another cgroup than ours), and any of its
+    # token under ours.
+    cgroups = set(all_cgroup_tokens().get(record.token, []))
+    name = os.path.basename(record.cgroup or "")
+    if name.startswith(f"{CGROUP_PREFIX}{record.token}-") and os.path.isdir(record.cgroup or ""):
+        cgroups.add(record.cgroup or "")
+    for cgroup in sorted(cgroups):
         if clear_cgroup(cgroup, grace) is False:
             log.get().error("cgroup %s did not empty within %.1f s of cgroup.kill.", cgroup, grace)
     if record.containment == "group" and record.server_pid and record.server_ticks is not None:
@@ -83,18 +91,12 @@ def sweep_abandoned(runtime: RuntimeDir, grace: float = 2.0) -> list[SessionReco
 
 
 def _stop_commands(record: SessionRecord, grace: float) -> None:
-    """What a COMMAND of the dead supervisor left: processes that carry its cookie's path."""
-    from ._group import marked_processes
+    """What a COMMAND of the dead supervisor left: processes that carry its mark."""
+    from ._group import marked_processes, terminate_all
 
-    if not record.xauthority or record.kind != "cli":
+    if record.kind != "cli":
         return
-    stopped = []
-    for pid, ticks in marked_processes(record.xauthority, record.supervisor_ticks):
-        process = Pinned.pin(pid, ticks)
-        if process is not None:
-            terminate_pinned(process, grace)
-            process.close()
-            stopped.append(pid)
+    stopped = terminate_all(marked_processes(record.token, record.supervisor_ticks), grace)
     if stopped:
         log.get().warning(
             "stopped pid %s, left on %s by a COMMAND of dead supervisor pid %d.",
