@@ -259,7 +259,13 @@ def test_a_spare_whose_server_is_killed_while_idle_is_replaced(pools):
     victim = min(servers)
     os.kill(victim, signal.SIGKILL)
     assert gone_within(victim, 5)
-    daemon.until(lambda pool: ready(2)(pool))
+
+    def replaced(pool: dict) -> bool:  # the daemon hears of the death a moment later
+        with daemon.client() as client:
+            pids = {s["server_pid"] for s in client.list() if s["name"] == "pool.default"}
+        return ready(2)(pool) and victim not in pids and len(pids) == 2
+
+    daemon.until(replaced)
     with daemon.client() as client, client.lease() as one, client.lease() as two:
         assert victim not in (one["server_pid"], two["server_pid"])
         assert xdpyinfo(one["env"]) == 0 and xdpyinfo(two["env"]) == 0
