@@ -143,9 +143,7 @@ class ForegroundSupervisor(Events):
                     "parent pid %d exited before we started; nothing was started.", self.parent_pid
                 )
                 return 128 + signal.SIGTERM if self.command_argv else 0
-            # Orphans of COMMAND, and of a server that leaves its session (a setsid daemon:
-            # the fallback boundary cannot hold it), become ours to stop and to report.
-            become_subreaper()
+            become_subreaper()  # orphans of COMMAND, and of a server (a setsid daemon), are ours
             from ._leftovers import Lineage
 
             self.lineage = Lineage()
@@ -211,9 +209,7 @@ class ForegroundSupervisor(Events):
     def _start_command(self, server: LaunchedServer) -> None:
         argv = fill_command(self.command_argv, server) if self.substitute else self.command_argv
         try:
-            # The mark: what COMMAND leaves behind a SIGKILLed supervisor is found by it.
-            mark = {COMMAND_MARK: self.core.files.token} if self.core is not None else {}
-            env = child_environment({**server.env, **mark})
+            env = child_environment({**server.env, **_mark(self.core)})
             self.command = spawn(argv, env=env, own_group=False)
             self.command_started_at = self.clock.monotonic()
         except FileNotFoundError:
@@ -296,3 +292,9 @@ class ForegroundSupervisor(Events):
             self.lineage.snapshot()  # the server's descendants, before it is stopped
         self.notifier.stopping()
         raise _Stop(code)
+
+
+def _mark(core: Session | None) -> dict[str, str]:
+    """COMMAND's mark: what it leaves behind a SIGKILLed supervisor is found by it (see
+    _recovery._stop_commands)."""
+    return {COMMAND_MARK: core.files.token} if core is not None else {}
