@@ -261,3 +261,33 @@ def test_a_session_id_taken_by_another_process_is_never_swept():
     finally:
         other.kill()
         other.wait()
+
+
+@pytest.mark.root("it runs its server as uid 65534")
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_setuid_like_server_does_not_outlive_a_sigkilled_supervisor(
+    kind: str, tmp_path: Path, runtime_dir: Path
+):
+    """A change of credentials (setuid exec, setpriv) clears PR_SET_PDEATHSIG: the server
+    outlives its killed supervisor unless a namespace or cgroup holds it; in the fallback the
+    next command stops it (pinned by pid and start time, whatever its uid)."""
+    import shutil
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux)")
+    wrapper = tmp_path / "Xnobody"
+    wrapper.write_text(
+        '#!/bin/sh\nexec setpriv --reuid=65534 --regid=65534 --clear-groups Xvfb "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    env = _env(kind, tmp_path / "report")
+    with start_cli("start", "--json", "--server", str(wrapper), env=env) as process:
+        server = json.loads(read_line(process.stdout))["server_pid"]
+        assert os.stat(f"/proc/{server}").st_uid == 65534
+        process.kill()
+        process.wait()
+    if kind == "group":
+        assert not wait_gone(server, 0.3)  # no PDEATHSIG any more: it lives on
+        subprocess.run([*XSUPERVISE, "list"], env=env, check=True, capture_output=True)
+    assert wait_gone(server, 1.0), f"X server pid {server} outlived its supervisor ({kind})"
+    subprocess.run([*XSUPERVISE, "clean"], env=env, check=True, capture_output=True)

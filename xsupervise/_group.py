@@ -2,9 +2,10 @@
 and the crash recovery's sweeps of what a dead supervisor's session left.
 
 A session's members are the processes whose session id is the server's pid, that are ours
-(uid) and that started no earlier than the server. A session id is not reused while a member
-lives; once the leader and all members are gone its number may be, by a new session leader:
-so a sweep goes ahead only while that pid is free or still the server (see session_is_ours).
+(uid; any uid for root, whose server may have changed its own) and that started no earlier
+than the server. A session id is not reused while a member lives; once the leader and all
+members are gone its number may be, by a new session leader: so a sweep goes ahead only while
+that pid is free or still the server (see session_is_ours).
 Each process is pinned by pidfd (and its start time checked) before any signal, so a stranger
 is never hit. A setsid daemon leaves the session: only a cgroup or a PID namespace holds it.
 """
@@ -78,8 +79,8 @@ def terminate_all(processes: list[tuple[int, int]], grace: float) -> list[int]:
 
 
 def _ours(match: Callable[[list[str], str], bool], ticks: int | None) -> list[tuple[int, int, int]]:
-    """(pid, ppid, start ticks) of each live process of our uid, started no earlier than
-    ``ticks``, for which ``match(stat fields, pid as text)`` holds."""
+    """(pid, ppid, start ticks) of each live process of our uid (any, for root), started no
+    earlier than ``ticks``, for which ``match(stat fields, pid as text)`` holds."""
     uid = os.geteuid()
     found = []
     for name in os.listdir("/proc"):
@@ -90,7 +91,8 @@ def _ours(match: Callable[[list[str], str], bool], ticks: int | None) -> list[tu
         if not fields or fields[0] == "Z" or (ticks is not None and int(fields[19]) < ticks):
             continue
         try:
-            if os.stat(f"/proc/{name}").st_uid != uid or not match(fields, name):
+            # Root's sessions may hold a server that changed its uid (setuid, setpriv).
+            if (uid != 0 and os.stat(f"/proc/{name}").st_uid != uid) or not match(fields, name):
                 continue
         except OSError:
             continue

@@ -29,7 +29,8 @@ def remove_dead_socket(
 ) -> bool:
     """Remove /tmp/.X11-unix/X<number> after *our* server died without removing it (SIGKILL).
 
-    Only a socket file we own, that nobody serves, and that is the very file our server made:
+    Only a socket file we own (as root: or our server's), that nobody serves, and that is the
+    very file our server made:
     the inode we saw when we verified it, or (if it never got that far) one created after we
     spawned the server. Never follows a symlink. Returns True if it removed the file.
     """
@@ -38,7 +39,11 @@ def remove_dead_socket(
         info = os.lstat(path)
     except FileNotFoundError:
         return False
-    if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
+    if not stat.S_ISSOCK(info.st_mode):
+        return False
+    # Ours; or, as root, the very file our server made (the inode we verified): a server that
+    # changed its uid (setuid, setpriv) made it as that user.
+    if info.st_uid != os.getuid() and not (os.getuid() == 0 and inode is not None):
         return False
     if inode is not None:
         if info.st_ino != inode:
