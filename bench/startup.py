@@ -201,12 +201,12 @@ def contained(kind: str, contender):
 def mechanisms() -> list[str]:
     """The containment mechanisms this machine offers; "group" (a process group and session,
     what xsupervise did before containment) is the baseline the others are measured against."""
-    from xsupervise import _containment
+    from xsupervise import _cgroup, _containment
 
     kinds = ["group"]
     if _containment._namespace_prefix() is not None:
         kinds.append("pidns")
-    if _containment.cgroup_base() is not None:
+    if _cgroup.cgroup_base() is not None:
         kinds.append("cgroup")
     return kinds
 

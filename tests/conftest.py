@@ -12,6 +12,7 @@ import select
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -266,3 +267,17 @@ def ask_as(uid: int, path: str, request: dict | None = None) -> dict:
         data = reply.read()
     os.waitpid(pid, 0)
     return dict(json.loads(data))
+
+
+@pytest.fixture
+def short_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A runtime directory with a short path: pytest's are too long for the unix sockets of
+    xvnc and xwayland (108 bytes). conftest checks its own; this one is checked here."""
+    path = Path(tempfile.mkdtemp(prefix="xs-", dir="/tmp"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(path))
+    try:
+        yield path / "xsupervise"
+        sessions = path / "xsupervise" / "sessions"
+        assert not sessions.exists() or list(sessions.iterdir()) == []
+    finally:
+        shutil.rmtree(path)

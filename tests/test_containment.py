@@ -24,14 +24,14 @@ from tests.conftest import (
     start_cli,
     wait_gone,
 )
-from xsupervise import _containment
+from xsupervise import _cgroup, _containment
 
 
 def _available() -> list[str]:
     kinds = ["group"]
     if _containment._namespace_prefix() is not None:
         kinds.append("pidns")
-    if _containment._cgroup_base() is not None:
+    if _cgroup.cgroup_base() is not None:
         kinds.append("cgroup")
     return kinds
 
@@ -124,7 +124,7 @@ def test_a_sigkilled_supervisor_leaves_nothing(
 
 @pytest.mark.skipif("cgroup" not in KINDS, reason="no writable cgroup v2 here")
 def test_cgroups_are_removed(tmp_path: Path):
-    base = _containment._cgroup_base()
+    base = _cgroup.cgroup_base()
     assert base is not None
     before = {name for name in os.listdir(base) if name.startswith("xsupervise-")}
     subprocess.run(

@@ -11,7 +11,6 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,20 +41,6 @@ PARAMS = [
     pytest.param(name, marks=pytest.mark.skipif(bool(_missing(name)), reason=_missing(name) or ""))
     for name in PROFILES
 ]
-
-
-@pytest.fixture
-def short_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A runtime directory with a short path: pytest's are too long for the unix sockets of
-    xvnc and xwayland (108 bytes). conftest checks its own; this one is checked here."""
-    path = Path(tempfile.mkdtemp(prefix="xs-", dir="/tmp"))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(path))
-    try:
-        yield path / "xsupervise"
-        sessions = path / "xsupervise" / "sessions"
-        assert not sessions.exists() or list(sessions.iterdir()) == []
-    finally:
-        shutil.rmtree(path)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -31,19 +30,6 @@ def needs(name: str) -> pytest.MarkDecorator:
         missing,
         reason=f"{profile.binaries[0]} is not installed (apt-get install {profile.package})",
     )
-
-
-@pytest.fixture
-def short_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A runtime directory short enough for unix socket paths (see test_profiles.py)."""
-    path = Path(tempfile.mkdtemp(prefix="xs-", dir="/tmp"))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(path))
-    try:
-        yield path / "xsupervise"
-        sessions = path / "xsupervise" / "sessions"
-        assert not sessions.exists() or list(sessions.iterdir()) == []
-    finally:
-        shutil.rmtree(path)
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -69,16 +69,12 @@ def remove_cgroup(cgroup: str) -> None:
 
 def _watch(path: str) -> int:
     """An inotify fd that becomes readable when ``path`` (a cgroup.events) changes; -1 if none."""
-    import ctypes
+    from ._prctl import IN_MODIFY, inotify_watch
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = int(libc.inotify_init1(os.O_CLOEXEC | os.O_NONBLOCK))
-    if fd < 0:
+    try:
+        return inotify_watch(path, IN_MODIFY)
+    except OSError:
         return -1
-    if libc.inotify_add_watch(fd, path.encode(), 0x00000002) < 0:  # IN_MODIFY
-        os.close(fd)
-        return -1
-    return fd
 
 
 def all_cgroup_tokens() -> dict[str, list[str]]:

@@ -11,7 +11,6 @@ server (Xwayland first, then its compositor) and kills it with the server's tear
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -21,6 +20,7 @@ import time
 from . import _errors as errors
 from ._notify import child_environment
 from ._paths import ensure_private_dir, remove_file
+from ._prctl import IN_CREATE, IN_MOVED_TO, inotify_watch
 from ._process import Child, describe_status, spawn
 from ._profiles import Companion, check_socket_path
 from ._steps import Wait
@@ -32,19 +32,7 @@ if TYPE_CHECKING:
     from ._steps import Steps
 
 SOCKET = "wayland-0"
-_IN_CREATE, _IN_MOVED_TO, _IN_NONBLOCK, _IN_CLOEXEC = 0x100, 0x80, 0o4000, 0o2000000
 _RETRY = 0.005  # seconds: the socket exists but is not listening yet (bind before listen)
-
-
-def _inotify(directory: str) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd: int = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
-    if fd < 0:
-        raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-    if libc.inotify_add_watch(fd, directory.encode(), _IN_CREATE | _IN_MOVED_TO) < 0:
-        os.close(fd)
-        raise OSError(ctypes.get_errno(), f"cannot watch {directory}")
-    return fd
 
 
 def _accepts(path: str) -> bool:
@@ -82,7 +70,7 @@ class Weston(Companion):
         path = os.path.join(self.runtime, SOCKET)
         for stale in (path, path + ".lock"):  # a previous weston of this session's, killed
             remove_file(stale)
-        watch = _inotify(self.runtime)
+        watch = inotify_watch(self.runtime, IN_CREATE | IN_MOVED_TO)
         try:
             weston = self._spawn(files)
             deadline = weston.spawned_at + settings.displayfd_timeout

@@ -20,23 +20,14 @@ import os
 
 from ._cgroup import (
     CGROUP_PREFIX,
-    all_cgroup_tokens,
     cgroup_base,
-    clear_cgroup,
     empty_steps,
     kill_cgroup,
-    populated,
     remove_cgroup,
     start_keeper,
     stop_keeper,
 )
-from ._group import session_members, sweep_session
 from ._steps import Steps
-
-_cgroup_base = cgroup_base  # tests probe it under this name
-__all__ = ["CGROUP_PREFIX", "Boundary", "all_cgroup_tokens", "choose", "clear_cgroup"]
-__all__ += ["kill_cgroup", "populated", "program_pid", "remove_cgroup", "session_members"]
-__all__ += ["sweep_session"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -171,14 +162,12 @@ class Boundary:
         return f"<Boundary {self.describe()}>"
 
     def describe(self) -> str:
-        """For the `-v` line: 'cgroup /sys/fs/cgroup/...; pid namespace'."""
-        parts = []
-        if self.cgroup:
-            parts.append(f"cgroup {self.cgroup}")
+        """For the `-v` line: 'pid and user namespace', 'cgroup /sys/fs/cgroup/...'."""
         if self.namespace:
-            user = " and user" if "--user" in self.namespace else ""
-            parts.append(f"pid{user} namespace")
-        return "; ".join(parts) or "process group and session (no cgroup or namespace here)"
+            return "pid and user namespace" if "--user" in self.namespace else "pid namespace"
+        if self.cgroup:
+            return f"cgroup {self.cgroup}"
+        return "process group and session (no namespace or cgroup can be made here)"
 
     def argv(self, argv: Sequence[str]) -> list[str]:
         if self.namespace is None:

@@ -1,5 +1,5 @@
-"""Small process helpers: prctl (die with the parent, subreaper), peer credentials, exit
-statuses in words. Kept apart from _process so that each stays readable."""
+"""Small kernel helpers: prctl (die with the parent, subreaper), inotify, peer credentials,
+exit statuses in words. Kept apart from _process so that each stays readable."""
 
 from __future__ import annotations
 
@@ -52,6 +52,22 @@ def become_subreaper() -> None:
     not init's: we can then stop them without any risk of pid reuse (see stop_adopted)."""
     if _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+IN_MODIFY, IN_MOVED_TO, IN_CREATE = 0x2, 0x80, 0x100
+
+
+def inotify_watch(path: str, mask: int) -> int:
+    """A non-blocking inotify fd that becomes readable on ``mask`` events at ``path`` (the
+    stdlib has no inotify). Raises OSError."""
+    fd = int(_libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+    if _libc.inotify_add_watch(fd, os.fsencode(path), mask) < 0:
+        errno = ctypes.get_errno()
+        os.close(fd)
+        raise OSError(errno, f"cannot watch {path}")
+    return fd
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 
 from . import _log as log
-from ._containment import CGROUP_PREFIX, all_cgroup_tokens, clear_cgroup, sweep_session
+from ._cgroup import CGROUP_PREFIX, all_cgroup_tokens, clear_cgroup
+from ._group import sweep_session
 from ._paths import RuntimeDir, token_owner
 from ._process import Pinned, same_process, terminate_pinned
 from ._records import SessionRecord, load_records
