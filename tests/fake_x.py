@@ -15,6 +15,8 @@ It accepts the argv xsupervise gives a real server (``-displayfd FD`` among it) 
   wrapper      a script's shape: runs the real Xvfb as its child and waits for it
   background   starts a setsid child that outlives it (a daemon), then never writes
   double-fork  daemonizes (fork, setsid, fork); the daemon becomes a real Xvfb and serves
+  listen-stuck makes its display sockets (file and abstract) on a free number, as Xvfb does
+               long before it writes its number, then ignores SIGTERM and never writes
 If $FAKE_X_REPORT names a file, it writes "pid=..., grandchild=..., exit_at=..." lines there.
 """
 
@@ -98,6 +100,30 @@ elif mode == "wrapper":
     os.close(tell)
     os.read(told, 1)
     os.waitpid(server, 0)
+elif mode == "listen-stuck":
+    import socket
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    held = []
+    for number in range(60, 600):
+        path = f"/tmp/.X11-unix/X{number}"
+        abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            abstract.bind("\0" + path)
+        except OSError:
+            abstract.close()
+            continue
+        if os.path.lexists(path):
+            abstract.close()
+            continue
+        named = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        named.bind(path)
+        for listener in (abstract, named):
+            listener.listen()
+        held = [abstract, named]
+        report(socket=path)
+        break
+    hang()
 elif mode in ("background", "double-fork"):
     first = os.fork()
     if first == 0:

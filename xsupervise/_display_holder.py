@@ -34,6 +34,39 @@ def listening_inodes(number: int) -> set[int]:
     return found
 
 
+def displays_held_by(pids: set[int]) -> set[int]:
+    """Display numbers whose socket *file* ``/tmp/.X11-unix/X<n>`` is listened on by one of
+    ``pids``: what a server holds before it has told us its number."""
+    prefix = "/tmp/.X11-unix/X"
+    numbers: dict[str, int] = {}
+    try:
+        with open("/proc/net/unix", "rb") as table:
+            next(table, None)  # the header
+            for line in table:
+                fields = line.rstrip(b"\n").split(None, 7)
+                if len(fields) != 8 or not int(fields[3], 16) & _ACCEPTCON:
+                    continue
+                path = os.fsdecode(fields[7])
+                if path.startswith(prefix) and path[len(prefix) :].isdigit():
+                    numbers[f"socket:[{int(fields[6])}]"] = int(path[len(prefix) :])
+    except OSError:
+        return set()
+    held = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:  # gone, or not ours to look at
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link in numbers:
+                held.add(numbers[link])
+    return held
+
+
 def _user(pid: int) -> str:
     import pwd
 

@@ -113,6 +113,7 @@ def launch_steps(
     finally:
         os.close(write_fd)
         os.close(log_fd)
+    child.started_fd = read_fd  # a stop while it starts sends SIGTERM again once it has
     deadline = child.spawned_at + settings.displayfd_timeout
     server = XServer(child, settings, files, owns_files, log_offset, number)
     server.companion, server.vnc = companion, plan.vnc
@@ -161,6 +162,7 @@ def launch_steps(
         yield from server.stop_steps()
         raise
     finally:
+        child.started_fd = -1
         os.close(read_fd)
     files.save(
         state="ready",

@@ -110,6 +110,7 @@ class XServer:
         self.wm: Child | None = None  # the wm setting's window manager, stopped before us
         self.companion: Child | None = None  # a profile's (Xwayland's weston), stopped after
         self.vnc: str | None = None  # the xvnc profile's VNC endpoint (see _vnc.py)
+        self.unreported_displays: set[int] = set()  # see _note_unreported_sockets
 
     def __repr__(self) -> str:
         return f"<XServer {self.display or '(no display yet)'} {self.child!r}>"
@@ -138,7 +139,25 @@ class XServer:
             raise RuntimeError("the display is not ready")
         return {"DISPLAY": f":{self.number}", "XAUTHORITY": self.files.auth_path}
 
+    def _note_unreported_sockets(self) -> None:
+        """Just before a SIGKILL: if the server has not told us its number yet, note which
+        display sockets it listens on (Xvfb makes them well before it writes its number), so
+        that release() removes the files a SIGKILL leaves."""
+        if self.number is not None or self.child.has_exited():
+            return
+        import psutil
+
+        from ._display_holder import displays_held_by
+
+        pids = {self.child.pid, self.child.program_pid}
+        try:
+            pids |= {p.pid for p in psutil.Process(self.child.pid).children(recursive=True)}
+        except psutil.Error:
+            pass
+        self.unreported_displays = displays_held_by(pids)
+
     def _warn_escalation(self, child: Child) -> None:
+        self._note_unreported_sockets()
         log.get().warning(
             "%s (pid %d) did not exit within %.1f s of SIGTERM; sending SIGKILL to its process "
             "group. Raise --kill-grace (XSUPERVISE_KILL_GRACE) if it needs longer.",
@@ -183,6 +202,7 @@ class XServer:
             self.wm.signal(signal.SIGKILL)
             self.wm.reap_within(_KILL_NOW_WAIT)
         if self.exit_status is None:
+            self._note_unreported_sockets()
             self.child.signal(signal.SIGKILL)
             self.exit_status = self.child.reap_within(_KILL_NOW_WAIT)
             if self.exit_status is None:
@@ -213,6 +233,8 @@ class XServer:
             remove_dead_socket(
                 self.number, self.facts.socket_inode if self.facts else None, self.spawned_wall
             )
+        for number in self.unreported_displays:
+            remove_dead_socket(number, None, self.spawned_wall)
         self.output_reason, self.output_tail = read_output(self.files.log_path, self.log_offset)
         if self.owns_files:
             self.files.remove()
