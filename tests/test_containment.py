@@ -118,6 +118,7 @@ def test_a_sigkilled_supervisor_leaves_nothing(
     leftover = [pid for pid in _pids(report) if not wait_gone(pid, 1.0)]
     for pid in leftover:  # only the fallback's escaped daemon; by its pid, then fail
         os.kill(pid, signal.SIGKILL)
+        assert wait_gone(pid, 10.0)  # gone, not just signalled, before the leak check looks
     assert escapes or not leftover
     assert list((runtime_dir / "sessions").iterdir()) == []
 
