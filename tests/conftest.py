@@ -39,6 +39,13 @@ requires_xvfb = pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # XSUPERVISE_TEST_SHUFFLE=SEED runs the tests in a random order of that seed (.ci/stress):
+    # a test that passes only after another, or a race that one order hides, shows up.
+    seed = os.environ.get("XSUPERVISE_TEST_SHUFFLE")
+    if seed:
+        import random
+
+        random.Random(seed).shuffle(items)
     # @pytest.mark.root("why"): the test chowns to other users, acts as another uid or relies
     # on root's own rules; as anyone else it would fail for that reason alone.
     if os.geteuid() == 0:

@@ -36,7 +36,7 @@ from ._prctl import (
     signal_when_parent_dies,
 )
 from ._steps import Events, Offload, Steps, Wait, poll_ready, run_blocking
-from ._teardown import clear_now, clear_steps, kill_rest, rest_steps
+from ._teardown import clear_now, clear_steps, kill_rest, rest_steps, term_steps
 
 # Steps and pinned processes live in their own modules; importers may keep using these names.
 __all__ = [
@@ -91,9 +91,7 @@ class Child:
         self.start_ticks = start_ticks(self.pid)  # unreaped, so it cannot be gone
         # The program asked for: this child, or in a PID namespace the one its init runs.
         self.program_pid, self.program_ticks = self.pid, self.start_ticks
-        # Readable once the program has started (an X server's -displayfd pipe), while the
-        # launcher holds it: see _term_again_once_started.
-        self.started_fd = -1
+        self.started_fd = -1  # readable once it has started: see _teardown.term_steps
         UNREAPED_CHILDREN.add(self.pid)
 
     def find_program(self) -> int:
@@ -208,7 +206,7 @@ class Child:
             deadline = time.monotonic() + grace
             self.signal(signal.SIGTERM)
             try:
-                yield from self._term_again_once_started(deadline)
+                yield from term_steps(self, deadline)
                 if self.has_exited():
                     yield from rest_steps(self, deadline)
             except GeneratorExit:
@@ -224,21 +222,6 @@ class Child:
         status = yield from self.reap_steps(grace, on_stuck)
         yield from clear_steps(self, grace)
         return status
-
-    def _term_again_once_started(self, deadline: float) -> Steps[None]:
-        """Wait for the exit until ``deadline``; if the program signals that it has started
-        meanwhile (``started_fd``), SIGTERM it once more. A SIGTERM sent while it was still
-        starting may have been lost: a PID namespace's init ignores every signal it has no
-        handler for yet, and an init that had not yet forked the server cannot pass it on.
-        Once the server has written its display number, its handlers (and the init's trap)
-        are in place, so the second SIGTERM stops it rather than the grace's SIGKILL."""
-        watched = (self.pidfd, self.started_fd) if self.started_fd >= 0 else (self.pidfd,)
-        while True:
-            ready = yield Wait(watched, deadline)
-            if self.pidfd in ready or not ready or self.has_exited():
-                return
-            self.signal(signal.SIGTERM)
-            watched = (self.pidfd,)
 
     def clear_boundary_now(self, timeout: float) -> None:
         """What stop_steps does after the reap, for a caller that can no longer yield."""

@@ -40,6 +40,22 @@ def rest_steps(child: Child, deadline: float) -> Steps[None]:
             yield Wait((), min(deadline, time.monotonic() + _POLL))
 
 
+def term_steps(child: Child, deadline: float) -> Steps[None]:
+    """After the first SIGTERM: wait for the exit until ``deadline``; if the program signals
+    that it has started meanwhile (``child.started_fd``), SIGTERM it once more. A SIGTERM sent
+    while it was still starting may have been lost: a PID namespace's init ignores every
+    signal it has no handler for yet, and an init that had not yet forked the server cannot
+    pass it on. Once the server has written its display number, its handlers (and the init's
+    trap) are in place, so the second SIGTERM stops it, not the grace's SIGKILL."""
+    watched = (child.pidfd, child.started_fd) if child.started_fd >= 0 else (child.pidfd,)
+    while True:
+        ready = yield Wait(watched, deadline)
+        if child.pidfd in ready or not ready or child.has_exited():
+            return
+        child.signal(signal.SIGTERM)
+        watched = (child.pidfd,)
+
+
 def kill_rest(child: Child) -> None:
     """SIGKILL what is left in the boundary besides our child's group (no waiting)."""
     if child.boundary is not None and child.boundary.cgroup is not None:
