@@ -292,3 +292,29 @@ def test_a_setuid_like_server_does_not_outlive_a_sigkilled_supervisor(
         subprocess.run([*XSUPERVISE, "list"], env=env, check=True, capture_output=True)
     assert wait_gone(server, 1.0), f"X server pid {server} outlived its supervisor ({kind})"
     subprocess.run([*XSUPERVISE, "clean"], env=env, check=True, capture_output=True)
+
+
+@pytest.mark.skipif("cgroup" not in KINDS, reason="no writable cgroup v2 here")
+@pytest.mark.root("it makes a PID namespace with its own /proc")
+def test_recovery_leaves_the_cgroup_of_a_supervisor_it_cannot_see(tmp_path: Path):
+    """A cgroup shared with another PID namespace's supervisors: its owner's pid means
+    nothing in ours, so "its supervisor is dead" cannot be told, and its processes (listed as
+    0 in cgroup.procs) are not ours to kill. Seen when two test runs shared a cgroup."""
+    base = _cgroup.cgroup_base()
+    assert base is not None
+    cgroup = os.path.join(base, f"{_cgroup.CGROUP_PREFIX}99999999.1-0badcafe-1")
+    os.mkdir(cgroup)
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
+            procs.write(str(sleeper.pid))
+        inside = ["unshare", "--pid", "--fork", "--mount-proc", *XSUPERVISE, "clean"]
+        subprocess.run(inside, capture_output=True, timeout=60, check=True)
+        assert sleeper.poll() is None, "another namespace's cgroup was killed"
+        # Seen from where its processes are visible, the dead owner's cgroup is cleared.
+        subprocess.run([*XSUPERVISE, "clean"], capture_output=True, timeout=60, check=True)
+        assert sleeper.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        _cgroup.remove_cgroup(cgroup)

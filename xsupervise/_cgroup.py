@@ -94,6 +94,17 @@ def all_cgroup_tokens() -> dict[str, list[str]]:
     return found
 
 
+def visible_to_us(cgroup: str) -> bool:
+    """Whether every process of ``cgroup`` is in our PID namespace: cgroup.procs lists as 0 a
+    process we cannot see, i.e. one of another namespace's supervisors, never ours to judge
+    (its pid means nothing here, so "its supervisor is dead" cannot be told)."""
+    try:
+        with open(os.path.join(cgroup, "cgroup.procs")) as stream:
+            return "0" not in stream.read().split()
+    except OSError:
+        return False
+
+
 def clear_cgroup(cgroup: str, timeout: float) -> bool:
     """Kill a cgroup's processes, wait until it is empty and remove it (blocking: recovery)."""
     from ._steps import run_blocking

@@ -92,6 +92,7 @@ class Child:
         # The program asked for: this child, or in a PID namespace the one its init runs.
         self.program_pid, self.program_ticks = self.pid, self.start_ticks
         self.started_fd = -1  # readable once it has started: see _teardown.term_steps
+        self.before_kill: Callable[[], None] | None = None  # called before a SIGKILL
         UNREAPED_CHILDREN.add(self.pid)
 
     def find_program(self) -> int:
@@ -129,6 +130,8 @@ class Child:
                 self.boundary.kill()  # a cgroup is ours alone: no stranger's pid is in it
             return  # reaped: its pid (and session id) may already belong to someone else
         if signum == signal.SIGKILL:
+            if self.before_kill is not None:
+                self.before_kill()  # e.g. note what a SIGKILL will leave behind
             kill_rest(self)  # a cgroup's or a session's other processes
         try:
             if self.own_group:
@@ -159,8 +162,8 @@ class Child:
         return status
 
     def reap_within(self, timeout: float) -> int | None:
-        """Wait at most ``timeout`` s for the exit, then try_reap: for callers that can no
-        longer yield (a closed generator). Blocks that long at worst."""
+        """Wait at most ``timeout`` s for the exit, then try_reap (blocks that long at worst):
+        for callers that can no longer yield (a closed generator)."""
         if self._popen.returncode is None and self.pidfd >= 0:
             poll_ready(Wait((self.pidfd,), time.monotonic() + timeout))
         if (status := self.try_reap()) is not None and self.boundary is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from . import _log as log
-from ._cgroup import CGROUP_PREFIX, all_cgroup_tokens, clear_cgroup
+from ._cgroup import CGROUP_PREFIX, all_cgroup_tokens, clear_cgroup, visible_to_us
 from ._group import sweep_session
 from ._paths import RuntimeDir, token_owner
 from ._process import Pinned, same_process, terminate_pinned
@@ -39,12 +39,14 @@ def reclaim_abandoned(runtime: RuntimeDir, grace: float = 2.0) -> list[SessionRe
         owner = token_owner(token)
         if owner is not None and not same_process(*owner):
             runtime.remove_session(token)
-    # Cgroups of a supervisor killed before it wrote its record (or after removing it).
+    # Cgroups of a supervisor killed before it wrote its record (or after removing it); not
+    # those of another PID namespace's supervisor sharing our cgroup, whose pid we cannot see.
     for token, cgroups in all_cgroup_tokens().items():
         owner = token_owner(token)
         if token not in recorded and owner is not None and not same_process(*owner):
             for cgroup in cgroups:
-                clear_cgroup(cgroup, grace)
+                if visible_to_us(cgroup):
+                    clear_cgroup(cgroup, grace)
     return abandoned
 
 

@@ -111,6 +111,7 @@ class XServer:
         self.companion: Child | None = None  # a profile's (Xwayland's weston), stopped after
         self.vnc: str | None = None  # the xvnc profile's VNC endpoint (see _vnc.py)
         self.unreported_displays: set[int] = set()  # see _note_unreported_sockets
+        child.before_kill = self._note_unreported_sockets
 
     def __repr__(self) -> str:
         return f"<XServer {self.display or '(no display yet)'} {self.child!r}>"
@@ -140,7 +141,7 @@ class XServer:
         return {"DISPLAY": f":{self.number}", "XAUTHORITY": self.files.auth_path}
 
     def _note_unreported_sockets(self) -> None:
-        """Just before a SIGKILL: if the server has not told us its number yet, note which
+        """Just before any SIGKILL: if the server has not told us its number yet, note which
         display sockets it listens on (Xvfb makes them well before it writes its number), so
         that release() removes the files a SIGKILL leaves."""
         if self.number is not None or self.child.has_exited():
@@ -157,7 +158,6 @@ class XServer:
         self.unreported_displays = displays_held_by(pids)
 
     def _warn_escalation(self, child: Child) -> None:
-        self._note_unreported_sockets()
         log.get().warning(
             "%s (pid %d) did not exit within %.1f s of SIGTERM; sending SIGKILL to its process "
             "group. Raise --kill-grace (XSUPERVISE_KILL_GRACE) if it needs longer.",
@@ -202,7 +202,6 @@ class XServer:
             self.wm.signal(signal.SIGKILL)
             self.wm.reap_within(_KILL_NOW_WAIT)
         if self.exit_status is None:
-            self._note_unreported_sockets()
             self.child.signal(signal.SIGKILL)
             self.exit_status = self.child.reap_within(_KILL_NOW_WAIT)
             if self.exit_status is None:
