@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from conftest import (
     requires_xvfb,
 )
 from xsupervise._protocol import OPS
-from xsupervise.client import Client, ControlError
+from xsupervise.client import Client, ControlError, DaemonUnavailable
 
 requires_socket_activate = pytest.mark.skipif(
     shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate missing"
@@ -903,3 +904,40 @@ def _unit_keys(path: Path) -> dict[str, str]:
         if sep and not line.startswith("#"):
             keys[key.strip()] = value.strip()
     return keys
+
+
+def test_a_client_waits_for_room_in_a_full_listen_queue_until_its_timeout(tmp_path: Path):
+    # On a unix socket a non-blocking connect fails with EAGAIN at once when the daemon is a
+    # few accepts behind; the CLI then said "cannot connect" to a daemon that was only busy.
+    path = str(tmp_path / "control.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as busy:
+        busy.bind(path)
+        busy.listen(0)
+        queued = []
+        try:
+            while True:
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+                queued.append(client)
+                client.connect(path)
+        except BlockingIOError:
+            pass
+        outcome: list[object] = []
+
+        def connect() -> None:
+            try:
+                outcome.append(Client(path, timeout=30).connect())
+            except DaemonUnavailable as exc:
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=connect)
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive(), f"it gave up at once: {outcome}"
+        busy.accept()[0].close()  # room for one more
+        waiter.join(30)
+        assert isinstance(outcome[0], Client)
+        outcome[0].close()
+        with pytest.raises(DaemonUnavailable, match=r"did not accept a connection within 0.2 s"):
+            Client(path, timeout=0.2).connect()
+        for client in queued:
+            client.close()

@@ -79,3 +79,43 @@ def test_a_server_killed_before_it_told_its_number_leaves_no_socket_file(tmp_pat
     made = read_report(report)["socket"]
     assert made.startswith(f"{X11_UNIX}/X")
     assert not Path(made).exists(), f"{made} outlived its server"
+
+
+class _SignalsItself:
+    """A boundary whose enter() (run in the child between fork and exec) sends the child a
+    SIGTERM: the moment a stop reaches a server that has not exec'd yet."""
+
+    kind, cgroup, namespace, init_pidfd = "group", None, None, -1
+
+    def argv(self, argv):
+        return list(argv)
+
+    def enter(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def spawned(self, popen) -> None:
+        pass
+
+    def remove(self) -> None:
+        pass
+
+
+def test_a_stop_signal_before_exec_stops_the_child_not_its_parent():
+    # Our handler in a child that has not exec'd yet would write to our wakeup fd: a daemon
+    # then saw a second stop signal it was never sent (and cut every grace short).
+    from xsupervise._process import spawn
+
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    previous_fd = signal.set_wakeup_fd(write_end)
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        child = spawn(["sleep", "30"], boundary=_SignalsItself())
+        status = child.reap_within(10)
+        assert status == -signal.SIGTERM  # it stopped, as a stop should
+        with pytest.raises(BlockingIOError):
+            os.read(read_end, 16)  # and nothing reached us
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(read_end)
+        os.close(write_end)

@@ -19,8 +19,24 @@ _PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+# A stop signal that reaches a child between fork and exec would run our handler there, and
+# the handler writes to our event loop's wakeup fd, which the child still shares: the daemon
+# would see a stop signal it was never sent (a "second" SIGTERM cuts every grace short). So
+# the spawning thread holds them blocked across the fork (see held_stop_signals), and the
+# child restores the default action before it unblocks them: one sent meanwhile stops it.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
+def held_stop_signals() -> set[int | signal.Signals]:
+    """Block the stop signals in this thread; return the mask to restore after the fork."""
+    return signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
 def _die_with_parent(
-    parent_pid: int, deathsig: int, boundary: Boundary | None = None
+    parent_pid: int,
+    deathsig: int,
+    boundary: Boundary | None = None,
+    mask: set[int | signal.Signals] | None = None,
 ) -> Callable[[], None]:
     def setup() -> None:  # runs in the child between fork and exec
         # PR_SET_PDEATHSIG delivers ``deathsig`` when the *thread* that forked us exits;
@@ -32,6 +48,11 @@ def _die_with_parent(
             os._exit(126)
         if boundary is not None:
             boundary.enter()  # raises: Popen then raises SubprocessError (see spawn)
+        if mask is not None:  # last: a stop signal held since the fork now stops us
+            for signum in STOP_SIGNALS:
+                if callable(signal.getsignal(signum)):
+                    signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     return setup
 

@@ -31,6 +31,7 @@ from ._prctl import (
     _die_with_parent,
     become_subreaper,
     describe_status,
+    held_stop_signals,
     peer_credentials,
     shell_status,
     signal_when_parent_dies,
@@ -39,27 +40,14 @@ from ._steps import Events, Offload, Steps, Wait, poll_ready, run_blocking
 from ._teardown import clear_now, clear_steps, kill_rest, rest_steps, term_steps
 
 # Steps and pinned processes live in their own modules; importers may keep using these names.
+# fmt: off
 __all__ = [
-    "Child",
-    "Events",
-    "Offload",
-    "Pinned",
-    "Steps",
-    "Wait",
-    "become_subreaper",
-    "describe_status",
-    "peer_credentials",
-    "poll_ready",
-    "run_blocking",
-    "same_process",
-    "shell_status",
-    "signal_when_parent_dies",
-    "spawn",
-    "start_ticks",
-    "stop_adopted",
-    "terminate_pinned",
-    "wait_exited",
+    "Child", "Events", "Offload", "Pinned", "Steps", "Wait", "become_subreaper",
+    "describe_status", "peer_credentials", "poll_ready", "run_blocking", "same_process",
+    "shell_status", "signal_when_parent_dies", "spawn", "start_ticks", "stop_adopted",
+    "terminate_pinned", "wait_exited"
 ]
+# fmt: on
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -289,15 +277,19 @@ def _popen(
     deathsig: int,
     boundary: Boundary | None,
 ) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        boundary.argv(argv) if boundary is not None else list(argv),
-        env=env,
-        pass_fds=tuple(pass_fds),
-        stdin=stdin,
-        stdout=stdout,
-        stderr=stderr,
-        start_new_session=own_group,
-        # PR_SET_PDEATHSIG has no other way in; we spawn from one thread only (the loop's or
-        # the CLI's), never from an Offload's worker.
-        preexec_fn=_die_with_parent(os.getpid(), deathsig, boundary),
-    )
+    mask = held_stop_signals()  # until the child has reset its handlers (see _prctl)
+    try:
+        return subprocess.Popen(
+            boundary.argv(argv) if boundary is not None else list(argv),
+            env=env,
+            pass_fds=tuple(pass_fds),
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=own_group,
+            # PR_SET_PDEATHSIG has no other way in; we spawn from one thread only (the loop's
+            # or the CLI's), never from an Offload's worker.
+            preexec_fn=_die_with_parent(os.getpid(), deathsig, boundary, mask),
+        )
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 
 from . import _protocol as protocol
 from ._errors import EnvironmentProblem, ExitCode, UsageError, XSuperviseError
@@ -104,9 +105,24 @@ class Client:
 
     def connect(self) -> Self:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.settimeout(self.timeout)
+        # A blocking connect, bounded by SO_SNDTIMEO: on a unix socket a non-blocking one
+        # fails with EAGAIN at once whenever the daemon is a few accepts behind (its listen
+        # queue is full), where the blocking one waits for room.
+        if self.timeout is not None:
+            seconds = int(self.timeout)
+            micros = int((self.timeout - seconds) * 1e6)
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, micros)
+            )
         try:
             sock.connect(self.path)
+            sock.settimeout(self.timeout)
+        except BlockingIOError:
+            sock.close()
+            raise DaemonUnavailable(
+                f"the daemon on {self.path} did not accept a connection within {self.timeout:g} s "
+                "(its queue of waiting connections stayed full: it is overloaded or stuck)."
+            ) from None
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()
             raise DaemonUnavailable(
