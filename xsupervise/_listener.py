@@ -17,11 +17,32 @@ import fcntl
 import os
 import socket
 import stat
+import struct
 
 from ._errors import EnvironmentProblem, UsageError
 from ._paths import remove_file
 
 FD_NAME = "control"  # FileDescriptorName= in xsupervise.socket
+
+
+def connect(path: str, timeout: float | None) -> socket.socket:
+    """A client's connection to the control socket at ``path``; ``timeout`` for each later
+    operation. The connect itself blocks, bounded by SO_SNDTIMEO: on a unix socket a
+    non-blocking connect fails with EAGAIN at once whenever the daemon is a few accepts
+    behind (its listen queue full), where a blocking one waits for room. Raises OSError;
+    BlockingIOError: still no room after ``timeout``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        if timeout is not None:
+            whole = int(timeout)
+            bound = struct.pack("ll", whole, int((timeout - whole) * 1e6))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, bound)
+        sock.connect(path)
+        sock.settimeout(timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class SocketInUse(EnvironmentProblem):

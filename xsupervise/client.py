@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import struct
 
 from . import _protocol as protocol
 from ._errors import EnvironmentProblem, ExitCode, UsageError, XSuperviseError
@@ -104,36 +103,22 @@ class Client:
         return f"<Client {self.path}>"
 
     def connect(self) -> Self:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        # A blocking connect, bounded by SO_SNDTIMEO: on a unix socket a non-blocking one
-        # fails with EAGAIN at once whenever the daemon is a few accepts behind (its listen
-        # queue is full), where the blocking one waits for room.
-        if self.timeout is not None:
-            seconds = int(self.timeout)
-            micros = int((self.timeout - seconds) * 1e6)
-            sock.setsockopt(
-                socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, micros)
-            )
+        from ._listener import connect
+
         try:
-            sock.connect(self.path)
-            sock.settimeout(self.timeout)
+            self._sock = connect(self.path, self.timeout)
         except BlockingIOError:
-            sock.close()
             raise DaemonUnavailable(
                 f"the daemon on {self.path} did not accept a connection within {self.timeout:g} s "
                 "(its queue of waiting connections stayed full: it is overloaded or stuck)."
             ) from None
         except (FileNotFoundError, ConnectionRefusedError) as exc:
-            sock.close()
             raise DaemonUnavailable(
-                f"no xsupervise serve answers on {self.path} "
-                f"({exc.strerror}); start one (xsupervise serve, or "
-                "systemctl --user start xsupervise.socket)."
+                f"no xsupervise serve answers on {self.path} ({exc.strerror}); start one "
+                "(xsupervise serve, or systemctl --user start xsupervise.socket)."
             ) from None
         except OSError as exc:
-            sock.close()
             raise DaemonUnavailable(f"cannot connect to {self.path}: {exc.strerror}.") from None
-        self._sock = sock
         return self
 
     def close(self) -> None:
