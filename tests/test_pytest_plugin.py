@@ -139,6 +139,63 @@ def test_a_failing_test_leaves_a_red_png_named_in_its_report(tmp_path: Path) -> 
         assert image.convert("RGB").getcolors(1) == [(800 * 600, (255, 0, 0))]
 
 
+SERVERS = [
+    pytest.param(name, marks=pytest.mark.skipif(not shutil.which(binary), reason=f"no {binary}"))
+    for name, binary in (("xvfb", "Xvfb"), ("xvnc", "Xvnc"))
+]
+
+
+@needs_xsetroot
+@pytest.mark.parametrize("server", SERVERS)
+def test_the_failure_png_is_taken_on_each_server_and_named_in_junit_xml(
+    tmp_path: Path, server: str, short_runtime: Path
+) -> None:
+    """Issue 19 (1, 2): the failure PNG under --xdisplay-server xvnc (mss's default backend
+    refuses its visuals), and its path in --junitxml, which takes the properties of the
+    teardown's report only."""
+    import xml.etree.ElementTree as ElementTree
+
+    image_module = pytest.importorskip("PIL.Image")
+    project = sample(
+        tmp_path,
+        """
+        import subprocess
+
+        def test_paints_red_then_fails():
+            subprocess.run(["xsetroot", "-solid", "red"], check=True)
+            assert False, "the window was red"
+
+        def test_passes():
+            pass
+    """,
+    )
+    done = run_pytest(
+        project,
+        "--xdisplay",
+        "--xdisplay-server",
+        server,
+        "--xdisplay-screen",
+        "640x480x24",
+        "--xdisplay-screenshots",
+        "shots",
+        "--junitxml",
+        "junit.xml",
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    shot = project / "shots" / "test_sample.py_test_paints_red_then_fails.png"
+    cases = {
+        case.get("name"): {prop.get("name"): prop.get("value") for prop in case.iter("property")}
+        for case in ElementTree.parse(project / "junit.xml").iter("testcase")
+    }
+    assert cases == {
+        "test_paints_red_then_fails": {"xdisplay_screenshot": str(shot)},
+        "test_passes": {},
+    }, done.stdout
+    with image_module.open(shot) as image:
+        assert image.size == (640, 480)
+        assert image.convert("RGB").getcolors(1) == [(640 * 480, (255, 0, 0))]
+
+
 def test_each_xdist_worker_gets_its_own_display(tmp_path: Path) -> None:
     pytest.importorskip("xdist")
     project = sample(

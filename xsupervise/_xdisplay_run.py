@@ -192,6 +192,9 @@ class XDisplayRun:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 capture(target.display, target.xauthority, path)
                 note = str(path)
+                # JUnit XML takes the properties of the teardown's report only, which pytest
+                # copies from the item's: on the item, so that every later report has it.
+                item.user_properties.append(("xdisplay_screenshot", note))
                 report.user_properties.append(("xdisplay_screenshot", note))
             except (OSError, XSuperviseError) as exc:
                 note = f"none: {exc}"
