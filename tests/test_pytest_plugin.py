@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -272,6 +274,72 @@ def test_sigkilled_pytest_leaves_no_server_and_no_file(tmp_path: Path, isolated:
         inner.kill()
         inner.wait()
         inner.stdout.close()
+
+
+def test_sigkilled_xdist_controller_takes_its_workers_displays_within_a_second(
+    tmp_path: Path,
+) -> None:
+    """Issue 19 (3): the xdist workers (children of the controller) outlived a SIGKILLed
+    controller until their running test ended, and kept their displays up."""
+    pytest.importorskip("xdist")
+    import psutil
+
+    fifo = tmp_path / "ready"
+    os.mkfifo(fifo)
+    project = sample(
+        tmp_path,
+        f"""
+        import json, os, time
+
+        import pytest
+
+        @pytest.mark.parametrize("n", range(2))
+        def test_blocks(n, xdisplay):
+            line = json.dumps([os.getpid(), xdisplay.server_pid]) + "\\n"
+            with open({str(fifo)!r}, "w") as ready:
+                ready.write(line)
+            time.sleep(120)
+    """,
+    )
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--xdisplay", "-n", "2"],
+        cwd=project,
+        env=inner_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    seen: dict[int, int] = {}  # worker pid -> its X server's pid
+    try:
+        with os.fdopen(reader, "rb", buffering=0) as lines:
+            buffered = b""
+            while len(seen) < 2:
+                assert select.select([lines], [], [], 60)[0], "the tests never started"
+                buffered += lines.read() or b""
+                *done, buffered = buffered.split(b"\n")
+                seen.update(tuple(json.loads(line)) for line in done)  # type: ignore[misc]
+        servers = {pid: os.pidfd_open(pid) for pid in seen.values()}
+        controller.kill()
+        controller.wait()
+        deadline = time.monotonic() + 1.0
+        while servers and (left := deadline - time.monotonic()) > 0:
+            for fd in select.select(list(servers.values()), [], [], left)[0]:
+                servers = {pid: pidfd for pid, pidfd in servers.items() if pidfd != fd}
+                os.close(fd)
+        for fd in servers.values():
+            os.close(fd)
+        assert not servers, f"X servers {sorted(servers)} outlived the controller by 1 s"
+    finally:
+        controller.kill()
+        controller.wait()
+        for worker in seen:  # on failure: what the kernel did not stop (ours to stop)
+            try:
+                psutil.Process(worker).kill()
+            except psutil.NoSuchProcess:
+                pass
+            assert wait_gone(worker, 10)
+        for server in seen.values():
+            assert wait_gone(server, 10)
 
 
 def test_no_xdisplay_leaves_display_untouched(tmp_path: Path, isolated: Path) -> None:
