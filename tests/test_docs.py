@@ -247,9 +247,13 @@ def test_units_run_no_program_a_minimal_system_lacks(unit: Path, tmp_path: Path)
 @requires_xvfb
 @pytest.mark.parametrize("where,code", blocks("python"), ids=[w for w, _ in blocks("python")])
 def test_python_example(
-    where: str, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    where: str, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short_runtime: Path
 ) -> None:
     monkeypatch.chdir(tmp_path)  # what an example writes (a screenshot) stays in the test's dir
+    # Scripts of the packages installed beside us (vncdotool's vncdo), as in an activated venv.
+    monkeypatch.setenv(
+        "PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    )
     compiled = compile(code, where, "exec")
     if code.startswith("# Compiled only"):
         return  # the first line says why (a daemon must be running)
