@@ -198,6 +198,42 @@ def test_the_failure_png_is_taken_on_each_server_and_named_in_junit_xml(
         assert image.convert("RGB").getcolors(1) == [(640 * 480, (255, 0, 0))]
 
 
+@pytest.mark.skipif(
+    not (shutil.which("openbox") and shutil.which("xdotool") and shutil.which("xmessage")),
+    reason="needs openbox, xdotool and xmessage",
+)
+def test_a_window_becomes_active_only_with_a_window_manager(tmp_path: Path) -> None:
+    """Issue 19 (8): what docs/pytest.md says of waiting for an active window (pytest-qt's
+    waitActive): it fails on a bare display, and works with XSUPERVISE_WM=openbox."""
+    project = sample(
+        tmp_path,
+        """
+        import subprocess
+
+        def test_window_becomes_active(xdisplay):
+            window = subprocess.Popen(["xmessage", "-name", "activeme", "hi"])
+            try:
+                found = subprocess.run(
+                    ["xdotool", "search", "--sync", "--onlyvisible", "--classname", "activeme"],
+                    capture_output=True, text=True, timeout=10, check=True,
+                )
+                wid = found.stdout.split()[0]
+                # Waits (on X events) until the window manager has made it the active window.
+                subprocess.run(
+                    ["xdotool", "windowactivate", "--sync", wid], timeout=10, check=True
+                )
+            finally:
+                window.kill()
+                window.wait()
+    """,
+    )
+    bare = run_pytest(project, "--xdisplay")
+    assert bare.returncode == 1, bare.stdout + bare.stderr
+    assert "_NET_ACTIVE_WINDOW" in bare.stdout  # xdotool: the (absent) WM does not support it
+    managed = run_pytest(project, "--xdisplay", env=inner_env(XSUPERVISE_WM="openbox"))
+    assert managed.returncode == 0, managed.stdout + managed.stderr
+
+
 def test_each_xdist_worker_gets_its_own_display(tmp_path: Path) -> None:
     pytest.importorskip("xdist")
     project = sample(
