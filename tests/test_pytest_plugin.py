@@ -346,6 +346,7 @@ def test_sigkilled_xdist_controller_takes_its_workers_displays_within_a_second(
         stderr=subprocess.DEVNULL,
     )
     seen: dict[int, int] = {}  # worker pid -> its X server's pid
+    supervisors: list[int] = []
     try:
         with os.fdopen(reader, "rb", buffering=0) as lines:
             buffered = b""
@@ -355,6 +356,13 @@ def test_sigkilled_xdist_controller_takes_its_workers_displays_within_a_second(
                 *done, buffered = buffered.split(b"\n")
                 seen.update(tuple(json.loads(line)) for line in done)  # type: ignore[misc]
         servers = {pid: os.pidfd_open(pid) for pid in seen.values()}
+        supervisors = [  # each display's `xsupervise start`: it removes the files afterwards
+            child.pid
+            for worker in seen
+            for child in psutil.Process(worker).children()
+            if "xsupervise" in " ".join(child.cmdline())
+        ]
+        assert len(supervisors) == 2, supervisors
         controller.kill()
         controller.wait()
         deadline = time.monotonic() + 1.0
@@ -374,8 +382,8 @@ def test_sigkilled_xdist_controller_takes_its_workers_displays_within_a_second(
             except psutil.NoSuchProcess:
                 pass
             assert wait_gone(worker, 10)
-        for server in seen.values():
-            assert wait_gone(server, 10)
+        for pid in [*seen.values(), *supervisors]:
+            assert wait_gone(pid, 10)
 
 
 def test_no_xdisplay_leaves_display_untouched(tmp_path: Path, isolated: Path) -> None:
