@@ -11,6 +11,9 @@ It accepts the argv xsupervise gives a real server (``-displayfd FD`` among it) 
                becomes a real Xvfb with the same arguments
   doublefork   the same, but the helper is double-forked (setsid, fork, the middle one
                exits) before the server becomes Xvfb: an orphan before it is ready
+  launcher=exit  a launcher (vncserver's shape): starts a real Xvfb in the background (setsid,
+               its own -displayfd pipe), relays the number it writes, then exits 0
+  launcher=stay  the same, but stays (hangs) after relaying the number
 If $FAKE_X_REPORT names a file, it writes "pid=...", "daemon=...", "helper=..." lines there.
 """
 
@@ -116,5 +119,28 @@ elif mode == "doublefork":
     report(helper=host_pid(os.read(helper_pipe_read, 32).decode()))
     os.waitpid(child, 0)  # the middle one is gone: its child is an orphan now
     os.execvp("Xvfb", ["Xvfb", *args[:-1]])
+elif mode.startswith("launcher="):
+    relay_read, relay_write = os.pipe()
+    server = os.fork()
+    if server == 0:
+        os.close(fd)
+        os.close(relay_read)
+        os.setsid()
+        argv = list(args[:-1])
+        argv[argv.index("-displayfd") + 1] = str(relay_write)
+        os.set_inheritable(relay_write, True)
+        os.execvp("Xvfb", ["Xvfb", *argv])
+    os.close(relay_write)
+    report(server=host_pid(server))
+    number = b""
+    while not number.endswith(b"\n"):  # the background server's number, once it is ready
+        chunk = os.read(relay_read, 32)
+        if not chunk:
+            sys.exit(f"fake_x_shapes: the background Xvfb wrote {number!r} and closed")
+        number += chunk
+    os.write(fd, number)
+    if mode == "launcher=exit":
+        sys.exit(0)
+    hang()
 else:
     sys.exit(f"fake_x_shapes: unknown mode {mode}")

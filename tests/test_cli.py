@@ -396,6 +396,39 @@ def test_without_systemd_python_run_works_and_serve_under_systemd_exits_5(tmp_pa
     assert not (tmp_path / "control.sock").exists()  # refused before binding anything
 
 
+def test_without_systemd_python_a_start_whose_stderr_is_the_journal_exits_5_in_one_line(
+    tmp_path: Path,
+):
+    """Issue 19 (4): the refusal was logged through a JournalHandler that could not be
+    imported, and ended in a ModuleNotFoundError traceback instead of its line."""
+    shim = tmp_path / "shim"  # first on the path: `import systemd` fails, as without it
+    shim.mkdir()
+    (shim / "systemd.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'systemd'\", name='systemd')\n"
+    )
+    stderr_file = tmp_path / "stderr"
+    with open(stderr_file, "w") as stderr:
+        info = os.fstat(stderr.fileno())
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(shim), *sys.path]),
+            "JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}",  # fd 2 is "the journal"
+        }
+        done = subprocess.run(
+            [*XSUPERVISE, "start", ":auto"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    line = stderr_file.read_text()
+    assert (done.returncode, done.stdout, line.count("\n")) == (5, b"", 1), line
+    assert line.startswith("xsupervise: running under systemd (stderr is the journal"), line
+    assert "pip install 'xsupervise[systemd]'" in line
+
+
 def test_inherited_listen_fds_of_another_process_do_not_need_systemd_python():
     # A socket-activated service's LISTEN_FDS reach whatever it runs; sd_listen_fds(3) says
     # they are ours only when LISTEN_PID is our pid.

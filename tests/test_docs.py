@@ -23,6 +23,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import textwrap
 import tomllib
 from pathlib import Path
@@ -197,12 +198,62 @@ def test_units_exec_start_parses(unit: Path) -> None:
         assert parse(xsupervise_args(shlex.split(line.replace("%i", "99"))) or [])
 
 
+UNITS = sorted((ROOT / "systemd").rglob("*.service"))
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda path: str(path.relative_to(ROOT)))
+def test_units_run_no_program_a_minimal_system_lacks(unit: Path, tmp_path: Path) -> None:
+    """Issue 19 (5): a minimal system has no /bin/kill (procps). Every Exec*= line runs an
+    absolute path; a reload sends SIGHUP to $MAINPID with the shell's builtin kill, run here
+    as systemd runs it (split into words, MAINPID in the environment) with an empty PATH."""
+    execs = [
+        line.partition("=")[::2]
+        for line in unit.read_text().splitlines()
+        if line.startswith("Exec") and "=" in line
+    ]
+    for key, command in execs:
+        program = shlex.split(command.lstrip("-@:+!"))[0]
+        assert program.startswith("/") and os.path.basename(program) != "kill", (key, command)
+    for _, command in (pair for pair in execs if pair[0] == "ExecReload"):
+        waiter = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import signal; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP}); "
+                "print('ready', flush=True); print(signal.sigwait({signal.SIGHUP}).name)",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert waiter.stdout is not None
+            assert waiter.stdout.readline() == "ready\n"
+            reload = subprocess.run(
+                shlex.split(command),
+                env={"PATH": str(tmp_path), "MAINPID": str(waiter.pid)},
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+            assert (reload.returncode, reload.stderr) == (0, ""), command
+            assert waiter.stdout.readline() == "SIGHUP\n"
+        finally:
+            waiter.kill()
+            waiter.wait()
+            waiter.stdout.close()  # type: ignore[union-attr]
+
+
 @requires_xvfb
 @pytest.mark.parametrize("where,code", blocks("python"), ids=[w for w, _ in blocks("python")])
 def test_python_example(
-    where: str, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    where: str, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short_runtime: Path
 ) -> None:
     monkeypatch.chdir(tmp_path)  # what an example writes (a screenshot) stays in the test's dir
+    # Scripts of the packages installed beside us (vncdotool's vncdo), as in an activated venv.
+    monkeypatch.setenv(
+        "PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    )
     compiled = compile(code, where, "exec")
     if code.startswith("# Compiled only"):
         return  # the first line says why (a daemon must be running)

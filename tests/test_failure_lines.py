@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import os
 import re
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -28,6 +29,11 @@ from xsupervise import _containment
 from xsupervise._server_output import server_reason
 
 SHAPES = str(TESTS / "fake_x_shapes.py")
+RUN_IT_YOURSELF = re.escape(
+    "Only an X server that runs in the foreground can be supervised: run the X server binary "
+    "itself (Xvfb, Xtigervnc..., not a launcher such as vncserver), or a profile (--server "
+    "xvfb, xvnc...)."
+)
 ELAPSED = r"\(\d+\.\d\d s after start\)"
 
 
@@ -128,13 +134,12 @@ def test_a_server_that_daemonizes_is_named_with_its_daemon(
         daemon = int(facts["daemon"])
         line = str(failure.value)
         assert re.fullmatch(
-            rf"fake_x_shapes\.py \(pid {facts['pid']}\) wrote display number {number} but "
-            rf"/tmp/\.X11-unix/X{number} is served by another process: pid {daemon} \(user "
-            rf"{getpass.getuser()}: \S*python3? {re.escape(SHAPES)} -displayfd \S+ -nolisten "
-            r"tcp [^)]*\) "
-            rf"{ELAPSED}; its process group was stopped and reaped\. That process was started "
-            r"by the server but left its process group \(the server daemonizes\): run it in the "
-            r"foreground\. Its last output: \(nothing\)",
+            rf"fake_x_shapes\.py \(pid {facts['pid']}\) wrote display number {number} but put "
+            r"the X server that serves it in the background, out of its process group: "
+            rf"pid {daemon} \(user {getpass.getuser()}: \S*python3? {re.escape(SHAPES)} "
+            r"-displayfd \S+ -nolisten tcp [^)]*\) "
+            rf"{ELAPSED}; its process group was stopped and reaped\. {RUN_IT_YOURSELF} Its last "
+            r"output: \(nothing\)",
             line,
         ), line
     finally:
@@ -266,3 +271,86 @@ def test_a_leftover_nothing_places_is_of_unknown_origin_not_commands(tmp_path: P
         "Something of unknown origin (neither the X server's nor COMMAND's) left 1 process(es) "
         f"running (pid {stranger.pid} sleep); stopped them.",
     ]
+
+
+def _kinds() -> list[str]:
+    from xsupervise import _cgroup
+
+    kinds = ["group"]
+    if _containment._namespace_prefix() is not None:
+        kinds.append("pidns")
+    if _cgroup.cgroup_base() is not None:
+        kinds.append("cgroup")
+    return kinds
+
+
+@requires_xvfb
+@pytest.mark.parametrize("kind", _kinds())
+@pytest.mark.parametrize("launcher", ["exit", "stay"])
+def test_a_launcher_that_backgrounds_its_x_server_is_named_with_it(
+    tmp_path: Path, monkeypatch, kind: str, launcher: str
+):
+    """Issue 19 (6): a launcher (vncserver's shape) starts a real Xvfb in the background,
+    relays its number, then exits or stays. The line said `nothing answers`, or told to stop
+    "another process": it names the X server it put in the background, and what to run."""
+    report = tmp_path / "report"
+    monkeypatch.setenv("FAKE_X_REPORT", str(report))
+    monkeypatch.setenv("XSUPERVISE_CONTAINMENT", kind)
+    try:
+        with pytest.raises(xsupervise.NotServing) as failure:
+            start_once(f"{SHAPES} launcher={launcher}", asynchronous=False)
+        facts = read_report(report)
+        line = str(failure.value)
+        named = (
+            rf"fake_x_shapes\.py \(pid {facts['pid']}\) wrote display number (\d+) but put the "
+            r"X server that serves it in the background, out of its process group: "
+            rf"pid {facts['server']} \(user {getpass.getuser()}: Xvfb -displayfd \d+ -nolisten "
+            rf"tcp -auth [^)]+\) {ELAPSED}; its process group was stopped and reaped\. "
+            rf"{RUN_IT_YOURSELF} Its last output: .*"
+        )
+        # In a PID namespace the launcher's exit ends the namespace, its X server with it:
+        # by the time we look it may be gone, and the line says what is left to check.
+        gone = (
+            rf"fake_x_shapes\.py \(pid {facts['pid']}\) wrote display number (\d+) but nothing "
+            r"answers on /tmp/\.X11-unix/X\1 \([^)]+\); it exited with status 0 "
+            rf"{ELAPSED}; its process group was stopped and reaped\. An X server runs for as "
+            r"long as it serves its display; a launcher that starts one in the background and "
+            r"exits cannot be supervised: run the X server binary itself \(Xvfb, Xtigervnc\.\.\."
+            r"\), or a profile \(--server xvfb, xvnc\.\.\.\)\. Its last output: .*"
+        )
+        patterns = [named, gone] if (kind, launcher) == ("pidns", "exit") else [named]
+        assert any(re.fullmatch(pattern, line) for pattern in patterns), line
+    finally:
+        facts = read_report(report)
+        if "server" in facts:  # in the fallback it escaped the session (setsid): ours to stop
+            try:
+                os.kill(int(facts["server"]), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            assert wait_gone(int(facts["server"]), 10)
+
+
+@pytest.mark.skipif(
+    not (shutil.which("vncserver") and shutil.which("Xtigervnc")),
+    reason="TigerVNC's vncserver is not installed (tigervnc-standalone-server)",
+)
+def test_vncserver_is_named_with_the_xtigervnc_it_backgrounds(tmp_path: Path):
+    """Issue 19 (6), with the real launcher: TigerVNC's vncserver (a Perl script) forks
+    Xtigervnc into a session of its own and passes it our -displayfd."""
+    env = {**os.environ, "HOME": str(tmp_path)}  # vncserver writes ~/.vnc
+    done = run_cli("run", "--server", "vncserver -SecurityTypes None", "--", "true", env=env)
+    found = re.search(
+        r"in the background, out of its process group: pid (\d+) \(user ", done.stderr
+    )
+    try:
+        assert (done.returncode, done.stderr.count("\n")) == (3, 1), done.stderr
+        assert found, done.stderr
+        assert re.search(r"pid \d+ \(user \S+: \S*Xtigervnc :\d+ ", done.stderr), done.stderr
+        assert "Xtigervnc..., not a launcher such as vncserver), or a profile" in done.stderr
+    finally:
+        if found:  # in the fallback boundary it outlives the session: ours to stop
+            try:
+                os.kill(int(found[1]), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            assert wait_gone(int(found[1]), 10)

@@ -197,3 +197,34 @@ def test_another_geometry_is_honoured_or_refused(profile: str, host_env: dict[st
     else:
         assert done.returncode == 0, done.stderr
         assert geometry(done.stdout) == "800x600x16"
+
+
+@pytest.mark.parametrize("profile", PARAMS)
+def test_screenshot_is_the_red_root_window(profile: str, host_env: dict[str, str], tmp_path: Path):
+    """Issue 19 (1): mss's default backend refuses Xvnc's visuals, and the line blamed the
+    cookie. `xsupervise screenshot` of every profile is its screen, red after xsetroot."""
+    if shutil.which("xsetroot") is None:
+        pytest.skip("xsetroot is not installed (x11-xserver-utils)")
+    from PIL import Image
+
+    with start(profile, host_env) as process:
+        try:
+            facts = json.loads(read_line(process.stdout))
+            env = {**host_env, "DISPLAY": facts["display"], "XAUTHORITY": facts["xauthority"]}
+            subprocess.run(["xsetroot", "-solid", "red"], env=env, check=True, timeout=30)
+            shot = tmp_path / "shot.png"
+            done = subprocess.run(
+                [*XSUPERVISE, "screenshot", facts["display"], "-o", str(shot)],
+                env=host_env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=20) == 0
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    with Image.open(shot) as image:
+        assert f"{image.width}x{image.height}x24" == SCREEN
+        assert {colour for _, colour in image.convert("RGB").getcolors(1 << 24)} == {(255, 0, 0)}

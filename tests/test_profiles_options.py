@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -122,8 +123,8 @@ def outside_address() -> str | None:
 def test_xvnc_serves_vnc_on_a_private_unix_socket_only(short_runtime: Path):
     with start_cli("start", "--json", "--server", "xvnc") as process:
         facts = json.loads(read_line(process.stdout))
-        kind, _, path = facts["vnc"].partition(":")
-        assert kind == "unix" and path.startswith(str(short_runtime))
+        path = facts["vnc"]["unix"]
+        assert facts["vnc"] == {"unix": path} and path.startswith(str(short_runtime))
         assert os.stat(path).st_mode & 0o777 == 0o600
         with socket.socket(socket.AF_UNIX) as sock:
             sock.connect(path)
@@ -133,7 +134,7 @@ def test_xvnc_serves_vnc_on_a_private_unix_socket_only(short_runtime: Path):
         assert [entry["vnc"] for entry in listed] == [facts["vnc"]]
         status = json.loads(cli("status", "--json").stdout)
         assert [entry["vnc"] for entry in status] == [facts["vnc"]]
-        assert f"vnc {facts['vnc']}" in cli("status").stdout
+        assert f"vnc {path}" in cli("status").stdout  # the bare path, as VNC clients take it
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
 
@@ -142,8 +143,8 @@ def test_xvnc_serves_vnc_on_a_private_unix_socket_only(short_runtime: Path):
 def test_vnc_listen_on_loopback_is_not_reachable_from_outside(short_runtime: Path):
     with start_cli("start", "--json", "--server", "xvnc", "--vnc-listen", "127.0.0.1") as process:
         facts = json.loads(read_line(process.stdout))
-        host, _, port = facts["vnc"].rpartition(":")
-        assert host == "127.0.0.1"
+        host, port = facts["vnc"]["host"], facts["vnc"]["port"]
+        assert facts["vnc"] == {"host": "127.0.0.1", "port": port}
         assert tcp_listeners(facts["server_pid"]) == [("127.0.0.1", int(port))]
         with socket.create_connection((host, int(port)), timeout=10) as sock:
             assert rfb_greeting(sock) == b"RFB 003.008\n"
@@ -173,7 +174,10 @@ def test_a_taken_vnc_port_is_skipped_or_named(short_runtime: Path):
         holder.listen()
         settings = load_settings({"server": "xvnc", "vnc_listen": "127.0.0.1"})
         with xsupervise.Display(settings=settings) as display:
-            assert display.vnc is not None and display.vnc != "127.0.0.1:5900"
+            assert display.vnc is not None and (display.vnc.host, display.vnc.port) != (
+                "127.0.0.1",
+                5900,
+            )
 
 
 @needs("xorg-dummy")
@@ -283,7 +287,8 @@ def test_the_daemon_reports_the_vnc_endpoint(short_runtime: Path):
         notifications.until("READY")
         with daemon.client() as client:
             session = client.start(":auto", name="vnc", server="xvnc")
-            assert session["vnc"].startswith(f"unix:{short_runtime}")
+            assert session["vnc"]["unix"].startswith(str(short_runtime))
+            assert session["vnc"] == {"unix": session["vnc"]["unix"]}
             assert [entry["vnc"] for entry in client.status("vnc")] == [session["vnc"]]
             assert [entry["vnc"] for entry in client.list()] == [session["vnc"]]
             client.stop(name="vnc")
@@ -298,6 +303,53 @@ def test_start_prints_the_vnc_endpoint_beside_display(short_runtime: Path):
     with start_cli("start", "--server", "xvnc") as process:
         lines = [read_line(process.stdout) for _ in range(3)]
         assert lines[0].startswith("DISPLAY=:") and lines[1].startswith("XAUTHORITY=")
-        assert lines[2].startswith(f"VNC=unix:{short_runtime}")
+        assert lines[2].startswith(f"VNC={short_runtime}")  # the bare path: what clients take
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
+
+
+# vncdotool's script, beside our interpreter (a venv not on PATH) or on PATH.
+VNCDO = shutil.which(
+    "vncdo", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+)
+needs_vncdo = pytest.mark.skipif(
+    VNCDO is None, reason="vncdotool is not installed (pip install vncdotool)"
+)
+
+
+@needs("xvnc")
+@needs_vncdo
+@pytest.mark.parametrize("listen", [None, "127.0.0.1"], ids=["unix", "tcp"])
+def test_a_real_vnc_client_takes_the_endpoint_as_reported(
+    short_runtime: Path, tmp_path: Path, listen: str | None
+):
+    """Issue 19 (7): vncdotool took neither `unix:PATH` nor `HOST:PORT`. str(display.vnc) is
+    what it takes; the JSON form is structured ({"unix": PATH} or {"host", "port"})."""
+    from PIL import Image
+
+    from xsupervise._vnc_endpoint import VncEndpoint
+
+    settings = load_settings({"server": "xvnc", "screen": "320x200x24", "vnc_listen": listen})
+    with xsupervise.Display(settings=settings) as display:
+        assert display.vnc is not None
+        expected = (
+            {"unix": display.vnc.unix}
+            if listen is None
+            else {"host": "127.0.0.1", "port": display.vnc.port}
+        )
+        assert display.vnc.to_json() == expected
+        assert VncEndpoint.from_json(expected) == display.vnc
+        env = {**os.environ, **display.env}
+        subprocess.run(["xsetroot", "-solid", "red"], env=env, check=True, timeout=30)
+        shot = tmp_path / "vnc.png"
+        done = subprocess.run(
+            [str(VNCDO), "-s", str(display.vnc), "capture", str(shot)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    with Image.open(shot) as image:
+        assert image.size == (320, 200)
+        assert image.convert("RGB").getcolors(1) == [(320 * 200, (255, 0, 0))]

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -139,6 +141,99 @@ def test_a_failing_test_leaves_a_red_png_named_in_its_report(tmp_path: Path) -> 
         assert image.convert("RGB").getcolors(1) == [(800 * 600, (255, 0, 0))]
 
 
+SERVERS = [
+    pytest.param(name, marks=pytest.mark.skipif(not shutil.which(binary), reason=f"no {binary}"))
+    for name, binary in (("xvfb", "Xvfb"), ("xvnc", "Xvnc"))
+]
+
+
+@needs_xsetroot
+@pytest.mark.parametrize("server", SERVERS)
+def test_the_failure_png_is_taken_on_each_server_and_named_in_junit_xml(
+    tmp_path: Path, server: str, short_runtime: Path
+) -> None:
+    """Issue 19 (1, 2): the failure PNG under --xdisplay-server xvnc (mss's default backend
+    refuses its visuals), and its path in --junitxml, which takes the properties of the
+    teardown's report only."""
+    import xml.etree.ElementTree as ElementTree
+
+    image_module = pytest.importorskip("PIL.Image")
+    project = sample(
+        tmp_path,
+        """
+        import subprocess
+
+        def test_paints_red_then_fails():
+            subprocess.run(["xsetroot", "-solid", "red"], check=True)
+            assert False, "the window was red"
+
+        def test_passes():
+            pass
+    """,
+    )
+    done = run_pytest(
+        project,
+        "--xdisplay",
+        "--xdisplay-server",
+        server,
+        "--xdisplay-screen",
+        "640x480x24",
+        "--xdisplay-screenshots",
+        "shots",
+        "--junitxml",
+        "junit.xml",
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    shot = project / "shots" / "test_sample.py_test_paints_red_then_fails.png"
+    cases = {
+        case.get("name"): {prop.get("name"): prop.get("value") for prop in case.iter("property")}
+        for case in ElementTree.parse(project / "junit.xml").iter("testcase")
+    }
+    assert cases == {
+        "test_paints_red_then_fails": {"xdisplay_screenshot": str(shot)},
+        "test_passes": {},
+    }, done.stdout
+    with image_module.open(shot) as image:
+        assert image.size == (640, 480)
+        assert image.convert("RGB").getcolors(1) == [(640 * 480, (255, 0, 0))]
+
+
+@pytest.mark.skipif(
+    not (shutil.which("openbox") and shutil.which("xdotool") and shutil.which("xmessage")),
+    reason="needs openbox, xdotool and xmessage",
+)
+def test_a_window_becomes_active_only_with_a_window_manager(tmp_path: Path) -> None:
+    """Issue 19 (8): what docs/pytest.md says of waiting for an active window (pytest-qt's
+    waitActive): it fails on a bare display, and works with XSUPERVISE_WM=openbox."""
+    project = sample(
+        tmp_path,
+        """
+        import subprocess
+
+        def test_window_becomes_active(xdisplay):
+            window = subprocess.Popen(["xmessage", "-name", "activeme", "hi"])
+            try:
+                found = subprocess.run(
+                    ["xdotool", "search", "--sync", "--onlyvisible", "--classname", "activeme"],
+                    capture_output=True, text=True, timeout=10, check=True,
+                )
+                wid = found.stdout.split()[0]
+                # Waits (on X events) until the window manager has made it the active window.
+                subprocess.run(
+                    ["xdotool", "windowactivate", "--sync", wid], timeout=10, check=True
+                )
+            finally:
+                window.kill()
+                window.wait()
+    """,
+    )
+    bare = run_pytest(project, "--xdisplay")
+    assert bare.returncode == 1, bare.stdout + bare.stderr
+    assert "_NET_ACTIVE_WINDOW" in bare.stdout  # xdotool: the (absent) WM does not support it
+    managed = run_pytest(project, "--xdisplay", env=inner_env(XSUPERVISE_WM="openbox"))
+    assert managed.returncode == 0, managed.stdout + managed.stderr
+
+
 def test_each_xdist_worker_gets_its_own_display(tmp_path: Path) -> None:
     pytest.importorskip("xdist")
     project = sample(
@@ -215,6 +310,80 @@ def test_sigkilled_pytest_leaves_no_server_and_no_file(tmp_path: Path, isolated:
         inner.kill()
         inner.wait()
         inner.stdout.close()
+
+
+def test_sigkilled_xdist_controller_takes_its_workers_displays_within_a_second(
+    tmp_path: Path,
+) -> None:
+    """Issue 19 (3): the xdist workers (children of the controller) outlived a SIGKILLed
+    controller until their running test ended, and kept their displays up."""
+    pytest.importorskip("xdist")
+    import psutil
+
+    fifo = tmp_path / "ready"
+    os.mkfifo(fifo)
+    project = sample(
+        tmp_path,
+        f"""
+        import json, os, time
+
+        import pytest
+
+        @pytest.mark.parametrize("n", range(2))
+        def test_blocks(n, xdisplay):
+            line = json.dumps([os.getpid(), xdisplay.server_pid]) + "\\n"
+            with open({str(fifo)!r}, "w") as ready:
+                ready.write(line)
+            time.sleep(120)
+    """,
+    )
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--xdisplay", "-n", "2"],
+        cwd=project,
+        env=inner_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    seen: dict[int, int] = {}  # worker pid -> its X server's pid
+    supervisors: list[int] = []
+    try:
+        with os.fdopen(reader, "rb", buffering=0) as lines:
+            buffered = b""
+            while len(seen) < 2:
+                assert select.select([lines], [], [], 60)[0], "the tests never started"
+                buffered += lines.read() or b""
+                *done, buffered = buffered.split(b"\n")
+                seen.update(tuple(json.loads(line)) for line in done)  # type: ignore[misc]
+        servers = {pid: os.pidfd_open(pid) for pid in seen.values()}
+        supervisors = [  # each display's `xsupervise start`: it removes the files afterwards
+            child.pid
+            for worker in seen
+            for child in psutil.Process(worker).children()
+            if "xsupervise" in " ".join(child.cmdline())
+        ]
+        assert len(supervisors) == 2, supervisors
+        controller.kill()
+        controller.wait()
+        deadline = time.monotonic() + 1.0
+        while servers and (left := deadline - time.monotonic()) > 0:
+            for fd in select.select(list(servers.values()), [], [], left)[0]:
+                servers = {pid: pidfd for pid, pidfd in servers.items() if pidfd != fd}
+                os.close(fd)
+        for fd in servers.values():
+            os.close(fd)
+        assert not servers, f"X servers {sorted(servers)} outlived the controller by 1 s"
+    finally:
+        controller.kill()
+        controller.wait()
+        for worker in seen:  # on failure: what the kernel did not stop (ours to stop)
+            try:
+                psutil.Process(worker).kill()
+            except psutil.NoSuchProcess:
+                pass
+            assert wait_gone(worker, 10)
+        for pid in [*seen.values(), *supervisors]:
+            assert wait_gone(pid, 10)
 
 
 def test_no_xdisplay_leaves_display_untouched(tmp_path: Path, isolated: Path) -> None:

@@ -109,12 +109,39 @@ def test_a_silent_display_is_named(tmp_path: Path) -> None:
 
 
 def test_a_refused_cookie_is_named(display, tmp_path: Path) -> None:
+    from xsupervise._x11 import xauthority_entry
+
     wrong = tmp_path / "wrong.xauth"
-    wrong.write_bytes(b"\x01\x00\x00\x00")  # not a cookie of this display
-    with pytest.raises(ScreenshotError, match="refused our connection: the cookie in"):
+    wrong.write_bytes(xauthority_entry(os.urandom(16)))  # a cookie, not this display's
+    with pytest.raises(
+        ScreenshotError,
+        match=rf"^display {display.display} refused our connection with the cookie in "
+        rf"{wrong}: Invalid MIT-MAGIC-COOKIE-1 key",
+    ):
         capture(display.display, str(wrong), tmp_path / "shot.png")
+    garbage = tmp_path / "garbage.xauth"
+    garbage.write_bytes(b"\x01\x00\x00\x00")
+    with pytest.raises(ScreenshotError, match=f"the cookie file {garbage} is not an Xauthority"):
+        capture(display.display, str(garbage), tmp_path / "shot.png")
     with pytest.raises(ScreenshotError, match="cannot read the cookie file /nonexistent"):
         capture(display.display, "/nonexistent/cookie", tmp_path / "shot.png")
+
+
+def test_a_screen_mss_cannot_read_is_named_with_mss_s_own_words(tmp_path: Path) -> None:
+    """Issue 19 (1): a display that accepts our cookie but whose image mss cannot take (here
+    16 bits per pixel) is not said to refuse the cookie: the line gives mss's errors."""
+    import xsupervise
+
+    with xsupervise.Display(":auto", screen="320x200x16") as shallow:
+        name = shallow.display
+        with pytest.raises(ScreenshotError) as failure:  # and no socket left open (conftest)
+            capture(shallow.display, shallow.xauthority, tmp_path / "shot.png")
+    assert str(failure.value).startswith(
+        f"display {name} accepts our cookie but mss could not capture it (mss's "
+        "default backend: Only screens of color depth 24 or 32 are supported, not 16; mss's "
+        "xlib backend: "
+    ), failure.value
+    assert "\n" not in str(failure.value)
 
 
 def test_an_unwritable_path_is_named(display, tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ __all__ = [
     "NoSuchSession",
     "SessionFailed",
     "ScreenshotError",
+    "VncEndpoint",
 ]
 
 # typing.TYPE_CHECKING without importing typing (start-up time); type checkers treat any
@@ -51,6 +52,7 @@ __all__ = [
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._display import AsyncDisplay, Display
+    from ._vnc_endpoint import VncEndpoint
 
 
 def __getattr__(name: str) -> object:
@@ -60,8 +62,12 @@ def __getattr__(name: str) -> object:
         from . import _display
 
         return getattr(_display, name)
+    if name == "VncEndpoint":
+        from ._vnc_endpoint import VncEndpoint
+
+        return VncEndpoint
     raise AttributeError(f"module 'xsupervise' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), "Display", "AsyncDisplay"})
+    return sorted({*globals(), "Display", "AsyncDisplay", "VncEndpoint"})

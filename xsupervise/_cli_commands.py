@@ -10,6 +10,7 @@ import argparse
 import os
 
 from ._errors import ExitCode, UsageError
+from ._vnc_endpoint import VncEndpoint
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def _supervise(args: argparse.Namespace) -> int:
                 "name": name,
                 "vendor": facts.vendor,
                 "screen": f"{facts.width}x{facts.height}x{facts.depth}",
-                "vnc": getattr(server, "vnc", None),  # the xvnc profile's endpoint
+                "vnc": vnc.to_json() if (vnc := getattr(server, "vnc", None)) else None,  # xvnc
             },
             args.json,
         )
@@ -100,7 +101,8 @@ def _print_display(facts: dict[str, object], as_json: bool) -> None:
 
         print(json.dumps(facts), flush=True)
     else:
-        vnc = f"\nVNC={facts['vnc']}" if facts.get("vnc") else ""  # the xvnc profile's
+        # The xvnc profile's endpoint, as VNC clients take it (a bare path, or HOST::PORT).
+        vnc = f"\nVNC={VncEndpoint.from_json(facts['vnc'])}" if facts.get("vnc") else ""
         print(f"DISPLAY={facts['display']}\nXAUTHORITY={facts['xauthority']}{vnc}", flush=True)
 
 
@@ -175,7 +177,7 @@ def list_(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"{record.display or '-':8} {record.state:9} {record.kind:6} "
             f"{record.supervisor_pid:>10} {record.server_pid or '-':>8} "
             f"{int(now - record.started_at):>7}s  {record.name}"
-            + (f"  vnc {record.vnc}" if record.vnc else "")
+            + (f"  vnc {VncEndpoint.from_json(record.vnc)}" if record.vnc else "")
         )
         if record.abandoned:
             print(f"  {record.display or record.name} abandoned: {record.abandoned}")

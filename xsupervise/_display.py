@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from typing import Self
 
     from ._lease_client import LeasedServer
+    from ._vnc_endpoint import VncEndpoint
 
 
 class Display:
@@ -140,8 +141,9 @@ class Display:
         return self._ready().auth_path
 
     @property
-    def vnc(self) -> str | None:
-        """The xvnc profile's VNC endpoint, ``unix:PATH`` or ``HOST:PORT``; else None."""
+    def vnc(self) -> VncEndpoint | None:
+        """The xvnc profile's VNC endpoint (``.unix``, or ``.host`` and ``.port``; its
+        ``str()`` is the address VNC clients take); None for other profiles."""
         return self._ready().vnc
 
     @property

@@ -108,9 +108,23 @@ def describe_process(pid: int) -> str:
     return f"pid {pid} (user {_user(pid)}: {_command(pid)})"
 
 
-def who_serves(number: int, our_server: int | None = None) -> tuple[str, bool]:
-    """(who holds display ``number``'s listening sockets, as words; whether one of them was
-    started by ``our_server``). Says so when nobody we may look at holds them."""
+def _carries(pid: int, argument: str) -> bool:
+    """``argument`` is one of ``pid``'s command-line arguments."""
+    import psutil
+
+    try:
+        return argument in psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return False
+
+
+def who_serves(
+    number: int, our_server: int | None = None, our_cookie: str | None = None
+) -> tuple[str, bool]:
+    """(who holds display ``number``'s listening sockets, as words; whether one of them is
+    our server's: started by ``our_server``, or given our session's cookie file
+    ``our_cookie`` (a path nobody else knows; what a launcher that exited passed on to the X
+    server it left behind)). Says so when nobody we may look at holds them."""
     inodes = listening_inodes(number)
     if not inodes:
         return "a process that has gone since (nothing listens as that display now)", False
@@ -120,5 +134,9 @@ def who_serves(number: int, our_server: int | None = None) -> tuple[str, bool]:
             "a process we may not look at (another user's; as root, `ss -xlp` names it)",
             False,
         )
-    ours = our_server is not None and any(started_by(pid, our_server) for pid in pids)
+    ours = any(
+        (our_server is not None and started_by(pid, our_server))
+        or (our_cookie is not None and _carries(pid, our_cookie))
+        for pid in pids
+    )
     return " and ".join(describe_process(pid) for pid in pids), ours

@@ -132,7 +132,7 @@ def launch_steps(
             cgroup=child.boundary.cgroup if child.boundary else None,
             display=None,
             socket_inode=None,
-            vnc=plan.vnc,
+            vnc=plan.vnc.to_json() if plan.vnc else None,
         )
         # Both may block (a server that resists SIGTERM, connect() probes): off the loop.
         if reclaim and number is None:

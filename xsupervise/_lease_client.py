@@ -7,6 +7,7 @@ destroys the display (in the background); so does our death, however it comes.
 
 from __future__ import annotations
 
+from ._vnc_endpoint import VncEndpoint
 from ._x11 import ServerFacts
 
 TYPE_CHECKING = False
@@ -26,7 +27,7 @@ class LeasedServer:
         width, height, depth = (int(part) for part in lease["screen"].split("x"))
         self.facts = ServerFacts(lease["vendor"], 0, width, height, depth, 0)
         self.exit_status: int | None = None  # "not running" once released, as for XServer
-        self.vnc: str | None = lease.get("vnc")  # the xvnc profile's endpoint
+        self.vnc = VncEndpoint.from_json(lease.get("vnc"))  # the xvnc profile's endpoint
 
     def __repr__(self) -> str:
         return f"<LeasedServer :{self.number} lease {self.lease['lease']}>"

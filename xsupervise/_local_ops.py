@@ -12,6 +12,7 @@ from ._errors import NoSuchSession, XSuperviseError
 from ._paths import RuntimeDir
 from ._process import Pinned, wait_exited
 from ._records import SessionRecord, live_records
+from ._vnc_endpoint import VncEndpoint
 
 ABANDONED = "abandoned"  # a record's state in list/status once its supervisor has died
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
@@ -167,7 +168,7 @@ def format_status(entry: StatusEntry, now: float) -> str:
             f"supervisor pid {entry['supervisor_pid']}, server pid {entry['server_pid'] or '-'}"
         )
     if entry.get("vnc"):
-        parts.append(f"vnc {entry['vnc']}")
+        parts.append(f"vnc {VncEndpoint.from_json(entry['vnc'])}")
     if entry["last_failure"]:
         parts.append(f"last failure: {entry['last_failure']}")
     return "  ".join(parts)

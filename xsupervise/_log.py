@@ -64,16 +64,21 @@ def handler_for(
     stderr: TextIO | None = None,
 ) -> logging.Handler:
     """Under systemd: a JournalHandler, which sends a record's upper-case ``extra`` fields
-    (SESSION, DISPLAY, SERVER_PID, STATE) as journal fields. Otherwise: one plain line per
-    message on stderr, 'xsupervise: ...'."""
+    (SESSION, DISPLAY, SERVER_PID, STATE) as journal fields. Otherwise (or without
+    systemd-python): one plain line per message on stderr, 'xsupervise: ...'."""
     import sys
 
     stderr = stderr or sys.stderr
     if journal_is_stderr(environ, stderr):
-        from systemd.journal import JournalHandler
-
-        journal: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER=NAME)
-        return journal
+        try:
+            from systemd.journal import JournalHandler
+        except ImportError:
+            # systemd-python is an extra. Where it is needed, _systemd says so in one line
+            # (exit 5), logged here: that line reaches the journal as plain stderr.
+            pass
+        else:
+            journal: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER=NAME)
+            return journal
     handler: logging.Handler = logging_module.StreamHandler(stderr)
     handler.setFormatter(logging_module.Formatter("xsupervise: %(message)s"))
     return handler

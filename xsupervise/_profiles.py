@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ._server import SessionFiles
     from ._settings import Settings
     from ._steps import Steps
+    from ._vnc_endpoint import VncEndpoint
 
 DEFAULT_SCREEN = "1280x1024x24"
 
@@ -97,7 +98,7 @@ class LaunchPlan:
         self.argv = argv
         self.env: dict[str, str] = {}
         self.companion: Companion | None = None
-        self.vnc: str | None = None
+        self.vnc: VncEndpoint | None = None
         self.package = package
 
 

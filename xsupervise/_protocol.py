@@ -46,7 +46,7 @@ if TYPE_CHECKING:
         uptime: float | None  # seconds, when ready
         next_retry_at: float | None  # wall time, in backoff or FAILED
         failed_since: float | None  # wall time
-        vnc: str | None  # the xvnc profile's VNC endpoint
+        vnc: dict[str, str | int] | None  # the xvnc profile's: {"unix"} or {"host", "port"}
 
 
 MAX_LINE = 64 * 1024  # bytes in one request line, newline included
@@ -221,5 +221,6 @@ def display_reply(name: str, server: LaunchedServer) -> Reply:
         "supervisor_pid": os.getpid(),
         "vendor": facts.vendor,
         "screen": f"{facts.width}x{facts.height}x{facts.depth}",
-        "vnc": getattr(server, "vnc", None),  # the xvnc profile's endpoint (an XServer's)
+        # The xvnc profile's endpoint (an XServer's): {"unix": PATH} or {"host", "port"}.
+        "vnc": vnc.to_json() if (vnc := getattr(server, "vnc", None)) else None,
     }

@@ -45,7 +45,7 @@ class SessionRecord:
         "last_failure": None,
         "next_retry_at": None,
         "ready_at": None,
-        "vnc": None,  # the xvnc profile's VNC endpoint: "unix:PATH" or "HOST:PORT"
+        "vnc": None,  # the xvnc profile's VNC endpoint: {"unix": PATH} or {"host", "port"}
     }
     __slots__ = tuple(FIELDS)
     token: str
@@ -68,7 +68,7 @@ class SessionRecord:
     last_failure: str | None
     next_retry_at: float | None
     ready_at: float | None
-    vnc: str | None
+    vnc: dict[str, str | int] | None
 
     def __init__(self, **values: object):
         unknown = set(values) - set(self.FIELDS)

@@ -1,7 +1,10 @@
 """A PNG of a display, or of one window on it, over a connection authenticated by its cookie.
 
-``capture(":5", "/run/.../5.xauth", "shot.png")`` grabs the root window with mss (XCB
-GetImage/ShmGetImage) and writes it with mss's PNG writer: no image encoding of ours.
+``capture(":5", "/run/.../5.xauth", "shot.png")`` grabs the root window with mss and
+writes it with mss's PNG writer: no image encoding of ours. mss's default backend (XCB
+ShmGetImage/GetImage) refuses some servers' visuals (TigerVNC's Xvnc: "drawable's visual
+not found in screen's supported visuals"); its xlib backend takes them, so a capture tries
+the default, then xlib.
 A window is captured as it shows on the screen: the part of the root window it covers
 (what a user would see, overlapping windows included), clipped to the screen.
 """
@@ -14,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from ._errors import ScreenshotError
@@ -27,6 +31,8 @@ __all__ = ["ScreenshotError", "capture"]
 # nothing else lets us hand mss the cookie: the variable is set only around the connect,
 # under this lock, and restored at once, so concurrent captures cannot mix their cookies.
 _ENVIRON_LOCK = threading.Lock()
+# The default first (XCB, MIT-SHM: the fastest), then xlib for the visuals XCB's refuses.
+_BACKENDS = ("default", "xlib")
 _LOCAL_DISPLAY = re.compile(r"^(?:unix)?:(\d+)(?:\.(\d+))?$")
 
 
@@ -48,19 +54,30 @@ def capture(
             f"screenshots need the mss package ({exc}); install it with pip install mss"
         ) from exc
     _check_cookie(xauthority)
-    try:
-        grabber = _connect(display, xauthority)
-    except ScreenShotError as exc:
-        raise ScreenshotError(_why_refused(display, xauthority, exc)) from exc
-    with grabber:
-        screen = dict(grabber.monitors[0])
-        region = screen
-        if window is not None:
-            region = _window_region(display, xauthority, window, screen)
+    failures: list[str] = []
+    region: dict[str, int] | None = None
+    for backend in _BACKENDS:
         try:
-            image = grabber.grab(region)
+            with _connect(display, xauthority, backend) as grabber:
+                if region is None:
+                    screen = dict(grabber.monitors[0])
+                    region = screen
+                    if window is not None:
+                        region = _window_region(display, xauthority, window, screen)
+                image = grabber.grab(region)
+                break
         except ScreenShotError as exc:
-            raise ScreenshotError(f"display {display} did not give its image: {exc}") from exc
+            failures.append(f"mss's {backend} backend: {exc}")
+            refused = _why_refused(display, xauthority)  # the next backend would be, too
+            if refused is not None:
+                raise ScreenshotError(refused) from exc
+    else:
+        said = "; ".join(failures)
+        if _answers(display):
+            raise ScreenshotError(
+                f"display {display} accepts our cookie but mss could not capture it ({said})"
+            )
+        raise ScreenshotError(f"cannot capture display {display}: {said}")
     try:
         # Level 1: a screenshot of a test is read once; speed matters more than bytes.
         mss.tools.to_png(image.rgb, image.size, level=1, output=os.fspath(path))
@@ -71,19 +88,49 @@ def capture(
     return image.width, image.height
 
 
-def _connect(display: str, xauthority: str) -> MSS:
+def _connect(display: str, xauthority: str, backend: str) -> MSS:
     from mss import MSS
 
     with _ENVIRON_LOCK:
         saved = os.environ.get("XAUTHORITY")
         os.environ["XAUTHORITY"] = xauthority
         try:
-            return MSS(display=display)
+            return MSS(display=display, backend=backend)
+        except Exception as exc:
+            _close_half_built(exc)
+            raise
         finally:
             if saved is None:
                 del os.environ["XAUTHORITY"]
             else:
                 os.environ["XAUTHORITY"] = saved
+
+
+def _close_half_built(exc: BaseException) -> None:
+    """Close the connection of a backend whose constructor failed after connecting (mss 10.2's
+    XCB backend checks the root window's visual only then, and drops the open connection:
+    a leaked socket per capture of an Xvnc display). The half-built backend is the ``self``
+    of a frame of the traceback; a subclass's close() may need what was never built (its
+    shared memory), so each class's own close() is tried, most derived first, until one
+    succeeds."""
+    from mss.base import MSSImplementation
+    from mss.exception import ScreenShotError
+
+    trace = exc.__traceback__
+    while trace is not None:
+        half_built = trace.tb_frame.f_locals.get("self")
+        trace = trace.tb_next
+        if not isinstance(half_built, MSSImplementation):
+            continue
+        for cls in type(half_built).__mro__:
+            close = cls.__dict__.get("close")
+            try:
+                if close is not None:
+                    close(half_built)
+                    break
+            except (AttributeError, ScreenShotError):  # of a part never built
+                continue
+        return
 
 
 def _check_cookie(xauthority: str) -> None:
@@ -112,16 +159,29 @@ def _answers(display: str) -> bool | None:
     return False
 
 
-def _why_refused(display: str, xauthority: str, exc: Exception) -> str:
-    # mss says "cannot connect" for every cause; a bare socket connect tells them apart.
+def _why_refused(display: str, xauthority: str) -> str | None:
+    """Why a local display refuses us, checked: nothing listens, or its answer to an X11
+    connection setup with our cookie was a refusal (mss says "cannot connect" for every
+    cause). None when it accepts us, or is not a local display we can ask."""
     answers = _answers(display)
     if answers is False:
         return f"display {display} is not answering: no X server listens on it"
-    if answers:
-        return (
-            f"display {display} refused our connection: the cookie in {xauthority} was not accepted"
-        )
-    return f"cannot connect to display {display}: {exc}"
+    if not answers:
+        return None
+    from ._check import Refusal, handshake, parse_display, read_cookie
+
+    try:
+        number = parse_display(display)
+        handshake(number, read_cookie(xauthority, number), time.monotonic() + 5)
+    except Refusal as refusal:
+        said = str(refusal).rstrip(".")
+        if "refused our X11 connection" in said:
+            return (
+                f"display {display} refused our connection with the cookie in {xauthority}: "
+                f"{said.partition('connection: ')[2]}"
+            )
+        return f"cannot capture display {display}: {said}"
+    return None
 
 
 def _window_region(

@@ -19,6 +19,7 @@ from ._x11 import ServerFacts, xauthority_entry
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._records import SessionRecord
+    from ._vnc_endpoint import VncEndpoint
 
 # Seconds kill_now waits for a SIGKILLed server that it cannot wait for asynchronously.
 _KILL_NOW_WAIT = 1.0
@@ -109,7 +110,7 @@ class XServer:
         self.output_reason = ""  # its own reason for failing, if it gave one (_server_output)
         self.wm: Child | None = None  # the wm setting's window manager, stopped before us
         self.companion: Child | None = None  # a profile's (Xwayland's weston), stopped after
-        self.vnc: str | None = None  # the xvnc profile's VNC endpoint (see _vnc.py)
+        self.vnc: VncEndpoint | None = None  # the xvnc profile's VNC endpoint (see _vnc.py)
         self.unreported_displays: set[int] = set()  # see _note_unreported_sockets
         child.before_kill = self._note_unreported_sockets
 

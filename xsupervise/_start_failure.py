@@ -41,16 +41,29 @@ def start_error(exc: DisplayFdError | HandshakeError, server: XServer) -> Steps[
             f"{describe_status(status) if status is not None else 'ended'} before it "
             "wrote a display number"
         )
-    elif kind == "stranger":  # see _x11.verify: looked up while our server still ran
+    elif getattr(exc, "daemonized", False):  # see _x11.verify: looked up while it still ran
+        number = server.number if server.number is not None else "?"
+        what = (
+            f"wrote display number {number} but put the X server that serves it in the "
+            f"background, out of its process group: {getattr(exc, 'holder', '')}"
+        )
+        hint = (
+            "Only an X server that runs in the foreground can be supervised: run the X "
+            "server binary itself (Xvfb, Xtigervnc..., not a launcher such as vncserver), "
+            "or a profile (--server xvfb, xvnc...)."
+        )
+    elif kind == "stranger":
         holder = getattr(exc, "holder", "") or "another process"  # a DisplayFdError has none
         what = f"{what}: {holder}"
-        if getattr(exc, "daemonized", False):  # (and none of this)
-            hint = (
-                "That process was started by the server but left its process group (the "
-                "server daemonizes): run it in the foreground."
-            )
-        else:
-            hint = "Stop that process, or ask for another number or :auto."
+        hint = "Stop that process, or ask for another number or :auto."
+    elif getattr(exc, "exited", False):
+        status = server.exit_status
+        what = f"{what}; it {describe_status(status) if status is not None else 'ended'}"
+        hint = (
+            "An X server runs for as long as it serves its display; a launcher that starts "
+            "one in the background and exits cannot be supervised: run the X server binary "
+            "itself (Xvfb, Xtigervnc...), or a profile (--server xvfb, xvnc...)."
+        )
     elif kind == "timeout":
         error = errors.ReadyTimeout
         what = f"was not ready within the {server.settings.displayfd_timeout:g} s deadline ({exc})"

@@ -17,25 +17,28 @@ import socket
 from . import _errors as errors
 from . import _log as log
 from ._profiles import check_socket_path
+from ._vnc_endpoint import VncEndpoint
 
 _FIRST_PORT, _LAST_PORT = 5900, 5999
 SOCKET_NAME = "vnc.sock"
 
 
-def vnc_args(listen: str | None, directory: str) -> tuple[list[str], str]:
-    """(Xvnc's arguments, the endpoint we report: ``unix:PATH`` or ``HOST:PORT``)."""
+def vnc_args(listen: str | None, directory: str) -> tuple[list[str], VncEndpoint]:
+    """(Xvnc's arguments, the endpoint we report: its unix socket, or ``--vnc-listen``'s
+    TCP port; the socket is there either way)."""
     path = os.path.join(directory, SOCKET_NAME)
     check_socket_path(path, "the VNC socket")
     args = ["-rfbunixpath", path, "-rfbunixmode", "0600", "-SecurityTypes", "None"]
     if listen is None:
-        return ["-rfbport", "-1", *args], f"unix:{path}"
+        return ["-rfbport", "-1", *args], VncEndpoint(unix=path)
     host, port = split_listen(listen)
     port = _free_port(host, port)
-    endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    endpoint = VncEndpoint(host=host, port=port)
     log.get().warning(
-        "VNC listens on %s without authentication (--vnc-listen): anyone who can reach it "
-        "can see and control the display.",
-        endpoint,
+        "VNC listens on %s port %d without authentication (--vnc-listen): anyone who can "
+        "reach it can see and control the display.",
+        host,
+        port,
     )
     return ["-rfbport", str(port), "-interface", host, *args], endpoint
 

@@ -132,7 +132,8 @@ class HandshakeError(Exception):
     def __init__(self, what: str, kind: str = "not-serving", holder: str = ""):
         self.kind = kind  # "not-serving", "stranger", "refused", "timeout"
         self.holder = holder  # "stranger": who serves the display instead (_display_holder)
-        self.daemonized = False  # "stranger": our server started that process
+        self.daemonized = False  # our server started the process that serves the display
+        self.exited = False  # "not-serving": our server had exited (a launcher, not a server)
         super().__init__(what)
 
 
@@ -182,6 +183,29 @@ def parse_setup_reply(reply: bytes) -> tuple[str, int, int, int, int]:
     return vendor, release, width, height, depth
 
 
+def _look_for_a_background_server(
+    error: HandshakeError, number: int, child: Child, deadline: float
+) -> Steps[None]:
+    """Why our server does not serve the display it named, checked: who does, from /proc,
+    while our server's boundary still runs (SO_PEERCRED names whoever called listen(), perhaps
+    a process gone since, its pid reused: see _display_holder); whether that is an X server
+    ours put in the background; and, when nobody does, whether ours has exited (a launcher
+    that relayed the number of an X server it took down with it, or that a PID namespace's
+    end took down)."""
+    from ._display_holder import who_serves
+
+    argv = list(child.argv)
+    cookie = argv[argv.index("-auth") + 1] if "-auth" in argv[:-1] else None
+    holder, error.daemonized = yield Offload(who_serves, number, child.pid, cookie)
+    if error.daemonized or error.kind == "stranger":
+        error.holder = holder
+        return
+    # The number was written, nothing serves it: has our server gone? Its exit may be a
+    # moment behind (a namespace's init first ends every process in it).
+    yield Wait((child.pidfd,), min(deadline, time.monotonic() + _EXIT_AFTER_EOF))
+    error.exited = child.has_exited()
+
+
 def verify(number: int, child: Child, cookie: bytes, deadline: float) -> Steps[ServerFacts]:
     """Prove display ``number`` works: our child serves its socket and accepts our cookie."""
     import socket  # here, not at the top: it is not needed before the server is spawned
@@ -195,24 +219,20 @@ def verify(number: int, child: Child, cookie: bytes, deadline: float) -> Steps[S
         try:
             sock.connect(path)
         except OSError as exc:
-            raise HandshakeError(
+            absent = HandshakeError(
                 f"wrote display number {number} but nothing answers on {path} ({exc.strerror})"
-            ) from None
+            )
+            yield from _look_for_a_background_server(absent, number, child, deadline)
+            raise absent from None
         inode = os.lstat(path).st_ino
         peer = peer_credentials(sock)[0]
         if not served_by(child, peer):
-            # Named from /proc while our server still runs (SO_PEERCRED names whoever called
-            # listen(), perhaps a process gone since, its pid reused): see _display_holder.
-            from ._display_holder import who_serves
-
-            holder, daemonized = yield Offload(who_serves, number, child.pid)
-            error = HandshakeError(
+            stranger = HandshakeError(
                 f"wrote display number {number} but {path} is served by another process",
                 kind="stranger",
-                holder=holder,
             )
-            error.daemonized = daemonized
-            raise error
+            yield from _look_for_a_background_server(stranger, number, child, deadline)
+            raise stranger
         sock.send(setup_request(cookie))
         reply = b""
         needed = 8

@@ -26,6 +26,7 @@ from ._child_display import (
 )
 
 _MARKER_ARGS = {"screen", "server", "fresh"}
+_CONTROLLER_PID = "xsupervise_controller_pid"  # in an xdist worker's workerinput
 
 
 class XDisplayRun:
@@ -99,10 +100,13 @@ class XDisplayRun:
         self._run_env = set_display_env(self.display.env)
 
     def _start(self, screen: str | None, server: str | None) -> ChildDisplay:
+        die_with_the_controller(self.config)
         return ChildDisplay(screen=screen or None, server=server or None).start()
 
     def _lease(self) -> Leased:
         from .client import Client
+
+        die_with_the_controller(self.config)
 
         # Held for as long as the connection that took it stays open: if this process dies,
         # the daemon destroys the display.
@@ -135,6 +139,12 @@ class XDisplayRun:
         if self.failure:
             flag = "--xdisplay-pool" if self.pool else "--xdisplay"
             raise pytest.UsageError(f"{flag}: {self.failure}")
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """xdist's controller, for each worker: our pid, if the worker is our own child."""
+        if getattr(node.gateway.spec, "popen", False):
+            node.workerinput[_CONTROLLER_PID] = os.getpid()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -192,6 +202,9 @@ class XDisplayRun:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 capture(target.display, target.xauthority, path)
                 note = str(path)
+                # JUnit XML takes the properties of the teardown's report only, which pytest
+                # copies from the item's: on the item, so that every later report has it.
+                item.user_properties.append(("xdisplay_screenshot", note))
                 report.user_properties.append(("xdisplay_screenshot", note))
             except (OSError, XSuperviseError) as exc:
                 note = f"none: {exc}"
@@ -218,6 +231,22 @@ def _wants_private(marker: pytest.Mark) -> bool:
     return bool(
         marker.kwargs.get("fresh") or marker.kwargs.get("screen") or marker.kwargs.get("server")
     )
+
+
+def die_with_the_controller(config: pytest.Config) -> None:
+    """In an xdist worker (a child of the controller, which runs no tests): be SIGKILLed by
+    the kernel when the controller dies, so that our displays go with it at once. Their
+    supervisors stop when we do (--exit-with-parent); a worker would otherwise live on
+    until its running test ends, and the displays with it. Idempotent."""
+    controller = getattr(config, "workerinput", {}).get(_CONTROLLER_PID)
+    if controller is None or os.getppid() != controller:
+        return  # not an xdist worker, a remote one, or one whose controller is already gone
+    import signal
+
+    from ._prctl import signal_when_parent_dies
+
+    if not signal_when_parent_dies(controller, signal.SIGKILL):
+        os.kill(os.getpid(), signal.SIGKILL)  # it died before the kernel could tell us
 
 
 def screenshot_name(nodeid: str) -> str:
