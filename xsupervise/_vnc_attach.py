@@ -1,0 +1,97 @@
+"""A VNC endpoint for any session of ours: the xvnc profile's own socket, or a companion.
+
+An xvnc session already serves VNC on a 0600 unix socket in its private directory (its
+record says where: ``vnc_socket_path``). Any other display (xvfb, xorg-dummy, xwayland...)
+gets a companion VNC server (_companion.py): TigerVNC's scraping server ``X0tigervnc`` (the
+binary behind Debian's ``x0vncserver`` wrapper, which would also write pid files and logs
+under ~/.vnc), connected to the display with the session's cookie, listening on no TCP port
+(``-rfbport -1``) but on a 0600 unix socket in a private directory of ours. A view-only view
+always uses a companion, started with TigerVNC's own view-only settings (it then ignores
+every key, pointer and clipboard message): input is refused by the VNC server itself, not
+only by the page.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from . import _errors as errors
+from ._companion import start_companion, stop, wait_listening
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._process import Child
+
+SCRAPER_BINARIES = ("X0tigervnc", "x0vncserver")
+SCRAPER_PACKAGE = "tigervnc-scraping-server"
+SOCKET_NAME = "vnc.sock"
+_READY_TIMEOUT = 10.0
+_VIEW_ONLY = ("-AcceptKeyEvents=0", "-AcceptPointerEvents=0", "-AcceptCutText=0")
+
+
+def vnc_socket_path(endpoint: object) -> str | None:
+    """The unix socket path of a session record's ``vnc`` endpoint, None when it has none.
+
+    The one place that reads the endpoint's representation: ``"unix:PATH"`` (a string), or a
+    structured ``{"unix": PATH}``; a TCP endpoint (``--vnc-listen``) also has its unix socket,
+    in the session's directory, beside it (``{"unix": PATH, "host": ..., "port": ...}``)."""
+    if isinstance(endpoint, str) and endpoint.startswith("unix:"):
+        return endpoint.removeprefix("unix:")
+    if isinstance(endpoint, dict) and isinstance(endpoint.get("unix"), str):
+        return str(endpoint["unix"])
+    return None
+
+
+class AttachedVnc:
+    """A companion VNC server on display ``number``, in ``directory`` (private, ours)."""
+
+    def __init__(self, number: int, xauthority: str | None, directory: str, view_only: bool):
+        self.number, self.xauthority = number, xauthority
+        self.path = os.path.join(directory, SOCKET_NAME)
+        self.log_path = os.path.join(directory, "vnc.log")
+        self.view_only = view_only
+        self.child: Child | None = None
+
+    def argv(self, binary: str) -> list[str]:
+        return [
+            binary,
+            "-display",
+            f":{self.number}",
+            "-rfbport",
+            "-1",  # no TCP listener at all
+            "-rfbunixpath",
+            self.path,
+            "-rfbunixmode",
+            "0600",  # only our uid can connect: that is its authentication
+            "-SecurityTypes",
+            "None",
+            "-AlwaysShared=1",
+            *(_VIEW_ONLY if self.view_only else ()),
+        ]
+
+    def start(self) -> Child:
+        binary = next(filter(None, map(shutil.which, SCRAPER_BINARIES)), None)
+        if binary is None:
+            raise errors.ServerNotFound(
+                f"attaching a VNC server to display :{self.number} needs TigerVNC's "
+                f"x0vncserver, which is not installed; install it (Debian: apt-get install "
+                f"{SCRAPER_PACKAGE}), or run the session with --server xvnc."
+            )
+        env = {key: value for key, value in os.environ.items() if key != "DISPLAY"}
+        if self.xauthority:
+            env["XAUTHORITY"] = self.xauthority
+        label = f"view-{os.getpid()}-{self.number}"
+        self.child = start_companion(self.argv(binary), env, label, self.log_path)
+        what = f"the VNC server attached to display :{self.number} ({os.path.basename(binary)})"
+        wait_listening(self.child, self.path, _READY_TIMEOUT, what, self.log_path)
+        return self.child
+
+    def stop(self, grace: float = 2.0) -> None:
+        if self.child is not None and self.child.pidfd >= 0:
+            stop(self.child, grace)
+        for path in (self.path, self.log_path):
+            try:
+                os.unlink(path)  # the scraper leaves its socket behind when its X server goes
+            except FileNotFoundError:
+                pass
