@@ -12,16 +12,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
-
 from browser import canvas_centre, chromium, colour_at, require_browser
-from conftest import XSUPERVISE, read_line, requires_xvfb, start_cli, wait_gone
+
+from conftest import read_line, requires_xvfb, start_cli, wait_gone
 
 pytest.importorskip("tornado", reason="needs the view extra: pip install -e '.[test]'")
 
