@@ -26,7 +26,7 @@ pytest.importorskip("tornado", reason="needs the view extra: pip install -e '.[t
 
 TESTS = Path(__file__).parent
 COLOUR = (0x12, 0xA4, 0xC8)
-HEX = "#%02x%02x%02x" % COLOUR
+HEX = "#{:02x}{:02x}{:02x}".format(*COLOUR)
 
 
 def start_session(*args: str) -> tuple[subprocess.Popen, dict[str, str]]:

@@ -1,7 +1,8 @@
 """A borderless window of one colour that fills the screen and prints each key it gets.
 
 ``python tk_colour.py '#RRGGBB' [FILE]``: prints "ready" once mapped and focused, then one
-keysym a line (to FILE when given). The view tests look for its colour in the browser and for the keys typed there.
+keysym a line (to FILE when given). The view tests look for its colour in the browser, and
+for the keys typed there.
 """
 
 import sys

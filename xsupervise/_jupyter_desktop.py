@@ -106,18 +106,18 @@ def load(serverapp: object) -> None:
         serverapp.log.warning("xsupervise desktop: %s", problem)  # type: ignore[attr-defined]
         return
 
-    class Page(JupyterHandler):  # type: ignore[misc]
-        @web.authenticated  # type: ignore[untyped-decorator,misc]
+    class Page(JupyterHandler):
+        @web.authenticated
         def get(self) -> None:
             websocket = url_path_join(base_url, NAME) + "/"
             self.redirect(f"{PAGE}?{page_query(websocket.lstrip('/'), False)}")
 
     # Not Jupyter's AuthenticatedFileHandler: it sandboxes what it serves (CSP "sandbox"),
     # which gives the page an opaque origin, and Jupyter then refuses its WebSocket.
-    class Files(JupyterHandler, web.StaticFileHandler):  # type: ignore[misc]
-        @web.authenticated  # type: ignore[untyped-decorator,misc]
-        def get(self, path: str, include_body: bool = True) -> object:
-            return web.StaticFileHandler.get(self, path, include_body)
+    class Files(JupyterHandler, web.StaticFileHandler):
+        @web.authenticated
+        async def get(self, path: str, include_body: bool = True) -> None:  # type: ignore[override]
+            await web.StaticFileHandler.get(self, path, include_body)
 
     prefix = url_path_join(base_url, PAGE_PATH)
     web_app.add_handlers(
