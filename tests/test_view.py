@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,7 +39,10 @@ def start_session(*args: str) -> tuple[subprocess.Popen, dict[str, str]]:
 def start_view(*args: str) -> tuple[subprocess.Popen, str]:
     view = start_cli("view", *args)
     url = read_line(view.stdout, timeout=20).strip()
-    assert url.startswith("http://127.0.0.1:"), url
+    if not url.startswith("http://127.0.0.1:"):
+        view.wait(timeout=10)
+        with view.stdout, view.stderr:
+            raise AssertionError(f"view printed {url!r} and {view.stderr.read()!r}")
     return view, url
 
 
@@ -161,6 +165,104 @@ def test_a_browser_sees_and_types_into_an_xvfb_display_through_an_attached_vnc_s
             if process is not None and process.poll() is None:
                 process.kill()
                 process.wait()
+            if process is not None:
+                for stream in (process.stdout, process.stderr):
+                    if stream is not None:
+                        stream.close()
+
+
+async def rfb_key_then_update(url: str, keysym: int) -> None:
+    """Through the view's WebSocket, as noVNC would: the RFB 3.8 handshake (security None),
+    a key press and release of ``keysym``, then a framebuffer update request, and wait for the
+    update: the server handles a client's messages in order, so the key has been handled."""
+    import struct
+
+    from tornado.websocket import websocket_connect
+
+    ws_url = url.replace("http://", "ws://").split("?")[0].rsplit("/", 1)[0] + "/websockify"
+    connection = await websocket_connect(ws_url, subprotocols=["binary"])
+    buffer = bytearray()
+
+    async def read(size: int) -> bytes:
+        while len(buffer) < size:
+            message = await connection.read_message()
+            assert message is not None, "the bridge closed the connection"
+            buffer.extend(message)
+        data = bytes(buffer[:size])
+        del buffer[:size]
+        return data
+
+    def send(data: bytes) -> None:
+        connection.write_message(data, binary=True)
+
+    try:
+        assert (await read(12)).startswith(b"RFB 003.")
+        send(b"RFB 003.008\n")
+        assert 1 in await read((await read(1))[0])  # security type None is offered
+        send(b"\x01")
+        assert await read(4) == b"\0\0\0\0"  # security result: OK
+        send(b"\x01")  # ClientInit: shared
+        (name_length,) = struct.unpack(">I", (await read(24))[20:])
+        await read(name_length)
+        for down in (1, 0):
+            send(struct.pack(">BBxxI", 4, down, keysym))  # KeyEvent
+        send(struct.pack(">BBHHHH", 3, 0, 0, 0, 1, 1))  # FramebufferUpdateRequest
+        assert await read(1) == b"\0"  # FramebufferUpdate
+    finally:
+        connection.close()
+
+
+def rfb(url: str, keysym: int) -> None:
+    import asyncio
+
+    asyncio.run(asyncio.wait_for(rfb_key_then_update(url, keysym), 20))
+
+
+def scrapers_of(view: subprocess.Popen) -> list[psutil.Process]:
+    family = psutil.Process(view.pid).children(recursive=True)
+    return [process for process in family if "X0tigervnc" in process.name()]
+
+
+@pytest.mark.skipif(shutil.which("Xvnc") is None, reason="needs tigervnc-standalone-server")
+def test_xvnc_is_viewed_on_its_own_socket_and_view_only_input_is_refused_by_the_vnc_server(
+    short_runtime: Path,
+):
+    supervisor, facts = start_session("--server", "xvnc", "--name", "desk")
+    views: list[subprocess.Popen] = []
+    window = None
+    try:
+        window = start_window(facts)
+        # --view-only: a VNC server attached in view-only mode, even to Xvnc. A key sent
+        # through it is dropped by that server; one typed into X afterwards arrives first.
+        view_only, url = start_view("desk", "--view-only")
+        views.append(view_only)
+        [scraper] = scrapers_of(view_only)
+        assert {"-AcceptKeyEvents=0", "-AcceptPointerEvents=0"} <= set(scraper.cmdline())
+        assert "view_only=true" in url
+        rfb(url, ord("b"))
+        env = dict(os.environ, DISPLAY=facts["display"], XAUTHORITY=facts["xauthority"])
+        subprocess.run(["xdotool", "key", "z"], env=env, check=True)
+        assert read_line(window.stdout) == "z\n"
+
+        # SIGKILLed, the view takes its VNC server with it; the next view clears its files.
+        view_only.kill()
+        view_only.wait()
+        assert wait_gone(scraper.pid, timeout=1.0)
+        view, url = start_view(facts["display"])
+        views.append(view)
+        killed = f"view-{view_only.pid}-"
+        assert [p.name for p in short_runtime.iterdir() if p.name.startswith(killed)] == []
+        # The session's own VNC socket: no VNC server attached; keys reach the display.
+        assert scrapers_of(view) == []
+        rfb(url, ord("a"))
+        assert read_line(window.stdout) == "a\n"
+        view.send_signal(signal.SIGINT)
+        assert view.wait(timeout=10) == 0
+    finally:
+        for process in (*views, window, supervisor):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=20)
             if process is not None:
                 for stream in (process.stdout, process.stderr):
                     if stream is not None:

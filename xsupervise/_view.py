@@ -57,7 +57,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--view-only",
         action="store_true",
-        help="forward no input: the VNC server itself ignores keys, pointer and clipboard",
+        help="forward no input: an attached VNC server that ignores keys, pointer and resizes",
     )
 
 
@@ -84,7 +84,6 @@ def find_session(target: str | None, runtime: RuntimeDir) -> SessionRecord:
 
 def handle(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import shutil
-    import tempfile
 
     from ._paths import RuntimeDir
     from ._pinned import Pinned
@@ -100,7 +99,7 @@ def handle(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     server = Pinned.pin(record.server_pid, record.server_ticks)
     if server is None:
         raise errors.NoSuchSession(f"display {record.display}'s X server has just exited.")
-    private = tempfile.mkdtemp(prefix="view-", dir=runtime.path)  # 0700, ours
+    private = _private_dir(runtime)
     companion = None
     try:
         vnc_path = None if args.view_only else vnc_socket_path(record.vnc)
@@ -121,6 +120,30 @@ def handle(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if ended:
         print(f"xsupervise: {ended}; the view stopped.", file=sys.stderr, flush=True)
     return errors.ExitCode.OK
+
+
+def _private_dir(runtime: RuntimeDir) -> str:
+    """A 0700 directory for the attached VNC server's socket and log, named after this
+    process (pid and start ticks); those of views that were killed are removed first."""
+    import os
+    import shutil
+    import tempfile
+
+    from ._pinned import same_process
+    from ._records import own_identity
+
+    for entry in os.scandir(runtime.path):
+        word, owner, started, *_ = [*entry.name.split("-"), "", "", ""]
+        if (
+            word == "view"
+            and owner.isdigit()
+            and started.isdigit()
+            and entry.is_dir(follow_symlinks=False)
+            and not same_process(int(owner), int(started))
+        ):
+            shutil.rmtree(entry.path, ignore_errors=True)
+    pid, ticks = own_identity()
+    return tempfile.mkdtemp(prefix=f"view-{pid}-{ticks}-", dir=runtime.path)
 
 
 async def _serve(

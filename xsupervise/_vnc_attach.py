@@ -7,7 +7,7 @@ binary behind Debian's ``x0vncserver`` wrapper, which would also write pid files
 under ~/.vnc), connected to the display with the session's cookie, listening on no TCP port
 (``-rfbport -1``) but on a 0600 unix socket in a private directory of ours. A view-only view
 always uses a companion, started with TigerVNC's own view-only settings (it then ignores
-every key, pointer and clipboard message): input is refused by the VNC server itself, not
+every key, pointer and resize message): input is refused by the VNC server itself, not
 only by the page.
 """
 
@@ -27,7 +27,7 @@ SCRAPER_BINARIES = ("X0tigervnc", "x0vncserver")
 SCRAPER_PACKAGE = "tigervnc-scraping-server"
 SOCKET_NAME = "vnc.sock"
 _READY_TIMEOUT = 10.0
-_VIEW_ONLY = ("-AcceptKeyEvents=0", "-AcceptPointerEvents=0", "-AcceptCutText=0")
+_VIEW_ONLY = ("-AcceptKeyEvents=0", "-AcceptPointerEvents=0", "-AcceptSetDesktopSize=0")
 
 
 def vnc_socket_path(endpoint: object) -> str | None:
