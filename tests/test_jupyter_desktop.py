@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -142,3 +144,33 @@ def test_the_desktop_entry_is_a_budgeted_launcher_with_a_raw_socket_proxy():
         "title": "Desktop",
         "path_info": "xsupervise-desktop-page/",
     }
+
+
+@pytest.mark.realtime
+@pytest.mark.skipif(shutil.which("Xvnc") is None, reason="needs tigervnc-standalone-server")
+def test_a_desktop_whose_session_fails_at_once_cannot_storm(
+    tmp_path: Path, short_runtime: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The desktop's xstartup command exits 1 at once, and jupyter-server-proxy's relauncher
+    (simpervisor) starts the entry again each time, for 3 s: the budget spaces the starts
+    (0.25 s backoff, doubling), as for test_jupyter_launcher's app that crashes."""
+    from test_jupyter_launcher import RELAUNCH_BACKOFF, RELAUNCH_SECONDS, relaunch_for
+
+    from xsupervise import jupyter
+
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("XSUPERVISE_DESKTOP_XSTARTUP", f"sh -c 'echo run >> {runs}; exit 1'")
+    monkeypatch.setenv("XSUPERVISE_BACKOFF_INITIAL", RELAUNCH_BACKOFF)
+    spec = jupyter.setup_desktop()
+    socket_dir = tempfile.mkdtemp(prefix="jsp-", dir="/tmp")  # as the proxy makes it
+    try:
+        path = os.path.join(socket_dir, "socket")
+        relaunch_for(
+            [[arg.format(port=0, unix_socket=path, base_url="/") for arg in spec["command"]]],
+            RELAUNCH_SECONDS,
+        )
+    finally:
+        shutil.rmtree(socket_dir)
+    count = len(runs.read_text().splitlines())  # one line per Xvnc that became ready
+    print(f"{count} desktops started in {RELAUNCH_SECONDS:g} s")
+    assert 2 <= count <= 5, f"{count} desktops started in {RELAUNCH_SECONDS:g} s"
