@@ -81,8 +81,11 @@ class AttachedVnc:
         env = {key: value for key, value in os.environ.items() if key != "DISPLAY"}
         if self.xauthority:
             env["XAUTHORITY"] = self.xauthority
-        label = f"view-{os.getpid()}-{self.number}"
-        self.child = start_companion(self.argv(binary), env, label, self.log_path)
+        from ._paths import new_token
+
+        # Named as a session's spawn is (our pid and start time): a cgroup a killed view left
+        # is cleared by crash recovery (the next start, run or clean), as a session's is.
+        self.child = start_companion(self.argv(binary), env, f"{new_token()}-1", self.log_path)
         what = f"the VNC server attached to display :{self.number} ({os.path.basename(binary)})"
         wait_listening(self.child, self.path, _READY_TIMEOUT, what, self.log_path)
         return self.child
