@@ -179,6 +179,10 @@ async def _serve(
             port,
             "see" if args.view_only else "see and control",
         )
+    if args.listen in ("0.0.0.0", "::", ""):  # every address: print one others can use
+        import socket
+
+        host = socket.gethostname()
     shown = f"[{host}]" if ":" in host else host
     query = page_query(f"{token}/websockify", args.view_only)
     print(f"http://{shown}:{port}/{token}/{PAGE}?{query}", flush=True)
