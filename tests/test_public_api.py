@@ -41,7 +41,13 @@ CLIENT_API = [
     "default_socket_path",
     "running_daemon",
 ]
-JUPYTER_API = ["server_process", "session_name", "proxy_timeout", "APP_START_SECONDS"]
+JUPYTER_API = [
+    "server_process",
+    "session_name",
+    "proxy_timeout",
+    "APP_START_SECONDS",
+    "setup_desktop",
+]
 PUBLIC_MODULES = {"__main__", "client", "jupyter", "pytest_plugin"}
 
 

@@ -15,6 +15,7 @@ from . import _cli_lease as cli_lease
 from . import _cli_parsers as parsers
 from . import _cli_servers as cli_servers
 from . import _log as log
+from . import _view as cli_view
 from ._errors import XSuperviseError
 from ._systemd import require_systemd_python
 
@@ -59,6 +60,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "clean": Subcommand(parsers.add_clean, commands.clean),
     "check": Subcommand(parsers.add_check, commands.check),
     "screenshot": Subcommand(parsers.add_screenshot, commands.screenshot),
+    "view": Subcommand(cli_view.add_parser, cli_view.handle),
     "lease": Subcommand(cli_lease.add_lease, cli_lease.lease),
     "servers": Subcommand(cli_servers.add_servers, cli_servers.servers),
 }

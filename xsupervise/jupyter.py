@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 
 from ._settings import Settings, load_settings
 
-__all__ = ["server_process", "session_name", "proxy_timeout", "APP_START_SECONDS"]
+__all__ = ["server_process", "session_name", "proxy_timeout", "APP_START_SECONDS", "setup_desktop"]
 
 # Substituted by jupyter-server-proxy (with str.format) before the command runs.
 _PROXY_FIELDS = ("port", "unix_socket", "base_url")
@@ -120,3 +120,40 @@ def server_process(
     if unix_socket:
         spec["unix_socket"] = True
     return spec
+
+
+def setup_desktop() -> dict[str, object]:
+    """The ``xsupervise-desktop`` entry point (launcher title "Desktop"): a supervised xvnc
+    session whose VNC socket jupyter-server-proxy bridges to a WebSocket (``raw_socket_proxy``,
+    jupyter-server-proxy >= 4.3), viewed with noVNC at ``<base_url>xsupervise-desktop-page/``
+    behind Jupyter's login (the server extension below). ``XSUPERVISE_DESKTOP_XSTARTUP``: the
+    command run on the display (e.g. ``xfce4-session``); without one, the first window manager
+    installed. See docs/jupyter.md."""
+    from . import _jupyter_desktop as desktop
+
+    environment = {}
+    wm = desktop.window_manager()
+    if wm is not None:
+        environment["XSUPERVISE_WM"] = wm
+    return server_process(
+        desktop.NAME,
+        [sys.executable, "-m", "xsupervise._jupyter_desktop", "{unix_socket}", *desktop.xstartup()],
+        title="Desktop",
+        server="xvnc",
+        environment=environment,
+        unix_socket=True,
+        raw_socket_proxy=True,
+        app_start=10.0,
+        launcher_entry={"enabled": True, "title": "Desktop", "path_info": desktop.PAGE_PATH},
+    )
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """Jupyter's hook (enabled by jupyter_server_config.d/xsupervise.json): the desktop's page."""
+    return [{"module": "xsupervise.jupyter"}]
+
+
+def _load_jupyter_server_extension(serverapp: object) -> None:
+    from ._jupyter_desktop import load
+
+    load(serverapp)
