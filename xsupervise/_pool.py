@@ -163,8 +163,10 @@ class Pool:
             if self._is_ready(entry):
                 self.spares.remove(entry)
                 entry.core.mode = Mode.DAEMON_LEASED
-                with Ledger(self.runtime, self.spec.session_name).update() as history:
-                    record_handed_over(history)  # it proved that spares can be made
+                ledger = Ledger(self.runtime, self.spec.session_name)
+                if ledger.read().in_a_row:  # (no file written on the lease path otherwise)
+                    with ledger.update() as history:
+                        record_handed_over(history)  # it proved that spares can be made
                 self.fill()
                 self.changed()
                 return entry
