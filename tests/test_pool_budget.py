@@ -88,3 +88,15 @@ def test_a_cli_start_left_in_flight_still_counts_as_the_failure_it_was(worlds):
     history = world.ledger("cli").read()
     assert len(history.failures) == 1 and "was killed while starting" in history.last_failure
     run.stop()
+
+
+def test_a_spare_that_died_idle_is_restarted_on_any_free_number(worlds):
+    # Found by the chaos test: a spare restarted on its old number found it taken by another
+    # spare meanwhile, failed, and failed again until the pool was FAILED.
+    world = worlds([dies(0.5), READY], backoff_initial=0.01, backoff_max=0.01)
+    session = world.session(POOL, Mode.DAEMON_POOL)
+    run = world.run(session)
+    assert not run.advance(until=world.clock.now + 1.0)
+    first, second = world.launcher.spawned
+    assert session.state == "ready" and second.number != first.number
+    run.stop()

@@ -181,7 +181,10 @@ def _wait(pid: int, lease_fd: int, display: str) -> None:
     line; COMMAND runs on, and its status stands."""
     import select
 
-    pidfd = os.pidfd_open(pid)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # a kernel before 5.3: COMMAND's status only, as before
+        return
     try:
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)

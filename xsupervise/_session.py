@@ -119,6 +119,8 @@ class Session:
                 yield from self._watch(server)
                 if self.mode.ends_with_its_server:  # a leased display: over (see Mode)
                     return
+                if not self.mode.restarts_on_its_number:  # a spare: any free number
+                    self.number = None
                 server = yield from self._start(first=False)
         except GeneratorExit:
             if self.server is not None:  # closed by a driver that can no longer wait

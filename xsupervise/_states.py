@@ -107,6 +107,14 @@ class Mode(enum.Enum):
         return self is Mode.DAEMON_LEASED
 
     @property
+    def restarts_on_its_number(self) -> bool:
+        """A dead server is restarted on the same display number, so that its clients can
+        reconnect. Not a pool's spare: no client knows its number yet, and the number its
+        death freed may be taken by another spare meanwhile (a restart on it would then fail
+        again and again, spending the pool's budget until the pool is FAILED)."""
+        return self is not Mode.DAEMON_POOL
+
+    @property
     def retries_first_start(self) -> bool:
         """A failed first start is retried by the policy, not raised; and once ready, a FAILED
         budget is waited out rather than ending the session. A configured session must come
