@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -230,6 +231,14 @@ def test_a_pool_that_cannot_start_is_failed_bounded_and_fails_leases_fast(pools,
     assert done.returncode == 7, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "pool broken is FAILED" in lines[0], lines
+    # What failed, how often, since when (issue 20).
+    assert re.search(
+        r"is FAILED: \d+ failures \(starts that failed, or spares that died while idle\) in "
+        r"60 s \(limit 2\), FAILED since \d\d:\d\d:\d\d, next try at \d\d:\d\d:\d\d\. "
+        r"Last failure: .*exited with status 1.* Fix the cause, then run 'xsupervise reset "
+        r"pool\.broken' to try at once\.$",
+        lines[0],
+    ), lines[0]
     with daemon.client() as client:
         with pytest.raises(ControlError) as failed:
             client.lease("broken", wait=10)

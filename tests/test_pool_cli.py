@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from test_pool import PoolDaemon, gone_within, ready
 
 from conftest import XSUPERVISE, ask_as, read_line, requires_xvfb
 from xsupervise._cli_fast import run_pool_fast
+from xsupervise.client import ControlError
 
 # The full CLI without the fast path (what `run --pool` did before it, and still does for
 # any other form of the command).
@@ -165,7 +167,16 @@ def test_stop_of_a_leased_display_revokes_its_lease(pools):
         assert f"lease {lease['lease']} of pool default, held by pid {os.getpid()}" in done.stdout
         assert gone_within(lease["server_pid"], 0.1)  # stop waited for it
         assert daemon.pool()["leased"] == 0
-        assert client.ping()["ok"]  # the lessee's connection stays; its lease is over
+        # Its lessee is told (issue 20), then its connection closes.
+        select.select([client._connected()], [], [], 10)
+        ended = lease.ended
+        assert ended is not None and ended["reason"] == "revoked", ended
+        assert ended["message"] == (
+            f"display {lease['display']} (lease {lease['lease']} of pool default) revoked by "
+            "'xsupervise stop'."
+        )
+        with pytest.raises(ControlError, match="closed the connection"):
+            client.ping()
     daemon.until(lambda pool: ready(1)(pool) and pool["leased"] == 0)
 
 

@@ -117,7 +117,11 @@ def test_the_modes_mean_what_the_four_booleans_meant():
         Mode.DAEMON_CONFIGURED: ("daemon", True, False, False),
         Mode.DAEMON_REQUESTED: ("daemon", False, False, False),
         Mode.DAEMON_POOL: ("daemon", True, False, False),
+        Mode.DAEMON_LEASED: ("daemon", False, False, False),
     }
+    # Only a leased display ends with its server (issue 20: its death is its lessee's).
+    assert [mode for mode in Mode if mode.ends_with_its_server] == [Mode.DAEMON_LEASED]
+    assert [mode for mode in Mode if not mode.restarts_on_its_number] == [Mode.DAEMON_POOL]
     # give_up_when_failed was no_wait; once ready, every session but a configured one gives up
     for mode in Mode:
         assert mode.gives_up_when_failed(no_wait=True, ready_once=False)

@@ -31,7 +31,8 @@ def await_budget(session: Session) -> Steps[None]:
         with session.ledger.update() as history:
             decision = policy.may_start(history, now, session.policy, same_process)
             if decision.go:
-                policy.begin_start(history, now, session.files.token, *own_identity())
+                daemon = session.mode.kind == "daemon"
+                policy.begin_start(history, now, session.files.token, *own_identity(), daemon)
                 session.next_retry_at = None
                 return
         if decision.state == State.FAILED and give_up:

@@ -81,7 +81,7 @@ def run_pool_fast(argv: list[str]) -> int | None:
             print(f"xsupervise: {answer.get('error')}", file=sys.stderr)
             valid = isinstance(code, int) and not isinstance(code, bool)
             return code if valid else ExitCode.FAILURE
-        return run_on_lease(command, answer["env"])
+        return run_on_lease(command, answer["env"], sock.fileno())
     finally:
         sock.close()  # the lease ends with the connection: the daemon destroys the display
 
@@ -137,8 +137,9 @@ def _read_line(sock: _socket.socket) -> bytes:
     return data
 
 
-def run_on_lease(command: list[str], display_env: dict[str, str]) -> int:
-    """Run COMMAND on a leased display (both CLI paths do); its exit status, as shells give it."""
+def run_on_lease(command: list[str], display_env: dict[str, str], lease_fd: int) -> int:
+    """Run COMMAND on a leased display (both CLI paths do); its exit status, as shells give it.
+    ``lease_fd``: the lease's connection, watched meanwhile (see ``_wait``)."""
     import signal
 
     for fd in map(int, os.listdir("/proc/self/fd")):  # as subprocess's close_fds=True
@@ -169,5 +170,52 @@ def run_on_lease(command: list[str], display_env: dict[str, str]) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
+    _wait(pid, lease_fd, display_env["DISPLAY"])
     status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     return ExitCode.signalled(-status) if status < 0 else status
+
+
+def _wait(pid: int, lease_fd: int, display: str) -> None:
+    """Return when COMMAND has ended (not reaped). If its lease ends first (the display
+    died, or was revoked: the daemon pushes one line, then closes), say so at once, in one
+    line; COMMAND runs on, and its status stands."""
+    import select
+
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # a kernel before 5.3: COMMAND's status only, as before
+        return
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.register(lease_fd, select.POLLIN)
+        pushed = b""
+        while not any(fd == pidfd for fd, _event in poller.poll()):
+            try:
+                chunk = os.read(lease_fd, 65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk = b""
+            pushed += chunk
+            if chunk and b"\n" not in pushed:
+                continue
+            poller.unregister(lease_fd)
+            print(f"xsupervise: {_ended_line(pushed, display)}", file=sys.stderr, flush=True)
+    finally:
+        os.close(pidfd)
+
+
+def _ended_line(pushed: bytes, display: str) -> str:
+    import json
+
+    try:
+        message = json.loads(pushed.partition(b"\n")[0]).get("message")
+    except (ValueError, AttributeError):
+        message = None
+    if isinstance(message, str):
+        return f"{message} (under COMMAND, which runs on)"
+    return (
+        f"the daemon closed the connection while COMMAND ran: display {display} is gone "
+        "with it (the daemon stopped or died)."
+    )

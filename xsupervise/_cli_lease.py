@@ -86,11 +86,10 @@ def lease(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         while True:
             for fd, _event in poller.poll():
                 if fd == daemon:
-                    print(
-                        f"xsupervise: the daemon on {client.path} closed the connection; "
-                        f"lease {held['lease']} of display {held['display']} is over.",
-                        file=sys.stderr,
-                    )
+                    ended = held.ended  # the daemon's word on why, or its connection closed
+                    if ended is None:
+                        continue  # part of a line so far
+                    print(f"xsupervise: {_ended_line(held, ended)}", file=sys.stderr)
                     return ExitCode.FAILURE
                 if not os.read(0, 65536):  # stdin closed: the script is done with it
                     return ExitCode.OK
@@ -103,6 +102,16 @@ def lease(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 class _Stop(Exception):
     pass
+
+
+def _ended_line(held: Lease, ended: dict[str, object]) -> str:
+    """One line: the lease is over without us, and why (the daemon's event says)."""
+    if ended.get("reason") == "connection-closed":
+        return (
+            f"the daemon on {held.client.path} closed the connection; lease {held['lease']} of "
+            f"display {held['display']} is over (the daemon stopped or died, its displays with it)."
+        )
+    return str(ended.get("message"))
 
 
 def _open(fd: int) -> bool:
@@ -131,7 +140,8 @@ def run_leased(args: argparse.Namespace, parser: argparse.ArgumentParser, pool: 
 
     client, held = _take(args.socket, pool, None)
     try:
-        return run_on_lease(args.cmd, held["env"])  # one way to run COMMAND, as the fast path
+        # One way to run COMMAND, as the fast path.
+        return run_on_lease(args.cmd, held["env"], client._connected().fileno())
     finally:
         client.close()  # the daemon destroys the display in the background
 

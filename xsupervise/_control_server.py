@@ -155,13 +155,24 @@ class ControlServer:
             else:
                 writer.close()
 
-    def forget_lease(self, lease: str) -> int | None:
-        """The lease is over (revoked): its connection holds it no more; that peer's pid."""
+    def holder(self, lease: str) -> int | None:
+        """The pid of the peer whose connection holds ``lease`` (None: no connection does)."""
         for client in self.clients.values():
             if lease in client.leases:
-                client.leases.discard(lease)
                 return client.pid
         return None
+
+    def lease_ended(self, lease: str, event: Reply) -> None:
+        """Push ``event`` (a lease-ended one) to the connection holding ``lease``, which holds
+        it no more; then close that connection if it holds no other lease (its lessee sees
+        the line, then the end: whatever it waits on wakes up)."""
+        for client in list(self.clients.values()):
+            if lease in client.leases:
+                client.leases.discard(lease)
+                client.writer.write(protocol.encode(event))
+                if not client.leases:
+                    client.writer.transport.close()  # after the buffer is written
+                return
 
     def lessees(self) -> int:
         return sum(client.lessee for client in self.clients.values())

@@ -59,6 +59,7 @@ class Daemon:
         self.pools = Pools(runtime, self.registry.note_change)
         self.registry.more_status = self.pools.status_text
         self.control = ControlServer(DaemonOps(self))
+        self.pools.tell = lambda lease, event: self.control.lease_ended(lease.id, event)
         self.config_path: str | None = None
         self.policy = load_settings(self.flags).policy()  # for status; re-read on SIGHUP
         self._stop = asyncio.Event()

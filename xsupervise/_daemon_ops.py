@@ -125,8 +125,8 @@ class DaemonOps:
                 f"display {display} is a spare of pool {pool}, kept ready for leases; to keep "
                 f"fewer, lower size in [pool.{pool}] of the config file and reload (SIGHUP)."
             )
-        holder = self.daemon.control.forget_lease(lease.id)
-        self.daemon.pools.release(lease.id)
+        holder = self.daemon.control.holder(lease.id)
+        self.daemon.pools.revoke(lease.id, "'xsupervise stop'")
         await asyncio.wait([lease.entry.running], timeout=wait)
         return (
             f"{display}: stopped (lease {lease.id} of pool {pool}, held by pid {holder}, "

@@ -119,6 +119,15 @@ class Display:
         return self._server
 
     @property
+    def alive(self) -> bool:
+        """Whether the display still serves: False once stopped, once its X server has died,
+        or, leased, once its lease ended (its display died or was revoked)."""
+        server = self._server
+        if server is None or server.exit_status is not None:
+            return False
+        return server.alive() if not isinstance(server, XServer) else not server.child.has_exited()
+
+    @property
     def display(self) -> str:
         """The DISPLAY value, e.g. ':5'."""
         return self._ready().env["DISPLAY"]
@@ -276,6 +285,7 @@ class AsyncDisplay:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self._display.screenshot, path, window)
 
+    alive = property(lambda self: self._display.alive, doc=Display.alive.__doc__)
     display = property(lambda self: self._display.display, doc=Display.display.__doc__)
     number = property(lambda self: self._display.number)
     env = property(lambda self: self._display.env, doc=Display.env.__doc__)

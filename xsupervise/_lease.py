@@ -52,12 +52,19 @@ class Lease:
         return {"lease": self.id, "pool": self.pool, **display_reply(self.entry.core.name, server)}
 
 
+def _not_told(_lease: Lease, _event: Reply) -> None:
+    pass
+
+
 class Pools:
-    """Every pool of the daemon, and every lease taken from them."""
+    """Every pool of the daemon, and every lease taken from them. ``tell(lease, event)``
+    pushes a ``lease-ended`` event to the lease's connection when its display died or was
+    revoked (the control server's part)."""
 
     def __init__(self, runtime: RuntimeDir, changed: Callable[[], None]):
         self.runtime = runtime
         self.changed = changed
+        self.tell: Callable[[Lease, Reply], None] = _not_told
         self.pools: dict[str, Pool] = {}
         self.leases: dict[str, Lease] = {}
         self.retiring: set[DaemonEntry] = set()  # displays being destroyed
@@ -128,11 +135,7 @@ class Pools:
             if entry is not None:
                 break
             if pool.state == "failed":
-                raise SessionFailed(
-                    f"pool {name} is FAILED: its X servers do not start (last failure: "
-                    f"{pool.failed_reason()}) Fix the cause, then run 'xsupervise reset "
-                    f"{pool.spec.session_name}' to try at once."
-                )
+                raise SessionFailed(pool.failed_line())
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise LeaseTimeout(
@@ -143,8 +146,27 @@ class Pools:
             await pool.changes(remaining)
         lease = Lease(name, entry)
         self.leases[lease.id] = lease
+        entry.running.add_done_callback(lambda _task: self._died(lease))
         self.changed()
         return lease
+
+    def _died(self, lease: Lease) -> None:
+        """A leased display's session ended while its lease held: its server died (counted
+        in no budget: see Mode.DAEMON_LEASED). Its lessee is told; the lease is over."""
+        if self.leases.get(lease.id) is not lease:
+            return  # released or revoked: its lessee knows
+        del self.leases[lease.id]
+        core = lease.entry.core
+        self.tell(lease, _ended(lease, "died", f": {core.last_failure or 'its X server ended.'}"))
+        self.changed()
+
+    def revoke(self, lease_id: str, by: str) -> Lease | None:
+        """End a lease by ``by`` (e.g. `xsupervise stop`): its lessee is told, its display
+        destroyed (in the background). None if unknown."""
+        lease = self.leases.get(lease_id)
+        if lease is not None:
+            self.tell(lease, _ended(lease, "revoked", f" by {by}."))
+        return self.release(lease_id)
 
     def release(self, lease_id: str) -> Lease | None:
         """End a lease: its display is destroyed (in the background). None if unknown."""
@@ -197,3 +219,18 @@ class Pools:
             + (" FAILED" if pool.state == "failed" else "")
             for name, pool in self.pools.items()
         )
+
+
+def _ended(lease: Lease, reason: str, why: str) -> Reply:
+    """The ``lease-ended`` event (see _protocol.EVENTS): one line says what happened."""
+    from ._protocol import event
+
+    display = lease.entry.core.display
+    return event(
+        "lease-ended",
+        lease=lease.id,
+        pool=lease.pool,
+        display=display,
+        reason=reason,
+        message=f"display {display} (lease {lease.id} of pool {lease.pool}) {reason}{why}",
+    )

@@ -36,6 +36,10 @@ class LeasedServer:
     def env(self) -> dict[str, str]:
         return {"DISPLAY": f":{self.number}", "XAUTHORITY": self.auth_path}
 
+    def alive(self) -> bool:
+        """The lease holds: its display did not die, was not revoked, the daemon is there."""
+        return self.lease.ended is None
+
     def release(self) -> None:
         """End the lease: close its connection (no round trip; idempotent)."""
         if self.exit_status is None:

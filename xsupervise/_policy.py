@@ -21,12 +21,13 @@ from ._states import State
 
 TYPE_CHECKING = False  # typing costs the CLI milliseconds to import: only for the checker
 if TYPE_CHECKING:
-    from typing import Any, ClassVar, TypedDict
+    from typing import Any, ClassVar, NotRequired, TypedDict
 
     class InFlight(TypedDict):
         pid: int
         ticks: int | None
         at: float
+        daemon: NotRequired[bool]  # started by xsupervise serve (see may_start)
 
 
 DEFAULTS = {
@@ -157,10 +158,17 @@ def may_start(
     """Whether a start may happen now.
 
     A start left in flight by a supervisor that is gone (killed by a relauncher's timeout,
-    say) counts as the failure it was: that is what keeps relaunchers from storming.
+    say) counts as the failure it was: that is what keeps relaunchers from storming. Except
+    a daemon's: the daemon bounds every start by its own timeout and records how it went,
+    so a start it left in flight was cut short by the daemon's death (systemd's restart of
+    it, an OOM kill), not failed by its X server; it counts as nothing.
     """
     for token, start in list(history.in_flight.items()):
-        if not supervisor_alive(start["pid"], start["ticks"]):
+        if supervisor_alive(start["pid"], start["ticks"]):
+            continue
+        if start.get("daemon"):
+            history.in_flight.pop(token)
+        else:
             record_failure(
                 history,
                 now,
@@ -186,9 +194,22 @@ def may_start(
     return Decision(True)
 
 
-def begin_start(history: History, now: float, token: str, pid: int, ticks: int | None) -> None:
+def begin_start(
+    history: History, now: float, token: str, pid: int, ticks: int | None, daemon: bool = False
+) -> None:
     history.in_flight[token] = {"pid": pid, "ticks": ticks, "at": now}
+    if daemon:
+        history.in_flight[token]["daemon"] = True
     history.starts += 1
+
+
+def record_handed_over(history: History) -> None:
+    """A pool's spare was handed to a lessee: spares can be made, and live until used. The
+    consecutive count (the backoff) starts again; the start limit still counts the failures
+    in its window, so spares that die soon after every start still make the pool FAILED."""
+    if history.failed_at is None and not history.on_probation:
+        history.in_a_row = 0
+        history.next_start_at = 0.0
 
 
 def record_ready(history: History, token: str) -> None:

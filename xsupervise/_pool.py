@@ -5,7 +5,9 @@ Each spare is a ``_session.Session`` in ``Mode.DAEMON_POOL`` (a ``DaemonEntry``)
 start makes the pool FAILED by the same policy as a configured session (never a storm), and
 a spare whose server dies while idle is restarted by that policy. ``take`` hands a ready
 spare over (it leaves the pool for good: ``_lease.Pools`` destroys it when the lease ends)
-and starts a new spare in its place.
+and starts a new spare in its place. A leased display is its lessee's: its death ends its
+session and counts in no budget (``Mode.DAEMON_LEASED``); the budget counts only what
+says that spares cannot be made: starts that fail, and spares that die while idle.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ from collections.abc import Callable
 
 from . import _log as log
 from ._aio import run_steps
+from ._clock import clock_time
 from ._errors import XSuperviseError
+from ._ledger import Ledger
 from ._paths import RuntimeDir
+from ._policy import record_handed_over
 from ._pool_spec import PoolSpec
 from ._registry import DaemonEntry
 from ._session import Mode, Session
@@ -100,6 +105,21 @@ class Pool:
                 return entry.core.last_failure or "(unknown)"
         return ""
 
+    def failed_line(self) -> str:
+        """What failed, how often, since when, and what to do: the line of a lease refused."""
+        history = Ledger(self.runtime, self.spec.session_name).read()
+        rules = self.spec.settings.policy()
+        since = clock_time(history.failed_at) if history.failed_at else "now"
+        until = history.failed_until(rules)
+        return (
+            f"pool {self.name} is FAILED: {len(history.failures)} failures (starts that "
+            f"failed, or spares that died while idle) in {rules.start_limit_interval:g} s "
+            f"(limit {rules.start_limit_burst}), FAILED since {since}"
+            + (f", next try at {clock_time(until)}" if until else "")
+            + f". Last failure: {self.failed_reason()} Fix the cause, then run 'xsupervise "
+            f"reset {self.spec.session_name}' to try at once."
+        )
+
     def settled(self) -> bool:
         """Every spare ready, or the pool FAILED: what READY=1 waits for."""
         return self.state != "refilling" or not self.spares
@@ -137,10 +157,16 @@ class Pool:
         self.changed()
 
     def take(self) -> DaemonEntry | None:
-        """A ready spare, now out of the pool for good (a new spare starts in its place)."""
+        """A ready spare, now out of the pool for good (a new spare starts in its place):
+        its lessee's from now on, so that its death is counted in no budget (see Mode)."""
         for entry in self.spares:
             if self._is_ready(entry):
                 self.spares.remove(entry)
+                entry.core.mode = Mode.DAEMON_LEASED
+                ledger = Ledger(self.runtime, self.spec.session_name)
+                if ledger.read().in_a_row:  # (no file written on the lease path otherwise)
+                    with ledger.update() as history:
+                        record_handed_over(history)  # it proved that spares can be made
                 self.fill()
                 self.changed()
                 return entry

@@ -8,7 +8,10 @@ gets one reply line, in order::
     {"ok": true, REPLY FIELDS...}
     {"ok": false, "error": "one sentence: what happened, what to do", "exit_code": N}
 
-``exit_code`` is the ``ExitCode`` the CLI exits with for that error. A field the op does not
+``exit_code`` is the ``ExitCode`` the CLI exits with for that error. Besides replies, the
+daemon may push an *event* to a connection, unasked: one line with an ``"event"`` and no
+``"ok"`` (``EVENTS`` below), e.g. when a leased display died; a client reads it wherever it
+comes, between replies or while idle. A field the op does not
 take is refused (exit code 2): a misspelt setting must be an error, not a silent default.
 Fields are checked by ``check_request`` on both sides, so the client refuses what the
 daemon would refuse, with the same message.
@@ -161,6 +164,21 @@ OPS: dict[str, Op] = {
         Op("reset", (Field("name", str),), reply=("name", "had_history")),
     )
 }
+
+
+# Events the daemon pushes, by name: their fields besides "event".
+EVENTS: dict[str, tuple[str, ...]] = {
+    # A lease ended without its lessee asking: its display "died" (its X server ended) or was
+    # "revoked" (`xsupervise stop :N`). "message" is one line saying which and why. The
+    # connection is closed after it once it holds no other lease.
+    "lease-ended": ("lease", "pool", "display", "reason", "message"),
+}
+
+
+def event(name: str, **fields: object) -> Reply:
+    """An event line's object (``encode`` it); its fields are ``EVENTS[name]``."""
+    assert set(fields) == set(EVENTS[name]), (name, sorted(fields))
+    return {"event": name, **fields}
 
 
 def check_request(request: object) -> tuple[Op, dict[str, object]]:

@@ -14,7 +14,8 @@ backoff -> starting ... -> failed); who runs it (the CLI, a relauncher, the daem
 ``Session.steps()`` is written as generator steps (see _process.py): ``xsupervise start``
 drives it with poll(2), ``xsupervise serve`` runs many at once on an asyncio loop, tests run
 it against a fake clock and launcher (tests/fakes.py). It never returns; it ends by raising:
-StartError (first start), SessionFailed, or whatever its driver threw into it (a stop).
+StartError (first start), SessionFailed, or whatever its driver threw into it (a stop);
+except a leased display's (``Mode.ends_with_its_server``), which returns when its server dies.
 Before it ends, the server is stopped and reaped and the session's files are removed.
 """
 
@@ -116,6 +117,10 @@ class Session:
             server = yield from self._start(first=True)
             while True:
                 yield from self._watch(server)
+                if self.mode.ends_with_its_server:  # a leased display: over (see Mode)
+                    return
+                if not self.mode.restarts_on_its_number:  # a spare: any free number
+                    self.number = None
                 server = yield from self._start(first=False)
         except GeneratorExit:
             if self.server is not None:  # closed by a driver that can no longer wait
@@ -229,8 +234,11 @@ class Session:
             )
         self._go(Event.DIED)
         self.last_failure = reason
-        self._log("error", "%s", reason)
         self.server = None
+        if self.mode.ends_with_its_server:
+            self._log("warning", "%s (a leased display: its lessee is told)", reason)
+            return
+        self._log("error", "%s", reason)
         with self.ledger.update() as history:
             policy.record_death(history, self.clock.wall(), self.policy, uptime, reason)
         self.files.save(state=self.state, last_failure=reason)

@@ -91,12 +91,28 @@ class Mode(enum.Enum):
     RELAUNCHED = "relaunched"  # start / run --relaunched: a relauncher restarts us on every exit
     DAEMON_CONFIGURED = "daemon-configured"  # a [session.NAME] in the daemon's config
     DAEMON_REQUESTED = "daemon-requested"  # a `start` op sent to the daemon
-    DAEMON_POOL = "daemon-pool"  # a spare display of a [pool.NAME], then its lessee's
+    DAEMON_POOL = "daemon-pool"  # a spare display of a [pool.NAME]
+    DAEMON_LEASED = "daemon-leased"  # a pool's display handed to a lessee: theirs now
 
     @property
     def kind(self) -> str:
         """What the session's record says started it: "cli" or "daemon"."""
         return "cli" if self in (Mode.CLI, Mode.RELAUNCHED) else "daemon"
+
+    @property
+    def ends_with_its_server(self) -> bool:
+        """Its server's death ends the session, counted in no budget: a leased display
+        belongs to its lessee, and what the lessee does to it (a GUI test that crashes its
+        X server) says nothing about whether the pool can make spares. The lessee is told."""
+        return self is Mode.DAEMON_LEASED
+
+    @property
+    def restarts_on_its_number(self) -> bool:
+        """A dead server is restarted on the same display number, so that its clients can
+        reconnect. Not a pool's spare: no client knows its number yet, and the number its
+        death freed may be taken by another spare meanwhile (a restart on it would then fail
+        again and again, spending the pool's budget until the pool is FAILED)."""
+        return self is not Mode.DAEMON_POOL
 
     @property
     def retries_first_start(self) -> bool:

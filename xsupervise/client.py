@@ -16,6 +16,7 @@ import os
 import socket
 
 from . import _protocol as protocol
+from ._client_lease import Lease, next_reply_line
 from ._errors import EnvironmentProblem, ExitCode, UsageError, XSuperviseError
 
 __all__ = [
@@ -41,31 +42,6 @@ if TYPE_CHECKING:
 # How much longer than the "wait" it gives the daemon we wait for a stop's reply.
 _STOP_REPLY_MARGIN = 30.0
 _LEASE_WAIT = 30.0  # the protocol's default "wait" for a lease
-
-
-class Lease(dict):  # type: ignore[type-arg]
-    """A leased display: the ``lease`` op's reply (``display``, ``env``, ``lease``...), held
-    while its client stays connected; ``with`` releases it (the daemon destroys it)."""
-
-    def __init__(self, client: Client, reply: Reply):
-        super().__init__(reply)
-        self.client = client
-        self.released = False
-
-    def release(self) -> None:
-        """End the lease (idempotent); its display is destroyed by the daemon."""
-        if not self.released:
-            self.released = True
-            try:
-                self.client.release(self["lease"])
-            except ControlError:
-                pass  # the daemon or the connection is gone: so is the lease
-
-    def __enter__(self) -> Lease:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.release()
 
 
 class ControlError(XSuperviseError):
@@ -98,6 +74,8 @@ class Client:
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._buffer = b""
+        self._events: list[Reply] = []  # pushed by the daemon (see _protocol.EVENTS)
+        self._closed_by_daemon = False
 
     def __repr__(self) -> str:
         return f"<Client {self.path}>"
@@ -158,9 +136,10 @@ class Client:
                 sock.sendall(protocol.encode({"op": op, **fields}))
             except BrokenPipeError:
                 pass  # it answered and closed before reading (a refusal): read that answer
-            while b"\n" not in self._buffer:
+            while (line := next_reply_line(self)) is None:
                 chunk = sock.recv(65536)
                 if not chunk:
+                    self._closed_by_daemon = True
                     raise _NoReply(
                         f"the daemon on {self.path} closed the connection without a reply."
                     )
@@ -176,7 +155,6 @@ class Client:
         finally:
             if reply_within is not None and self._sock is not None:
                 self._sock.settimeout(self.timeout)
-        line, _, self._buffer = self._buffer.partition(b"\n")
         try:
             reply = json.loads(line)
         except ValueError:
