@@ -103,7 +103,7 @@ class DamageClient:
             except BlockingIOError:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not select.select([self.sock], [], [], remaining)[0]:
-                    raise XError(f"the X server did not answer within {self.timeout:g} s")
+                    raise XError(f"the X server did not answer within {self.timeout:g} s") from None
                 continue
             if not data:
                 raise XError("the X server closed the connection")
