@@ -54,6 +54,18 @@ def _add_display_options(parser: argparse.ArgumentParser, with_name: bool = True
         help="a window manager to run on the display once it is ready, e.g. openbox "
         "(XSUPERVISE_WM; default: none)",
     )
+    group.add_argument(
+        "--record",
+        metavar="PATH",
+        help="record a video of the display to PATH (.mp4, or .mkv for Matroska), from "
+        "ready until it stops; needs ffmpeg (XSUPERVISE_RECORD; default: none)",
+    )
+    group.add_argument(
+        "--record-fps",
+        metavar="N",
+        help="the recording's highest frame rate: a frame is taken only when the screen "
+        "changed (XSUPERVISE_RECORD_FPS; default: 15)",
+    )
     restart = parser.add_argument_group(
         "restart policy (flag > XSUPERVISE_* variable > config file)",
         "After a failure the next start waits BACKOFF_INITIAL seconds, doubling up to "

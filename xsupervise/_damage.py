@@ -28,16 +28,13 @@ _DAMAGE_QUERY_VERSION, _DAMAGE_CREATE, _DAMAGE_SUBTRACT = 0, 1, 3
 _LEVEL_BOUNDING_BOX = 2
 _Z_PIXMAP = 2
 _REPLY, _ERROR, _GENERIC_EVENT = 1, 0, 35
-# (depth, bits per pixel, image byte order) -> ffmpeg's name of that pixel layout.
+# (depth, bits per pixel, image byte order: 0 is LSBFirst) -> ffmpeg's name of that layout.
+# (A BMP, which ffmpeg gets, is little-endian: an MSBFirst server is not recorded.)
 PIXEL_FORMATS = {
     (24, 32, 0): "bgr0",
     (32, 32, 0): "bgr0",
-    (24, 32, 1): "0rgb",
-    (32, 32, 1): "0rgb",
     (16, 16, 0): "rgb565le",
-    (16, 16, 1): "rgb565be",
     (15, 16, 0): "rgb555le",
-    (15, 16, 1): "rgb555be",
 }
 
 Rect = tuple[int, int, int, int]  # x, y, width, height
@@ -94,20 +91,35 @@ class DamageClient:
         self.sock.close()
 
     # -- the connection ------------------------------------------------------------------
-    def _recv(self, size: int, into: memoryview | None = None) -> bytes | int:
+    def _wait_readable(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([self.sock], [], [], remaining)[0]:
+            raise XError(f"the X server did not answer within {self.timeout:g} s")
+
+    def _recv(self, size: int) -> bytes:
         """What the socket holds (up to ``size`` bytes), waiting up to the timeout for it."""
         deadline = time.monotonic() + self.timeout
         while True:
             try:
-                data = self.sock.recv(size) if into is None else self.sock.recv_into(into)
+                data = self.sock.recv(size)
             except BlockingIOError:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not select.select([self.sock], [], [], remaining)[0]:
-                    raise XError(f"the X server did not answer within {self.timeout:g} s") from None
+                self._wait_readable(deadline)
                 continue
             if not data:
                 raise XError("the X server closed the connection")
             return data
+
+    def _recv_into(self, target: memoryview) -> int:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                count = self.sock.recv_into(target)
+            except BlockingIOError:
+                self._wait_readable(deadline)
+                continue
+            if not count:
+                raise XError("the X server closed the connection")
+            return count
 
     def _fill(self, size: int) -> None:
         """Have at least ``size`` unread bytes in the buffer."""
@@ -115,7 +127,7 @@ class DamageClient:
             del self._buffer[: self._start]
             self._start = 0
         while len(self._buffer) < size:
-            self._buffer += self._recv(65536)  # type: ignore[operator]
+            self._buffer += self._recv(65536)
 
     def _read_exactly(self, size: int) -> bytes:
         self._fill(size)
@@ -137,7 +149,7 @@ class DamageClient:
             self._start = 0
         done = buffered
         while done < len(target):
-            done += self._recv(0, target[done:])  # type: ignore[operator]
+            done += self._recv_into(target[done:])
 
     def _handshake(self, cookie: bytes) -> tuple[Screen, int]:
         self._send(setup_request(cookie))
@@ -158,7 +170,8 @@ class DamageClient:
         layout = PIXEL_FORMATS.get((depth, bpp.get(depth, 0), byte_order))
         if layout is None:
             raise XError(
-                f"a {depth}-bit screen cannot be recorded (only 15, 16, 24 and 32-bit ones can)"
+                f"a {depth}-bit screen with this pixel layout cannot be recorded (only "
+                "little-endian 15, 16, 24 and 32-bit ones can)"
             )
         return Screen(root, width, height, depth, layout), resource_base
 

@@ -1,23 +1,27 @@
 """ffmpeg for recordings: where it is, and how it encodes what the recorder feeds it.
 
-The recorder (_recorder.py) writes raw frames to ffmpeg's stdin only when the screen changed
-(and once a second when it did not), so the stream has a variable frame rate: ffmpeg stamps
-each frame with the wall clock as it reads it (``-use_wallclock_as_timestamps``, at 1 ms
-resolution: ``-framerate 1000`` sets the input's time base), and passes the timestamps
-through. H.264 (libx264, ultrafast, zerolatency: no frame is held back, so what was captured
-is in the file at once).
+The recorder (_recorder.py) starts ffmpeg before it knows the display: loading ffmpeg's
+two hundred libraries takes ~50 ms, paid while the X server initialises. So frames go in as
+BMP images (``image2pipe``), each carrying its own size, not as raw video, whose size ffmpeg
+must be told up front; and the encoded stream comes out on ffmpeg's stdout, which the
+recorder copies to the file it opens once the display is ready (a failed start leaves no
+file).
 
-A file must stay playable if everything is SIGKILLed mid-recording:
-- MP4 (the default) is fragmented: an empty ``moov`` up front, then one fragment per frame
-  (``frag_every_frame``), each flushed to the file as it is written (``flush_packets``). A
-  plain MP4 writes its index only at the end; a fragmented one with ffmpeg's default
-  fragments (one per keyframe, every 250 frames) holds nothing readable after seconds.
-- Matroska (``.mkv``) closes a cluster at least every 500 ms (``cluster_time_limit``).
+Frames are written only when the screen changed (and once a second when it did not): a
+variable frame rate. ffmpeg stamps each frame with the wall clock as it reads it
+(``-use_wallclock_as_timestamps``; ``-framerate 1000`` makes the time base 1 ms) and passes
+the timestamps through. H.264 (libx264, ultrafast, zerolatency: no frame is held back).
+
+The file must stay playable if everything is SIGKILLed mid-recording: a fragmented MP4 (an
+empty ``moov`` first), one fragment per frame (``frag_every_frame``), flushed as written
+(``flush_packets``). A plain MP4 writes its index only at the end; a fragmented one with
+ffmpeg's default fragments (one per keyframe, 250 frames) holds nothing readable for seconds.
+A fragment is complete once the next frame arrives, so a cut file lacks at most its last
+second.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 
 from . import _errors as errors
@@ -37,35 +41,34 @@ def find_ffmpeg() -> str:
     return found
 
 
-def container(path: str) -> str:
-    """ffmpeg's muxer for ``path``: Matroska for .mkv, else fragmented MP4."""
-    return "matroska" if path.lower().endswith(".mkv") else "mp4"
-
-
-def encoder_argv(ffmpeg: str, width: int, height: int, pixel_format: str, path: str) -> list[str]:
-    """ffmpeg reading raw ``pixel_format`` frames of ``width``x``height`` on stdin, writing
-    H.264 to ``path``."""
-    # 4:2:0 halves the chroma planes, so it needs even sizes; an odd screen keeps its size
-    # with 4:4:4 (fewer players play it).
-    chroma = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
-    argv = [
+def encoder_argv(ffmpeg: str = "ffmpeg") -> list[str]:
+    """ffmpeg reading BMP frames on stdin, writing a fragmented MP4 (H.264) on stdout."""
+    return [
         ffmpeg,
         "-hide_banner",
         "-loglevel",
         "error",
         "-nostdin",
+        # Input: BMP images, timed as they arrive; no probing beyond the first one.
         "-f",
-        "rawvideo",
-        "-pix_fmt",
-        pixel_format,
-        "-video_size",
-        f"{width}x{height}",
+        "image2pipe",
+        "-c:v",
+        "bmp",
         "-framerate",
         "1000",
+        "-fpsprobesize",
+        "0",
+        "-probesize",
+        "32",
+        "-analyzeduration",
+        "0",
         "-use_wallclock_as_timestamps",
         "1",
         "-i",
         "pipe:0",
+        # 4:2:0 needs even sizes: an odd width or height gets one black line of padding.
+        "-vf",
+        "pad=ceil(iw/2)*2:ceil(ih/2)*2",
         "-c:v",
         "libx264",
         "-preset",
@@ -73,16 +76,16 @@ def encoder_argv(ffmpeg: str, width: int, height: int, pixel_format: str, path: 
         "-tune",
         "zerolatency",
         "-pix_fmt",
-        chroma,
+        "yuv420p",
         "-fps_mode",
         "passthrough",
         "-force_key_frames",
         f"expr:gte(t,n_forced*{KEYFRAME_EVERY})",
         "-flush_packets",
         "1",
+        "-movflags",
+        "+frag_every_frame+empty_moov+default_base_moof",
+        "-f",
+        "mp4",
+        "pipe:1",
     ]
-    if container(path) == "matroska":
-        argv += ["-cluster_time_limit", "500", "-f", "matroska"]
-    else:
-        argv += ["-movflags", "+frag_every_frame+empty_moov+default_base_moof", "-f", "mp4"]
-    return [*argv, "-y", os.fspath(path)]

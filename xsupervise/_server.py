@@ -18,6 +18,7 @@ from ._x11 import ServerFacts, xauthority_entry
 # Imported only once the server is spawned (records needs json): see launch_steps.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ._recording import Recording
     from ._records import SessionRecord
 
 # Seconds kill_now waits for a SIGKILLed server that it cannot wait for asynchronously.
@@ -37,6 +38,7 @@ class SessionFiles:
         self.name = name
         self.kind = kind
         self.spawns = 0  # servers spawned so far: names each one's cgroup
+        self.recordings = 0  # recordings started: a restarted server's gets a new file
         # Made once a server is spawned (it needs json: see launch_steps).
         self.record: SessionRecord | None = None
         self.created = False  # see create(): nothing is on disk before the first spawn
@@ -110,6 +112,7 @@ class XServer:
         self.wm: Child | None = None  # the wm setting's window manager, stopped before us
         self.companion: Child | None = None  # a profile's (Xwayland's weston), stopped after
         self.vnc: str | None = None  # the xvnc profile's VNC endpoint (see _vnc.py)
+        self.recording: Recording | None = None  # the record setting's, stopped first
 
     def __repr__(self) -> str:
         return f"<XServer {self.display or '(no display yet)'} {self.child!r}>"
@@ -161,6 +164,10 @@ class XServer:
         if they are its alone)."""
         if self.exit_status is not None:
             return self.exit_status
+        if self.recording is not None:  # first: it finishes its file while the display is up
+            from ._recording import finish_steps
+
+            yield from finish_steps(self.recording, self.settings.kill_grace)
         if self.wm is not None and self.wm.returncode is None:
             yield from self.wm.stop_steps(self.settings.kill_grace)
         try:
@@ -179,6 +186,8 @@ class XServer:
     def kill_now(self) -> None:
         """SIGKILL the group and clean up, for when no waiting is possible (a closed generator):
         the reap waits at most _KILL_NOW_WAIT, so that a stuck server cannot hang its caller."""
+        if self.recording is not None:
+            self.recording.kill_now(_KILL_NOW_WAIT)
         if self.wm is not None and self.wm.returncode is None:
             self.wm.signal(signal.SIGKILL)
             self.wm.reap_within(_KILL_NOW_WAIT)
@@ -201,6 +210,8 @@ class XServer:
         """Once the server has ended: reap it (if it has) and remove what it leaves behind."""
         if self.exit_status is None:
             self.exit_status = self.child.try_reap()
+        if self.recording is not None and self.recording.child.returncode is None:
+            self.recording.kill_now(_KILL_NOW_WAIT)  # its display is gone: its file ends here
         if self.wm is not None and self.wm.returncode is None:
             self.wm.signal(signal.SIGKILL)  # its display is gone: nothing left to manage
             self.wm.reap_within(_KILL_NOW_WAIT)
