@@ -13,6 +13,7 @@ import sys
 from . import _cli_commands as commands
 from . import _cli_lease as cli_lease
 from . import _cli_parsers as parsers
+from . import _cli_record as cli_record
 from . import _cli_servers as cli_servers
 from . import _log as log
 from ._errors import XSuperviseError
@@ -59,6 +60,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "clean": Subcommand(parsers.add_clean, commands.clean),
     "check": Subcommand(parsers.add_check, commands.check),
     "screenshot": Subcommand(parsers.add_screenshot, commands.screenshot),
+    "record": Subcommand(cli_record.add_parser, cli_record.record),
     "lease": Subcommand(cli_lease.add_lease, cli_lease.lease),
     "servers": Subcommand(cli_servers.add_servers, cli_servers.servers),
 }

@@ -8,14 +8,12 @@ reads those pixels with core GetImage. The recorder (_recorder.py) grabs only wh
 changed, and only the rectangle that did: a clock that ticks once a second costs one small
 GetImage a second, where x11grab copies and converts every whole frame at its frame rate.
 
-Protocol facts (X11 protocol, DAMAGE 1.1): events and errors are 32 bytes, replies 32 bytes
-plus 4 times the length in their header; DamageNotify is the extension's first event; a
-client must ask the extension's version before any other DAMAGE request.
+Protocol facts (X11, DAMAGE 1.1): events and errors are 32 bytes, replies 32 plus 4 times the
+length in their header; DamageNotify is DAMAGE's first event; its version is asked first.
 """
 
 from __future__ import annotations
 
-import os
 import select
 import socket
 import struct
@@ -139,8 +137,7 @@ class DamageClient:
         return data
 
     def _read_into(self, target: memoryview) -> None:
-        """Fill ``target`` from the stream: what is buffered, then straight from the socket
-        (an image is megabytes: no copy of ours in between)."""
+        """Fill ``target``: what is buffered, then straight from the socket (no copy)."""
         buffered = min(len(target), len(self._buffer) - self._start)
         target[:buffered] = self._buffer[self._start : self._start + buffered]
         self._start += buffered
@@ -301,20 +298,3 @@ class DamageClient:
         for line in range(height):
             at = start + line * stride
             frame[at : at + row] = scratch[line * row : (line + 1) * row]
-
-
-def read_cookie(path: str) -> bytes:
-    """The MIT-MAGIC-COOKIE-1 of an Xauthority file of ours (see _x11.xauthority_entry)."""
-    with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as stream:
-        data = stream.read()
-    offset = 0
-    while offset + 2 <= len(data):
-        fields = []
-        offset += 2  # family
-        for _ in range(4):
-            (length,) = struct.unpack_from(">H", data, offset)
-            fields.append(data[offset + 2 : offset + 2 + length])
-            offset += 2 + length
-        if fields[2] == b"MIT-MAGIC-COOKIE-1":
-            return fields[3]
-    raise XError(f"{path} holds no MIT-MAGIC-COOKIE-1")

@@ -42,13 +42,16 @@ class LeasedServer:
             self.client.close()
 
 
-def take_lease(pool: str, socket: str | None = None, wait: float | None = None) -> LeasedServer:
-    """Lease a display of ``pool`` (blocking: up to ``wait`` s when no spare is ready)."""
+def take_lease(
+    pool: str, socket: str | None = None, wait: float | None = None, record: str | None = None
+) -> LeasedServer:
+    """Lease a display of ``pool`` (blocking: up to ``wait`` s when no spare is ready);
+    ``record``: a path the daemon records it to until the lease ends."""
     from .client import Client
 
     client = Client(socket, timeout=None).connect()
     try:
-        return LeasedServer(client, client.lease(pool, wait))
+        return LeasedServer(client, client.lease(pool, wait, record))
     except BaseException:
         client.close()
         raise

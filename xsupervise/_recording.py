@@ -19,6 +19,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from . import _errors as errors
 from ._process import Child, describe_status, spawn
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from ._steps import Steps
 
 DEFAULT_FPS = 15
+_READY_WAIT = 10.0  # seconds for a recorder's first frame (ffmpeg's start-up, mostly)
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -238,3 +241,58 @@ def finish_steps(recording: Recording, grace: float) -> Steps[int]:
 
         log.get().error("%s", recording.death_line(status))
     return status
+
+
+def record_lease(server: object, path: str, lease: str) -> None:
+    """The daemon's part of a ``lease`` with ``record``: record the leased display (its
+    session's XServer) until its lease ends (its server's stop finishes the file first)."""
+    from ._server import XServer
+
+    assert isinstance(server, XServer) and server.number is not None  # leased once ready
+    server.recording = start_recording(
+        server.number, server.files.auth_path, path, server.settings.record_fps, lease
+    )
+
+
+def _begin_steps(display: object, path: str) -> Steps[Recording]:
+    """Record ``display`` (a started Display) from now on; return once the first frame is
+    taken."""
+    from ._paths import new_token
+
+    fps = display._settings.record_fps  # type: ignore[attr-defined]
+    number, xauthority = display.number, display.xauthority  # type: ignore[attr-defined]
+    recording = start_recording(number, xauthority, path, fps, f"rec-{new_token()}")
+    try:
+        yield from recording.ready_steps(_READY_WAIT)
+    except BaseException:
+        recording.kill_now(1.0)
+        raise
+    return recording
+
+
+@contextmanager
+def recording_block(display: object, path: str) -> Iterator[str]:
+    """``Display.record``: a recording for the length of a ``with`` block."""
+    from ._steps import run_blocking
+
+    grace = display._settings.kill_grace  # type: ignore[attr-defined]
+    recording = run_blocking(_begin_steps(display, path))
+    try:
+        yield path
+    finally:
+        run_blocking(finish_steps(recording, grace))
+
+
+@asynccontextmanager
+async def async_recording_block(
+    display: object, path: str, fps: float | None
+) -> AsyncIterator[str]:
+    """``AsyncDisplay.record``: the same, its waits driven by the event loop."""
+    from ._aio import run_steps
+
+    grace = display._settings.kill_grace  # type: ignore[attr-defined]
+    recording = await run_steps(_begin_steps(display, path))
+    try:
+        yield path
+    finally:
+        await run_steps(finish_steps(recording, grace))
