@@ -161,9 +161,8 @@ class Display:
         return capture(self.display, self.xauthority, path, window)
 
     def record(self, path: str | PathLike[str]) -> AbstractContextManager[str]:
-        """A video of the display in ``path`` (a fragmented MP4) for a ``with`` block: begun
-        when the block starts, finished when it ends. Needs ffmpeg (EnvironmentProblem).
-        A recorder that fails on the way is reported in one log line; the block goes on."""
+        """A video of the display in ``path`` (fragmented MP4) for a ``with`` block: begun as
+        it starts, finished as it ends (docs/recording.md). Needs ffmpeg."""
         from ._recording import recording_block
 
         return recording_block(self, fspath(path))

@@ -284,9 +284,7 @@ def recording_block(display: object, path: str) -> Iterator[str]:
 
 
 @asynccontextmanager
-async def async_recording_block(
-    display: object, path: str, fps: float | None
-) -> AsyncIterator[str]:
+async def async_recording_block(display: object, path: str) -> AsyncIterator[str]:
     """``AsyncDisplay.record``: the same, its waits driven by the event loop."""
     from ._aio import run_steps
 
