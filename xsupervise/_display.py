@@ -10,6 +10,7 @@ from ._errors import UsageError
 from ._launcher import XServer, launch_steps
 from ._paths import RuntimeDir
 from ._process import run_blocking
+from ._recording import async_recording_block, recording_block
 from ._settings import Settings, load_settings, parse_display
 from ._x11 import ServerFacts
 
@@ -163,8 +164,6 @@ class Display:
     def record(self, path: str | PathLike[str]) -> AbstractContextManager[str]:
         """A video of the display in ``path`` (fragmented MP4) for a ``with`` block: begun as
         it starts, finished as it ends (docs/recording.md). Needs ffmpeg."""
-        from ._recording import recording_block
-
         return recording_block(self, fspath(path))
 
 
@@ -289,8 +288,6 @@ class AsyncDisplay:
 
     def record(self, path: str | PathLike[str]) -> AbstractAsyncContextManager[str]:
         """``Display.record`` for asyncio: ``async with display.record("t.mp4"): ...``."""
-        from ._recording import async_recording_block
-
         return async_recording_block(self._display, fspath(path))
 
     display = property(lambda self: self._display.display, doc=Display.display.__doc__)
