@@ -180,7 +180,7 @@ class DaemonOps:
             connection.lessee = True
         lease = await self.daemon.pools.lease(pool, float(wait), connection.gone)
         connection.leases.add(lease.id)  # before the reply: a closed connection releases it
-        if record:  # finished before the display is destroyed (XServer.stop_steps)
+        if record:  # an absolute path; finished before the display is destroyed
             from ._recording import record_lease
 
             try:

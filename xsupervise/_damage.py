@@ -14,12 +14,11 @@ length in their header; DamageNotify is DAMAGE's first event; its version is ask
 
 from __future__ import annotations
 
-import select
 import socket
 import struct
-import time
 
 from ._x11 import refusal_reason, setup_request, socket_path
+from ._xstream import Stream, XError
 
 _QUERY_EXTENSION, _GET_IMAGE = 98, 73
 _DAMAGE_QUERY_VERSION, _DAMAGE_CREATE, _DAMAGE_SUBTRACT = 0, 1, 3
@@ -36,10 +35,6 @@ PIXEL_FORMATS = {
 }
 
 Rect = tuple[int, int, int, int]  # x, y, width, height
-
-
-class XError(Exception):
-    """The X server refused a request of ours, or the connection broke."""
 
 
 class Screen:
@@ -60,16 +55,13 @@ def union(a: Rect | None, b: Rect) -> Rect:
     return x, y, max(a[0] + a[2], b[0] + b[2]) - x, max(a[1] + a[3], b[1] + b[3]) - y
 
 
-class DamageClient:
+class DamageClient(Stream):
     """One connection: ``changes()`` drains the DAMAGE events that arrived (their union),
     ``take(rect)`` re-arms the damage and returns that rectangle's pixels."""
 
     def __init__(self, number: int, cookie: bytes, timeout: float = 5.0):
         flags = socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
-        self.sock = socket.socket(socket.AF_UNIX, flags)
-        self.timeout = timeout  # a server that stops answering must not hang us
-        self._buffer = bytearray()
-        self._start = 0  # where the unread part of _buffer begins
+        super().__init__(socket.socket(socket.AF_UNIX, flags), timeout)
         self._sequence = 0
         self._pending: Rect | None = None  # damage seen while we waited for a reply
         try:
@@ -87,66 +79,6 @@ class DamageClient:
 
     def close(self) -> None:
         self.sock.close()
-
-    # -- the connection ------------------------------------------------------------------
-    def _wait_readable(self, deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([self.sock], [], [], remaining)[0]:
-            raise XError(f"the X server did not answer within {self.timeout:g} s")
-
-    def _recv(self, size: int) -> bytes:
-        """What the socket holds (up to ``size`` bytes), waiting up to the timeout for it."""
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                data = self.sock.recv(size)
-            except BlockingIOError:
-                self._wait_readable(deadline)
-                continue
-            if not data:
-                raise XError("the X server closed the connection")
-            return data
-
-    def _recv_into(self, target: memoryview) -> int:
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                count = self.sock.recv_into(target)
-            except BlockingIOError:
-                self._wait_readable(deadline)
-                continue
-            if not count:
-                raise XError("the X server closed the connection")
-            return count
-
-    def _fill(self, size: int) -> None:
-        """Have at least ``size`` unread bytes in the buffer."""
-        if self._start:
-            del self._buffer[: self._start]
-            self._start = 0
-        while len(self._buffer) < size:
-            self._buffer += self._recv(65536)
-
-    def _read_exactly(self, size: int) -> bytes:
-        self._fill(size)
-        data = bytes(self._buffer[self._start : self._start + size])
-        self._start += size
-        if self._start == len(self._buffer):
-            self._buffer.clear()
-            self._start = 0
-        return data
-
-    def _read_into(self, target: memoryview) -> None:
-        """Fill ``target``: what is buffered, then straight from the socket (no copy)."""
-        buffered = min(len(target), len(self._buffer) - self._start)
-        target[:buffered] = self._buffer[self._start : self._start + buffered]
-        self._start += buffered
-        if self._start == len(self._buffer):
-            self._buffer.clear()
-            self._start = 0
-        done = buffered
-        while done < len(target):
-            done += self._recv_into(target[done:])
 
     def _handshake(self, cookie: bytes) -> tuple[Screen, int]:
         self._send(setup_request(cookie))
@@ -171,15 +103,6 @@ class DamageClient:
                 "little-endian 15, 16, 24 and 32-bit ones can)"
             )
         return Screen(root, width, height, depth, layout), resource_base
-
-    def _send(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[self.sock.send(view) :]
-            except BlockingIOError:
-                if not select.select([], [self.sock], [], self.timeout)[1]:
-                    raise XError(f"the X server took no request for {self.timeout:g} s") from None
 
     def _request(self, data: bytes) -> int:
         self._send(data)

@@ -121,6 +121,12 @@ class Encoder:
         self.stdin, self.stdout, self.stderr = (stream.fileno() for stream in streams)  # type: ignore[union-attr]
         for fd in (self.stdin, self.stdout, self.stderr):
             os.set_blocking(fd, False)
+        try:  # a frame in a few writes, not eighty (the default pipe holds 64 KiB)
+            import fcntl
+
+            fcntl.fcntl(self.stdin, fcntl.F_SETPIPE_SZ, _CHUNK)
+        except OSError:
+            pass  # above /proc/sys/fs/pipe-max-size: the default works, with more writes
         self.output = -1
         self.held = bytearray()  # what ffmpeg wrote before the file was open
         self.said = b""  # its error output, for the line we report

@@ -7,6 +7,8 @@ destroys the display (in the background); so does our death, however it comes.
 
 from __future__ import annotations
 
+import os
+
 from ._x11 import ServerFacts
 
 TYPE_CHECKING = False
@@ -51,7 +53,8 @@ def take_lease(
 
     client = Client(socket, timeout=None).connect()
     try:
-        return LeasedServer(client, client.lease(pool, wait, record))
+        path = os.path.abspath(record) if record else ""  # the daemon's directory is not ours
+        return LeasedServer(client, client.lease(pool, wait, path))
     except BaseException:
         client.close()
         raise

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ._ffmpeg import Encoder
 
 HEARTBEAT = 1.0  # seconds: the longest stretch without a frame
+_END_MARGIN = 0.05  # seconds: a last frame this close to the one before adds nothing
 
 
 class _DisplayGone(Exception):
@@ -68,8 +69,9 @@ class Recorder:
     """The frames of one display, as ffmpeg gets them."""
 
     def __init__(self, encoder: Encoder, number: int, xauthority: str, fps: float):
-        from ._damage import DamageClient, XError
+        from ._damage import DamageClient
         from ._x11 import read_cookie
+        from ._xstream import XError
 
         try:
             self.client = DamageClient(number, read_cookie(xauthority))
@@ -84,7 +86,7 @@ class Recorder:
         self.sent_at = 0.0
 
     def grab(self, rect: tuple[int, int, int, int]) -> None:
-        from ._damage import XError
+        from ._xstream import XError
 
         try:
             self.client.take(rect, self.pixels, self.scratch)
@@ -92,7 +94,7 @@ class Recorder:
             raise _DisplayGone(str(exc)) from None
 
     def changes(self) -> tuple[int, int, int, int] | None:
-        from ._damage import XError
+        from ._xstream import XError
 
         try:
             return self.client.changes()
@@ -143,7 +145,8 @@ class Recorder:
                 self.grab(changed)
         except _DisplayGone:
             pass  # the server ended: the file ends with the last frame it showed
-        self.send()  # the last frame, stamped now: the file lasts as long as the recording
+        if changed is not None or time.monotonic() >= self.sent_at + _END_MARGIN:
+            self.send()  # the last frame, stamped now: the file lasts as long as the recording
 
 
 def _bmp(width: int, height: int, pixel_format: str) -> tuple[bytes, memoryview]:
