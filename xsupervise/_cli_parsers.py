@@ -19,7 +19,7 @@ exit codes:
   2    usage error: a flag, XSUPERVISE_* variable or config value is invalid
   3    the X server did not start: it exited, wrote no display number, or did not answer
   4    the X server wrote no display number before the deadline (--timeout)
-  5    environment problem: X server (or, to record, ffmpeg) not installed, runtime directory unusable
+  5    environment problem: X server (or ffmpeg, to record) missing, runtime directory unusable
   6    no session of ours on that display
   7    the session is FAILED: too many failed starts (see 'status', 'reset')
   126  COMMAND is not executable; 127: COMMAND not found
