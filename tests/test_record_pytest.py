@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -116,3 +117,68 @@ def test_record_command_records_a_session_for_a_duration(tmp_path: Path) -> None
         timeout=30,
     )
     assert abs(float(json.loads(shown.stdout)["format"]["duration"]) - 1.5) < 0.3
+
+
+def test_a_lessee_names_the_file_the_daemon_records_its_display_to(tmp_path: Path) -> None:
+    from tests.test_pool import PoolDaemon, ready
+    from xsupervise import Display
+
+    daemon = PoolDaemon(tmp_path, {"default": {"size": 1, "screen": "320x240x24"}})
+    try:
+        daemon.until(ready(1))
+        video = tmp_path / "leased.mp4"
+        with Display(pool="default", socket=daemon.socket, record=video) as display:
+            env = {**os.environ, **display.env}
+            subprocess.run(["xsetroot", "-solid", "red"], env=env, check=True, timeout=10)
+            assert video.exists()  # recording from the lease's reply on
+        # The daemon destroys a released display in the background (the file is finished
+        # first): once it has stopped, everything is done.
+        assert daemon.stop() == 0, daemon.log.read_text()
+        shown = subprocess.run(
+            ["ffprobe", "-v", "error", "-show_entries", "stream=width", "-of", "json", str(video)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        assert json.loads(shown.stdout)["streams"][0]["width"] == 320
+    finally:
+        assert daemon.stop() == 0, daemon.log.read_text()
+
+
+def wait_written(path: Path, timeout: float = 30.0) -> None:
+    """Until ``path`` exists and holds something: inotify on its directory (no polling)."""
+    import select
+
+    from xsupervise._prctl import IN_CREATE, IN_MODIFY, inotify_watch
+
+    watch = inotify_watch(str(path.parent), IN_CREATE | IN_MODIFY)
+    try:
+        deadline = time.monotonic() + timeout
+        while not (path.exists() and path.stat().st_size > 0):
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([watch], [], [], left)[0], f"{path} stays empty"
+            os.read(watch, 4096)
+    finally:
+        os.close(watch)
+
+
+def test_a_restarted_server_records_to_a_file_of_its_own(tmp_path: Path) -> None:
+    import psutil
+
+    video = tmp_path / "session.mp4"
+    args = ["start", "--json", "--screen", "320x240x24", "--record", str(video)]
+    with start_cli(*args, "--backoff-initial", "0.1") as session:
+        try:
+            facts = json.loads(read_line(session.stdout))
+            wait_written(video)  # the first server's recording has begun
+            psutil.Process(facts["server_pid"]).kill()  # ours: the session restarts it
+            lines = [read_line(session.stderr, 30)]  # died, backing off, restarted
+            while "restarted" not in lines[-1] and len(lines) < 5:
+                lines.append(read_line(session.stderr, 30))
+            assert "restarted" in lines[-1], lines
+        finally:
+            session.terminate()
+            assert session.wait(timeout=30) == 0
+    assert video.stat().st_size > 0
+    assert (tmp_path / "session.restart-1.mp4").stat().st_size > 0

@@ -181,10 +181,11 @@ class DaemonOps:
         lease = await self.daemon.pools.lease(pool, float(wait), connection.gone)
         connection.leases.add(lease.id)  # before the reply: a closed connection releases it
         if record:  # an absolute path; finished before the display is destroyed
-            from ._recording import record_lease
+            from ._aio import run_steps
+            from ._recording import record_lease_steps
 
             try:
-                record_lease(lease.entry.core.server, record, lease.id)
+                await run_steps(record_lease_steps(lease.entry.core.server, record, lease.id))
             except BaseException:
                 connection.leases.discard(lease.id)
                 self.daemon.pools.release(lease.id)

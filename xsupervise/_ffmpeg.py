@@ -7,7 +7,7 @@ must be told up front; and the encoded stream comes out on ffmpeg's stdout, whic
 recorder copies to the file it opens once the display is ready (a failed start leaves no
 file).
 
-Frames are written only when the screen changed (and once a second when it did not): a
+Frames are written only when the screen changed (and twice a second when it did not): a
 variable frame rate. ffmpeg stamps each frame with the wall clock as it reads it
 (``-use_wallclock_as_timestamps``; ``-framerate 1000`` makes the time base 1 ms) and passes
 the timestamps through. H.264 (libx264, ultrafast, zerolatency: no frame is held back).
@@ -17,7 +17,7 @@ empty ``moov`` first), one fragment per frame (``frag_every_frame``), flushed as
 (``flush_packets``). A plain MP4 writes its index only at the end; a fragmented one with
 ffmpeg's default fragments (one per keyframe, 250 frames) holds nothing readable for seconds.
 A fragment is complete once the next frame arrives, so a cut file lacks at most its last
-second.
+half second (the recorder's heartbeat).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ is paid while the X server initialises), then waits on CONTROL_FD for one JSON l
 the display, its cookie file and the output path (``go``). From then on it waits for DAMAGE
 events (see _damage.py): what changed is grabbed, at most FPS times a second, patched into
 the frame it keeps, and the frame goes to ffmpeg as a BMP image. When nothing changes, the
-same frame goes again once a second (HEARTBEAT), so that a file cut short by a SIGKILL
-still covers all but its last second. ffmpeg's output is copied to the file as it comes.
+same frame goes again every HEARTBEAT (half a second), so that a file cut short by a SIGKILL
+still covers all but its last half second. ffmpeg's output is copied to the file as it comes.
 
 It finishes (a last frame, stamped now; ffmpeg's input closed; the rest of its output
 written) when CONTROL_FD reaches end of file (its owner closed it, or died), on SIGTERM,
@@ -31,7 +31,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._ffmpeg import Encoder
 
-HEARTBEAT = 1.0  # seconds: the longest stretch without a frame
+HEARTBEAT = 0.5  # seconds: the longest stretch without a frame (and what a SIGKILL loses)
 _END_MARGIN = 0.05  # seconds: a last frame this close to the one before adds nothing
 
 
@@ -147,6 +147,7 @@ class Recorder:
             pass  # the server ended: the file ends with the last frame it showed
         if changed is not None or time.monotonic() >= self.sent_at + _END_MARGIN:
             self.send()  # the last frame, stamped now: the file lasts as long as the recording
+        os.write(1, b"last\n")  # the display may go now: ffmpeg finishes the file without it
 
 
 def _bmp(width: int, height: int, pixel_format: str) -> tuple[bytes, memoryview]:

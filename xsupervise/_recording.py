@@ -1,16 +1,14 @@
 """A recording of a display: the recorder process (_recorder.py), run as a companion of its X
 server, and how its owner starts it, stops it and hears of its end.
 
-- **Contained.** The recorder (and the ffmpeg it starts) runs in a boundary of its own
-  (_containment.choose: a PID namespace where one can be made), so a SIGKILLed owner takes
-  it along at once; the file it was writing stays playable (see _ffmpeg.py).
-- **Safe file.** The owner opens the output itself (``O_NOFOLLOW``: never through a symlink
-  planted in /tmp) and hands the open file down; ffmpeg writes to that very file.
-- **Finished, not killed.** ``finish_steps`` closes the recorder's control pipe: it takes a
-  last frame, lets ffmpeg write the end of the file and exits. Only if it has not within the
-  grace does it get the usual TERM, grace, KILL.
-- **One line when it dies.** Its stdout is a pipe to us: ``ready`` after its first frame,
-  then at most one line saying why it failed (``death_line``). It is never restarted.
+- **Armed early, contained.** It is spawned with the server (``arm``: ffmpeg's start-up
+  overlaps the server's) in a boundary of its own (_containment.choose), so a SIGKILLed
+  owner takes it along at once; ``go`` names the display and file once it is ready.
+- **Finished, not killed.** Closing its control pipe asks for a last frame (``let_go_steps``
+  returns once it is taken: the server may stop) and the end of the file (``finish_steps``).
+  Only a recorder that has not finished within the grace gets TERM, grace, KILL.
+- **One line when it dies.** Its stdout is a pipe to us: ``ready``, ``last``, and at most one
+  line saying why it failed (``death_line``). It is never restarted.
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ if TYPE_CHECKING:
     from ._server import XServer
     from ._steps import Steps
 
-DEFAULT_FPS = 15
 _READY_WAIT = 10.0  # seconds for a recorder's first frame (ffmpeg's start-up, mostly)
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,6 +94,18 @@ class Recording:
                 return self.ready
         return True
 
+    def let_go_steps(self, grace: float) -> Steps[None]:
+        """Ask the recorder to finish; return once it needs the display no more (its last
+        frame taken: it says ``last``), so that the server's stop overlaps ffmpeg's end."""
+        if self._control_fd >= 0:
+            os.close(self._control_fd)  # end of file: its cue to finish
+            self._control_fd = -1
+        deadline = time.monotonic() + grace
+        while b"last\n" not in self._said and self.child.returncode is None:
+            ready = yield Wait((self._status_fd, self.child.pidfd), deadline)
+            if not ready or self.child.pidfd in ready or self._read_status() is False:
+                return
+
     def finish_steps(self, grace: float) -> Steps[int]:
         """Ask the recorder to finish the file and wait for it (see the module's docstring)."""
         if self._control_fd >= 0:
@@ -110,10 +119,8 @@ class Recording:
 
     def kill_now(self, timeout: float) -> None:
         """For a caller that can no longer wait: SIGKILL it (the file stays playable)."""
-        import signal
-
         if self.child.returncode is None:
-            self.child.signal(signal.SIGKILL)
+            self.child.signal(9)  # SIGKILL
             self.child.reap_within(timeout)
         self._close()
 
@@ -132,7 +139,7 @@ class Recording:
         lines = [
             line
             for line in self._said.decode(errors="replace").splitlines()
-            if line.strip() and line != "ready"
+            if line.strip() and line not in ("ready", "last")
         ]
         return lines[-1].strip() if lines else None
 
@@ -167,9 +174,11 @@ def arm(fps: float, label: str) -> Recording:
         control = NS_DISPLAYFD if inside else control_read
         # -S: no site-packages to scan (PYTHONPATH finds us): it starts in ~5 ms, not 20.
         argv = [sys.executable, "-S", "-m", "xsupervise._recorder", f"{fps:g}", str(control)]
+        inherited = os.environ.get("PYTHONPATH")  # it imports xsupervise from where we did
+        python_path = _PACKAGE_PARENT + (os.pathsep + inherited if inherited else "")
         child = spawn(
             argv,
-            env=child_environment({"PYTHONPATH": _python_path()}),
+            env=child_environment({"PYTHONPATH": python_path}),
             pass_fds=() if inside else (control_read,),
             stdin=control_read if inside else subprocess.DEVNULL,
             stdout=status_write,
@@ -192,12 +201,6 @@ def start_recording(number: int, xauthority: str, path: str, fps: float, label: 
     recording = arm(fps, label)
     recording.go(number, xauthority, path)
     return recording
-
-
-def _python_path() -> str:
-    """The recorder imports xsupervise from where we did (a checkout, a venv, PYTHONPATH)."""
-    inherited = os.environ.get("PYTHONPATH")
-    return _PACKAGE_PARENT + (os.pathsep + inherited if inherited else "")
 
 
 def recording_path(path: str, count: int) -> str:
@@ -243,15 +246,16 @@ def finish_steps(recording: Recording, grace: float) -> Steps[int]:
     return status
 
 
-def record_lease(server: object, path: str, lease: str) -> None:
+def record_lease_steps(server: object, path: str, lease: str) -> Steps[None]:
     """The daemon's part of a ``lease`` with ``record``: record the leased display (its
-    session's XServer) until its lease ends (its server's stop finishes the file first)."""
+    session's XServer) until its lease ends; return once its first frame is taken."""
     from ._server import XServer
 
     assert isinstance(server, XServer) and server.number is not None  # leased once ready
     server.recording = start_recording(
         server.number, server.files.auth_path, path, server.settings.record_fps, lease
     )
+    yield from server.recording.ready_steps(_READY_WAIT)
 
 
 def _begin_steps(display: object, path: str) -> Steps[Recording]:

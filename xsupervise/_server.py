@@ -164,10 +164,12 @@ class XServer:
         if they are its alone)."""
         if self.exit_status is not None:
             return self.exit_status
-        if self.recording is not None:  # first: it finishes its file while the display is up
-            from ._recording import finish_steps
-
-            yield from finish_steps(self.recording, self.settings.kill_grace)
+        if self.recording is not None:  # first: its last frame is taken while the display is up
+            try:
+                yield from self.recording.let_go_steps(self.settings.kill_grace)
+            except BaseException:  # closed, or a second signal: no more waiting for anyone
+                self.kill_now()
+                raise
         if self.wm is not None and self.wm.returncode is None:
             yield from self.wm.stop_steps(self.settings.kill_grace)
         try:
@@ -176,6 +178,10 @@ class XServer:
             )
             if self.companion is not None:  # after its server: Xwayland, then weston
                 yield from self.companion.stop_steps(self.settings.kill_grace)
+            if self.recording is not None:  # ffmpeg finished the file meanwhile
+                from ._recording import finish_steps
+
+                yield from finish_steps(self.recording, self.settings.kill_grace)
         except GeneratorExit:
             self.kill_now()  # closed while waiting: no more yielding is possible
             raise

@@ -212,7 +212,8 @@ class Session:
             ready = yield Wait(watched + extra, stable_at)
             if recording is not None and ready == set(extra):
                 status = yield from recording.child.reap_steps(self.settings.kill_grace)
-                self._log("error", "%s", recording.death_line(status))
+                if status != 0:  # (0: the display went away, and the server's end follows)
+                    self._log("error", "%s", recording.death_line(status))
                 recording = None
                 continue
             if ready:
