@@ -33,6 +33,9 @@ class VideoRecorder:
         self.run = run
         self.keep_all = mode == "all"
         self.recording: Recording | None = None
+        from ._settings import load_settings
+
+        self.fps = load_settings().record_fps  # XSUPERVISE_RECORD_FPS, record_fps in the config
 
     @pytest.hookimpl(trylast=True)  # after the display (the run's or a private one) is up
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -53,7 +56,7 @@ class VideoRecorder:
                 int(shown.display.removeprefix(":")),
                 shown.xauthority,
                 str(path),
-                15.0,
+                self.fps,
                 f"rec-{new_token()}",
             )
             run_blocking(self.recording.ready_steps(_READY_WAIT))
