@@ -204,10 +204,10 @@ def test_every_command_refuses_an_unknown_key_as_serve_does(tmp_path: Path, comm
 
 
 KNOWN = {
-    False: "server, screen, glx, vnc_listen, displayfd_timeout, kill_grace, wm, "
-    "backoff_initial, backoff_max, reset_after, start_limit_burst, start_limit_interval, "
-    "failed_cooldown, [session.NAME] and [pool.NAME] tables.",
-    True: "display, server, screen, glx, vnc_listen, displayfd_timeout, kill_grace, wm, "
-    "backoff_initial, backoff_max, reset_after, start_limit_burst, start_limit_interval, "
-    "failed_cooldown.",
+    False: "server, screen, glx, vnc_listen, displayfd_timeout, kill_grace, wm, record, "
+    "record_fps, backoff_initial, backoff_max, reset_after, start_limit_burst, "
+    "start_limit_interval, failed_cooldown, [session.NAME] and [pool.NAME] tables.",
+    True: "display, server, screen, glx, vnc_listen, displayfd_timeout, kill_grace, wm, record, "
+    "record_fps, backoff_initial, backoff_max, reset_after, start_limit_burst, "
+    "start_limit_interval, failed_cooldown.",
 }

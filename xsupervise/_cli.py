@@ -13,6 +13,7 @@ import sys
 from . import _cli_commands as commands
 from . import _cli_lease as cli_lease
 from . import _cli_parsers as parsers
+from . import _cli_record as cli_record
 from . import _cli_servers as cli_servers
 from . import _log as log
 from . import _view as cli_view
@@ -61,6 +62,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "check": Subcommand(parsers.add_check, commands.check),
     "screenshot": Subcommand(parsers.add_screenshot, commands.screenshot),
     "view": Subcommand(cli_view.add_parser, cli_view.handle),
+    "record": Subcommand(cli_record.add_parser, cli_record.record),
     "lease": Subcommand(cli_lease.add_lease, cli_lease.lease),
     "servers": Subcommand(cli_servers.add_servers, cli_servers.servers),
 }

@@ -19,7 +19,7 @@ exit codes:
   2    usage error: a flag, XSUPERVISE_* variable or config value is invalid
   3    the X server did not start: it exited, wrote no display number, or did not answer
   4    the X server wrote no display number before the deadline (--timeout)
-  5    environment problem: X server not installed, runtime directory unusable
+  5    environment problem: X server (or ffmpeg, to record) missing, runtime directory unusable
   6    no session of ours on that display
   7    the session is FAILED: too many failed starts (see 'status', 'reset')
   126  COMMAND is not executable; 127: COMMAND not found
@@ -53,6 +53,18 @@ def _add_display_options(parser: argparse.ArgumentParser, with_name: bool = True
         metavar="CMD",
         help="a window manager to run on the display once it is ready, e.g. openbox "
         "(XSUPERVISE_WM; default: none)",
+    )
+    group.add_argument(
+        "--record",
+        metavar="PATH",
+        help="record a video of the display to PATH (.mp4, or .mkv for Matroska), from "
+        "ready until it stops; needs ffmpeg (XSUPERVISE_RECORD; default: none)",
+    )
+    group.add_argument(
+        "--record-fps",
+        metavar="N",
+        help="the recording's highest frame rate: a frame is taken only when the screen "
+        "changed (XSUPERVISE_RECORD_FPS; default: 15)",
     )
     restart = parser.add_argument_group(
         "restart policy (flag > XSUPERVISE_* variable > config file)",

@@ -166,7 +166,7 @@ class DaemonOps:
             raise UsageError('reset needs "name": NAME.')
         return {"name": name, "had_history": Ledger(self.runtime, name).reset()}
 
-    async def lease(self, pool: str, wait: float) -> Reply:
+    async def lease(self, pool: str, wait: float, record: str | None = None) -> Reply:
         from ._control_server import CURRENT, MAX_LESSEES
 
         connection = CURRENT.get()
@@ -180,6 +180,16 @@ class DaemonOps:
             connection.lessee = True
         lease = await self.daemon.pools.lease(pool, float(wait), connection.gone)
         connection.leases.add(lease.id)  # before the reply: a closed connection releases it
+        if record:  # an absolute path; finished before the display is destroyed
+            from ._aio import run_steps
+            from ._recording import record_lease_steps
+
+            try:
+                await run_steps(record_lease_steps(lease.entry.core.server, record, lease.id))
+            except BaseException:
+                connection.leases.discard(lease.id)
+                self.daemon.pools.release(lease.id)
+                raise
         return lease.reply()
 
     async def release(self, lease: str | None) -> Reply:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from os import PathLike
+from os import PathLike, fspath
 from types import TracebackType
 
 from ._errors import UsageError
 from ._launcher import XServer, launch_steps
 from ._paths import RuntimeDir
 from ._process import run_blocking
+from ._recording import async_recording_block, recording_block
 from ._settings import Settings, load_settings, parse_display
 from ._x11 import ServerFacts
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager, AbstractContextManager
     from typing import Self
 
     from ._lease_client import LeasedServer
@@ -52,10 +54,12 @@ class Display:
         pool: str | None = None,
         socket: str | None = None,
         wm: str | Sequence[str] | None = None,
+        record: str | PathLike[str] | None = None,
     ):
         if pool is not None and (display != ":auto" or screen or server or settings or wm):
             raise UsageError(f"Display(pool={pool!r}) takes the pool's settings; give no others.")
         self._pool, self._socket = pool, socket
+        self._record = None if record is None else fspath(record)
         self._number = parse_display(display)
         self._settings = settings or load_settings(
             {
@@ -64,6 +68,7 @@ class Display:
                 "server": server,
                 "kill_grace": kill_grace,
                 "wm": wm,
+                "record": None if pool is not None else self._record,
             }
         )
         self._name = name
@@ -87,7 +92,7 @@ class Display:
         if self._pool is not None:
             from ._lease_client import take_lease
 
-            self._server = take_lease(self._pool, self._socket)
+            self._server = take_lease(self._pool, self._socket, record=self._record)
             return self
         self._server = run_blocking(
             launch_steps(self._settings, self._runtime(), self._number, name=self._name, kind="api")
@@ -167,6 +172,11 @@ class Display:
 
         return capture(self.display, self.xauthority, path, window)
 
+    def record(self, path: str | PathLike[str]) -> AbstractContextManager[str]:
+        """A video of the display in ``path`` (fragmented MP4) for a ``with`` block: begun as
+        it starts, finished as it ends (docs/recording.md). Needs ffmpeg."""
+        return recording_block(self, fspath(path))
+
 
 class AsyncDisplay:
     """``Display`` for asyncio: ``async with AsyncDisplay(":auto") as display: ...``.
@@ -194,6 +204,7 @@ class AsyncDisplay:
         pool: str | None = None,
         socket: str | None = None,
         wm: str | Sequence[str] | None = None,
+        record: str | PathLike[str] | None = None,
     ):
         # A Display holds the settings and the accessors; only the driving differs.
         self._display = Display(
@@ -208,6 +219,7 @@ class AsyncDisplay:
             pool=pool,
             socket=socket,
             wm=wm,
+            record=record,
         )
         self._started = False
 
@@ -252,7 +264,7 @@ class AsyncDisplay:
         assert inner._pool is not None
         # The round trip (or the wait for a spare) in a thread: the loop goes on meanwhile.
         taking = asyncio.get_running_loop().run_in_executor(
-            None, take_lease, inner._pool, inner._socket, None
+            None, take_lease, inner._pool, inner._socket, None, inner._record
         )
 
         def end_late_lease(done: asyncio.Future[LeasedServer]) -> None:
@@ -286,6 +298,11 @@ class AsyncDisplay:
         return await loop.run_in_executor(None, self._display.screenshot, path, window)
 
     alive = property(lambda self: self._display.alive, doc=Display.alive.__doc__)
+
+    def record(self, path: str | PathLike[str]) -> AbstractAsyncContextManager[str]:
+        """``Display.record`` for asyncio: ``async with display.record("t.mp4"): ...``."""
+        return async_recording_block(self._display, fspath(path))
+
     display = property(lambda self: self._display.display, doc=Display.display.__doc__)
     number = property(lambda self: self._display.number)
     env = property(lambda self: self._display.env, doc=Display.env.__doc__)

@@ -48,6 +48,12 @@ def launch_steps(
         )
     log_fd = read_fd = write_fd = -1
     boundary = None
+    if settings.record:  # ffmpeg and the file's directory, before anything is spawned
+        from ._ffmpeg import find_ffmpeg
+        from ._recording import check_output
+
+        find_ffmpeg()
+        check_output(settings.record)
     if reclaim and number is not None:
         # A fixed number may be what a killed supervisor's leftover still serves: clear it
         # first. (With :auto the server may start meanwhile, so it is done after the spawn.)
@@ -117,6 +123,10 @@ def launch_steps(
     deadline = child.spawned_at + settings.displayfd_timeout
     server = XServer(child, settings, files, owns_files, log_offset, number)
     server.companion, server.vnc = companion, plan.vnc
+    if settings.record:  # spawned now, recording once ready: see _recording.arm
+        from ._recording import arm_session
+
+        server.recording = arm_session(server)
     try:
         # Everything up to the first wait runs while the server initialises (~50 ms): the
         # imports and files here cost nothing a user would notice.
@@ -148,6 +158,10 @@ def launch_steps(
             from ._wm import start_steps as start_wm
 
             server.wm = yield from start_wm(server)
+        if server.recording is not None:  # it records from now on: see _recording.py
+            from ._recording import record_session
+
+            record_session(server)
     except (DisplayFdError, HandshakeError) as exc:
         child.find_program()  # the error names the server, not a namespace's init
         yield from server.stop_steps()

@@ -7,6 +7,8 @@ destroys the display (in the background); so does our death, however it comes.
 
 from __future__ import annotations
 
+import os
+
 from ._vnc_endpoint import VncEndpoint
 from ._x11 import ServerFacts
 
@@ -47,13 +49,17 @@ class LeasedServer:
             self.client.close()
 
 
-def take_lease(pool: str, socket: str | None = None, wait: float | None = None) -> LeasedServer:
-    """Lease a display of ``pool`` (blocking: up to ``wait`` s when no spare is ready)."""
+def take_lease(
+    pool: str, socket: str | None = None, wait: float | None = None, record: str | None = None
+) -> LeasedServer:
+    """Lease a display of ``pool`` (blocking: up to ``wait`` s when no spare is ready);
+    ``record``: a path the daemon records it to until the lease ends."""
     from .client import Client
 
     client = Client(socket, timeout=None).connect()
     try:
-        return LeasedServer(client, client.lease(pool, wait))
+        path = os.path.abspath(record) if record else ""  # the daemon's directory is not ours
+        return LeasedServer(client, client.lease(pool, wait, path))
     except BaseException:
         client.close()
         raise

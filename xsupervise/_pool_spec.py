@@ -78,8 +78,14 @@ def load_pool_specs(
             )
         assert base is not None
         values = {field: getattr(base, field) for field in FIELDS}
+        values["record"] = None  # spares are not recorded: a lessee names its own file
         size = DEFAULT_SIZE
         for field, raw in table.items():
+            if field == "record":
+                raise UsageError(
+                    f"record in {where}: a pool's displays are recorded by whoever leases "
+                    "one (the lease request's record); remove it from the pool."
+                )
             parse = _count if field == "size" else _PARSERS[field]
             try:
                 value = parse(raw)

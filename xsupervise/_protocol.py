@@ -153,10 +153,15 @@ OPS: dict[str, Op] = {
         Op("list", (), reply=("sessions", "pools")),
         Op("status", (Field("target", str),), reply=("sessions", "status", "pools")),
         # A display of pool "pool", held until "release" or until this connection closes;
-        # "wait": seconds to wait for a spare to become ready when none is.
+        # "wait": seconds to wait for a spare to become ready when none is; "record": an
+        # absolute path the daemon records the display to (see _recording.py).
         Op(
             "lease",
-            (Field("pool", str, "default"), Field("wait", _NUMBER, 30.0, _seconds_to_wait)),
+            (
+                Field("pool", str, "default"),
+                Field("wait", _NUMBER, 30.0, _seconds_to_wait),
+                Field("record", str),  # a video of the display to this path, until released
+            ),
             reply=("lease", "pool", *START_REPLY),
         ),
         Op("release", (Field("lease", str),), reply=("released",)),

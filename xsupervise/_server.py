@@ -18,6 +18,7 @@ from ._x11 import ServerFacts, xauthority_entry
 # Imported only once the server is spawned (records needs json): see launch_steps.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ._recording import Recording
     from ._records import SessionRecord
     from ._vnc_endpoint import VncEndpoint
 
@@ -38,6 +39,7 @@ class SessionFiles:
         self.name = name
         self.kind = kind
         self.spawns = 0  # servers spawned so far: names each one's cgroup
+        self.recordings = 0  # recordings started: a restarted server's gets a new file
         # Made once a server is spawned (it needs json: see launch_steps).
         self.record: SessionRecord | None = None
         self.created = False  # see create(): nothing is on disk before the first spawn
@@ -113,6 +115,7 @@ class XServer:
         self.vnc: VncEndpoint | None = None  # the xvnc profile's VNC endpoint (see _vnc.py)
         self.unreported_displays: set[int] = set()  # see _note_unreported_sockets
         child.before_kill = self._note_unreported_sockets
+        self.recording: Recording | None = None  # the record setting's, stopped first
 
     def __repr__(self) -> str:
         return f"<XServer {self.display or '(no display yet)'} {self.child!r}>"
@@ -181,6 +184,12 @@ class XServer:
         if they are its alone)."""
         if self.exit_status is not None:
             return self.exit_status
+        if self.recording is not None:  # first: its last frame is taken while the display is up
+            try:
+                yield from self.recording.let_go_steps(self.settings.kill_grace)
+            except BaseException:  # closed, or a second signal: no more waiting for anyone
+                self.kill_now()
+                raise
         if self.wm is not None and self.wm.returncode is None:
             yield from self.wm.stop_steps(self.settings.kill_grace)
         try:
@@ -189,6 +198,10 @@ class XServer:
             )
             if self.companion is not None:  # after its server: Xwayland, then weston
                 yield from self.companion.stop_steps(self.settings.kill_grace)
+            if self.recording is not None:  # ffmpeg finished the file meanwhile
+                from ._recording import finish_steps
+
+                yield from finish_steps(self.recording, self.settings.kill_grace)
         except GeneratorExit:
             self.kill_now()  # closed while waiting: no more yielding is possible
             raise
@@ -199,6 +212,8 @@ class XServer:
     def kill_now(self) -> None:
         """SIGKILL the group and clean up, for when no waiting is possible (a closed generator):
         the reap waits at most _KILL_NOW_WAIT, so that a stuck server cannot hang its caller."""
+        if self.recording is not None:
+            self.recording.kill_now(_KILL_NOW_WAIT)
         if self.wm is not None and self.wm.returncode is None:
             self.wm.signal(signal.SIGKILL)
             self.wm.reap_within(_KILL_NOW_WAIT)
@@ -221,6 +236,8 @@ class XServer:
         """Once the server has ended: reap it (if it has) and remove what it leaves behind."""
         if self.exit_status is None:
             self.exit_status = self.child.try_reap()
+        if self.recording is not None and self.recording.child.returncode is None:
+            self.recording.kill_now(_KILL_NOW_WAIT)  # its display is gone: its file ends here
         if self.wm is not None and self.wm.returncode is None:
             self.wm.signal(signal.SIGKILL)  # its display is gone: nothing left to manage
             self.wm.reap_within(_KILL_NOW_WAIT)

@@ -211,8 +211,16 @@ class Session:
         stable_at: float | None = self.ready_at + self.policy.reset_after
         wm = getattr(server, "wm", None)  # the wm setting's window manager goes with its display
         watched = (server.child.pidfd,) if wm is None else (server.child.pidfd, wm.pidfd)
+        recording = getattr(server, "recording", None)  # its end is reported, not restarted
         while True:
-            ready = yield Wait(watched, stable_at)
+            extra = (recording.pidfd,) if recording is not None else ()
+            ready = yield Wait(watched + extra, stable_at)
+            if recording is not None and ready == set(extra):
+                status = yield from recording.child.reap_steps(self.settings.kill_grace)
+                if status != 0:  # (0: the display went away, and the server's end follows)
+                    self._log("error", "%s", recording.death_line(status))
+                recording = None
+                continue
             if ready:
                 break
             if stable_at is not None and self.clock.monotonic() >= stable_at:

@@ -15,8 +15,10 @@ from ._values import (
     _bool,
     _command,
     _count,
+    _fps,
     _listen,
     _optional_command,
+    _optional_path,
     _positive_seconds,
     _screen,
 )
@@ -47,6 +49,10 @@ FIELDS: dict[str, object] = {
     "kill_grace": 2.0,
     # A window manager started on the display once it is ready (see _wm.py); () for none.
     "wm": (),
+    # A video of the display written to this file (see _recording.py); None for none.
+    "record": None,
+    # The recording's highest frame rate (it takes a frame only when the screen changed).
+    "record_fps": 15.0,
     # The restart policy's settings (see _policy.py).
     **POLICY_DEFAULTS,
 }
@@ -67,6 +73,8 @@ class Settings:
     displayfd_timeout: float
     kill_grace: float
     wm: tuple[str, ...]
+    record: str | None
+    record_fps: float
     backoff_initial: float
     backoff_max: float
     reset_after: float
@@ -106,6 +114,8 @@ _PARSERS: dict[str, Callable[[object], object]] = {
     "displayfd_timeout": _positive_seconds,
     "kill_grace": _positive_seconds,
     "wm": _optional_command,
+    "record": _optional_path,
+    "record_fps": _fps,
     "backoff_initial": _positive_seconds,
     "backoff_max": _positive_seconds,
     "reset_after": _positive_seconds,
@@ -274,6 +284,7 @@ def load_session_specs(
     for name, table in tables.items():
         where = f"[{SESSION_TABLE}.{name}] in {path}"
         values = {field: getattr(base, field) for field in FIELDS}
+        values["record"] = None  # a path is one session's own: only its table names one
         for field, raw in table.items():
             if field == "display":
                 continue

@@ -61,3 +61,17 @@ def _listen(value: object) -> str:
     text = str(value).strip()
     split_listen(text)  # raises ValueError with the expected form
     return text
+
+
+def _optional_path(value: object) -> str | None:
+    """A file's path, or none: "" turns it off."""
+    if not isinstance(value, str):
+        raise TypeError("must be a path")
+    return value or None
+
+
+def _fps(value: object) -> float:
+    rate = float(value)  # type: ignore[arg-type]
+    if not 0 < rate <= 60:
+        raise ValueError("must be a number of frames a second above 0, at most 60")
+    return rate

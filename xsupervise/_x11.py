@@ -264,3 +264,20 @@ def verify(number: int, child: Child, cookie: bytes, deadline: float) -> Steps[S
         raise HandshakeError(f"broke our X11 handshake on {path} ({exc})") from None
     finally:
         sock.close()
+
+
+def read_cookie(path: str) -> bytes:
+    """The MIT-MAGIC-COOKIE-1 of an Xauthority file of ours (see _x11.xauthority_entry)."""
+    with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as stream:
+        data = stream.read()
+    offset = 0
+    while offset + 2 <= len(data):
+        fields = []
+        offset += 2  # family
+        for _ in range(4):
+            (length,) = struct.unpack_from(">H", data, offset)
+            fields.append(data[offset + 2 : offset + 2 + length])
+            offset += 2 + length
+        if fields[2] == COOKIE_PROTOCOL:
+            return fields[3]
+    raise ValueError(f"{path} holds no MIT-MAGIC-COOKIE-1")

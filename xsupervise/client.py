@@ -241,10 +241,11 @@ class Client:
         """Clear the restart history of ``name``; whether it had any."""
         return bool(self._ask("reset", {"name": name})["had_history"])
 
-    def lease(self, pool: str = "default", wait: float | None = None) -> Lease:
+    def lease(self, pool: str = "default", wait: float | None = None, record: str = "") -> Lease:
         """A display of ``pool`` (a context manager), held while connected or until released;
-        ``wait``: seconds for a spare (default 30). A FAILED pool: ControlError, exit code 7."""
-        fields: dict[str, object] = {"pool": pool}
+        ``wait``: seconds for a spare (default 30); ``record``: an absolute path the daemon
+        records it to until then. A FAILED pool: ControlError, exit code 7."""
+        fields: dict[str, object] = {"pool": pool, **({"record": record} if record else {})}
         if wait is not None:
             fields["wait"] = wait
         within = (_LEASE_WAIT if wait is None else wait) + _STOP_REPLY_MARGIN

@@ -68,7 +68,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DIR",
         help="where the PNG of a failing test's display goes (default: .xdisplay)",
     )
+    group.addoption(
+        "--xdisplay-video",
+        choices=("off", "failed", "all"),
+        help="record each test's display: keep the videos of failing tests (failed), of all "
+        "(all), or record none (off, the default); they go beside the screenshots",
+    )
     parser.addini("xdisplay", "like --xdisplay", type="bool", default=False)
+    parser.addini("xdisplay_video", "like --xdisplay-video", default="off")
     parser.addini("xdisplay_screen", "like --xdisplay-screen")
     parser.addini("xdisplay_server", "like --xdisplay-server")
     parser.addini("xdisplay_screenshots", "like --xdisplay-screenshots", default=".xdisplay")
@@ -84,6 +91,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
     config.stash[_RUN] = run = XDisplayRun(config)
     config.pluginmanager.register(run, "xsupervise-xdisplay")
+    video = config.getoption("xdisplay_video") or config.getini("xdisplay_video")
+    if video != "off":  # see _xdisplay_video.py
+        from ._xdisplay_video import VideoRecorder
+
+        config.pluginmanager.register(VideoRecorder(run, video), "xsupervise-xdisplay-video")
 
 
 _RUN = pytest.StashKey["XDisplayRun"]()
