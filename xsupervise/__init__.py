@@ -51,17 +51,22 @@ __all__ = [
 # name TYPE_CHECKING as true.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._display import AsyncDisplay, Display
+    from ._async_display import AsyncDisplay
+    from ._display import Display
     from ._vnc_endpoint import VncEndpoint
 
 
 def __getattr__(name: str) -> object:
     # Imported on first use: the CLI imports this package too, and Python start-up time is
     # part of every `xsupervise run`.
-    if name in ("Display", "AsyncDisplay"):
-        from . import _display
+    if name == "Display":
+        from ._display import Display
 
-        return getattr(_display, name)
+        return Display
+    if name == "AsyncDisplay":
+        from ._async_display import AsyncDisplay
+
+        return AsyncDisplay
     if name == "VncEndpoint":
         from ._vnc_endpoint import VncEndpoint
 

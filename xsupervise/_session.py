@@ -41,6 +41,7 @@ __all__ = ["Mode", "Session", "State", "clock_time"]
 TYPE_CHECKING = False  # typing costs the CLI milliseconds to import: only for the checker
 if TYPE_CHECKING:
     from ._clock import LaunchedServer, Launcher, Steps
+    from ._recording import Recording
 
 
 def _ignore(_session: Session, _event: str) -> None:
@@ -53,8 +54,7 @@ class Session:
     ``on_event(session, event)`` is called as things happen: "ready" (the first time),
     "restarted", "waiting" (backoff or FAILED, see ``state`` and ``next_retry_at``), "died",
     "start-failed". It may raise to end the session (the server is stopped first).
-    ``no_wait``: a FAILED budget ends the session rather than waiting, whatever the mode.
-    """
+    ``no_wait``: a FAILED budget ends the session rather than waiting, whatever the mode."""
 
     def __init__(
         self,
@@ -216,16 +216,13 @@ class Session:
             extra = (recording.pidfd,) if recording is not None else ()
             ready = yield Wait(watched + extra, stable_at)
             if recording is not None and ready == set(extra):
-                status = yield from recording.child.reap_steps(self.settings.kill_grace)
-                if status != 0:  # (0: the display went away, and the server's end follows)
-                    self._log("error", "%s", recording.death_line(status))
+                yield from _recorder_ended(self, recording)
                 recording = None
                 continue
             if ready:
                 break
             if stable_at is not None and self.clock.monotonic() >= stable_at:
-                with self.ledger.update() as history:
-                    policy.record_stable(history)
+                _record_stable(self)
                 stable_at = None
         # Not reaped first: stop_steps still sees the group and SIGKILLs whatever the server
         # left in it, then reaps it and removes the socket file it may have left.
@@ -251,3 +248,16 @@ class Session:
             policy.record_death(history, self.clock.wall(), self.policy, uptime, reason)
         self.files.save(state=self.state, last_failure=reason)
         self.on_event(self, "died")
+
+
+def _recorder_ended(session: Session, recording: Recording) -> Steps[None]:
+    """A recorder ended while its display lives: one line, never a restart (see _recording)."""
+    status = yield from recording.child.reap_steps(session.settings.kill_grace)
+    if status != 0:  # (0: the display went away, and the server's end follows)
+        session._log("error", "%s", recording.death_line(status))
+
+
+def _record_stable(session: Session) -> None:
+    """Up for ``reset_after``: the restart history forgets its failures (see _policy)."""
+    with session.ledger.update() as history:
+        policy.record_stable(history)
