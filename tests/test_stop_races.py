@@ -14,13 +14,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from test_pool import PoolDaemon, ready
 
-from conftest import X11_UNIX, XSUPERVISE, fake_server, read_report, requires_xvfb
+from conftest import X11_UNIX, XSUPERVISE, fake_server, read_report, requires_xvfb, wait_gone
 from xsupervise import _containment
 
 
@@ -119,3 +121,60 @@ def test_a_stop_signal_before_exec_stops_the_child_not_its_parent():
         signal.set_wakeup_fd(previous_fd)
         os.close(read_end)
         os.close(write_end)
+
+
+@pytest.mark.parametrize("exit_with_parent", [False, True])
+def test_with_exit_with_parent_a_repeated_sigterm_is_one_stop_not_two(exit_with_parent):
+    # The kernel sends PR_SET_PDEATHSIG again each time a child of a dying multi-threaded
+    # parent (Jupyter, SIGKILLed) is handed from one exiting thread to the next. Taken as a
+    # second request, it cut the grace short: the namespace's init was left to us, killed,
+    # and the X server's socket file outlived it (issue 19, the Jupyter launcher's leak).
+    from xsupervise._signals import SignalInbox
+
+    with SignalInbox(exit_with_parent) as inbox:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        received = inbox.drain()
+    terms = [signal.SIGTERM] if exit_with_parent else [signal.SIGTERM, signal.SIGTERM]
+    assert received == [*terms, signal.SIGINT]  # a user's ^C still hurries the stop
+
+
+def test_a_supervisor_of_a_killed_multithreaded_parent_stops_its_server_cleanly(tmp_path):
+    # End to end: a parent with many threads starts `start --exit-with-parent`, then is
+    # SIGKILLed. The supervisor stops its server within the grace, nothing is left over.
+    parent_code = (
+        "import subprocess, sys, threading, time\n"
+        "for _ in range(16):\n"
+        "    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+        "child = subprocess.Popen([*sys.argv[1:]], stdout=subprocess.PIPE)\n"
+        "sys.stdout.buffer.write(child.stdout.readline()); sys.stdout.flush()\n"
+        "time.sleep(60)\n"
+    )
+    log = tmp_path / "supervisor.log"
+    for _round in range(5):
+        with open(log, "wb") as stderr:
+            parent = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    parent_code,
+                    *XSUPERVISE,
+                    "start",
+                    ":auto",
+                    "--exit-with-parent",
+                    "--",
+                    "sleep",
+                    "60",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+            )
+            assert parent.stdout.readline().startswith(b"DISPLAY=")
+            supervisor = psutil.Process(parent.pid).children()[0]
+            parent.kill()
+            parent.wait()
+            parent.stdout.close()
+            assert wait_gone(supervisor.pid, 30)
+        said = log.read_text()
+        assert "unknown origin" not in said and "SIGKILL" not in said, said

@@ -134,7 +134,7 @@ class ForegroundSupervisor(Events):
 
     def run(self) -> int:
         """Supervise until done; return the exit code."""
-        with SignalInbox() as self.inbox:
+        with SignalInbox(exit_with_parent=self.parent_pid is not None) as self.inbox:
             # Only now that SIGTERM lands in the inbox: our teardown runs, not the default action.
             if self.parent_pid is not None and not signal_when_parent_dies(
                 self.parent_pid, signal.SIGTERM

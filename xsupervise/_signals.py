@@ -16,13 +16,26 @@ HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class SignalInbox:
-    def __init__(self) -> None:
+    """The stop signals we got, through a pipe that wakes a poll loop. ``exit_with_parent``:
+    a SIGTERM after the first is dropped. The kernel sends PR_SET_PDEATHSIG again each time
+    we are handed from one exiting thread of our dying parent to the next (a multi-threaded
+    parent such as Jupyter or pytest-xdist, SIGKILLed), still under the same parent pid:
+    that is the same news again, not a second request that would cut the grace short.
+    SIGINT still hurries a stop."""
+
+    def __init__(self, exit_with_parent: bool = False) -> None:
         self.read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._pending: list[int] = []
+        self._once = {signal.SIGTERM} if exit_with_parent else set()  # counted once
+        self._seen: set[int] = set()
         self._previous_wakeup = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
         self._previous = {signum: signal.signal(signum, self._handle) for signum in HANDLED}
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if signum in self._once:
+            if signum in self._seen:
+                return
+            self._seen.add(signum)
         self._pending.append(signum)
 
     def drain(self) -> list[int]:
