@@ -22,7 +22,16 @@ import psutil
 import pytest
 from test_pool import PoolDaemon, ready
 
-from conftest import X11_UNIX, XSUPERVISE, fake_server, read_report, requires_xvfb, wait_gone
+from conftest import (
+    X11_UNIX,
+    XSUPERVISE,
+    fake_server,
+    read_line,
+    read_report,
+    requires_xvfb,
+    start_cli,
+    wait_gone,
+)
 from xsupervise import _containment
 
 
@@ -178,3 +187,16 @@ def test_a_supervisor_of_a_killed_multithreaded_parent_stops_its_server_cleanly(
             assert wait_gone(supervisor.pid, 30)
         said = log.read_text()
         assert "unknown origin" not in said and "SIGKILL" not in said, said
+
+
+def test_a_second_interrupt_kills_at_once_and_still_leaves_no_socket_file(containment):
+    # ^C twice: the second cuts the grace short (SIGKILL). The stop still waits until the
+    # boundary is empty (a PID namespace dies a moment after its init) before it removes
+    # the socket file the SIGKILLed server left.
+    for _round in range(5):
+        with start_cli("start", ":auto", "--kill-grace", "20") as supervisor:
+            assert read_line(supervisor.stdout).startswith("DISPLAY=")
+            supervisor.send_signal(signal.SIGINT)
+            supervisor.send_signal(signal.SIGINT)
+            assert supervisor.wait(timeout=30) == 0
+        assert not [name for name in os.listdir(X11_UNIX) if name.startswith("X")]

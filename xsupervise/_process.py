@@ -206,6 +206,7 @@ class Child:
             except BaseException:
                 self.signal(signal.SIGKILL)
                 yield from self.reap_steps(grace, on_stuck)
+                yield from clear_steps(self, grace)  # a namespace empty: its files are free
                 raise
             if not self.has_exited() and on_escalate is not None:
                 on_escalate(self)
