@@ -339,6 +339,8 @@ def test_vncserver_is_named_with_the_xtigervnc_it_backgrounds(tmp_path: Path):
     Xtigervnc into a session of its own and passes it our -displayfd."""
     env = {**os.environ, "HOME": str(tmp_path)}  # vncserver writes ~/.vnc
     done = run_cli("run", "--server", "vncserver -SecurityTypes None", "--", "true", env=env)
+    if "Could not acquire fully qualified host name" in done.stderr:
+        pytest.skip("vncserver refuses to run: this machine's host name does not resolve")
     found = re.search(
         r"in the background, out of its process group: pid (\d+) \(user ", done.stderr
     )

@@ -88,8 +88,18 @@ def websocket_upgrade(url: str) -> int:
 
 
 def listeners_beyond_loopback() -> list[str]:
-    """LISTEN sockets on an address other than 127.0.0.1 / ::1, from /proc/net/tcp*."""
+    """LISTEN sockets of ours (this test's processes: the machine may run services of its
+    own) on an address other than 127.0.0.1 / ::1, from /proc/net/tcp* and /proc/PID/fd."""
     loopback = {"0100007F", "00000000000000000000000001000000"}
+    ours = set()
+    for process in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        try:
+            ours |= {
+                os.readlink(f"/proc/{process.pid}/fd/{fd}")
+                for fd in os.listdir(f"/proc/{process.pid}/fd")
+            }
+        except OSError:
+            continue
     found = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as stream:
@@ -97,7 +107,11 @@ def listeners_beyond_loopback() -> list[str]:
             for line in stream:
                 fields = line.split()
                 address = fields[1].rsplit(":", 1)[0]
-                if fields[3] == "0A" and address not in loopback:
+                if (
+                    fields[3] == "0A"
+                    and address not in loopback
+                    and f"socket:[{fields[9]}]" in ours
+                ):
                     found.append(f"{table}: {fields[1]}")
     return found
 

@@ -62,6 +62,9 @@ def add_parser(subparsers: Any) -> None:
     )
 
 
+_FIRST_FRAME_WAIT = 10.0  # seconds: ffmpeg's start-up, mostly
+
+
 def record(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ._check import Refusal, resolve
     from ._paths import new_token
@@ -79,8 +82,11 @@ def record(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     with SignalInbox() as inbox:
         started = time.monotonic()
         recording = start_recording(
-            number, xauthority or "", args.output, settings.record_fps, f"rec-{new_token()}"
+            number, xauthority or "", args.output, settings.record_fps, f"{new_token()}-rec"
         )
+        # --duration counts from the first frame, not from ffmpeg's start-up.
+        if run_blocking(recording.ready_steps(_FIRST_FRAME_WAIT)):
+            started = time.monotonic()
         deadline = started + args.duration if args.duration else None
         ended = False
         while not inbox.drain():

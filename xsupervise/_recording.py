@@ -265,7 +265,7 @@ def _begin_steps(display: object, path: str) -> Steps[Recording]:
 
     fps = display._settings.record_fps  # type: ignore[attr-defined]
     number, xauthority = display.number, display.xauthority  # type: ignore[attr-defined]
-    recording = start_recording(number, xauthority, path, fps, f"rec-{new_token()}")
+    recording = start_recording(number, xauthority, path, fps, f"{new_token()}-rec")
     try:
         yield from recording.ready_steps(_READY_WAIT)
     except BaseException:

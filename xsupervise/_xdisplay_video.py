@@ -57,7 +57,7 @@ class VideoRecorder:
                 shown.xauthority,
                 str(path),
                 self.fps,
-                f"rec-{new_token()}",
+                f"{new_token()}-rec",
             )
             run_blocking(self.recording.ready_steps(_READY_WAIT))
         except (OSError, XSuperviseError) as exc:
