@@ -185,3 +185,22 @@ def test_a_restarted_server_records_to_a_file_of_its_own(tmp_path: Path) -> None
             assert session.wait(timeout=30) == 0
     assert video.stat().st_size > 0
     assert (tmp_path / "session.restart-1.mp4").stat().st_size > 0
+
+
+def test_a_lease_whose_recording_cannot_start_is_refused_in_one_line(tmp_path: Path) -> None:
+    # The file cannot be made (the path is a directory): the lessee is told, and nothing is
+    # leased, rather than a lease that silently records nothing (review of issue 23).
+    from tests.test_pool import PoolDaemon, ready
+    from xsupervise import Display, XSuperviseError
+
+    daemon = PoolDaemon(tmp_path, {"default": {"size": 1, "screen": "320x240x24"}})
+    try:
+        daemon.until(ready(1))
+        taken = tmp_path / "a-directory"
+        taken.mkdir()
+        with pytest.raises(XSuperviseError) as refused:
+            Display(pool="default", socket=daemon.socket, record=taken).start()
+        assert str(taken) in str(refused.value) and "\n" not in str(refused.value)
+        daemon.until(lambda pool: pool["leased"] == 0)
+    finally:
+        assert daemon.stop() == 0, daemon.log.read_text()

@@ -57,8 +57,8 @@ def _add_display_options(parser: argparse.ArgumentParser, with_name: bool = True
     group.add_argument(
         "--record",
         metavar="PATH",
-        help="record a video of the display to PATH (.mp4, or .mkv for Matroska), from "
-        "ready until it stops; needs ffmpeg (XSUPERVISE_RECORD; default: none)",
+        help="record a video of the display to PATH (a fragmented MP4, playable even if we "
+        "are killed), from ready until it stops; needs ffmpeg (XSUPERVISE_RECORD; default: none)",
     )
     group.add_argument(
         "--record-fps",

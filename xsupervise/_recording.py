@@ -143,14 +143,14 @@ class Recording:
         ]
         return lines[-1].strip() if lines else None
 
-    def death_line(self, status: int) -> str:
+    def death_line(self, status: int, then: str = "the display goes on without a recording") -> str:
         """The one line that reports a recorder that ended on its own."""
         self.reported = True
         self._close()
         why = self.failure() or describe_status(status)
         return (
             f"the recorder of {self.display} (pid {self.child.pid}) stopped: {why}; "
-            f"{self.path} ends there, and the display goes on without a recording."
+            f"{self.path} ends there, and {then}."
         )
 
 
@@ -219,7 +219,7 @@ def arm_session(server: XServer) -> Recording | None:
     files.spawns += 1
     try:
         return arm(server.settings.record_fps, f"{files.token}-{files.spawns}")
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever it was, the server goes on unrecorded
         from . import _log as log
 
         log.get().error("the display will not be recorded: cannot start the recorder: %s", exc)
@@ -252,10 +252,18 @@ def record_lease_steps(server: object, path: str, lease: str) -> Steps[None]:
     from ._server import XServer
 
     assert isinstance(server, XServer) and server.number is not None  # leased once ready
-    server.recording = start_recording(
+    recording = server.recording = start_recording(
         server.number, server.files.auth_path, path, server.settings.record_fps, lease
     )
-    yield from server.recording.ready_steps(_READY_WAIT)
+    if not (yield from recording.ready_steps(_READY_WAIT)):  # the lessee must know: refused
+        server.recording = None
+        recording.kill_now(1.0)
+        from ._errors import EnvironmentProblem
+
+        status = recording.child.returncode
+        raise EnvironmentProblem(
+            recording.death_line(status if status is not None else -9, "the lease is refused")
+        )
 
 
 def _begin_steps(display: object, path: str) -> Steps[Recording]:

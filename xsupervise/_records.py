@@ -78,6 +78,11 @@ class SessionRecord:
             setattr(self, name, values.get(name, default))
         if values.get("started_at") is None:
             self.started_at = time.time()
+        if isinstance(self.vnc, str):  # a record written before the structured form
+            from ._vnc_endpoint import VncEndpoint
+
+            endpoint = VncEndpoint.from_json(self.vnc)
+            self.vnc = endpoint.to_json() if endpoint is not None else None
 
     def __repr__(self) -> str:
         return f"<SessionRecord {self.name} {self.display or '-'} {self.state}>"

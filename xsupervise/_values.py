@@ -6,6 +6,7 @@ TypeError for a value of the wrong type, which load_settings turns into a UsageE
 
 from __future__ import annotations
 
+import os
 import shlex
 
 
@@ -64,10 +65,11 @@ def _listen(value: object) -> str:
 
 
 def _optional_path(value: object) -> str | None:
-    """A file's path, or none: "" turns it off."""
+    """A file's path, made absolute where it is given (a daemon that receives it runs
+    elsewhere), or none: "" turns it off."""
     if not isinstance(value, str):
         raise TypeError("must be a path")
-    return value or None
+    return os.path.abspath(value) if value else None
 
 
 def _fps(value: object) -> float:
