@@ -62,13 +62,10 @@ def add_parser(subparsers: Any) -> None:
     )
 
 
-_FIRST_FRAME_WAIT = 10.0  # seconds: ffmpeg's start-up, mostly
-
-
 def record(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ._check import Refusal, resolve
     from ._paths import new_token
-    from ._recording import start_recording
+    from ._recording import READY_WAIT, start_recording
     from ._settings import load_settings
     from ._signals import SignalInbox
     from ._steps import Wait, poll_ready, run_blocking
@@ -85,7 +82,7 @@ def record(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             number, xauthority or "", args.output, settings.record_fps, f"{new_token()}-rec"
         )
         # --duration counts from the first frame, not from ffmpeg's start-up.
-        if run_blocking(recording.ready_steps(_FIRST_FRAME_WAIT)):
+        if run_blocking(recording.ready_steps(READY_WAIT)):
             started = time.monotonic()
         deadline = started + args.duration if args.duration else None
         ended = False

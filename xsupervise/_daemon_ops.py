@@ -20,6 +20,7 @@ TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs time
 if TYPE_CHECKING:
     from ._daemon import Daemon
     from ._protocol import Reply
+    from ._steps import Steps
 
 
 class DaemonOps:
@@ -182,10 +183,9 @@ class DaemonOps:
         connection.leases.add(lease.id)  # before the reply: a closed connection releases it
         if record:  # an absolute path; finished before the display is destroyed
             from ._aio import run_steps
-            from ._recording import record_lease_steps
 
             try:
-                await run_steps(record_lease_steps(lease.entry.core.server, record, lease.id))
+                await run_steps(_record_lease_steps(lease.entry.core.server, record, lease.id))
             except BaseException:
                 connection.leases.discard(lease.id)
                 self.daemon.pools.release(lease.id)
@@ -213,3 +213,24 @@ class DaemonOps:
         """A lessee's connection closed (it exited, crashed, was killed): end its leases."""
         for lease in leases:
             self.daemon.pools.release(lease)
+
+
+def _record_lease_steps(server: object, path: str, lease: str) -> Steps[None]:
+    """The daemon's part of a ``lease`` with ``record``: record the leased display (its
+    session's XServer) until its lease ends; return once its first frame is taken."""
+    from ._recording import READY_WAIT, start_recording
+    from ._server import XServer
+
+    assert isinstance(server, XServer) and server.number is not None  # leased once ready
+    recording = server.recording = start_recording(
+        server.number, server.files.auth_path, path, server.settings.record_fps, lease
+    )
+    if not (yield from recording.ready_steps(READY_WAIT)):  # the lessee must know: refused
+        server.recording = None
+        recording.kill_now(1.0)
+        from ._errors import EnvironmentProblem
+
+        status = recording.child.returncode
+        raise EnvironmentProblem(
+            recording.death_line(status if status is not None else -9, "the lease is refused")
+        )

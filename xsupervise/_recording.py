@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ._server import XServer
     from ._steps import Steps
 
-_READY_WAIT = 10.0  # seconds for a recorder's first frame (ffmpeg's start-up, mostly)
+READY_WAIT = 10.0  # seconds for a recorder's first frame (ffmpeg's start-up, mostly)
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -246,26 +246,6 @@ def finish_steps(recording: Recording, grace: float) -> Steps[int]:
     return status
 
 
-def record_lease_steps(server: object, path: str, lease: str) -> Steps[None]:
-    """The daemon's part of a ``lease`` with ``record``: record the leased display (its
-    session's XServer) until its lease ends; return once its first frame is taken."""
-    from ._server import XServer
-
-    assert isinstance(server, XServer) and server.number is not None  # leased once ready
-    recording = server.recording = start_recording(
-        server.number, server.files.auth_path, path, server.settings.record_fps, lease
-    )
-    if not (yield from recording.ready_steps(_READY_WAIT)):  # the lessee must know: refused
-        server.recording = None
-        recording.kill_now(1.0)
-        from ._errors import EnvironmentProblem
-
-        status = recording.child.returncode
-        raise EnvironmentProblem(
-            recording.death_line(status if status is not None else -9, "the lease is refused")
-        )
-
-
 def _begin_steps(display: object, path: str) -> Steps[Recording]:
     """Record ``display`` (a started Display) from now on; return once the first frame is
     taken."""
@@ -275,7 +255,7 @@ def _begin_steps(display: object, path: str) -> Steps[Recording]:
     number, xauthority = display.number, display.xauthority  # type: ignore[attr-defined]
     recording = start_recording(number, xauthority, path, fps, f"{new_token()}-rec")
     try:
-        yield from recording.ready_steps(_READY_WAIT)
+        yield from recording.ready_steps(READY_WAIT)
     except BaseException:
         recording.kill_now(1.0)
         raise

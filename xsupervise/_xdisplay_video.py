@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 _FAILED = pytest.StashKey[bool]()
 _KEPT = pytest.StashKey[str]()  # the kept video's path, or "none: why"
-_READY_WAIT = 10.0
 
 
 class VideoRecorder:
@@ -41,7 +40,7 @@ class VideoRecorder:
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         from ._errors import XSuperviseError
         from ._paths import new_token
-        from ._recording import start_recording
+        from ._recording import READY_WAIT, start_recording
         from ._steps import run_blocking
         from ._xdisplay_run import screenshot_name, screenshots_dir
 
@@ -59,7 +58,7 @@ class VideoRecorder:
                 self.fps,
                 f"{new_token()}-rec",
             )
-            run_blocking(self.recording.ready_steps(_READY_WAIT))
+            run_blocking(self.recording.ready_steps(READY_WAIT))
         except (OSError, XSuperviseError) as exc:
             item.stash[_KEPT] = f"none: {exc}"
 
