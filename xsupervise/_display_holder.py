@@ -140,3 +140,17 @@ def who_serves(
         for pid in pids
     )
     return " and ".join(describe_process(pid) for pid in pids), ours
+
+
+def stop_holders(number: int, since: int | None, grace: float = 2.0) -> None:
+    """Stop (TERM, grace, KILL, each pinned) what serves display ``number`` and started no
+    earlier than ``since``: an X server our server put in the background (see who_serves)."""
+    from ._group import terminate_all
+    from ._pinned import start_ticks
+
+    found = [
+        (pid, ticks)
+        for pid in holders(listening_inodes(number))
+        if (ticks := start_ticks(pid)) is not None and (since is None or ticks >= since)
+    ]
+    terminate_all(found, grace)

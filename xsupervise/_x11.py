@@ -197,6 +197,10 @@ def _look_for_a_background_server(
     argv = list(child.argv)
     cookie = argv[argv.index("-auth") + 1] if "-auth" in argv[:-1] else None
     holder, error.daemonized = yield Offload(who_serves, number, child.pid, cookie)
+    if error.daemonized:  # ours, outside the fallback's process group (setsid): stop it too
+        from ._display_holder import stop_holders
+
+        yield Offload(stop_holders, number, child.start_ticks)
     if error.daemonized or error.kind == "stranger":
         error.holder = holder
         return
