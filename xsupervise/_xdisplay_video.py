@@ -2,8 +2,9 @@
 
 Each test that runs with a display of the plugin's (the run's, or its private one) is
 recorded (_recording.py) from the end of its setup to the end of its teardown, to a hidden
-file beside the screenshots. Then the video of a test that failed (in setup, call or
-teardown), or of every test with ``all``, is kept as ``<test id>.mp4``; the others are
+file beside the screenshots. Then the video of a test that failed (in its setup or call:
+a failure of the teardown alone comes after the decision), or of every test with ``all``, is
+kept as ``<test id>.mp4``; the others are
 deleted, so that passing tests leave no file. A kept video is named in the teardown report:
 a section, and the ``xdisplay_video`` user property, which pytest's JUnit XML writes (it
 writes only the teardown report's properties). Under xdist each worker records its own.
