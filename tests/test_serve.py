@@ -365,6 +365,20 @@ def test_a_second_daemon_on_a_served_path_names_the_first(tmp_path: Path, notifi
         assert first.stop() == 0
 
 
+def fill_listen_queue(path: str) -> list[socket.socket]:
+    """Connect to ``path`` until its listen queue is full (a non-blocking connect then fails
+    with EAGAIN); the caller closes the connections."""
+    queued = []
+    try:
+        while True:
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            queued.append(client)
+            client.connect(path)
+    except BlockingIOError:
+        pass
+    return queued
+
+
 def test_a_listener_too_busy_to_accept_is_named_as_such_and_left_alone(tmp_path: Path):
     from xsupervise._listener import SocketInUse, bind
 
@@ -372,14 +386,7 @@ def test_a_listener_too_busy_to_accept_is_named_as_such_and_left_alone(tmp_path:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stuck:
         stuck.bind(path)
         stuck.listen(0)  # never accepts: once its backlog is full, a connect() blocks
-        queued = []
-        try:
-            while True:
-                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-                queued.append(client)
-                client.connect(path)
-        except BlockingIOError:
-            pass
+        queued = fill_listen_queue(path)
         try:
             with pytest.raises(SocketInUse) as refused:
                 bind(path)
@@ -913,14 +920,7 @@ def test_a_client_waits_for_room_in_a_full_listen_queue_until_its_timeout(tmp_pa
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as busy:
         busy.bind(path)
         busy.listen(0)
-        queued = []
-        try:
-            while True:
-                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-                queued.append(client)
-                client.connect(path)
-        except BlockingIOError:
-            pass
+        queued = fill_listen_queue(path)
         outcome: list[object] = []
 
         def connect() -> None:

@@ -15,42 +15,41 @@ from ._holder import holders
 
 _ACCEPTCON = 0x10000  # /proc/net/unix Flags: a listening socket
 _COMMAND_CHARS = 120
+_X_PREFIX = "/tmp/.X11-unix/X"
 
 
-def listening_inodes(number: int) -> set[int]:
-    """Inodes of the sockets listening as display ``number`` (path or abstract)."""
-    names = {f"/tmp/.X11-unix/X{number}", f"@/tmp/.X11-unix/X{number}"}
-    found = set()
+def _listening_x_sockets() -> dict[int, str]:
+    """inode -> bound path of every listening X socket (``/tmp/.X11-unix/X<n>``, or the
+    abstract ``@/tmp/.X11-unix/X<n>``), from ``/proc/net/unix``."""
+    found: dict[int, str] = {}
     try:
         with open("/proc/net/unix", "rb") as table:
             next(table, None)  # the header
             for line in table:
                 fields = line.rstrip(b"\n").split(None, 7)
-                listening = len(fields) == 8 and int(fields[3], 16) & _ACCEPTCON
-                if listening and os.fsdecode(fields[7]) in names:
-                    found.add(int(fields[6]))
+                if len(fields) == 8 and int(fields[3], 16) & _ACCEPTCON:
+                    path = os.fsdecode(fields[7])
+                    if path.lstrip("@").startswith(_X_PREFIX):
+                        found[int(fields[6])] = path
     except OSError:
         pass
     return found
 
 
+def listening_inodes(number: int) -> set[int]:
+    """Inodes of the sockets listening as display ``number`` (path or abstract)."""
+    names = {f"{_X_PREFIX}{number}", f"@{_X_PREFIX}{number}"}
+    return {inode for inode, path in _listening_x_sockets().items() if path in names}
+
+
 def displays_held_by(pids: set[int]) -> set[int]:
     """Display numbers whose socket *file* ``/tmp/.X11-unix/X<n>`` is listened on by one of
     ``pids``: what a server holds before it has told us its number."""
-    prefix = "/tmp/.X11-unix/X"
-    numbers: dict[str, int] = {}
-    try:
-        with open("/proc/net/unix", "rb") as table:
-            next(table, None)  # the header
-            for line in table:
-                fields = line.rstrip(b"\n").split(None, 7)
-                if len(fields) != 8 or not int(fields[3], 16) & _ACCEPTCON:
-                    continue
-                path = os.fsdecode(fields[7])
-                if path.startswith(prefix) and path[len(prefix) :].isdigit():
-                    numbers[f"socket:[{int(fields[6])}]"] = int(path[len(prefix) :])
-    except OSError:
-        return set()
+    numbers = {
+        f"socket:[{inode}]": int(path[len(_X_PREFIX) :])
+        for inode, path in _listening_x_sockets().items()
+        if path.startswith(_X_PREFIX) and path[len(_X_PREFIX) :].isdigit()
+    }
     held = set()
     for pid in pids:
         try:
