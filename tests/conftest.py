@@ -108,7 +108,17 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         for fd in leaked_fds
         if os.path.exists(f"/proc/self/fd/{fd}")
     ]
-    assert not leaks, "leaked: " + "; ".join(leaks)
+    assert not leaks, "leaked: " + "; ".join(leaks) + _logs_of(tmp_path)
+
+
+def _logs_of(tmp_path: Path) -> str:
+    """The end of each log a test kept in its tmp_path (a daemon's stderr): what a leak's
+    report needs to be understood from CI's output alone."""
+    tails = []
+    for log in sorted(tmp_path.glob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()[-40:]
+        tails.append(f"\n--- the end of {log}:\n" + "\n".join(lines))
+    return "".join(tails)
 
 
 @pytest.fixture

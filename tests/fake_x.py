@@ -17,6 +17,10 @@ It accepts the argv xsupervise gives a real server (``-displayfd FD`` among it) 
   double-fork  daemonizes (fork, setsid, fork); the daemon becomes a real Xvfb and serves
   listen-stuck makes its display sockets (file and abstract) on a free number, as Xvfb does
                long before it writes its number, then ignores SIGTERM and never writes
+  mute         makes its display sockets, writes its number, and never answers a client
+  late-handler as Xvfb, slowed down: makes its display sockets, then only after 0.5 s installs
+               its SIGTERM handler (which removes its socket file) and writes its number; a
+               SIGTERM in between kills it by the default action and leaves the file
 If $FAKE_X_REPORT names a file, it writes "pid=..., grandchild=..., exit_at=..." lines there.
 """
 
@@ -100,10 +104,11 @@ elif mode == "wrapper":
     os.close(tell)
     os.read(told, 1)
     os.waitpid(server, 0)
-elif mode == "listen-stuck":
+elif mode in ("listen-stuck", "late-handler", "mute"):
     import socket
 
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if mode == "listen-stuck":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     held = []
     for number in range(60, 600):
         path = f"/tmp/.X11-unix/X{number}"
@@ -123,6 +128,17 @@ elif mode == "listen-stuck":
         held = [abstract, named]
         report(socket=path)
         break
+    if mode == "late-handler":
+        time.sleep(0.5)  # the window: sockets made, SIGTERM still kills at once
+
+        def give_up(_signum, _frame):
+            os.unlink(path)
+            sys.exit(0)
+
+        signal.signal(signal.SIGTERM, give_up)
+    if mode != "listen-stuck":
+        os.write(fd, f"{number}\n".encode())
+        report(wrote=number)
     hang()
 elif mode in ("background", "double-fork"):
     first = os.fork()

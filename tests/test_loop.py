@@ -247,10 +247,11 @@ def test_a_second_cancel_during_the_grace_kills_at_once(
     async def main() -> tuple[int, float, float]:
         async with Heartbeat() as beat:
             display = xsupervise.AsyncDisplay(
-                server=fake_server("never"), timeout=60, kill_grace=60
+                server=fake_server("mute"), timeout=60, kill_grace=60
             )
             starting = asyncio.create_task(display.start())
-            await wait_until(lambda: "pid" in read_report(report))
+            # Its number written (a server that has not told it gets no SIGTERM: _teardown).
+            await wait_until(lambda: "wrote" in read_report(report))
             pid = int(read_report(report)["pid"])
             await stop_it(pid)  # so that the SIGTERM stays pending, for us to see
             started = time.monotonic()

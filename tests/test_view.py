@@ -224,6 +224,10 @@ async def rfb_key_then_update(url: str, keysym: int) -> None:
         assert await read(1) == b"\0"  # FramebufferUpdate
     finally:
         connection.close()
+        # close() only starts the closing handshake; its socket closes when the bridge answers,
+        # and the loop must not end before that (the socket would outlive the test).
+        while await connection.read_message() is not None:
+            pass
 
 
 def rfb(url: str, keysym: int) -> None:

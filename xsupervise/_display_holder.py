@@ -18,16 +18,18 @@ _COMMAND_CHARS = 120
 _X_PREFIX = "/tmp/.X11-unix/X"
 
 
-def _listening_x_sockets() -> dict[int, str]:
+def _listening_x_sockets(listening_only: bool = True) -> dict[int, str]:
     """inode -> bound path of every listening X socket (``/tmp/.X11-unix/X<n>``, or the
-    abstract ``@/tmp/.X11-unix/X<n>``), from ``/proc/net/unix``."""
+    abstract ``@/tmp/.X11-unix/X<n>``), from ``/proc/net/unix``; with ``listening_only``
+    False, also those bound but not yet listening."""
     found: dict[int, str] = {}
     try:
         with open("/proc/net/unix", "rb") as table:
             next(table, None)  # the header
             for line in table:
                 fields = line.rstrip(b"\n").split(None, 7)
-                if len(fields) == 8 and int(fields[3], 16) & _ACCEPTCON:
+                listening = int(fields[3], 16) & _ACCEPTCON if len(fields) == 8 else 0
+                if len(fields) == 8 and (listening or not listening_only):
                     path = os.fsdecode(fields[7])
                     if path.lstrip("@").startswith(_X_PREFIX):
                         found[int(fields[6])] = path
@@ -43,11 +45,11 @@ def listening_inodes(number: int) -> set[int]:
 
 
 def displays_held_by(pids: set[int]) -> set[int]:
-    """Display numbers whose socket *file* ``/tmp/.X11-unix/X<n>`` is listened on by one of
-    ``pids``: what a server holds before it has told us its number."""
+    """Display numbers whose socket *file* ``/tmp/.X11-unix/X<n>`` is bound by one of
+    ``pids`` (listening, or about to): what a server holds before it has told us its number."""
     numbers = {
         f"socket:[{inode}]": int(path[len(_X_PREFIX) :])
-        for inode, path in _listening_x_sockets().items()
+        for inode, path in _listening_x_sockets(listening_only=False).items()
         if path.startswith(_X_PREFIX) and path[len(_X_PREFIX) :].isdigit()
     }
     held = set()

@@ -119,7 +119,7 @@ def launch_steps(
     finally:
         os.close(write_fd)
         os.close(log_fd)
-    child.started_fd = read_fd  # a stop while it starts sends SIGTERM again once it has
+    child.started_fd = read_fd  # a stop while it starts holds its SIGTERM till then: _teardown
     deadline = child.spawned_at + settings.displayfd_timeout
     server = XServer(child, settings, files, owns_files, log_offset, number)
     server.companion, server.vnc = companion, plan.vnc
@@ -150,6 +150,7 @@ def launch_steps(
         yield Offload(clean_own_quietly)
         child.find_program()  # now, while it runs: a failure must name it (see _containment)
         server.number = yield from read_display_number(read_fd, child, deadline)
+        child.started_fd = -1  # it has started: a stop may SIGTERM it at once (see _teardown)
         if child.boundary is not None:
             pid = child.find_program()
             log.get().info("X server pid %d contained by %s", pid, child.boundary.describe())
@@ -164,6 +165,7 @@ def launch_steps(
             record_session(server)
     except (DisplayFdError, HandshakeError) as exc:
         child.find_program()  # the error names the server, not a namespace's init
+        child.started_fd = -1  # it will not start now: SIGTERM at once (see term_steps)
         yield from server.stop_steps()
         from ._start_failure import start_error
 

@@ -80,6 +80,7 @@ class Child:
         # The program asked for: this child, or in a PID namespace the one its init runs.
         self.program_pid, self.program_ticks = self.pid, self.start_ticks
         self.started_fd = -1  # readable once it has started: see _teardown.term_steps
+        self.term_sent = False  # a stop has sent its SIGTERM (term_steps may hold it back)
         self.before_kill: Callable[[], None] | None = None  # called before a SIGKILL
         UNREAPED_CHILDREN.add(self.pid)
 
@@ -195,8 +196,7 @@ class Child:
             return self._popen.returncode
         if not self.has_exited():
             deadline = time.monotonic() + grace
-            self.signal(signal.SIGTERM)
-            try:
+            try:  # SIGTERM, once it is safe to send (see term_steps)
                 yield from term_steps(self, deadline)
                 if self.has_exited():
                     yield from rest_steps(self, deadline)

@@ -162,6 +162,15 @@ class XServer:
         self.unreported_displays = displays_held_by(pids)
 
     def _warn_escalation(self, child: Child) -> None:
+        if not child.term_sent:  # it never got far enough for a SIGTERM: see term_steps
+            log.get().warning(
+                "%s (pid %d) had not written its display number %.1f s after it was asked to "
+                "stop; sending SIGKILL to its process group.",
+                os.path.basename(child.argv[0]),
+                child.pid,
+                self.settings.kill_grace,
+            )
+            return
         log.get().warning(
             "%s (pid %d) did not exit within %.1f s of SIGTERM; sending SIGKILL to its process "
             "group. Raise --kill-grace (XSUPERVISE_KILL_GRACE) if it needs longer.",

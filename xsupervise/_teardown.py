@@ -16,7 +16,7 @@ import time
 
 from ._group import session_members
 from ._pinned import Pinned
-from ._steps import Steps, Wait
+from ._steps import Steps, Wait, poll_ready
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -41,19 +41,23 @@ def rest_steps(child: Child, deadline: float) -> Steps[None]:
 
 
 def term_steps(child: Child, deadline: float) -> Steps[None]:
-    """After the first SIGTERM: wait for the exit until ``deadline``; if the program signals
-    that it has started meanwhile (``child.started_fd``), SIGTERM it once more. A SIGTERM sent
-    while it was still starting may have been lost: a PID namespace's init ignores every
-    signal it has no handler for yet, and an init that had not yet forked the server cannot
-    pass it on. Once the server has written its display number, its handlers (and the init's
-    trap) are in place, so the second SIGTERM stops it, not the grace's SIGKILL."""
-    watched = (child.pidfd, child.started_fd) if child.started_fd >= 0 else (child.pidfd,)
-    while True:
-        ready = yield Wait(watched, deadline)
+    """Send SIGTERM and wait for the exit until ``deadline``; the caller SIGKILLs after that.
+
+    A program that has not yet signalled that it has started (``child.started_fd``, an X
+    server's -displayfd) gets its SIGTERM only once it has, or not at all. An X server binds
+    /tmp/.X11-unix/X<n> a moment *before* it installs its SIGTERM handler: a SIGTERM in
+    between kills it by the default action and leaves that file, under a number nobody was
+    told (seen in CI). A SIGTERM sent that early may also be lost: a PID namespace's init
+    ignores every signal it has no handler for yet. Once the number is written, both have
+    their handlers. A server that does not start within the grace gets the SIGKILL, which
+    notes its sockets first (``Child.before_kill``), so the files it leaves are removed."""
+    if child.started_fd >= 0 and not poll_ready(Wait((child.started_fd,), 0.0)):
+        ready = yield Wait((child.pidfd, child.started_fd), deadline)
         if child.pidfd in ready or not ready or child.has_exited():
             return
-        child.signal(signal.SIGTERM)
-        watched = (child.pidfd,)
+    child.term_sent = True
+    child.signal(signal.SIGTERM)
+    yield Wait((child.pidfd,), deadline)
 
 
 def kill_rest(child: Child) -> None:
@@ -98,8 +102,6 @@ def clear_steps(child: Child, grace: float) -> Steps[bool]:
 def clear_now(child: Child, timeout: float) -> None:
     """clear_steps for a caller that can no longer yield (after the SIGKILL and the reap)."""
     if child.boundary is not None and child.boundary.init_pidfd >= 0:
-        from ._steps import poll_ready
-
         poll_ready(Wait((child.boundary.init_pidfd,), time.monotonic() + timeout))
         os.close(child.boundary.init_pidfd)
         child.boundary.init_pidfd = -1
