@@ -224,6 +224,32 @@ def test_interrupt_during_start_cleans_up(tmp_path: Path, monkeypatch):
     assert_gone(int(read_report(report)["pid"]))
 
 
+def test_an_interrupt_before_the_launcher_looked_still_waits_for_the_namespace(
+    tmp_path: Path, monkeypatch
+):
+    # Interrupted during the launcher's first Offload: it had not yet found the PID
+    # namespace's init, so the teardown reaped our child and returned while the kernel was
+    # still emptying the namespace (a process leaked at the suite's teardown, under load).
+    from xsupervise import _containment, _stale
+
+    if _containment._namespace_prefix() is None:
+        pytest.skip("no PID namespace can be made here")
+    report = tmp_path / "report"
+    monkeypatch.setenv("FAKE_X_REPORT", str(report))
+
+    def interrupted() -> None:
+        deadline = time.monotonic() + 15
+        while "pid" not in read_report(report):  # the server runs: no event to wait on
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_stale, "clean_own_quietly", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        xsupervise.Display(server=fake_server("never"), timeout=30, kill_grace=0.2).start()
+    assert_gone(int(read_report(report)["pid"]))  # at once: start() waited for it
+
+
 def test_bad_display_requests_are_usage_errors():
     for request in ("auto5", ":x", "-1", ":1234567"):
         with pytest.raises(xsupervise.UsageError):

@@ -246,9 +246,7 @@ def test_a_second_cancel_during_the_grace_kills_at_once(
 
     async def main() -> tuple[int, float, float]:
         async with Heartbeat() as beat:
-            display = xsupervise.AsyncDisplay(
-                server=fake_server("mute"), timeout=60, kill_grace=60
-            )
+            display = xsupervise.AsyncDisplay(server=fake_server("mute"), timeout=60, kill_grace=60)
             starting = asyncio.create_task(display.start())
             # Its number written (a server that has not told it gets no SIGTERM: _teardown).
             await wait_until(lambda: "wrote" in read_report(report))

@@ -118,6 +118,10 @@ class Child:
             if signum == signal.SIGKILL and self.boundary is not None:
                 self.boundary.kill()  # a cgroup is ours alone: no stranger's pid is in it
             return  # reaped: its pid (and session id) may already belong to someone else
+        if self.boundary is not None and self.boundary.namespace is not None:
+            # Before our child can die: hold its namespace's init, whose end is the namespace's
+            # (clear_steps waits for it), also for a stop before the launcher looked.
+            self.find_program()
         if signum == signal.SIGKILL:
             if self.before_kill is not None:
                 self.before_kill()  # e.g. note what a SIGKILL will leave behind
