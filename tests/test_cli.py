@@ -23,7 +23,7 @@ from conftest import (
     wait_gone,
 )
 from xsupervise._cli import main
-from xsupervise._stale import bound_abstract_displays
+from xsupervise._holder import bound_abstract_displays
 
 
 def announced(process: subprocess.Popen) -> dict[str, str]:

@@ -17,7 +17,7 @@ import pytest
 
 import xsupervise
 from conftest import FAKE_X, fake_server, free_display_number, read_report, requires_xvfb, wait_gone
-from xsupervise._stale import bound_abstract_displays
+from xsupervise._holder import bound_abstract_displays
 
 
 def xdpyinfo(env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -152,7 +152,7 @@ class XServer:
             return
         import psutil
 
-        from ._display_holder import displays_held_by
+        from ._holder import displays_held_by
 
         pids = {self.child.pid, self.child.program_pid}
         try:

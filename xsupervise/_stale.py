@@ -9,19 +9,8 @@ from __future__ import annotations
 import os
 import stat
 
+from ._holder import bound_abstract_displays
 from ._x11 import X11_UNIX_DIR, lock_path, socket_path  # noqa: F401 (re-exported)
-
-
-def bound_abstract_displays() -> set[int]:
-    """Display numbers whose abstract X socket is bound right now (from /proc/net/unix)."""
-    prefix = f"@{X11_UNIX_DIR}/X"
-    numbers = set()
-    with open("/proc/net/unix", "rb") as table:
-        for line in table:
-            path = line.rsplit(None, 1)[-1].decode("latin-1")
-            if path.startswith(prefix) and path[len(prefix) :].isdigit():
-                numbers.add(int(path[len(prefix) :]))
-    return numbers
 
 
 def remove_dead_socket(

@@ -11,10 +11,9 @@ import os
 import time
 
 from . import _errors as errors
-from ._display_holder import who_serves
+from ._holder import bound_abstract_displays, who_serves
 from ._process import Offload, describe_status
 from ._server import XServer
-from ._stale import bound_abstract_displays
 from ._x11 import DisplayFdError, HandshakeError
 
 TYPE_CHECKING = False
