@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from xsupervise import _policy as policy
-from xsupervise._policy import History, RestartPolicy
+from xsupervise._policy import History
+from xsupervise._settings import RestartPolicy
 
 MAX_JITTER = lambda: 1.0  # noqa: E731 - the longest delays
 MIN_JITTER = lambda: 0.0  # noqa: E731 - the shortest

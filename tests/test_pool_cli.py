@@ -18,7 +18,7 @@ import pytest
 from test_pool import PoolDaemon, gone_within, ready
 
 from conftest import XSUPERVISE, ask_as, read_line, requires_xvfb
-from xsupervise._cli_fast import run_pool_fast
+from xsupervise._cli_pool_run import run_pool_fast
 from xsupervise.client import ControlError
 
 # The full CLI without the fast path (what `run --pool` did before it, and still does for

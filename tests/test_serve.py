@@ -638,7 +638,7 @@ def _answer(daemon, request: dict | bytes) -> dict:
 def test_the_daemon_and_the_client_serve_the_same_ops_and_fields(monkeypatch):
     import inspect
 
-    from xsupervise._daemon_ops import DaemonOps
+    from xsupervise._daemon import DaemonOps
     from xsupervise._settings import FIELDS as SETTINGS
 
     served = {

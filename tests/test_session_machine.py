@@ -16,8 +16,8 @@ from fakes import EXITS, MISSING, NEVER, READY, Behaviour, dies
 from xsupervise import _session
 from xsupervise._errors import ServerExited, ServerNotFound, SessionFailed
 from xsupervise._local_ops import session_status
-from xsupervise._policy import RestartPolicy
 from xsupervise._session import Session
+from xsupervise._settings import RestartPolicy
 from xsupervise._states import Event, ImpossibleTransition, Mode, State, transition
 
 # The policy of test_restart.py's CLI tests.

@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._errors import ExitCode, XSuperviseError
-from ._paths import RuntimeDir
-from ._x11 import COOKIE_PROTOCOL, parse_setup_reply, refusal_reason, setup_request, socket_path
+from ._paths import RuntimeDir, socket_path
+from ._x11 import COOKIE_PROTOCOL, parse_setup_reply, refusal_reason, setup_request
 
 _FAMILY_LOCAL = 256
 _FAMILY_WILD = 0xFFFF

@@ -264,10 +264,9 @@ def clean(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import json
 
     from ._errors import EnvironmentProblem
-    from ._paths import RuntimeDir
+    from ._paths import X11_UNIX_DIR, RuntimeDir
     from ._recovery import reclaim_abandoned
     from ._stale import check_shared_dir, clean, scan
-    from ._x11 import X11_UNIX_DIR
 
     if not args.dry_run:
         for record in reclaim_abandoned(RuntimeDir.discover()):

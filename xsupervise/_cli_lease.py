@@ -136,7 +136,7 @@ def run_leased(args: argparse.Namespace, parser: argparse.ArgumentParser, pool: 
             "--pool leases a display of the daemon's pool: its settings are the pool's; "
             "give no display options, --name, --no-wait or launcher options with it."
         )
-    from ._cli_fast import run_on_lease
+    from ._cli_pool_run import run_on_lease
 
     client, held = _take(args.socket, pool, None)
     try:

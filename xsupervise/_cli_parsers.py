@@ -27,12 +27,37 @@ exit codes:
 """
 
 
+def add_server_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--server",
+        metavar="NAME|CMD",
+        help="a server profile: xvfb, xephyr, xvnc, xorg-dummy, xwayland (see 'xsupervise "
+        "servers'), or a raw X server command, which gets only -displayfd, -auth and "
+        "-nolisten tcp (XSUPERVISE_SERVER; default: xvfb)",
+    )
+    group.add_argument(
+        "--screen",
+        metavar="WxHxD",
+        help="screen geometry, for a profile (XSUPERVISE_SCREEN; default: 1280x1024x24)",
+    )
+    group.add_argument(
+        "--glx",
+        metavar="on|off",
+        help="the GLX extension, for OpenGL clients; off starts faster "
+        "(XSUPERVISE_GLX; default: on)",
+    )
+    group.add_argument(
+        "--vnc-listen",
+        metavar="ADDR[:PORT]",
+        help="xvnc: also serve VNC on this TCP address, unauthenticated "
+        "(XSUPERVISE_VNC_LISTEN; default: only a private unix socket)",
+    )
+
+
 def _add_display_options(parser: argparse.ArgumentParser, with_name: bool = True) -> None:
     group = parser.add_argument_group(
         "display options (flag > XSUPERVISE_* variable > config file)"
     )
-    from ._cli_servers import add_server_options
-
     add_server_options(group)  # --server, --screen, --glx, --vnc-listen
     group.add_argument(
         "--timeout",

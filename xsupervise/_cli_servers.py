@@ -1,5 +1,5 @@
-"""`xsupervise servers`: the server profiles, whether each is installed, binary and version;
-and the display options that choose a profile (--server, --screen, --glx, --vnc-listen)."""
+"""`xsupervise servers`: the server profiles, whether each is installed, binary and version.
+(The display options that choose a profile are _cli_parsers.add_server_options.)"""
 
 from __future__ import annotations
 
@@ -7,38 +7,9 @@ import argparse
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from argparse import _ArgumentGroup
-
     from ._cli_parsers import Subparsers
 
 _VERSION_TIMEOUT = 5.0  # seconds a server may take to print its version
-
-
-def add_server_options(group: _ArgumentGroup) -> None:
-    group.add_argument(
-        "--server",
-        metavar="NAME|CMD",
-        help="a server profile: xvfb, xephyr, xvnc, xorg-dummy, xwayland (see 'xsupervise "
-        "servers'), or a raw X server command, which gets only -displayfd, -auth and "
-        "-nolisten tcp (XSUPERVISE_SERVER; default: xvfb)",
-    )
-    group.add_argument(
-        "--screen",
-        metavar="WxHxD",
-        help="screen geometry, for a profile (XSUPERVISE_SCREEN; default: 1280x1024x24)",
-    )
-    group.add_argument(
-        "--glx",
-        metavar="on|off",
-        help="the GLX extension, for OpenGL clients; off starts faster "
-        "(XSUPERVISE_GLX; default: on)",
-    )
-    group.add_argument(
-        "--vnc-listen",
-        metavar="ADDR[:PORT]",
-        help="xvnc: also serve VNC on this TCP address, unauthenticated "
-        "(XSUPERVISE_VNC_LISTEN; default: only a private unix socket)",
-    )
 
 
 def add_servers(commands: Subparsers) -> None:

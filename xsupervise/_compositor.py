@@ -19,10 +19,9 @@ import time
 
 from . import _errors as errors
 from ._notify import child_environment
-from ._paths import ensure_private_dir, remove_file
+from ._paths import check_socket_path, ensure_private_dir, remove_file
 from ._prctl import IN_CREATE, IN_MOVED_TO, inotify_watch
 from ._process import Child, describe_status, spawn
-from ._profiles import Companion, check_socket_path
 from ._steps import Wait
 
 TYPE_CHECKING = False
@@ -42,6 +41,14 @@ def _accepts(path: str) -> bool:
             return True
         except (FileNotFoundError, ConnectionRefusedError):
             return False
+
+
+class Companion:
+    """A process a server needs running first (see _compositor.py): ``start_steps`` returns it
+    ready; it is stopped after the server (XServer.companion)."""
+
+    def start_steps(self, settings: Settings, files: SessionFiles) -> Steps[Child]:
+        raise NotImplementedError
 
 
 class Weston(Companion):

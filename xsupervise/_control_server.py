@@ -5,7 +5,7 @@ besides at most ``MAX_LESSEES`` that asked for a lease (never dropped: a lease l
 as its connection, with no idle timeout while it holds one), lines of at most
 ``_protocol.MAX_LINE`` bytes, ``_protocol.IDLE_TIMEOUT`` seconds to send a complete line,
 ``WRITE_TIMEOUT`` seconds for a reply to be taken, peers of another uid refused (root is
-always allowed). What a request means is ``_daemon_ops.DaemonOps``'s part.
+always allowed). What a request means is ``_daemon.DaemonOps``'s part.
 """
 
 from __future__ import annotations
@@ -24,8 +24,16 @@ from ._process import peer_credentials
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs time
 if TYPE_CHECKING:
-    from ._daemon_ops import DaemonOps
+    from typing import Protocol
+
     from ._protocol import Reply
+
+    class Operations(Protocol):
+        """What answers the requests (``_daemon.DaemonOps``): a coroutine method per
+        operation of ``_protocol.OPS``, looked up by name, and this."""
+
+        def connection_closed(self, leases: set[str]) -> None: ...
+
 
 MAX_CLIENTS = 64
 # Connections that asked for a lease are counted apart (a burst of lessees may wait on a
@@ -60,7 +68,7 @@ CURRENT: contextvars.ContextVar[Connection | None] = contextvars.ContextVar(
 class ControlServer:
     """Serves the control socket: reads request lines, answers each through ``ops``."""
 
-    def __init__(self, ops: DaemonOps):
+    def __init__(self, ops: Operations):
         self.ops = ops
         self.clients: dict[asyncio.StreamWriter, Connection] = {}
         self._server: asyncio.Server | None = None

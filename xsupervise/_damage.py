@@ -17,7 +17,8 @@ from __future__ import annotations
 import socket
 import struct
 
-from ._x11 import refusal_reason, setup_request, socket_path
+from ._paths import socket_path
+from ._x11 import refusal_reason, setup_request
 from ._xstream import Stream, XError
 
 _QUERY_EXTENSION, _GET_IMAGE = 98, 73

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import os
 
+from ._paths import socket_path
+
 _ACCEPTCON = 0x10000  # /proc/net/unix Flags: a listening socket
 
 
@@ -117,7 +119,7 @@ def describe(pids: list[int]) -> str:
 
 
 _COMMAND_CHARS = 120
-_X_PREFIX = "/tmp/.X11-unix/X"
+_X_PREFIX = socket_path(0)[:-1]  # "/tmp/.X11-unix/X"
 
 
 def _x_sockets(listening_only: bool = True) -> dict[int, str]:

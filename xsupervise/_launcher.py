@@ -124,9 +124,7 @@ def launch_steps(
     server = XServer(child, settings, files, owns_files, log_offset, number)
     server.companion, server.vnc = companion, plan.vnc
     if settings.record:  # spawned now, recording once ready: see _recording.arm
-        from ._recording import arm_session
-
-        server.recording = arm_session(server)
+        server.arm_recording()
     try:
         # Everything up to the first wait runs while the server initialises (~50 ms): the
         # imports and files here cost nothing a user would notice.
@@ -160,9 +158,7 @@ def launch_steps(
 
             server.wm = yield from start_wm(server)
         if server.recording is not None:  # it records from now on: see _recording.py
-            from ._recording import record_session
-
-            record_session(server)
+            server.start_recording()
     except (DisplayFdError, HandshakeError) as exc:
         child.find_program()  # the error names the server, not a namespace's init
         child.started_fd = -1  # it will not start now: SIGTERM at once (see term_steps)

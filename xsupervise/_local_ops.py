@@ -17,8 +17,26 @@ from ._vnc_endpoint import VncEndpoint
 ABANDONED = "abandoned"  # a record's state in list/status once its supervisor has died
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
 if TYPE_CHECKING:
-    from ._policy import RestartPolicy
-    from ._protocol import StatusEntry
+    from typing import NotRequired, TypedDict
+
+    from ._settings import RestartPolicy
+
+    class StatusEntry(TypedDict):
+        """One of ``status``'s "sessions" (and of ``xsupervise status --json``)."""
+
+        name: str
+        display: str | None
+        state: str
+        restarts: int
+        last_failure: str | None
+        supervisor_pid: int | None
+        server_pid: int | None
+        containment: NotRequired[str | None]  # cgroup, pidns or group (see _containment)
+        abandoned: NotRequired[str | None]  # state "abandoned": what its dead supervisor left
+        uptime: float | None  # seconds, when ready
+        next_retry_at: float | None  # wall time, in backoff or FAILED
+        failed_since: float | None  # wall time
+        vnc: dict[str, str | int] | None  # the xvnc profile's: {"unix"} or {"host", "port"}
 
 
 def stop_sessions(runtime: RuntimeDir, number: int | None, wait: float) -> list[str]:

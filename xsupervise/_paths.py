@@ -20,7 +20,7 @@ import stat
 import sys
 from collections.abc import Callable, Iterator, Mapping
 
-from ._errors import RuntimeDirError
+from ._errors import EnvironmentProblem, RuntimeDirError
 
 SYSTEM_RUNTIME_DIR = "/run/xsupervise"
 # pam_systemd gives a root login shell XDG_RUNTIME_DIR=/run/user/0: a directory logind removes
@@ -199,7 +199,7 @@ def new_token() -> str:
     """A fresh name for one session's files: our pid and start time (so that crash recovery
     can tell whether the process that made them is gone, even before it wrote a record) and
     32 random bits."""
-    from ._process import start_ticks
+    from ._pinned import start_ticks
 
     pid = os.getpid()
     return f"{pid}.{start_ticks(pid)}-{os.urandom(4).hex()}"
@@ -238,3 +238,27 @@ def remove_file(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+_SUN_PATH_MAX = 107  # bytes of a unix socket's path (sun_path is 108, with its NUL)
+
+
+def check_socket_path(path: str, what: str) -> None:
+    if len(os.fsencode(path)) > _SUN_PATH_MAX:
+        raise EnvironmentProblem(
+            f"{what} would be {path}, longer than a unix socket's path may be "
+            f"({_SUN_PATH_MAX} bytes); point XDG_RUNTIME_DIR at a shorter directory."
+        )
+
+
+# -- where an X server's files live (not ours: every X server on this machine shares them) --
+X11_UNIX_DIR = "/tmp/.X11-unix"
+
+
+def socket_path(number: int) -> str:
+    """Display ``number``'s socket file (its abstract twin is ``@`` this path)."""
+    return f"{X11_UNIX_DIR}/X{number}"
+
+
+def lock_path(number: int) -> str:
+    return f"/tmp/.X{number}-lock"

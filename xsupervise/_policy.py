@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ._settings import RestartPolicy
 from ._states import State
 
 TYPE_CHECKING = False  # typing costs the CLI milliseconds to import: only for the checker
@@ -28,45 +29,6 @@ if TYPE_CHECKING:
         ticks: int | None
         at: float
         daemon: NotRequired[bool]  # started by xsupervise serve (see may_start)
-
-
-DEFAULTS = {
-    "backoff_initial": 1.0,
-    "backoff_max": 60.0,
-    "reset_after": 60.0,
-    "start_limit_burst": 5,
-    "start_limit_interval": 60.0,
-    "failed_cooldown": 300.0,
-}
-
-
-class RestartPolicy:
-    __slots__ = tuple(DEFAULTS)
-    backoff_initial: float
-    backoff_max: float
-    reset_after: float
-    start_limit_burst: int
-    start_limit_interval: float
-    failed_cooldown: float
-
-    def __init__(self, **values: float) -> None:
-        for name, default in DEFAULTS.items():
-            setattr(self, name, values.get(name, default))
-
-    def __repr__(self) -> str:
-        return "RestartPolicy(" + ", ".join(f"{n}={getattr(self, n)}" for n in DEFAULTS) + ")"
-
-    def delay(self, failures_in_a_row: int, jitter: Callable[[], float] | None = None) -> float:
-        """Seconds to wait before the next start after that many consecutive failures."""
-        if failures_in_a_row <= 0:
-            return 0.0
-        if jitter is None:
-            import random  # late: the CLI imports this module before it spawns the server
-
-            jitter = random.random
-        exponent = min(failures_in_a_row - 1, 32)  # 2**32 s is past any cap
-        base = min(self.backoff_max, self.backoff_initial * 2.0**exponent)
-        return base * (0.5 + 0.5 * jitter())
 
 
 class History:

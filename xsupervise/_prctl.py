@@ -12,8 +12,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
 
-    from ._containment import Boundary
-
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -32,10 +30,10 @@ def held_stop_signals() -> set[int | signal.Signals]:
     return signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
 
-def _die_with_parent(
+def die_with_parent(
     parent_pid: int,
     deathsig: int,
-    boundary: Boundary | None = None,
+    enter: Callable[[], None] | None = None,
     mask: set[int | signal.Signals] | None = None,
 ) -> Callable[[], None]:
     def setup() -> None:  # runs in the child between fork and exec
@@ -46,8 +44,8 @@ def _die_with_parent(
         # If the parent died before prctl took effect, no signal will ever come: leave now.
         if os.getppid() != parent_pid:
             os._exit(126)
-        if boundary is not None:
-            boundary.enter()  # raises: Popen then raises SubprocessError (see spawn)
+        if enter is not None:
+            enter()  # a boundary's; raises: Popen then raises SubprocessError (see spawn)
         if mask is not None:  # last: a stop signal held since the fork now stops us
             for signum in STOP_SIGNALS:
                 if callable(signal.getsignal(signum)):

@@ -38,9 +38,9 @@ from ._pinned import (
     wait_exited,
 )
 from ._prctl import (
-    _die_with_parent,
     become_subreaper,
     describe_status,
+    die_with_parent,
     held_stop_signals,
     peer_credentials,
     shell_status,
@@ -128,8 +128,9 @@ class Child:
                 self.boundary.kill()  # a cgroup is ours alone: no stranger's pid is in it
             return  # reaped: its pid (and session id) may already belong to someone else
         if self.boundary is not None and self.boundary.namespace is not None:
-            # Before our child can die: hold its namespace's init, whose end is the namespace's
-            # (clear_steps waits for it), also for a stop before the launcher looked.
+            # Before our child can die: hold its namespace's init (see clear_steps), whose
+            # end is the namespace's. A stop that came early (a start interrupted before the
+            # launcher looked) would otherwise not wait for the namespace to empty.
             self.find_program()
         if signum == signal.SIGKILL:
             if self.before_kill is not None:
@@ -303,7 +304,9 @@ def _popen(
             start_new_session=own_group,
             # PR_SET_PDEATHSIG has no other way in; we spawn from one thread only (the loop's
             # or the CLI's), never from an Offload's worker.
-            preexec_fn=_die_with_parent(os.getpid(), deathsig, boundary, mask),
+            preexec_fn=die_with_parent(
+                os.getpid(), deathsig, boundary.enter if boundary else None, mask
+            ),
         )
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)

@@ -18,10 +18,9 @@ from ._paths import ensure_private_dir
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._process import Child
+    from ._compositor import Companion
     from ._server import SessionFiles
     from ._settings import Settings
-    from ._steps import Steps
     from ._vnc_endpoint import VncEndpoint
 
 DEFAULT_SCREEN = "1280x1024x24"
@@ -100,25 +99,6 @@ class LaunchPlan:
         self.companion: Companion | None = None
         self.vnc: VncEndpoint | None = None
         self.package = package
-
-
-class Companion:
-    """A process a server needs running first (see _compositor.py): ``start_steps`` returns it
-    ready; it is stopped after the server (XServer.companion)."""
-
-    def start_steps(self, settings: Settings, files: SessionFiles) -> Steps[Child]:
-        raise NotImplementedError
-
-
-_SUN_PATH_MAX = 107  # bytes of a unix socket's path (sun_path is 108, with its NUL)
-
-
-def check_socket_path(path: str, what: str) -> None:
-    if len(os.fsencode(path)) > _SUN_PATH_MAX:
-        raise errors.EnvironmentProblem(
-            f"{what} would be {path}, longer than a unix socket's path may be "
-            f"({_SUN_PATH_MAX} bytes); point XDG_RUNTIME_DIR at a shorter directory."
-        )
 
 
 def session_dir(files: SessionFiles) -> str:

@@ -27,29 +27,12 @@ from ._settings import FIELDS as SETTINGS
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
 if TYPE_CHECKING:
-    from typing import Any, NotRequired, TypeAlias, TypedDict
+    from typing import Any, TypeAlias
 
     from ._clock import LaunchedServer
 
     Reply: TypeAlias = dict[str, Any]
     """A decoded reply; its fields are the op's ``Op.reply`` (plus ``ok``)."""
-
-    class StatusEntry(TypedDict):
-        """One of ``status``'s "sessions" (and of ``xsupervise status --json``)."""
-
-        name: str
-        display: str | None
-        state: str
-        restarts: int
-        last_failure: str | None
-        supervisor_pid: int | None
-        server_pid: int | None
-        containment: NotRequired[str | None]  # cgroup, pidns or group (see _containment)
-        abandoned: NotRequired[str | None]  # state "abandoned": what its dead supervisor left
-        uptime: float | None  # seconds, when ready
-        next_retry_at: float | None  # wall time, in backoff or FAILED
-        failed_since: float | None  # wall time
-        vnc: dict[str, str | int] | None  # the xvnc profile's: {"unix"} or {"host", "port"}
 
 
 MAX_LINE = 64 * 1024  # bytes in one request line, newline included

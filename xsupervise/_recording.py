@@ -26,7 +26,6 @@ from ._steps import Wait
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._server import XServer
     from ._steps import Steps
 
 READY_WAIT = 10.0  # seconds for a recorder's first frame (ffmpeg's start-up, mostly)
@@ -210,30 +209,6 @@ def recording_path(path: str, count: int) -> str:
         return path
     stem, ext = os.path.splitext(path)
     return f"{stem}.restart-{count - 1}{ext}"
-
-
-def arm_session(server: XServer) -> Recording | None:
-    """The record setting's recorder for ``server``, spawned with it (see _ffmpeg.py: its
-    start-up overlaps the server's); None, said in one line, if it cannot be."""
-    files = server.files
-    files.spawns += 1
-    try:
-        return arm(server.settings.record_fps, f"{files.token}-{files.spawns}")
-    except Exception as exc:  # noqa: BLE001 - whatever it was, the server goes on unrecorded
-        from . import _log as log
-
-        log.get().error("the display will not be recorded: cannot start the recorder: %s", exc)
-        return None
-
-
-def record_session(server: XServer) -> None:
-    """Once ``server``'s display is ready: its armed recorder starts on the session's next
-    file (see recording_path)."""
-    assert server.recording is not None and server.number is not None
-    assert server.settings.record is not None
-    server.files.recordings += 1
-    path = recording_path(server.settings.record, server.files.recordings)
-    server.recording.go(server.number, server.files.auth_path, path)
 
 
 def finish_steps(recording: Recording, grace: float) -> Steps[int]:

@@ -161,6 +161,30 @@ class XServer:
             pass
         self.unreported_displays = displays_held_by(pids)
 
+    def arm_recording(self) -> None:
+        """The record setting's recorder, spawned with the server (see _ffmpeg.py: its start-up
+        overlaps the server's); none, said in one line, if it cannot be."""
+        from ._recording import arm
+
+        self.files.spawns += 1
+        try:
+            self.recording = arm(
+                self.settings.record_fps, f"{self.files.token}-{self.files.spawns}"
+            )
+        except Exception as exc:  # noqa: BLE001 - whatever it was, the server goes on unrecorded
+            log.get().error("the display will not be recorded: cannot start the recorder: %s", exc)
+
+    def start_recording(self) -> None:
+        """Once the display is ready: the armed recorder starts on the session's next file
+        (see _recording.recording_path)."""
+        from ._recording import recording_path
+
+        assert self.recording is not None and self.number is not None
+        assert self.settings.record is not None
+        self.files.recordings += 1
+        path = recording_path(self.settings.record, self.files.recordings)
+        self.recording.go(self.number, self.files.auth_path, path)
+
     def _warn_escalation(self, child: Child) -> None:
         if not child.term_sent:  # it never got far enough for a SIGTERM: see term_steps
             log.get().warning(

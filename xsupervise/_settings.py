@@ -10,7 +10,6 @@ import os
 from collections.abc import Mapping
 
 from ._errors import UsageError
-from ._policy import DEFAULTS as POLICY_DEFAULTS
 from ._values import (
     _bool,
     _command,
@@ -27,13 +26,54 @@ TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._policy import RestartPolicy
 
 ENV_PREFIX = "XSUPERVISE_"
 SYSTEM_CONFIG = "/etc/xsupervise/config.toml"
 
 
 # name -> default; parsers for text values are in _PARSERS below.
+# The restart policy's numbers (see _policy.py for what it decides with them).
+POLICY_DEFAULTS = {
+    "backoff_initial": 1.0,
+    "backoff_max": 60.0,
+    "reset_after": 60.0,
+    "start_limit_burst": 5,
+    "start_limit_interval": 60.0,
+    "failed_cooldown": 300.0,
+}
+
+
+class RestartPolicy:
+    __slots__ = tuple(POLICY_DEFAULTS)
+    backoff_initial: float
+    backoff_max: float
+    reset_after: float
+    start_limit_burst: int
+    start_limit_interval: float
+    failed_cooldown: float
+
+    def __init__(self, **values: float) -> None:
+        for name, default in POLICY_DEFAULTS.items():
+            setattr(self, name, values.get(name, default))
+
+    def __repr__(self) -> str:
+        return (
+            "RestartPolicy(" + ", ".join(f"{n}={getattr(self, n)}" for n in POLICY_DEFAULTS) + ")"
+        )
+
+    def delay(self, failures_in_a_row: int, jitter: Callable[[], float] | None = None) -> float:
+        """Seconds to wait before the next start after that many consecutive failures."""
+        if failures_in_a_row <= 0:
+            return 0.0
+        if jitter is None:
+            import random  # late: the CLI imports this module before it spawns the server
+
+            jitter = random.random
+        exponent = min(failures_in_a_row - 1, 32)  # 2**32 s is past any cap
+        base = min(self.backoff_max, self.backoff_initial * 2.0**exponent)
+        return base * (0.5 + 0.5 * jitter())
+
+
 FIELDS: dict[str, object] = {
     # The X server: a profile name (see _profiles.py) or a raw command, with extra arguments.
     "server": ("xvfb",),
@@ -58,13 +98,14 @@ FIELDS: dict[str, object] = {
 }
 
 
-class Settings:
+class Settings(RestartPolicy):
     """What a display session needs to know; every field has a documented default (FIELDS).
+    It is a RestartPolicy too: the policy's six fields are declared there, once.
 
     (A plain class rather than a dataclass: importing dataclasses costs the CLI milliseconds.)
     """
 
-    __slots__ = tuple(FIELDS)
+    __slots__ = tuple(name for name in FIELDS if name not in POLICY_DEFAULTS)
     # (Annotations only, for type checkers: the slots above are the attributes.)
     server: tuple[str, ...]
     screen: str | None
@@ -75,12 +116,6 @@ class Settings:
     wm: tuple[str, ...]
     record: str | None
     record_fps: float
-    backoff_initial: float
-    backoff_max: float
-    reset_after: float
-    start_limit_burst: int
-    start_limit_interval: float
-    failed_cooldown: float
 
     def __init__(self, **values: object):
         unknown = set(values) - set(FIELDS)
@@ -90,17 +125,16 @@ class Settings:
             setattr(self, name, values.get(name, default))
 
     def _values(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
+        return tuple(getattr(self, name) for name in FIELDS)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Settings) and self._values() == other._values()
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in FIELDS)
         return f"Settings({fields})"
 
     def policy(self) -> RestartPolicy:
-        from ._policy import RestartPolicy
 
         return RestartPolicy(**{name: getattr(self, name) for name in POLICY_DEFAULTS})
 

@@ -10,7 +10,7 @@ import os
 import stat
 
 from ._holder import bound_abstract_displays
-from ._x11 import X11_UNIX_DIR, lock_path, socket_path  # noqa: F401 (re-exported)
+from ._paths import X11_UNIX_DIR, socket_path
 
 
 def remove_dead_socket(

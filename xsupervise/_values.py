@@ -57,8 +57,6 @@ def _bool(value: object) -> bool:
 
 
 def _listen(value: object) -> str:
-    from ._vnc import split_listen
-
     text = str(value).strip()
     split_listen(text)  # raises ValueError with the expected form
     return text
@@ -77,3 +75,16 @@ def _fps(value: object) -> float:
     if not 0 < rate <= 60:
         raise ValueError("must be a number of frames a second above 0, at most 60")
     return rate
+
+
+def split_listen(listen: str) -> tuple[str, int | None]:
+    """'ADDR', 'ADDR:PORT', '[V6]' or '[V6]:PORT' -> (address, port or None)."""
+    host, port = listen, ""
+    if listen.startswith("["):
+        host, _, rest = listen[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif listen.count(":") == 1:
+        host, port = listen.split(":")
+    if not host or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+        raise ValueError("must look like ADDR or ADDR:PORT, e.g. 127.0.0.1:5901")
+    return host, int(port) if port else None

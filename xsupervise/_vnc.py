@@ -16,7 +16,8 @@ import socket
 
 from . import _errors as errors
 from . import _log as log
-from ._profiles import check_socket_path
+from ._paths import check_socket_path
+from ._values import split_listen
 from ._vnc_endpoint import VncEndpoint
 
 _FIRST_PORT, _LAST_PORT = 5900, 5999
@@ -41,19 +42,6 @@ def vnc_args(listen: str | None, directory: str) -> tuple[list[str], VncEndpoint
         port,
     )
     return ["-rfbport", str(port), "-interface", host, *args], endpoint
-
-
-def split_listen(listen: str) -> tuple[str, int | None]:
-    """'ADDR', 'ADDR:PORT', '[V6]' or '[V6]:PORT' -> (address, port or None)."""
-    host, port = listen, ""
-    if listen.startswith("["):
-        host, _, rest = listen[1:].partition("]")
-        port = rest.removeprefix(":")
-    elif listen.count(":") == 1:
-        host, port = listen.split(":")
-    if not host or (port and not (port.isdigit() and 0 < int(port) < 65536)):
-        raise ValueError("must look like ADDR or ADDR:PORT, e.g. 127.0.0.1:5901")
-    return host, int(port) if port else None
 
 
 def _free_port(host: str, port: int | None) -> int:

@@ -18,10 +18,11 @@ import time
 
 from . import _errors as errors
 from ._notify import child_environment
+from ._paths import socket_path
 from ._process import Child, describe_status, peer_credentials, spawn
 from ._server_output import read_output
 from ._steps import Wait
-from ._x11 import refusal_reason, served_by, setup_request, socket_path
+from ._x11 import refusal_reason, served_by, setup_request
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -14,21 +14,13 @@ import struct
 import time
 from collections.abc import Generator
 
+from ._paths import socket_path
 from ._process import Child, Offload, Steps, Wait, peer_credentials
 
-X11_UNIX_DIR = "/tmp/.X11-unix"
 COOKIE_PROTOCOL = b"MIT-MAGIC-COOKIE-1"
 _FAMILY_WILD = 0xFFFF  # matches any host and (with an empty number) any display
 _MAX_DISPLAY_DIGITS = 6
 _EXIT_AFTER_EOF = 0.25  # seconds
-
-
-def socket_path(number: int) -> str:
-    return f"{X11_UNIX_DIR}/X{number}"
-
-
-def lock_path(number: int) -> str:
-    return f"/tmp/.X{number}-lock"
 
 
 def server_argv(

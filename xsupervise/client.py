@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Any, Self, TypeAlias
 
-    from ._protocol import Reply, StatusEntry
+    from ._local_ops import StatusEntry
+    from ._protocol import Reply
 
     # (Inside Client, `list` means its method.)
     Records: TypeAlias = "list[dict[str, Any]]"
