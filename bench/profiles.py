@@ -4,7 +4,7 @@
 
 For each installed profile (and xvfb with glx = false): ``xsupervise.Display.start()`` (ready:
 -displayfd, then an X11 handshake with our cookie; xwayland: weston's socket first) against
-the very argv and environment xsupervise would use (built by the same code, _profiles.
+the very argv and environment xsupervise would use (built by the same code, launch.profiles.
 plan_launch), spawned by hand with subprocess and ready when its number arrives on -displayfd
 (xwayland: weston started by hand first, its socket polled every millisecond). Rounds are
 interleaved in a fresh random order. Xephyr nests into an Xvfb started here (untimed).
@@ -23,11 +23,11 @@ import time
 from collections.abc import Callable
 
 import xsupervise
-from xsupervise._compositor import Weston
-from xsupervise._paths import RuntimeDir
-from xsupervise._profiles import PROFILES, plan_launch
-from xsupervise._server import SessionFiles
-from xsupervise._settings import Settings
+from xsupervise.host.paths import RuntimeDir
+from xsupervise.launch.compositor import Weston
+from xsupervise.launch.profiles import PROFILES, plan_launch
+from xsupervise.launch.server import SessionFiles
+from xsupervise.launch.settings import Settings
 
 SCREEN = "1280x1024x24"
 VARIANTS = {  # label -> settings
@@ -76,7 +76,7 @@ def by_hand(settings: Settings) -> float:
         plan = plan_launch(settings, None, w, files)
         env = {**os.environ, **plan.env}
         t0 = time.perf_counter()
-        if plan.companion is not None:  # weston, as _compositor.Weston runs it
+        if plan.companion is not None:  # weston, as launch.compositor.Weston runs it
             weston = plan.companion
             assert isinstance(weston, Weston)
             socket_path = os.path.join(weston.runtime, "wayland-0")

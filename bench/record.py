@@ -33,8 +33,8 @@ from pathlib import Path
 import psutil
 
 from xsupervise import Display
-from xsupervise._recording import start_recording
-from xsupervise._steps import run_blocking
+from xsupervise.host.steps import run_blocking
+from xsupervise.launch.recording import start_recording
 
 XSUPERVISE = [sys.executable, "-m", "xsupervise"]
 SCREEN = "1280x1024x24"

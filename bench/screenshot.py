@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/screenshot.py [--shots N] [--rounds N]
 
-1. ``_screenshot.capture`` (connect with the cookie, grab the root window, write the PNG) on
+1. ``media.screenshot.capture`` (connect with the cookie, grab the root window, write the PNG) on
    a 1280x1024 and a 3840x2160 display showing a pattern: p50 and p90 over N shots.
 2. What a display run by an ``xsupervise start --exit-with-parent`` child (the plugin's way,
    so that a SIGKILLed pytest leaves nothing) costs against an in-process ``Display``.
@@ -30,8 +30,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from xsupervise._child_display import ChildDisplay
-from xsupervise._screenshot import capture
+from xsupervise.api.child_display import ChildDisplay
+from xsupervise.media.screenshot import capture
 
 SIZES = ("1280x1024x24", "3840x2160x24")
 MODES = {
@@ -164,7 +164,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (2., 3.)")
     args = parser.parse_args()
 
-    print("1. _screenshot.capture (connect, grab, PNG)")
+    print("1. media.screenshot.capture (connect, grab, PNG)")
     print(f"   {'screen':<14}{'p50':>11}{'p90':>11}{'PNG size':>12}")
     for screen, middle, p90, size in bench_screenshots(args.shots):
         print(f"   {screen:<14}{ms(middle)}  {ms(p90)}{size / 1024:9.0f} KiB")

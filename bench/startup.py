@@ -201,7 +201,8 @@ def contained(kind: str, contender):
 def mechanisms() -> list[str]:
     """The containment mechanisms this machine offers; "group" (a process group and session,
     what xsupervise did before containment) is the baseline the others are measured against."""
-    from xsupervise import _cgroup, _containment
+    from xsupervise.launch import cgroup as _cgroup
+    from xsupervise.launch import containment as _containment
 
     kinds = ["group"]
     if _containment._namespace_prefix() is not None:

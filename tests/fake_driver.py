@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 from fakes import READY, Behaviour, FakeClock, FakeLauncher
 
-from xsupervise._ledger import Ledger
-from xsupervise._paths import RuntimeDir
-from xsupervise._process import Offload, Wait
-from xsupervise._session import Session
-from xsupervise._settings import load_settings
-from xsupervise._states import Mode
+from xsupervise.host.paths import RuntimeDir
+from xsupervise.launch.process import Offload, Wait
+from xsupervise.launch.settings import load_settings
+from xsupervise.session.ledger import Ledger
+from xsupervise.session.session import Session
+from xsupervise.session.states import Mode
 
 
 class Stop(Exception):

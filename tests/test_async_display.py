@@ -35,7 +35,12 @@ def test_concurrent_starts_in_one_loop(runtime_dir: Path):
             xsupervise.AsyncDisplay(":auto", screen=f"{640 + 16 * i}x480x24") for i in range(4)
         ]
         # What a first start imports costs the loop once (~100 ms here), not per start.
-        for module in ("xsupervise._aio", "xsupervise._recovery", "xsupervise._stale", "json"):
+        for module in (
+            "xsupervise.host.aio",
+            "xsupervise.launch.recovery",
+            "xsupervise.host.stale",
+            "json",
+        ):
             importlib.import_module(module)
 
         async with Heartbeat() as beat:  # proves the loop keeps running while servers start

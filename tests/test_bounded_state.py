@@ -8,9 +8,9 @@ import os
 from fake_driver import Stop, worlds_fixture  # noqa: F401 - a fixture
 from fakes import EXITS, READY, dies
 
-from xsupervise._ledger import Ledger
-from xsupervise._listener import bind
-from xsupervise._states import Mode
+from xsupervise.host.listener import bind
+from xsupervise.session.ledger import Ledger
+from xsupervise.session.states import Mode
 
 
 def ledger_files(world) -> list[str]:

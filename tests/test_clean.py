@@ -16,8 +16,8 @@ import pytest
 
 import xsupervise
 from conftest import XSUPERVISE, free_display_number, requires_xvfb
-from xsupervise._paths import lock_path, socket_path
-from xsupervise._stale import check_shared_dir
+from xsupervise.host.paths import lock_path, socket_path
+from xsupervise.host.stale import check_shared_dir
 
 NOBODY = 65534
 AN_HOUR_AGO = time.time() - 3600

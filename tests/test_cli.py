@@ -22,8 +22,8 @@ from conftest import (
     start_cli,
     wait_gone,
 )
-from xsupervise._cli import main
-from xsupervise._holder import bound_abstract_displays
+from xsupervise.cli.main import main
+from xsupervise.host.holder import bound_abstract_displays
 
 
 def announced(process: subprocess.Popen) -> dict[str, str]:
@@ -327,7 +327,7 @@ def test_help_teaches_examples_and_exit_codes(capsys):
 
 
 def test_every_subcommand_is_one_row_of_the_table(capsys):
-    from xsupervise._cli import SUBCOMMANDS
+    from xsupervise.cli.main import SUBCOMMANDS
 
     with pytest.raises(SystemExit):
         main(["--help"])
@@ -343,9 +343,9 @@ def test_every_subcommand_is_one_row_of_the_table(capsys):
 
 
 def test_exit_codes_are_named_once_and_each_is_explained_in_the_help():
-    from xsupervise import _errors as errors
-    from xsupervise._cli_parsers import EXIT_CODES
-    from xsupervise._errors import ExitCode
+    from xsupervise.cli.parsers import EXIT_CODES
+    from xsupervise.host import errors
+    from xsupervise.host.errors import ExitCode
 
     assert errors.UsageError.exit_code is ExitCode.USAGE
     assert errors.EnvironmentProblem.exit_code is ExitCode.ENVIRONMENT
@@ -366,7 +366,9 @@ def test_exit_codes_are_named_once_and_each_is_explained_in_the_help():
 
 # systemd-python is an extra; "not installed" is simulated by a None entry in sys.modules,
 # which makes every `import systemd...` raise ImportError, as in a venv without it.
-WITHOUT_SYSTEMD = "import sys; sys.modules['systemd'] = None; from xsupervise._cli import main; "
+WITHOUT_SYSTEMD = (
+    "import sys; sys.modules['systemd'] = None; from xsupervise.cli.main import main; "
+)
 
 
 @requires_xvfb

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from conftest import XSUPERVISE, free_display_number, read_line, requires_xvfb, start_cli
-from xsupervise._check import check
-from xsupervise._cli import main as cli_main
-from xsupervise._holder import bound_abstract_displays
-from xsupervise._x11 import xauthority_entry
+from xsupervise.cli.main import main as cli_main
+from xsupervise.host.holder import bound_abstract_displays
+from xsupervise.launch.check import check
+from xsupervise.launch.x11 import xauthority_entry
 
 ROOT = Path(__file__).parent.parent
 VENV_BIN = Path(sys.executable).parent

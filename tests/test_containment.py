@@ -24,7 +24,8 @@ from tests.conftest import (
     start_cli,
     wait_gone,
 )
-from xsupervise import _cgroup, _containment
+from xsupervise.launch import cgroup as _cgroup
+from xsupervise.launch import containment as _containment
 
 
 def _available() -> list[str]:
@@ -248,8 +249,8 @@ def test_start_in_the_fallback_stops_a_daemon_its_server_left(tmp_path: Path, ru
 def test_a_session_id_taken_by_another_process_is_never_swept():
     """Once a dead server's session is empty, its number may lead a new session: the sweep
     goes ahead only while that pid is free or is still the server (pinned by start time)."""
-    from xsupervise._group import session_is_ours, sweep_session
-    from xsupervise._pinned import start_ticks
+    from xsupervise.host.group import session_is_ours, sweep_session
+    from xsupervise.host.pinned import start_ticks
 
     other = subprocess.Popen(["sleep", "300"], start_new_session=True)  # leads session `pid`
     try:

@@ -25,8 +25,8 @@ from conftest import (
     requires_xvfb,
     wait_gone,
 )
-from xsupervise import _containment
-from xsupervise._server_output import server_reason
+from xsupervise.launch import containment as _containment
+from xsupervise.launch.server_output import server_reason
 
 SHAPES = str(TESTS / "fake_x_shapes.py")
 RUN_IT_YOURSELF = re.escape(
@@ -240,7 +240,7 @@ def test_a_helper_the_server_double_forked_is_the_servers_under_start(tmp_path: 
 
 
 def test_a_leftover_nothing_places_is_of_unknown_origin_not_commands(tmp_path: Path):
-    from xsupervise._leftovers import Lineage
+    from xsupervise.session.leftovers import Lineage
 
     lineage = Lineage()
     lineage.add_root(os.getpid() + 10**6, "X server pid 1")  # a root none of these is under
@@ -274,7 +274,7 @@ def test_a_leftover_nothing_places_is_of_unknown_origin_not_commands(tmp_path: P
 
 
 def _kinds() -> list[str]:
-    from xsupervise import _cgroup
+    from xsupervise.launch import cgroup as _cgroup
 
     kinds = ["group"]
     if _containment._namespace_prefix() is not None:

@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from xsupervise._ledger import Ledger
-from xsupervise._paths import RuntimeDir
+from xsupervise.host.paths import RuntimeDir
+from xsupervise.session.ledger import Ledger
 
 # Runs the CLI with systemd-python's journal sender replaced by one that appends to a file.
 WRAPPER = """
@@ -23,7 +23,7 @@ def send(MESSAGE, **fields):
     with open(sys.argv[1], "a") as out:
         out.write(json.dumps({"MESSAGE": MESSAGE, **fields}, default=str) + "\\n")
 journal.JournalHandler.__init__.__defaults__ = (0, send)
-from xsupervise._cli import main
+from xsupervise.cli.main import main
 sys.exit(main(sys.argv[2:]))
 """
 NAME = "journal-broken"

@@ -137,7 +137,7 @@ def test_the_desktop_entry_is_a_budgeted_launcher_with_a_raw_socket_proxy():
     assert {"--relaunched", "--exit-with-parent", "--substitute"} <= set(command[:cut])
     assert command[command.index("--name") + 1] == SESSION_NAME
     assert command[command.index("--server") + 1] == "xvnc"
-    assert command[cut + 1 :][1:4] == ["-m", "xsupervise._jupyter_desktop", "{unix_socket}"]
+    assert command[cut + 1 :][1:4] == ["-m", "xsupervise.media.jupyter_desktop", "{unix_socket}"]
     assert spec["unix_socket"] is True and spec["raw_socket_proxy"] is True
     assert spec["launcher_entry"] == {
         "enabled": True,

@@ -8,7 +8,7 @@ import subprocess
 
 from conftest import requires_xvfb
 from xsupervise import jupyter
-from xsupervise._settings import load_settings
+from xsupervise.launch.settings import load_settings
 
 
 def render(spec: dict, port: int = 8765) -> list[str]:

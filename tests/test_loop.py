@@ -167,9 +167,9 @@ def test_a_server_slow_to_die_does_not_block_the_loop(
 
 def _abandoned_server(tmp_path: Path, runtime_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A server that ignores SIGTERM, recorded by a supervisor that is gone; its record's token."""
-    from xsupervise._paths import RuntimeDir
-    from xsupervise._process import start_ticks
-    from xsupervise._records import SessionRecord
+    from xsupervise.host.paths import RuntimeDir
+    from xsupervise.launch.process import start_ticks
+    from xsupervise.launch.records import SessionRecord
 
     report = tmp_path / "abandoned"
     server = subprocess.Popen(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from xsupervise import _policy as policy
-from xsupervise._policy import History
-from xsupervise._settings import RestartPolicy
+from xsupervise.launch.settings import RestartPolicy
+from xsupervise.session import policy
+from xsupervise.session.policy import History
 
 MAX_JITTER = lambda: 1.0  # noqa: E731 - the longest delays
 MIN_JITTER = lambda: 0.0  # noqa: E731 - the shortest

@@ -369,8 +369,8 @@ def test_no_daemon_is_exit_5_never_a_private_server(tmp_path):
 
 
 def test_pool_tables_are_checked(tmp_path, monkeypatch):
-    from xsupervise._errors import UsageError
-    from xsupervise._pool_spec import load_pool_specs
+    from xsupervise.daemon.pool_spec import load_pool_specs
+    from xsupervise.host.errors import UsageError
 
     config = write_pools(tmp_path / "c.toml", {"ci": {"size": 3, "screen": "800x600x24"}})
     monkeypatch.setenv("XSUPERVISE_CONFIG", str(config))

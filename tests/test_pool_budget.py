@@ -8,16 +8,16 @@ from __future__ import annotations
 from fake_driver import worlds_fixture  # noqa: F401 - the fixture
 from fakes import NEVER, READY, Behaviour, dies
 
-from xsupervise import _policy as policy
-from xsupervise._ledger import holds_nothing
-from xsupervise._process import same_process
-from xsupervise._states import Mode
+from xsupervise.launch.process import same_process
+from xsupervise.session import policy
+from xsupervise.session.ledger import holds_nothing
+from xsupervise.session.states import Mode
 
 POOL = "pool.default"
 
 
 def hand_over(session) -> None:
-    """What _pool.Pool.take does to a ready spare it hands to a lessee."""
+    """What daemon.pool.Pool.take does to a ready spare it hands to a lessee."""
     session.mode = Mode.DAEMON_LEASED
     with session.ledger.update() as history:
         policy.record_handed_over(history)

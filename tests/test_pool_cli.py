@@ -18,12 +18,12 @@ import pytest
 from test_pool import PoolDaemon, gone_within, ready
 
 from conftest import XSUPERVISE, ask_as, read_line, requires_xvfb
-from xsupervise._cli_pool_run import run_pool_fast
+from xsupervise.cli.pool_run import run_pool_fast
 from xsupervise.client import ControlError
 
 # The full CLI without the fast path (what `run --pool` did before it, and still does for
 # any other form of the command).
-FULL = [sys.executable, "-c", "import sys; from xsupervise._cli import main; sys.exit(main())"]
+FULL = [sys.executable, "-c", "import sys; from xsupervise.cli.main import main; sys.exit(main())"]
 
 CATCHER = (
     "import signal, sys, time\n"

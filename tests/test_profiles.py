@@ -19,7 +19,7 @@ import pytest
 
 import xsupervise
 from conftest import XSUPERVISE, read_line, start_cli, wait_gone
-from xsupervise._profiles import PROFILES
+from xsupervise.launch.profiles import PROFILES
 
 SCREEN = "1024x768x24"
 

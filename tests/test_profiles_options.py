@@ -20,8 +20,8 @@ import pytest
 
 import xsupervise
 from conftest import XSUPERVISE, read_line, requires_xvfb, start_cli, wait_gone
-from xsupervise._profiles import PROFILES
-from xsupervise._settings import load_settings
+from xsupervise.launch.profiles import PROFILES
+from xsupervise.launch.settings import load_settings
 
 
 def needs(name: str) -> pytest.MarkDecorator:
@@ -327,7 +327,7 @@ def test_a_real_vnc_client_takes_the_endpoint_as_reported(
     what it takes; the JSON form is structured ({"unix": PATH} or {"host", "port"})."""
     from PIL import Image
 
-    from xsupervise._vnc_endpoint import VncEndpoint
+    from xsupervise.launch.vnc_endpoint import VncEndpoint
 
     settings = load_settings({"server": "xvnc", "screen": "320x200x24", "vnc_listen": listen})
     with xsupervise.Display(settings=settings) as display:

@@ -1,4 +1,4 @@
-"""_screenshot.capture: a PNG of a display or of one window, over a cookie-authenticated
+"""media.screenshot.capture: a PNG of a display or of one window, over a cookie-authenticated
 connection; one clear line for each way it can fail."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_display_number, requires_xvfb
-from xsupervise._screenshot import ScreenshotError, capture
+from xsupervise.media.screenshot import ScreenshotError, capture
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -109,7 +109,7 @@ def test_a_silent_display_is_named(tmp_path: Path) -> None:
 
 
 def test_a_refused_cookie_is_named(display, tmp_path: Path) -> None:
-    from xsupervise._x11 import xauthority_entry
+    from xsupervise.launch.x11 import xauthority_entry
 
     wrong = tmp_path / "wrong.xauth"
     wrong.write_bytes(xauthority_entry(os.urandom(16)))  # a cookie, not this display's

@@ -28,8 +28,8 @@ from conftest import (
     read_report,
     requires_xvfb,
 )
-from xsupervise._protocol import OPS
 from xsupervise.client import Client, ControlError, DaemonUnavailable
+from xsupervise.daemon.protocol import OPS
 
 requires_socket_activate = pytest.mark.skipif(
     shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate missing"
@@ -380,7 +380,7 @@ def fill_listen_queue(path: str) -> list[socket.socket]:
 
 
 def test_a_listener_too_busy_to_accept_is_named_as_such_and_left_alone(tmp_path: Path):
-    from xsupervise._listener import SocketInUse, bind
+    from xsupervise.host.listener import SocketInUse, bind
 
     path = str(tmp_path / "control.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stuck:
@@ -622,8 +622,8 @@ def test_ten_thousand_malformed_requests_leave_it_answering(tmp_path: Path, noti
 
 def _in_process_daemon():
     """A Daemon object, not running: enough to answer requests that start nothing."""
-    from xsupervise._daemon import Daemon as DaemonObject
-    from xsupervise._paths import RuntimeDir
+    from xsupervise.daemon.daemon import Daemon as DaemonObject
+    from xsupervise.host.paths import RuntimeDir
 
     return DaemonObject(RuntimeDir.discover(), listener=None)
 
@@ -638,8 +638,8 @@ def _answer(daemon, request: dict | bytes) -> dict:
 def test_the_daemon_and_the_client_serve_the_same_ops_and_fields(monkeypatch):
     import inspect
 
-    from xsupervise._daemon import DaemonOps
-    from xsupervise._settings import FIELDS as SETTINGS
+    from xsupervise.daemon.daemon import DaemonOps
+    from xsupervise.launch.settings import FIELDS as SETTINGS
 
     served = {
         name
@@ -774,11 +774,11 @@ def test_journal_fields_reach_the_handler(tmp_path: Path, monkeypatch):
 
     from systemd.journal import JournalHandler
 
-    from xsupervise import _log as log
-    from xsupervise._aio import run_steps
-    from xsupervise._paths import RuntimeDir
-    from xsupervise._session import Mode, Session
-    from xsupervise._settings import load_settings
+    from xsupervise.host import log
+    from xsupervise.host.aio import run_steps
+    from xsupervise.host.paths import RuntimeDir
+    from xsupervise.launch.settings import load_settings
+    from xsupervise.session.session import Mode, Session
 
     with open(tmp_path / "stderr", "w") as stderr:
         info = os.fstat(stderr.fileno())

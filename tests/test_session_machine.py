@@ -13,12 +13,12 @@ import pytest
 from fake_driver import Stop, worlds_fixture  # noqa: F401 - a fixture
 from fakes import EXITS, MISSING, NEVER, READY, Behaviour, dies
 
-from xsupervise import _session
-from xsupervise._errors import ServerExited, ServerNotFound, SessionFailed
-from xsupervise._local_ops import session_status
-from xsupervise._session import Session
-from xsupervise._settings import RestartPolicy
-from xsupervise._states import Event, ImpossibleTransition, Mode, State, transition
+from xsupervise.host.errors import ServerExited, ServerNotFound, SessionFailed
+from xsupervise.launch.settings import RestartPolicy
+from xsupervise.session import session as _session
+from xsupervise.session.local_ops import session_status
+from xsupervise.session.session import Session
+from xsupervise.session.states import Event, ImpossibleTransition, Mode, State, transition
 
 # The policy of test_restart.py's CLI tests.
 FAST_POLICY = {

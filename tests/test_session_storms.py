@@ -12,10 +12,10 @@ import pytest
 from fake_driver import Run, Stop, World, worlds_fixture  # noqa: F401 - a fixture
 from fakes import MISSING, NEVER, READY
 
-from xsupervise._errors import ReadyTimeout
-from xsupervise._records import load_records
-from xsupervise._session import Session
-from xsupervise._states import Mode
+from xsupervise.host.errors import ReadyTimeout
+from xsupervise.launch.records import load_records
+from xsupervise.session.session import Session
+from xsupervise.session.states import Mode
 
 
 def relaunch(

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from xsupervise._errors import RuntimeDirError, UsageError
-from xsupervise._paths import RuntimeDir
-from xsupervise._settings import Settings, load_settings
+from xsupervise.host.errors import RuntimeDirError, UsageError
+from xsupervise.host.paths import RuntimeDir
+from xsupervise.launch.settings import Settings, load_settings
 
 
 def write_config(home: Path, text: str) -> Path:
@@ -98,7 +98,7 @@ def test_unfit_xdg_runtime_dir_falls_back_with_a_warning(tmp_path: Path, problem
         value = str(tmp_path / "link")
     warnings = []
     fallback = tmp_path / "system"
-    monkeypatch.setattr("xsupervise._paths.SYSTEM_RUNTIME_DIR", str(fallback))  # we are root
+    monkeypatch.setattr("xsupervise.host.paths.SYSTEM_RUNTIME_DIR", str(fallback))  # we are root
     runtime = RuntimeDir.discover(environ={"XDG_RUNTIME_DIR": value}, warn=warnings.append)
     assert runtime.path == str(fallback)
     assert len(warnings) == 1 and f"XDG_RUNTIME_DIR={value}" in warnings[0]
@@ -112,8 +112,8 @@ def test_root_login_shell_shares_the_system_services_directory(tmp_path: Path, m
     # xsupervise@ units run without it. Both must see the same sessions and restart budgets.
     system, login = tmp_path / "system", tmp_path / "user-0"
     login.mkdir(mode=0o700)
-    monkeypatch.setattr("xsupervise._paths.SYSTEM_RUNTIME_DIR", str(system))
-    monkeypatch.setattr("xsupervise._paths.ROOT_LOGIN_RUNTIME_DIR", str(login))
+    monkeypatch.setattr("xsupervise.host.paths.SYSTEM_RUNTIME_DIR", str(system))
+    monkeypatch.setattr("xsupervise.host.paths.ROOT_LOGIN_RUNTIME_DIR", str(login))
     runtime = RuntimeDir.discover(environ={"XDG_RUNTIME_DIR": f"{login}/"}, warn=pytest.fail)
     assert runtime.path == str(system) and not (login / "xsupervise").exists()
     # Units of root's own user manager (systemctl --user as root) keep their %t.
@@ -159,7 +159,7 @@ def test_unprivileged_user_without_xdg_runtime_dir_gets_a_private_home_directory
 
 def _check_fallback_as_nobody(home: Path, prefix: list[str], staged: dict[str, str]) -> None:
     code = (
-        "from xsupervise._paths import RuntimeDir; import os, stat; r = RuntimeDir.discover(); "
+        "from xsupervise.host.paths import RuntimeDir; import os, stat; r = RuntimeDir.discover(); "
         "print(r.path, oct(stat.S_IMODE(os.lstat(r.path).st_mode)), os.lstat(r.path).st_uid)"
     )
     result = subprocess.run(
@@ -173,9 +173,10 @@ def _check_fallback_as_nobody(home: Path, prefix: list[str], staged: dict[str, s
 
 
 def test_every_setting_is_typed_for_type_checkers():
-    from xsupervise._settings import FIELDS
+    from xsupervise.launch.settings import FIELDS, RestartPolicy
 
-    assert list(Settings.__annotations__) == list(FIELDS)
+    # The restart policy's six are declared once, on RestartPolicy, which Settings is.
+    assert [*Settings.__annotations__, *RestartPolicy.__annotations__] == list(FIELDS)
 
 
 @pytest.mark.parametrize("table", ["", "[session.main]\n"])

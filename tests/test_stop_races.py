@@ -32,7 +32,7 @@ from conftest import (
     start_cli,
     wait_gone,
 )
-from xsupervise import _containment
+from xsupervise.launch import containment as _containment
 
 
 @pytest.fixture(params=["auto", "group"])
@@ -140,7 +140,7 @@ class _SignalsItself:
 def test_a_stop_signal_before_exec_stops_the_child_not_its_parent():
     # Our handler in a child that has not exec'd yet would write to our wakeup fd: a daemon
     # then saw a second stop signal it was never sent (and cut every grace short).
-    from xsupervise._process import spawn
+    from xsupervise.launch.process import spawn
 
     read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     previous_fd = signal.set_wakeup_fd(write_end)
@@ -164,7 +164,7 @@ def test_with_exit_with_parent_a_repeated_sigterm_is_one_stop_not_two(exit_with_
     # parent (Jupyter, SIGKILLed) is handed from one exiting thread to the next. Taken as a
     # second request, it cut the grace short: the namespace's init was left to us, killed,
     # and the X server's socket file outlived it (issue 19, the Jupyter launcher's leak).
-    from xsupervise._signals import SignalInbox
+    from xsupervise.host.signals import SignalInbox
 
     with SignalInbox(exit_with_parent) as inbox:
         os.kill(os.getpid(), signal.SIGTERM)

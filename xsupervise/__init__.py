@@ -5,10 +5,11 @@
         subprocess.run(["xterm"], env={**os.environ, **display.env})
 
 The public API is what ``__all__`` lists, plus ``xsupervise.client`` (the daemon's client) and
-``xsupervise.jupyter`` (jupyter-server-proxy helpers). Modules named ``_*`` are private.
+``xsupervise.jupyter`` (jupyter-server-proxy helpers). Its subpackages are private
+(docs/architecture.md maps them).
 """
 
-from ._errors import (
+from .host.errors import (
     BadDisplayFd,
     EnvironmentProblem,
     NoSuchSession,
@@ -23,10 +24,7 @@ from ._errors import (
     UsageError,
     XSuperviseError,
 )
-
-# The one version source: pyproject.toml reads it (tool.setuptools.dynamic). A literal, not
-# importlib.metadata, which would add ~40 ms to every `xsupervise run`.
-__version__ = "0.1.0"
+from .host.version import __version__ as __version__
 
 __all__ = [
     "Display",
@@ -51,24 +49,24 @@ __all__ = [
 # name TYPE_CHECKING as true.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._async_display import AsyncDisplay
-    from ._display import Display
-    from ._vnc_endpoint import VncEndpoint
+    from .api.async_display import AsyncDisplay
+    from .api.display import Display
+    from .launch.vnc_endpoint import VncEndpoint
 
 
 def __getattr__(name: str) -> object:
     # Imported on first use: the CLI imports this package too, and Python start-up time is
     # part of every `xsupervise run`.
     if name == "Display":
-        from ._display import Display
+        from .api.display import Display
 
         return Display
     if name == "AsyncDisplay":
-        from ._async_display import AsyncDisplay
+        from .api.async_display import AsyncDisplay
 
         return AsyncDisplay
     if name == "VncEndpoint":
-        from ._vnc_endpoint import VncEndpoint
+        from .launch.vnc_endpoint import VncEndpoint
 
         return VncEndpoint
     raise AttributeError(f"module 'xsupervise' has no attribute {name!r}")

@@ -1,3 +1,3 @@
-from ._cli_fast import console
+from .cli.console import console
 
 console()

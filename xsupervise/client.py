@@ -1,4 +1,4 @@
-"""A client of ``xsupervise serve``'s control socket (the protocol: ``_protocol.py``).
+"""A client of ``xsupervise serve``'s control socket (the protocol: ``daemon/protocol.py``).
 
     from xsupervise.client import Client
     with Client() as daemon:
@@ -9,7 +9,7 @@ A reply with ``"ok": false`` raises ``ControlError`` carrying the daemon's messa
 exit code the CLI would use for it.
 
 A lease as ``client.Client`` holds it (``client.Lease``), and the events the daemon pushes
-about it (``_protocol.EVENTS``): a line with an ``"event"`` and no ``"ok"``, wherever it
+about it (``daemon.protocol.EVENTS``): a line with an ``"event"`` and no ``"ok"``, wherever it
 comes (between replies, or while the client is idle holding a lease). ``Client`` keeps them
 aside from replies.
 """
@@ -20,12 +20,12 @@ import json
 import os
 import socket
 
-from . import _protocol as protocol
-from ._errors import EnvironmentProblem, ExitCode, UsageError, XSuperviseError
+from .daemon import protocol
+from .host.errors import EnvironmentProblem, ExitCode, UsageError, XSuperviseError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._protocol import Reply
+    from .daemon.protocol import Reply
 
 __all__ = [
     "Client",
@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Any, Self, TypeAlias
 
-    from ._local_ops import StatusEntry
-    from ._protocol import Reply
+    from .daemon.protocol import Reply
+    from .session.local_ops import StatusEntry
 
     # (Inside Client, `list` means its method.)
     Records: TypeAlias = "list[dict[str, Any]]"
@@ -70,7 +70,7 @@ class DaemonUnavailable(EnvironmentProblem):
 
 
 def default_socket_path() -> str:
-    from ._paths import RuntimeDir, default_path
+    from .host.paths import RuntimeDir, default_path
 
     return default_path(RuntimeDir.discover())
 
@@ -83,14 +83,14 @@ class Client:
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._buffer = b""
-        self._events: list[Reply] = []  # pushed by the daemon (see _protocol.EVENTS)
+        self._events: list[Reply] = []  # pushed by the daemon (see daemon.protocol.EVENTS)
         self._closed_by_daemon = False
 
     def __repr__(self) -> str:
         return f"<Client {self.path}>"
 
     def connect(self) -> Self:
-        from ._listener import connect
+        from .host.listener import connect
 
         try:
             self._sock = connect(self.path, self.timeout)
@@ -188,7 +188,7 @@ class Client:
         assert self._sock is not None
         return self._sock
 
-    # One method per op of the protocol (_protocol.OPS), taking that op's fields.
+    # One method per op of the protocol (daemon.protocol.OPS), taking that op's fields.
     def ping(self) -> Reply:
         """The daemon's pid, version, number of sessions and status line."""
         return self._ask("ping", {})

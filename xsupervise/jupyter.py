@@ -30,7 +30,7 @@ import shlex
 import sys
 from collections.abc import Mapping, Sequence
 
-from ._settings import Settings, load_settings
+from .launch.settings import Settings, load_settings
 
 __all__ = ["server_process", "session_name", "proxy_timeout", "APP_START_SECONDS", "setup_desktop"]
 
@@ -129,7 +129,7 @@ def setup_desktop() -> dict[str, object]:
     behind Jupyter's login (the server extension below). ``XSUPERVISE_DESKTOP_XSTARTUP``: the
     command run on the display (e.g. ``xfce4-session``); without one, the first window manager
     installed. See docs/jupyter.md."""
-    from . import _jupyter_desktop as desktop
+    from .media import jupyter_desktop as desktop
 
     environment = {}
     wm = desktop.window_manager()
@@ -137,7 +137,7 @@ def setup_desktop() -> dict[str, object]:
         environment["XSUPERVISE_WM"] = wm
     return server_process(
         desktop.NAME,
-        [sys.executable, "-m", "xsupervise._jupyter_desktop", "{unix_socket}", *desktop.xstartup()],
+        [sys.executable, "-m", desktop.__name__, "{unix_socket}", *desktop.xstartup()],
         title="Desktop",
         server="xvnc",
         environment=environment,
@@ -154,6 +154,6 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 
 def _load_jupyter_server_extension(serverapp: object) -> None:
-    from ._jupyter_desktop import load
+    from .media.jupyter_desktop import load
 
     load(serverapp)

@@ -14,7 +14,7 @@ rest of xsupervise is imported when a display is first needed.
     def test_small(xdisplay): ...
 
 Each display runs under an ``xsupervise start --exit-with-parent`` child (see
-_child_display.py): if pytest is SIGKILLed, the child still stops the server and removes
+api/child_display.py): if pytest is SIGKILLed, the child still stops the server and removes
 every file of the session.
 """
 
@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from ._child_display import Shown
-    from ._xdisplay_run import XDisplayRun
+    from .api.child_display import Shown
+    from .api.xdisplay_run import XDisplayRun
 
 __all__ = ["XDisplay", "xdisplay"]
 
@@ -87,13 +87,13 @@ def pytest_configure(config: pytest.Config) -> None:
         "xdisplay(screen=None, server=None, fresh=False): the test needs an X display; with "
         "fresh=True, a screen or a server it gets a private one for itself (xsupervise)",
     )
-    from ._xdisplay_run import XDisplayRun
+    from .api.xdisplay_run import XDisplayRun
 
     config.stash[_RUN] = run = XDisplayRun(config)
     config.pluginmanager.register(run, "xsupervise-xdisplay")
     video = config.getoption("xdisplay_video") or config.getini("xdisplay_video")
-    if video != "off":  # see _xdisplay_video.py
-        from ._xdisplay_video import VideoRecorder
+    if video != "off":  # see api/xdisplay_video.py
+        from .api.xdisplay_video import VideoRecorder
 
         config.pluginmanager.register(VideoRecorder(run, video), "xsupervise-xdisplay-video")
 
@@ -138,7 +138,7 @@ class XDisplay:
         self, path: str | os.PathLike[str], window: int | None = None
     ) -> tuple[int, int]:
         """Write a PNG of the display (or of window ``window``) to ``path``; its (w, h)."""
-        from ._screenshot import capture
+        from .media.screenshot import capture
 
         return capture(self.display, self.xauthority, path, window)
 

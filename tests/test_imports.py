@@ -1,0 +1,125 @@
+"""The package's shape (issue 21): subpackages by concept, in layers, with no import cycles.
+
+Every import of one of our modules counts, wherever it is: at module level, inside a
+function (a lazy import is still a dependency), or under ``TYPE_CHECKING``. A module may
+import its own layer and the layers below; never one above. A cycle of any kind fails.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "xsupervise"
+# Lowest first. The public modules at the top (client.py is the daemon's client, so it sits
+# with the daemon; Display and the rest of the library API use it).
+LAYERS: list[set[str]] = [
+    {"host"},  # what this machine tells us: errors, logs, paths, processes by pidfd, sockets
+    {"launch"},  # one X server, from its settings to its teardown
+    {"session", "media"},  # a display's life; what you see of a display
+    {"daemon", "client"},  # `serve`, its control socket, pools and leases; its client
+    {"api"},  # Display, AsyncDisplay, the pytest plugin's child
+    {"cli", "jupyter", "pytest_plugin", "__init__", "__main__"},  # the ways in
+]
+RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        name = ".".join(parts)
+        found[name.removesuffix(".__init__") if name != "__init__" else "__init__"] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """Our modules that module ``name`` imports, anywhere in it."""
+    is_package = path.name == "__init__.py"
+    here = [] if name == "__init__" else name.split(".")
+    if not is_package:
+        here = here[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[: len(here) - (node.level - 1)]
+                target = [*base, *(node.module.split(".") if node.module else [])]
+            elif node.module and node.module.split(".")[0] == "xsupervise":
+                target = node.module.split(".")[1:]
+            else:
+                continue
+            for alias in node.names:
+                candidate = ".".join([*target, alias.name])
+                found.add(candidate if candidate in MODULES else ".".join(target) or "__init__")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "xsupervise":
+                    found.add(".".join(parts[1:]) or "__init__")
+    found.discard(name)
+    return {module for module in found if module in MODULES}
+
+
+GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
+
+
+def _layer(module: str) -> str:
+    return module.split(".")[0]
+
+
+def test_every_module_is_in_a_layer() -> None:
+    assert {_layer(module) for module in MODULES} <= set(RANK)
+
+
+def test_at_most_twelve_entries_in_the_package() -> None:
+    entries = [p.name for p in PACKAGE.iterdir() if p.name != "__pycache__"]
+    assert len(entries) <= 12, sorted(entries)
+
+
+def test_no_import_reaches_up_a_layer() -> None:
+    upward = [
+        f"{module} -> {target}"
+        for module, targets in GRAPH.items()
+        for target in targets
+        if RANK[_layer(target)] > RANK[_layer(module)]
+    ]
+    assert not upward, "imports from a higher layer: " + "; ".join(sorted(upward))
+
+
+def test_no_import_cycle_of_any_kind() -> None:
+    # Tarjan's strongly connected components: any with more than one module is a cycle.
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for target in GRAPH[module]:
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in on_stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for module in GRAPH:
+        if module not in index:
+            visit(module)
+    assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)

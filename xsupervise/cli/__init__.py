@@ -1,0 +1,2 @@
+"""The command line: the console entry point (with `run --pool`'s fast path), the
+parsers, and one module per group of commands."""

@@ -1,0 +1,126 @@
+"""The ``xsupervise`` command line. ``main(argv) -> exit code``; only __main__ calls sys.exit.
+
+Every subcommand is one row of ``SUBCOMMANDS``: its parser builder (cli.parsers) beside its
+handler (cli.commands). Heavy modules are imported inside the handlers: Python start-up is
+part of every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..host import log
+from ..host.errors import XSuperviseError
+from ..host.systemd import require_systemd_python
+from ..media import view as cli_view
+from . import commands, parsers
+from . import lease as cli_lease
+from . import record as cli_record
+from . import servers as cli_servers
+
+TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from .parsers import Subparsers
+
+# What a subcommand does with a COMMAND after '--'.
+NO_COMMAND, OPTIONAL_COMMAND, REQUIRED_COMMAND = "none", "optional", "required"
+
+
+class Subcommand:
+    """One subcommand: how its parser is built, what handles it, whether it takes COMMAND."""
+
+    __slots__ = ("add_parser", "command", "handle")
+
+    def __init__(
+        self,
+        add_parser: Callable[[Subparsers], None],
+        handle: Callable[[argparse.Namespace, argparse.ArgumentParser], int],
+        command: str = NO_COMMAND,
+    ):
+        self.add_parser = add_parser
+        self.handle = handle
+        self.command = command
+
+    def __repr__(self) -> str:
+        return f"<Subcommand {self.handle.__name__}>"
+
+
+# In the order `xsupervise --help` lists them.
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "start": Subcommand(parsers.add_start, commands.start, OPTIONAL_COMMAND),
+    "serve": Subcommand(parsers.add_serve, commands.serve),
+    "run": Subcommand(parsers.add_run, commands.run, REQUIRED_COMMAND),
+    "list": Subcommand(parsers.add_list, commands.list_),
+    "stop": Subcommand(parsers.add_stop, commands.stop),
+    "status": Subcommand(parsers.add_status, commands.status),
+    "reset": Subcommand(parsers.add_reset, commands.reset),
+    "clean": Subcommand(parsers.add_clean, commands.clean),
+    "check": Subcommand(parsers.add_check, commands.check),
+    "screenshot": Subcommand(parsers.add_screenshot, commands.screenshot),
+    "view": Subcommand(cli_view.add_parser, cli_view.handle),
+    "record": Subcommand(cli_record.add_parser, cli_record.record),
+    "lease": Subcommand(cli_lease.add_lease, cli_lease.lease),
+    "servers": Subcommand(cli_servers.add_servers, cli_servers.servers),
+}
+
+
+def _build_parser(own_argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xsupervise",
+        description="Run headless X servers safely: verified ready, never leaked.",
+        epilog=parsers.EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens on stderr")
+    subparsers = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+    # Building every subcommand's parser costs milliseconds on each run: build only the one
+    # named, unless none is (then 'xsupervise --help' lists them all).
+    named = next((word for word in own_argv if not word.startswith("-")), None)
+    for name, subcommand in SUBCOMMANDS.items():
+        if named not in SUBCOMMANDS or name == named:
+            subcommand.add_parser(subparsers)
+    return parser
+
+
+def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Our options, and COMMAND after the first '--' (kept away from argparse, which would
+    otherwise take COMMAND's own options for ours)."""
+    if "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1 :]
+    return argv, []
+
+
+def _check(
+    args: argparse.Namespace, subcommand: Subcommand, parser: argparse.ArgumentParser
+) -> None:
+    """Usage errors argparse cannot see: COMMAND where none goes, or options that clash."""
+    if args.cmd and subcommand.command == NO_COMMAND:
+        parser.error(f"'{args.command}' takes no COMMAND after '--'")
+    if not args.cmd and subcommand.command == REQUIRED_COMMAND:
+        parser.error("give the command to run after '--', e.g. xsupervise run -- xterm")
+    if getattr(args, "parent_pid", None) is not None and not args.exit_with_parent:
+        parser.error("--parent-pid goes with --exit-with-parent")
+    if getattr(args, "detach", False) and args.cmd:
+        parser.error("--detach starts a display in the daemon; it takes no COMMAND")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    own, command = _split_command(list(sys.argv[1:] if argv is None else argv))
+    parser = _build_parser(own)
+    args = parser.parse_args(own)
+    args.cmd = command
+    subcommand = SUBCOMMANDS[args.command]
+    _check(args, subcommand, parser)
+    log.setup("DEBUG" if args.verbose else "INFO" if args.command == "serve" else "WARNING")
+    try:
+        require_systemd_python()
+        return subcommand.handle(args, parser)
+    except XSuperviseError as error:
+        if args.verbose:
+            log.get().debug("details", exc_info=True)
+        log.report(error)  # the journal under systemd (PRIORITY, SESSION...); else stderr
+        return error.exit_code

@@ -1,0 +1,2 @@
+"""`xsupervise serve`: its control socket and protocol, its sessions, warm pools and
+leases."""

@@ -1,0 +1,116 @@
+"""Small kernel helpers: prctl (die with the parent, subreaper), inotify, peer credentials,
+exit statuses in words. Kept apart from launch.process so that each stays readable."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+from collections.abc import Callable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+# A stop signal that reaches a child between fork and exec would run our handler there, and
+# the handler writes to our event loop's wakeup fd, which the child still shares: the daemon
+# would see a stop signal it was never sent (a "second" SIGTERM cuts every grace short). So
+# the spawning thread holds them blocked across the fork (see held_stop_signals), and the
+# child restores the default action before it unblocks them: one sent meanwhile stops it.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
+def held_stop_signals() -> set[int | signal.Signals]:
+    """Block the stop signals in this thread; return the mask to restore after the fork."""
+    return signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def die_with_parent(
+    parent_pid: int,
+    deathsig: int,
+    enter: Callable[[], None] | None = None,
+    mask: set[int | signal.Signals] | None = None,
+) -> Callable[[], None]:
+    def setup() -> None:  # runs in the child between fork and exec
+        # PR_SET_PDEATHSIG delivers ``deathsig`` when the *thread* that forked us exits;
+        # so processes must be spawned from a thread that outlives them.
+        if _libc.prctl(_PR_SET_PDEATHSIG, deathsig, 0, 0, 0) != 0:
+            os._exit(126)
+        # If the parent died before prctl took effect, no signal will ever come: leave now.
+        if os.getppid() != parent_pid:
+            os._exit(126)
+        if enter is not None:
+            enter()  # a boundary's; raises: Popen then raises SubprocessError (see spawn)
+        if mask is not None:  # last: a stop signal held since the fork now stops us
+            for signum in STOP_SIGNALS:
+                if callable(signal.getsignal(signum)):
+                    signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    return setup
+
+
+def signal_when_parent_dies(parent_pid: int, signum: int = signal.SIGTERM) -> bool:
+    """Ask the kernel to send us ``signum`` when our parent (the thread that forked us) exits.
+
+    ``parent_pid`` is the parent as first seen; False if it is already gone (we have been
+    re-parented), in which case no signal will ever come.
+    """
+    if _libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    return os.getppid() == parent_pid
+
+
+def become_subreaper() -> None:
+    """Orphans among our descendants (what COMMAND started and left) become our children,
+    not init's: we can then stop them without any risk of pid reuse (see stop_adopted)."""
+    if _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+IN_MODIFY, IN_MOVED_TO, IN_CREATE = 0x2, 0x80, 0x100
+
+
+def inotify_watch(path: str, mask: int) -> int:
+    """A non-blocking inotify fd that becomes readable on ``mask`` events at ``path`` (the
+    stdlib has no inotify). Raises OSError."""
+    fd = int(_libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+    if _libc.inotify_add_watch(fd, os.fsencode(path), mask) < 0:
+        errno = ctypes.get_errno()
+        os.close(fd)
+        raise OSError(errno, f"cannot watch {path}")
+    return fd
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a connected Unix socket: for a
+    client's connection, the process that called listen(); for a server's, the one that
+    connected (SO_PEERCRED, fixed by the kernel at that moment)."""
+    import socket
+    import struct
+
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)
+
+
+def describe_status(returncode: int) -> str:
+    """'exited with status 1' / 'was killed by SIGKILL', for log lines."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with status {returncode}"
+
+
+def shell_status(returncode: int) -> int:
+    """The exit code a shell would report: the status, or 128+signal."""
+    return 128 - returncode if returncode < 0 else returncode

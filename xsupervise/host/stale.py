@@ -1,0 +1,287 @@
+"""Is a display number served by a live X server? Decided from the kernel, not from files.
+
+On Linux an X server also listens on the abstract socket ``@/tmp/.X11-unix/X<n>``, which
+vanishes with the process: if it is bound, display n is live, whatever the files say.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from .holder import bound_abstract_displays
+from .paths import X11_UNIX_DIR, socket_path
+
+
+def remove_dead_socket(
+    number: int, inode: int | None, spawned_at_wall: float | None = None
+) -> bool:
+    """Remove /tmp/.X11-unix/X<number> after *our* server died without removing it (SIGKILL).
+
+    Only a socket file we own (as root: or our server's), that nobody serves, and that is the
+    very file our server made:
+    the inode we saw when we verified it, or (if it never got that far) one created after we
+    spawned the server. Never follows a symlink. Returns True if it removed the file.
+    """
+    path = socket_path(number)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISSOCK(info.st_mode):
+        return False
+    # Ours; or, as root, the very file our server made (the inode we verified): a server that
+    # changed its uid (setuid, setpriv) made it as that user.
+    if info.st_uid != os.getuid() and not (os.getuid() == 0 and inode is not None):
+        return False
+    if inode is not None:
+        if info.st_ino != inode:
+            return False
+    elif spawned_at_wall is None or info.st_ctime < spawned_at_wall - 1:
+        return False
+    if number in bound_abstract_displays():
+        return False
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+# -- `xsupervise clean` ----------------------------------------------------------------------
+
+# fmt: off
+X_SERVER_NAMES = {"X", "Xorg", "Xvfb", "Xephyr", "Xvnc", "Xtigervnc", "Xwayland", "Xnest",
+                  "Xdummy", "Xpra", "xpra"}
+# fmt: on
+# A socket file this young may belong to a server that is still setting up its listeners.
+YOUNG_SECONDS = 2.0
+
+
+class Entry:
+    """One file in /tmp/.X11-unix or /tmp, and what clean decided about it."""
+
+    __slots__ = ("action", "display", "inode", "kind", "owner_uid", "path", "reason", "verdict")
+
+    def __init__(self, path: str, kind: str, display: int, info: os.stat_result):
+        self.path, self.kind, self.display = path, kind, display
+        self.owner_uid, self.inode = info.st_uid, info.st_ino
+        self.verdict = "live"  # live, stale, inaccessible, suspicious
+        self.reason = ""
+        self.action = "none"  # none, removed, would-remove, failed
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "kind": self.kind,
+            "display": self.display,
+            "owner": owner_name(self.owner_uid),
+            "owner_uid": self.owner_uid,
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "action": self.action,
+        }
+
+    def line(self) -> str:
+        what = {"removed": "removed", "would-remove": "would remove", "failed": "could not remove"}
+        head = what.get(self.action, self.verdict)
+        return f"{head:13} {self.path}  ({self.reason}; owner {owner_name(self.owner_uid)})"
+
+
+def owner_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def check_shared_dir(path: str) -> str | None:
+    """Why we refuse to clean in ``path`` (it must be a root-owned sticky directory), or None."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None  # nothing to clean
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{path} is not a directory (a symlink?)"
+    if info.st_uid != 0:
+        return (
+            f"{path} is owned by {owner_name(info.st_uid)}, not root: someone may have planted it"
+        )
+    if stat.S_IMODE(info.st_mode) & 0o022 and not info.st_mode & stat.S_ISVTX:
+        return f"{path} is writable by others but not sticky: anyone could swap its files"
+    return None
+
+
+def _connect_succeeds(path: str) -> bool:
+    import socket
+
+    probe = socket.socket(
+        socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+    )
+    try:
+        probe.connect(path)
+        return True
+    except BlockingIOError:
+        return True  # listening, merely busy
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def _read_lock_pid(dir_fd: int, name: str, expected_inode: int) -> int | None:
+    """The pid in a lock file, read without following links, from the very inode we judged."""
+    try:
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+        )
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_ino != expected_inode:
+            return None
+        text = os.read(fd, 64).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    return int(text) if text.isdigit() else None
+
+
+def _is_x_server(pid: int) -> bool:
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        names = {process.name()}
+        argv = process.cmdline()
+        if argv:
+            names.add(os.path.basename(argv[0]))
+        return bool(names & X_SERVER_NAMES)
+    except psutil.Error:
+        return False
+
+
+def _display_of(name: str, prefix: str, suffix: str = "") -> int | None:
+    if not (name.startswith(prefix) and name.endswith(suffix)):
+        return None
+    digits = name[len(prefix) : len(name) - len(suffix)]
+    return int(digits) if digits.isdigit() and len(digits) <= 6 else None
+
+
+def scan(
+    x11_dir: str = X11_UNIX_DIR, lock_dir: str = "/tmp", now: float | None = None
+) -> list[Entry]:
+    """Judge every X<n> socket file and .X<n>-lock file. Changes nothing."""
+    import time
+
+    now = time.time() if now is None else now
+    bound = bound_abstract_displays()
+    entries: list[Entry] = []
+    for directory, prefix, suffix, kind in (
+        (x11_dir, "X", "", "socket"),
+        (lock_dir, ".X", "-lock", "lock"),
+    ):
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            continue
+        for name in sorted(names):
+            number = _display_of(name, prefix, suffix)
+            if number is None:
+                continue
+            path = os.path.join(directory, name)
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            entry = Entry(path, kind, number, info)
+            entries.append(entry)
+            _judge(entry, info, bound, now, directory, name)
+    return entries
+
+
+def _judge(
+    entry: Entry, info: os.stat_result, bound: set[int], now: float, directory: str, name: str
+) -> None:
+    number = entry.display
+    if stat.S_ISLNK(info.st_mode):
+        entry.verdict, entry.reason = "suspicious", "a symlink, never followed; left alone"
+        return
+    if number in bound:
+        entry.reason = f"display :{number} is served (abstract socket bound)"
+        return
+    if entry.kind == "socket":
+        if not stat.S_ISSOCK(info.st_mode):
+            entry.verdict, entry.reason = "suspicious", "not a socket; left alone"
+            return
+        if now - info.st_mtime < YOUNG_SECONDS:
+            entry.reason = "created moments ago; a server may still be starting"
+            return
+        if _connect_succeeds(entry.path):
+            entry.reason = "a server accepts connections on it"
+            return
+        entry.verdict, entry.reason = "stale", "socket with no server behind it"
+    else:
+        if not stat.S_ISREG(info.st_mode):
+            entry.verdict, entry.reason = "suspicious", "not a regular file; left alone"
+            return
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            pid = _read_lock_pid(dir_fd, name, info.st_ino)
+        finally:
+            os.close(dir_fd)
+        if pid is not None and _is_x_server(pid):
+            entry.reason = f"lock held by X server pid {pid}"
+            return
+        entry.verdict = "stale"
+        entry.reason = (
+            f"lock of pid {pid}, which is gone or not an X server"
+            if pid is not None
+            else "lock file without a readable pid"
+        )
+    if entry.owner_uid != os.getuid() and os.getuid() != 0:
+        entry.verdict = "inaccessible"
+        entry.reason += (
+            f"; only {owner_name(entry.owner_uid)} or root may remove it: run "
+            f"'sudo xsupervise clean' or 'sudo rm {entry.path}'"
+        )
+
+
+def clean(entries: list[Entry], dry_run: bool) -> None:
+    """Remove the stale entries we may remove: unlinkat() in the directory itself, and only
+    if the name still refers to the inode we judged (a file swapped in meanwhile is spared)."""
+    stale = [entry for entry in entries if entry.verdict == "stale"]
+    if dry_run:
+        for entry in stale:
+            entry.action = "would-remove"
+        return
+    bound = bound_abstract_displays()  # once more, just before acting
+    for entry in stale:
+        if entry.display in bound:
+            entry.verdict, entry.reason = "live", "a server took the display meanwhile"
+            continue
+        directory, name = os.path.split(entry.path)
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino != entry.inode:
+                entry.verdict, entry.reason = "live", "replaced by another file meanwhile"
+                continue
+            os.unlink(name, dir_fd=dir_fd)
+            entry.action = "removed"
+        except FileNotFoundError:
+            entry.action = "removed"  # someone else did it
+        except OSError as exc:
+            entry.action = "failed"
+            entry.reason += f"; {exc.strerror}"
+        finally:
+            os.close(dir_fd)
+
+
+def clean_own_quietly() -> None:
+    """What `start` does first: remove our own stale entries (a SIGKILLed server's socket)."""
+    if check_shared_dir(X11_UNIX_DIR) is not None:
+        return
+    entries = [entry for entry in scan() if entry.owner_uid == os.getuid()]
+    clean(entries, dry_run=False)

@@ -1,0 +1,256 @@
+"""Containment: a boundary around every process a session starts, so that none outlives it.
+
+Best first (see docs/containment.md for what each guarantees, needs and costs):
+
+- ``pidns``: a PID namespace (with a user namespace when unprivileged). Its init dies with the
+  supervisor (PR_SET_PDEATHSIG through ``setpriv``), and the kernel then kills everything in
+  the namespace; teardown waits for every process in it (see _INIT below).
+- ``cgroup``: a cgroup v2 of the spawn's own, where the hierarchy is writable (root, a unit
+  with ``Delegate=yes``) but no namespace can be made. Teardown waits until it is empty, then
+  writes ``cgroup.kill``; crash recovery kills a dead supervisor's cgroup.
+- ``group``: the fallback: a process group and session; crash recovery sweeps the session.
+
+The namespace is probed once per process (``unshare ... true``).
+``XSUPERVISE_CONTAINMENT`` (auto, pidns, cgroup, group) caps the choice: for tests and bench.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..host.steps import Steps
+from .cgroup import (
+    CGROUP_PREFIX,
+    cgroup_base,
+    empty_steps,
+    kill_cgroup,
+    remove_cgroup,
+    start_keeper,
+    stop_keeper,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Sequence
+
+NS_DISPLAYFD = 3  # in a namespace the server's -displayfd is 3 (the pipe arrives as stdin)
+# In a PID namespace three processes run the server (see docs/containment.md):
+# - "outside" (our child; `unshare --pid` without --fork, so it stays out and its first child
+#   is the namespace's init): dies with us (PR_SET_PDEATHSIG), starts the init, closes its
+#   copy of the -displayfd pipe (so that a server closing it is seen at once), forwards
+#   SIGTERM to the init and exits with its status;
+# - the init (pid 1 there; `setpriv --pdeathsig KILL`, so it dies with "outside", and the
+#   kernel then kills everything in the namespace) runs the server. On SIGTERM, or once the
+#   server has exited, it sends SIGTERM to every process of the namespace (`kill -1`: a
+#   wrapper's X server, a compositor's children), reaps them (dash reaps any child, orphans
+#   included, while it waits for `sleep`), and SIGKILLs what is left after _NS_GRACE_STEPS
+#   times 20 ms. Only then does it exit with the server's status: teardown waits for every
+#   process of the session, not only the first.
+# - the server, pid 2 there, with the pipe as fd 3 and /dev/null as stdin.
+# dash names fds 0-9 only: hence the pipe as stdin, moved to fd 3 before any fork. Once
+# they have started their child, both shells send their own stderr to /dev/null: the log is
+# the server's ("Terminated", a shell's note on a job killed by a signal, is not).
+_NS_GRACE_STEPS = 100
+_WAIT = 'while :; do wait "$1"; s=$?; kill -0 "$1" 2>/dev/null || break; done; '
+# Exit as the child did: by its signal (128+N from wait), so that we see "killed by SIGSEGV".
+_EXIT = (
+    'if [ "$s" -gt 128 ]; then trap - TERM INT HUP; ulimit -c 0; kill -$((s-128)) $$; fi; exit "$s"'
+)
+_INIT = (
+    "trap 'kill -TERM -1 2>/dev/null' TERM; trap : INT HUP; "
+    '"$@" & c=$!; exec 3>&- 2>/dev/null; set -- "$c"; ' + _WAIT + "kill -TERM -1 2>/dev/null; n=0; "
+    "while kill -0 -1 2>/dev/null; do n=$((n+1)); "
+    f'[ "$n" -gt {_NS_GRACE_STEPS} ] && kill -KILL -1 2>/dev/null; sleep 0.02; done; ' + _EXIT
+)
+# $1 is the supervisor's pid: if it died before PR_SET_PDEATHSIG was set again (setpriv, after
+# a user namespace cleared it), nothing would ever stop us: leave at once.
+_OUTSIDE = (
+    "trap 'kill -TERM \"$i\" 2>/dev/null' TERM; trap : INT HUP; exec 3<&0 0</dev/null; "
+    '[ "$PPID" = "$1" ] || exit 126; '
+    'init=$2; shift 2; setpriv --pdeathsig KILL -- /bin/sh -c "$init" xsupervise-init "$@" & '
+    'i=$!; exec 3>&- 2>/dev/null; set -- "$i"; ' + _WAIT + _EXIT
+)
+_probed: dict[str, object] = {}
+
+
+def _namespace_prefix() -> tuple[str, ...] | None:
+    """The `unshare` command line that makes a PID namespace here, or None if none can be."""
+    if "pidns" in _probed:
+        return _probed["pidns"]  # type: ignore[return-value]
+    import shutil
+    import subprocess
+
+    prefix: tuple[str, ...] | None = None
+    unshare = shutil.which("unshare")
+    if unshare is not None:
+        # A user namespace clears our PR_SET_PDEATHSIG (new credentials): setpriv sets it again.
+        user = () if os.geteuid() == 0 else ("--user", "--map-root-user")
+        again = () if not user else ("setpriv", "--pdeathsig", "KILL", "--")
+        candidate = (unshare, *user, "--pid", "--", *again, "/bin/sh", "-c", _OUTSIDE)
+        try:
+            probe = subprocess.run(
+                (*candidate, "xsupervise-ns", str(os.getpid()), _INIT, "true"),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=5,
+            )
+            prefix = candidate if probe.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            prefix = None
+    _probed["pidns"] = prefix
+    return prefix
+
+
+class Boundary:
+    """The boundary one spawned process (an X server, a COMMAND) and its descendants live in."""
+
+    def __init__(self, kind: str, cgroup: str | None, namespace: tuple[str, ...] | None):
+        self.kind = kind  # "cgroup", "pidns" or "group"
+        self.cgroup = cgroup
+        self.namespace = namespace
+        self._procs = os.path.join(cgroup, "cgroup.procs").encode() if cgroup else b""
+        self._keeper: tuple[int, int] | None = None  # a cgroup's keeper (see launch.cgroup)
+        self.init_pidfd = -1  # a namespace's init: it exits once the namespace is empty
+
+    def find_program(self, outside: int) -> tuple[int, int] | None:
+        """In a namespace: (pid, start ticks) of the program its init runs, once it does; and
+        a pidfd on the init (see watch_init)."""
+        if self.namespace is None:
+            return None
+        from ..host.pinned import start_ticks
+
+        init, pid = program_pid(outside)
+        if init is not None:
+            self.watch_init(init, outside)
+        ticks = start_ticks(pid) if pid is not None else None
+        return (pid, ticks) if pid is not None and ticks is not None else None
+
+    def watch_init(self, init: int, outside: int) -> None:
+        """Hold a pidfd on the namespace's init (still ``outside``'s child: not a reused pid).
+        Our child, outside, may be reaped before the kernel has emptied the namespace; the
+        init's exit comes after that (see _teardown.clear_steps)."""
+        if self.init_pidfd >= 0:
+            return
+        from ..host.pinned import proc_stat
+
+        try:
+            pidfd = os.pidfd_open(init)
+        except OSError:
+            return
+        fields = proc_stat(init)
+        if fields is not None and int(fields[1]) == outside:
+            self.init_pidfd = pidfd
+        else:
+            os.close(pidfd)
+
+    def spawned(self, popen: subprocess.Popen[bytes]) -> None:
+        """Once our child is in the cgroup: start its keeper, which kills the cgroup if we die.
+        If we cannot, the child (unwatched yet, so it must not live) and the cgroup go."""
+        if self.cgroup is not None and self._keeper is None:
+            try:
+                self._keeper = start_keeper(self.cgroup)
+            except BaseException:
+                popen.kill()
+                popen.wait()
+                self.kill()
+                self.remove()
+                raise
+
+    def __repr__(self) -> str:
+        return f"<Boundary {self.describe()}>"
+
+    def describe(self) -> str:
+        """For the `-v` line: 'pid and user namespace', 'cgroup /sys/fs/cgroup/...'."""
+        if self.namespace:
+            return "pid and user namespace" if "--user" in self.namespace else "pid namespace"
+        if self.cgroup:
+            return f"cgroup {self.cgroup}"
+        return "process group and session (no namespace or cgroup can be made here)"
+
+    def argv(self, argv: Sequence[str]) -> list[str]:
+        if self.namespace is None:
+            return list(argv)
+        return [*self.namespace, "xsupervise-ns", str(os.getpid()), _INIT, *argv]
+
+    def enter(self) -> None:
+        """In the child, between fork and exec: move into the cgroup (before any fork)."""
+        if self._procs:
+            fd = os.open(self._procs, os.O_WRONLY)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+
+    def kill(self) -> None:
+        """SIGKILL everything in the cgroup at once (Linux >= 5.14)."""
+        if self.cgroup:
+            kill_cgroup(self.cgroup)
+
+    def empty_steps(self, timeout: float) -> Steps[bool]:
+        """Wait (on inotify, no polling) until the cgroup is empty; False after ``timeout``."""
+        if not self.cgroup:
+            return True
+        return (yield from empty_steps(self.cgroup, timeout))
+
+    def remove(self) -> None:
+        if self._keeper is not None:
+            stop_keeper(*self._keeper)
+            self._keeper = None
+        if self.cgroup:
+            remove_cgroup(self.cgroup)
+
+
+def choose(label: str) -> Boundary:
+    """The best boundary this process can make, for a spawn named ``label`` (session token and
+    a count). A PID namespace first: it holds everything (setsid and setuid included) and dies
+    with the supervisor by itself, for ~1 exec more; then a cgroup of our own (moving a process
+    into a cgroup costs more than the 5 % of time-to-ready we allow, see docs/containment.md,
+    and nothing kills it when the supervisor dies: the next command does); then the group.
+    Makes the cgroup directory now; ``Boundary.remove`` removes it."""
+    wanted = os.environ.get("XSUPERVISE_CONTAINMENT", "auto")  # tests, bench: force a kind
+    if wanted in ("auto", "pidns"):
+        namespace = _namespace_prefix()
+        if namespace is not None:
+            return Boundary("pidns", None, namespace)
+    base = cgroup_base() if wanted in ("auto", "cgroup") else None
+    if base is not None:
+        path = os.path.join(base, CGROUP_PREFIX + label)
+        try:
+            os.mkdir(path)
+        except OSError:
+            pass
+        else:
+            if os.path.exists(os.path.join(path, "cgroup.kill")):
+                return Boundary("cgroup", path, None)
+            remove_cgroup(path)
+    return Boundary("group", None, None)
+
+
+def program_pid(outside: int) -> tuple[int | None, int | None]:
+    """In a PID namespace: the pids (in ours) of its init (``outside``'s child) and of the
+    program the init runs, i.e. pid 2 of the namespace (the init's first child; its later ones
+    are `sleep`s); None where one is not, or no longer, there. Reads /proc (there is no
+    /proc/PID/task/*/children on every kernel), the likely pids first."""
+    from ..host.pinned import proc_stat
+
+    def child_of(parent: int, inner: str | None = None) -> int | None:
+        candidates = [str(pid) for pid in range(parent + 1, parent + 8)]  # usually the next
+        for name in (*candidates, *(n for n in os.listdir("/proc") if n.isdigit())):
+            fields = proc_stat(int(name))
+            if fields and int(fields[1]) == parent and (inner is None or _nspid(name) == inner):
+                return int(name)
+        return None
+
+    init = child_of(outside)
+    return init, (child_of(init, "2") if init is not None else None)
+
+
+def _nspid(pid: str) -> str | None:
+    """The pid of ``pid`` in its own (innermost) namespace."""
+    try:
+        with open(f"/proc/{pid}/status") as stream:
+            return next((line.split()[-1] for line in stream if line.startswith("NSpid:")), None)
+    except OSError:
+        return None

@@ -1,0 +1,403 @@
+"""Child processes: spawn so they die with us, wait on events, stop TERM -> KILL, reap.
+
+Slow operations are generators of ``Wait``/``Offload`` requests (see host/steps.py), driven by
+``run_blocking`` or by an event loop (host/aio.py): one launch path for the CLI, ``Display``,
+``AsyncDisplay`` and ``serve``. Nothing here blocks on a process that might not exit: after
+SIGKILL we wait for the pidfd to become readable, then reap with WNOHANG.
+
+A ``Child`` is never signalled after it has been reaped: until then its pid (and its process
+group id, which equals its pid) cannot be reused by another process, so a signal can only
+reach what we started.
+
+Teardown of a boundary (see launch.containment): wait for *every* process of a spawn, not only
+the first, then kill what is left, as steps (see host/steps.py) that never block their driver.
+
+- A PID namespace: our child (the "outside" shell) exits only once its init has seen every
+  process of the namespace gone, so waiting for our child is enough.
+- A cgroup: wait (inotify on cgroup.events) until it is empty; ``cgroup.kill``; remove it.
+- The fallback, a process group and session: poll /proc for members of the session every
+  _POLL s (there is no event for "a session emptied"); SIGKILL them, pinned, when time is up.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+
+from ..host.group import session_members
+from ..host.pinned import (
+    UNREAPED_CHILDREN,
+    Pinned,
+    same_process,
+    start_ticks,
+    stop_adopted,
+    terminate_pinned,
+    wait_exited,
+)
+from ..host.prctl import (
+    become_subreaper,
+    describe_status,
+    die_with_parent,
+    held_stop_signals,
+    peer_credentials,
+    shell_status,
+    signal_when_parent_dies,
+)
+from ..host.steps import Events, Offload, Steps, Wait, poll_ready, run_blocking
+
+# Steps and pinned processes live in their own modules; importers may keep using these names.
+# fmt: off
+__all__ = [
+    "Child", "Events", "Offload", "Pinned", "Steps", "Wait", "become_subreaper",
+    "describe_status", "peer_credentials", "poll_ready", "run_blocking", "same_process",
+    "shell_status", "signal_when_parent_dies", "spawn", "start_ticks", "stop_adopted",
+    "terminate_pinned", "wait_exited"
+]
+# fmt: on
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .containment import Boundary
+
+
+class Child:
+    """A process we spawned and have not reaped; ``pidfd`` becomes readable when it exits."""
+
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        argv: Sequence[str],
+        own_group: bool,
+        boundary: Boundary | None = None,
+    ):
+        self._popen = popen
+        self.argv = tuple(argv)  # what was asked for (the boundary may wrap it)
+        self.boundary = boundary
+        self.pid = popen.pid
+        self.own_group = own_group
+        self.spawned_at = time.monotonic()
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+        except BaseException:  # e.g. out of fds: we could not watch it, so it must not live
+            popen.kill()
+            popen.wait()  # just spawned, not stuck anywhere: its exit is immediate
+            raise
+        self.start_ticks = start_ticks(self.pid)  # unreaped, so it cannot be gone
+        # The program asked for: this child, or in a PID namespace the one its init runs.
+        self.program_pid, self.program_ticks = self.pid, self.start_ticks
+        self.started_fd = -1  # readable once it has started: see _teardown.term_steps
+        self.term_sent = False  # a stop has sent its SIGTERM (term_steps may hold it back)
+        self.before_kill: Callable[[], None] | None = None  # called before a SIGKILL
+        UNREAPED_CHILDREN.add(self.pid)
+
+    def find_program(self) -> int:
+        """program_pid, looked up while a namespace's init runs it (we signal only the child)."""
+        if self.boundary is not None and self.program_pid == self.pid and not self.has_exited():
+            found = self.boundary.find_program(self.pid)
+            if found is not None:
+                self.program_pid, self.program_ticks = found
+        return self.program_pid
+
+    def __repr__(self) -> str:
+        name = os.path.basename(self.argv[0])
+        if self.returncode is None:
+            return f"<Child {name} running with pid {self.pid}>"
+        return f"<Child {name} pid {self.pid} {describe_status(self.returncode)}>"
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status once reaped (negative: killed by that signal), else None."""
+        return self._popen.returncode
+
+    def has_exited(self) -> bool:
+        """True once the process has ended, without reaping it (its pid stays ours)."""
+        if self._popen.returncode is not None:
+            return True
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the child's whole process group (or the child alone)."""
+        if self._popen.returncode is not None:
+            if signum == signal.SIGKILL and self.boundary is not None:
+                self.boundary.kill()  # a cgroup is ours alone: no stranger's pid is in it
+            return  # reaped: its pid (and session id) may already belong to someone else
+        if self.boundary is not None and self.boundary.namespace is not None:
+            # Before our child can die: hold its namespace's init (see clear_steps), whose
+            # end is the namespace's. A stop that came early (a start interrupted before the
+            # launcher looked) would otherwise not wait for the namespace to empty.
+            self.find_program()
+        if signum == signal.SIGKILL:
+            if self.before_kill is not None:
+                self.before_kill()  # e.g. note what a SIGKILL will leave behind
+            kill_rest(self)  # a cgroup's or a session's other processes
+        try:
+            if self.own_group:
+                os.killpg(self.pid, signum)
+            else:
+                os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def _close_pidfd(self) -> None:
+        UNREAPED_CHILDREN.discard(self.pid)  # called once reaped
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+    def reap(self) -> int:
+        """Collect the exit status and release the pidfd. Blocks until the exit: only for a
+        child whose pidfd was readable, or where blocking is fine (see reap_steps)."""
+        status = self._popen.wait()
+        self._close_pidfd()
+        return status
+
+    def try_reap(self) -> int | None:
+        """Collect the exit status if the process has ended (waitpid WNOHANG), else None."""
+        status = self._popen.poll()
+        if status is not None:
+            self._close_pidfd()
+        return status
+
+    def reap_within(self, timeout: float) -> int | None:
+        """Wait at most ``timeout`` s for the exit, then try_reap (blocks that long at worst):
+        for callers that can no longer yield (a closed generator)."""
+        if self._popen.returncode is None and self.pidfd >= 0:
+            poll_ready(Wait((self.pidfd,), time.monotonic() + timeout))
+        if (status := self.try_reap()) is not None and self.boundary is not None:
+            clear_now(self, timeout)  # and what is left in its boundary (see _teardown)
+        return status
+
+    def reap_steps(
+        self, stuck_after: float, on_stuck: Callable[[Child], None] | None = None
+    ) -> Steps[int]:
+        """Wait for the exit (the pidfd becomes readable), then reap: never blocks its driver.
+
+        After SIGKILL the exit is normally a matter of milliseconds; but a process in
+        uninterruptible sleep (D state: a hung disk, NFS, a device) only dies when it leaves
+        the kernel. After ``stuck_after`` s we call ``on_stuck`` once and keep waiting.
+        """
+        deadline: float | None = time.monotonic() + stuck_after
+        while (status := self.try_reap()) is None:
+            ready = yield Wait((self.pidfd,), deadline)
+            if not ready and deadline is not None and time.monotonic() >= deadline:
+                deadline = None
+                if on_stuck is not None:
+                    on_stuck(self)
+        return status
+
+    def stop_steps(
+        self,
+        grace: float,
+        on_escalate: Callable[[Child], None] | None = None,
+        on_stuck: Callable[[Child], None] | None = None,
+    ) -> Steps[int]:
+        """SIGTERM the group, wait up to ``grace`` s for it *and* the rest of its boundary
+        (see _teardown), then SIGKILL the group and the boundary; reap. Returns status.
+
+        SIGKILL goes to the group even after a clean exit of the leader, so that nothing it
+        started outlives it. If we are interrupted while waiting, we escalate at once. A
+        process stopped (SIGSTOP) or stuck in the kernel costs its driver no blocking wait:
+        see reap_steps, whose ``on_stuck`` names it after another ``grace`` s.
+        """
+        if self._popen.returncode is not None:
+            yield from clear_steps(self, grace)
+            return self._popen.returncode
+        if not self.has_exited():
+            deadline = time.monotonic() + grace
+            try:  # SIGTERM, once it is safe to send (see term_steps)
+                yield from term_steps(self, deadline)
+                if self.has_exited():
+                    yield from rest_steps(self, deadline)
+            except GeneratorExit:
+                self.signal(signal.SIGKILL)  # closed: no more yielding; the owner reaps
+                raise
+            except BaseException:
+                self.signal(signal.SIGKILL)
+                yield from self.reap_steps(grace, on_stuck)
+                yield from clear_steps(self, grace)  # a namespace empty: its files are free
+                raise
+            if not self.has_exited() and on_escalate is not None:
+                on_escalate(self)
+        self.signal(signal.SIGKILL)
+        status = yield from self.reap_steps(grace, on_stuck)
+        yield from clear_steps(self, grace)
+        return status
+
+    def clear_boundary_now(self, timeout: float) -> None:
+        """What stop_steps does after the reap, for a caller that can no longer yield."""
+        clear_now(self, timeout)
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
+    stdin: int | None = None,
+    stdout: int | None = None,
+    stderr: int | None = None,
+    own_group: bool = True,
+    deathsig: int = signal.SIGKILL,
+    boundary: Boundary | None = None,
+) -> Child:
+    """Start ``argv``; it gets ``deathsig`` if we die. ``own_group``: a new session and group,
+    so that a stop reaches everything it started. ``boundary``: the cgroup and/or namespace
+    it runs in (see launch.containment); a cgroup we cannot enter falls back to the next best.
+    Raises FileNotFoundError/PermissionError."""
+    if boundary is not None and boundary.namespace is not None:
+        # The namespace's init runs the program: check it exists, as a plain exec would.
+        from shutil import which
+
+        if which(argv[0]) is None:
+            raise FileNotFoundError(2, "No such file or directory", argv[0])
+    try:
+        popen = _popen(argv, env, pass_fds, stdin, stdout, stderr, own_group, deathsig, boundary)
+    except subprocess.SubprocessError:
+        if boundary is None or boundary.cgroup is None:
+            raise
+        boundary.remove()  # we could not enter it: the fallback
+        from .containment import Boundary
+
+        boundary = Boundary("group", None, None)
+        popen = _popen(argv, env, pass_fds, stdin, stdout, stderr, own_group, deathsig, boundary)
+    except BaseException:
+        if boundary is not None:
+            boundary.remove()
+        raise
+    if boundary is None:
+        return Child(popen, argv, own_group)
+    boundary.spawned(popen)
+    try:
+        return Child(popen, argv, own_group, boundary)
+    except BaseException:  # e.g. out of fds: Child killed it; its keeper and cgroup go too
+        boundary.kill()
+        boundary.remove()
+        raise
+
+
+def _popen(
+    argv: Sequence[str],
+    env: dict[str, str] | None,
+    pass_fds: Sequence[int],
+    stdin: int | None,
+    stdout: int | None,
+    stderr: int | None,
+    own_group: bool,
+    deathsig: int,
+    boundary: Boundary | None,
+) -> subprocess.Popen[bytes]:
+    mask = held_stop_signals()  # until the child has reset its handlers (see host.prctl)
+    try:
+        return subprocess.Popen(
+            boundary.argv(argv) if boundary is not None else list(argv),
+            env=env,
+            pass_fds=tuple(pass_fds),
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=own_group,
+            # PR_SET_PDEATHSIG has no other way in; we spawn from one thread only (the loop's
+            # or the CLI's), never from an Offload's worker.
+            preexec_fn=die_with_parent(
+                os.getpid(), deathsig, boundary.enter if boundary else None, mask
+            ),
+        )
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+_POLL = 0.02
+
+
+def _grouped(child: Child) -> bool:
+    """Does the fallback's session sweep apply (no cgroup or namespace holds the spawn)?"""
+    return child.own_group and (child.boundary is None or child.boundary.kind == "group")
+
+
+def rest_steps(child: Child, deadline: float) -> Steps[None]:
+    """After our child has exited on SIGTERM: let the rest of its boundary exit too, until
+    ``deadline`` (the same grace); the caller SIGKILLs what is left."""
+    if child.boundary is not None and child.boundary.cgroup is not None:
+        yield from child.boundary.empty_steps(max(0.0, deadline - time.monotonic()))
+    elif _grouped(child):
+        while session_members(child.pid, child.start_ticks) and time.monotonic() < deadline:
+            yield Wait((), min(deadline, time.monotonic() + _POLL))
+
+
+def term_steps(child: Child, deadline: float) -> Steps[None]:
+    """Send SIGTERM and wait for the exit until ``deadline``; the caller SIGKILLs after that.
+
+    A program that has not yet signalled that it has started (``child.started_fd``, an X
+    server's -displayfd) gets its SIGTERM only once it has, or not at all. An X server binds
+    /tmp/.X11-unix/X<n> a moment *before* it installs its SIGTERM handler: a SIGTERM in
+    between kills it by the default action and leaves that file, under a number nobody was
+    told (seen in CI). A SIGTERM sent that early may also be lost: a PID namespace's init
+    ignores every signal it has no handler for yet. Once the number is written, both have
+    their handlers. A server that does not start within the grace gets the SIGKILL, which
+    notes its sockets first (``Child.before_kill``), so the files it leaves are removed."""
+    if child.started_fd >= 0 and not poll_ready(Wait((child.started_fd,), 0.0)):
+        ready = yield Wait((child.pidfd, child.started_fd), deadline)
+        if child.pidfd in ready or not ready or child.has_exited():
+            return
+    child.term_sent = True
+    child.signal(signal.SIGTERM)
+    yield Wait((child.pidfd,), deadline)
+
+
+def kill_rest(child: Child) -> None:
+    """SIGKILL what is left in the boundary besides our child's group (no waiting)."""
+    if child.boundary is not None and child.boundary.cgroup is not None:
+        child.boundary.kill()  # the cgroup is ours alone: no stranger's pid is in it
+    elif _grouped(child):
+        for pid, ticks in session_members(child.pid, child.start_ticks):
+            process = Pinned.pin(pid, ticks)
+            if process is not None:
+                process.signal(signal.SIGKILL)
+                process.close()
+
+
+def clear_steps(child: Child, grace: float) -> Steps[bool]:
+    """Once our child is reaped: wait until the boundary is empty (False if it is not within
+    ``grace``); kill a cgroup's rest first and remove it. (A session's rest got its SIGKILL
+    before the reap: once the leader is reaped its pid, the session id, may be reused.)"""
+    boundary = child.boundary
+    if boundary is not None and boundary.init_pidfd >= 0:
+        # Our child (outside the namespace) may go first; the init exits once it is empty.
+        try:
+            yield Wait((boundary.init_pidfd,), time.monotonic() + grace)
+        finally:
+            os.close(boundary.init_pidfd)
+            boundary.init_pidfd = -1
+    if child.boundary is not None and child.boundary.cgroup is not None:
+        child.boundary.kill()
+        empty = yield from child.boundary.empty_steps(grace)
+        if empty:
+            child.boundary.remove()
+        return empty
+    if _grouped(child):
+        deadline = time.monotonic() + grace
+        while session_members(child.pid, child.start_ticks):
+            if time.monotonic() >= deadline:
+                return False
+            yield Wait((), min(deadline, time.monotonic() + _POLL))
+    return True
+
+
+def clear_now(child: Child, timeout: float) -> None:
+    """clear_steps for a caller that can no longer yield (after the SIGKILL and the reap)."""
+    if child.boundary is not None and child.boundary.init_pidfd >= 0:
+        poll_ready(Wait((child.boundary.init_pidfd,), time.monotonic() + timeout))
+        os.close(child.boundary.init_pidfd)
+        child.boundary.init_pidfd = -1
+    if child.boundary is not None and child.boundary.cgroup is not None:
+        from ..host.steps import run_blocking
+
+        child.boundary.kill()
+        if run_blocking(child.boundary.empty_steps(timeout)):
+            child.boundary.remove()
