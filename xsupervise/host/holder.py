@@ -79,9 +79,12 @@ def holders(inodes: set[int]) -> list[int]:
     return sorted(pids)
 
 
-def lock_holder(fd: int) -> int | None:
-    """The pid holding an flock on the file open as ``fd`` (from /proc/locks), or None."""
-    info = os.fstat(fd)
+def lock_holder(path: str) -> int | None:
+    """The pid holding an flock on the file ``path`` (from /proc/locks), or None."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
     key = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
     try:
         with open("/proc/locks") as table:

@@ -13,14 +13,13 @@ service) is refused, naming the processes that hold it now, systemd's socket uni
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 import stat
 import struct
 
 from .errors import EnvironmentProblem, UsageError
-from .paths import remove_file
+from .paths import lock_file, remove_file
 
 FD_NAME = "control"  # FileDescriptorName= in xsupervise.socket
 
@@ -157,51 +156,31 @@ def bind(path: str) -> Listener:
 
 
 def _lock_file(path: str) -> int:
-    """Open and flock PATH.lock; its fd. A lock file can be removed by its holder at a clean
-    stop after we opened it: then the inode we locked is no longer the file, and we retry."""
-    while True:
-        try:
-            lock_fd = os.open(
-                path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
-        except OSError as exc:
-            raise EnvironmentProblem(
-                f"cannot create {path}.lock: {exc.strerror}; check that "
-                f"{os.path.dirname(path) or '.'} exists and is ours, or "
-                "choose another --socket."
-            ) from None
-        try:
-            owner = os.fstat(lock_fd).st_uid
-            if owner != os.getuid():
-                raise EnvironmentProblem(
-                    f"{path}.lock belongs to uid {owner}, not to us; someone "
-                    "else controls that directory: choose another --socket."
-                )
-            _flock(path, lock_fd)
-            try:
-                current = os.lstat(path + ".lock").st_ino
-            except FileNotFoundError:
-                current = None
-            if current == os.fstat(lock_fd).st_ino:
-                return lock_fd
-        except BaseException:
-            os.close(lock_fd)
-            raise
-        os.close(lock_fd)
-
-
-def _flock(path: str, lock_fd: int) -> None:
+    """Hold PATH.lock (see paths.lock_file); a refusal in one line if we cannot."""
     try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock_fd = lock_file(path + ".lock", wait=False)
     except BlockingIOError:
         from .holder import describe, lock_holder
 
-        holder = lock_holder(lock_fd)
+        holder = lock_holder(path + ".lock")
         who = describe([holder]) if holder is not None else "another process"
         raise SocketInUse(
             f"control socket {path} is held by {who}; stop that xsupervise "
             "serve first, or give this one another --socket."
         ) from None
+    except OSError as exc:
+        raise EnvironmentProblem(
+            f"cannot create {path}.lock: {exc.strerror}; check that "
+            f"{os.path.dirname(path) or '.'} exists and is ours, or choose another --socket."
+        ) from None
+    owner = os.fstat(lock_fd).st_uid
+    if owner != os.getuid():
+        os.close(lock_fd)
+        raise EnvironmentProblem(
+            f"{path}.lock belongs to uid {owner}, not to us; someone "
+            "else controls that directory: choose another --socket."
+        )
+    return lock_fd
 
 
 def _bind_locked(path: str, lock_fd: int) -> Listener:

@@ -262,3 +262,28 @@ def socket_path(number: int) -> str:
 
 def lock_path(number: int) -> str:
     return f"/tmp/.X{number}-lock"
+
+
+def lock_file(path: str, wait: bool = True) -> int:
+    """Open ``path`` (made 0600 if absent, never through a symlink) and flock it; its fd,
+    which holds the lock until closed (the kernel releases it when the holder dies, so a
+    SIGKILL cannot wedge it). A holder may remove the lock file when it is done with it
+    (the ledger of a clean history, a daemon's clean stop): if the inode we locked is no longer
+    the file, we retry. ``wait=False``: BlockingIOError while another process holds it.
+    OSError if it cannot be opened."""
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                current: int | None = os.lstat(path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)

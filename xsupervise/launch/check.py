@@ -24,10 +24,13 @@ from typing import Any
 
 from ..host.errors import ExitCode, XSuperviseError
 from ..host.paths import RuntimeDir, socket_path
-from .x11 import COOKIE_PROTOCOL, parse_setup_reply, refusal_reason, setup_request
-
-_FAMILY_LOCAL = 256
-_FAMILY_WILD = 0xFFFF
+from .x11 import (
+    cookie_in,
+    display_number,
+    parse_setup_reply,
+    refusal_reason,
+    setup_request,
+)
 
 
 class Refusal(Exception):
@@ -41,47 +44,28 @@ class Refusal(Exception):
 def parse_display(value: str) -> int:
     """The number of a local display: ':N', ':N.S' or 'unix:N'. A TCP display is refused:
     probes run beside the server, and a remote answer would prove nothing about it."""
-    host, sep, rest = value.rpartition(":")
-    number = rest.partition(".")[0]
-    if not sep or host not in ("", "unix") or not number.isdigit():
+    try:
+        return display_number(value)
+    except ValueError:
         raise Refusal(
             ExitCode.USAGE,
             f"cannot check display {value!r}: give a local display ':N' (or a session name).",
-        )
-    return int(number)
+        ) from None
 
 
 def read_cookie(path: str, number: int) -> bytes | None:
     """The MIT-MAGIC-COOKIE-1 for display ``number`` in an Xauthority file (None: none)."""
     try:
         with open(path, "rb") as stream:
-            data = stream.read()
+            return cookie_in(stream.read(), number)
     except OSError as exc:
         raise Refusal(
             ExitCode.ENVIRONMENT, f"cannot read the cookie file {path} ({exc.strerror})."
         ) from None
-    offset = 0
-    try:
-        while offset < len(data):
-            (family,) = struct.unpack_from(">H", data, offset)
-            offset += 2
-            fields = []
-            for _ in range(4):  # address, number, protocol name, cookie
-                (size,) = struct.unpack_from(">H", data, offset)
-                fields.append(data[offset + 2 : offset + 2 + size])
-                offset += 2 + size
-            _, entry_number, name, cookie = fields
-            if (
-                family in (_FAMILY_LOCAL, _FAMILY_WILD)
-                and name == COOKIE_PROTOCOL
-                and entry_number in (b"", str(number).encode())
-            ):
-                return cookie
-    except struct.error:
+    except ValueError:
         raise Refusal(
             ExitCode.ENVIRONMENT, f"the cookie file {path} is not an Xauthority file."
         ) from None
-    return None
 
 
 def _records(runtime: RuntimeDir | None) -> list[dict[str, Any]]:

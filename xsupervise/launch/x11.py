@@ -262,18 +262,50 @@ def verify(number: int, child: Child, cookie: bytes, deadline: float) -> Steps[S
         sock.close()
 
 
-def read_cookie(path: str) -> bytes:
-    """The MIT-MAGIC-COOKIE-1 of an Xauthority file of ours (see launch.x11.xauthority_entry)."""
-    with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as stream:
-        data = stream.read()
+def display_number(text: str) -> int:
+    """The number of a local display: ':N', ':N.S', 'unix:N' or 'N'. ValueError for anything
+    else (a TCP display 'host:N' among them: what we start and probe runs on this machine)."""
+    host, _, rest = text.rpartition(":")
+    number = rest.partition(".")[0]
+    if host not in ("", "unix") or not number.isdigit() or len(number) > _MAX_DISPLAY_DIGITS:
+        raise ValueError(f"not a local display: {text!r}")
+    return int(number)
+
+
+_FAMILY_LOCAL = 256
+
+
+def cookie_in(data: bytes, number: int | None = None) -> bytes | None:
+    """The MIT-MAGIC-COOKIE-1 in an Xauthority file's ``data``: the first one, or (``number``)
+    the one a client of display ``number`` on this machine would use; None if there is none.
+    ValueError if ``data`` is not an Xauthority file."""
     offset = 0
-    while offset + 2 <= len(data):
-        fields = []
-        offset += 2  # family
-        for _ in range(4):
-            (length,) = struct.unpack_from(">H", data, offset)
-            fields.append(data[offset + 2 : offset + 2 + length])
-            offset += 2 + length
-        if fields[2] == COOKIE_PROTOCOL:
-            return fields[3]
-    raise ValueError(f"{path} holds no MIT-MAGIC-COOKIE-1")
+    try:
+        while offset < len(data):
+            (family,) = struct.unpack_from(">H", data, offset)
+            offset += 2
+            fields = []
+            for _ in range(4):  # address, display number, protocol name, cookie
+                (size,) = struct.unpack_from(">H", data, offset)
+                fields.append(data[offset + 2 : offset + 2 + size])
+                offset += 2 + size
+            _, entry_number, name, cookie = fields
+            if name != COOKIE_PROTOCOL:
+                continue
+            if number is None or (
+                family in (_FAMILY_LOCAL, _FAMILY_WILD)
+                and entry_number in (b"", str(number).encode())
+            ):
+                return cookie
+    except struct.error:
+        raise ValueError("not an Xauthority file") from None
+    return None
+
+
+def read_cookie(path: str) -> bytes:
+    """The MIT-MAGIC-COOKIE-1 of an Xauthority file of ours (see xauthority_entry)."""
+    with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as stream:
+        cookie = cookie_in(stream.read())
+    if cookie is None:
+        raise ValueError(f"{path} holds no MIT-MAGIC-COOKIE-1")
+    return cookie

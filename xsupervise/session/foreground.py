@@ -16,7 +16,7 @@ import signal
 from collections.abc import Callable, Sequence
 
 from ..host import log
-from ..host.errors import SessionFailed, XSuperviseError
+from ..host.errors import ExitCode, SessionFailed, XSuperviseError
 from ..host.group import COMMAND_MARK
 from ..host.notify import Notifier, child_environment
 from ..host.paths import RuntimeDir
@@ -41,9 +41,6 @@ TYPE_CHECKING = False  # typing costs the CLI milliseconds to import: only for t
 if TYPE_CHECKING:
     from .clock import LaunchedServer
     from .leftovers import Lineage
-
-EXIT_COMMAND_NOT_FOUND = 127
-EXIT_COMMAND_NOT_RUNNABLE = 126
 
 
 def _delivered_by_terminal(signum: int) -> bool:
@@ -214,10 +211,10 @@ class ForegroundSupervisor(Events):
             self.command_started_at = self.clock.monotonic()
         except FileNotFoundError:
             log.get().error("command %r was not found; nothing was run.", self.command_argv[0])
-            raise _Stop(EXIT_COMMAND_NOT_FOUND) from None
+            raise _Stop(ExitCode.COMMAND_NOT_FOUND) from None
         except PermissionError:
             log.get().error("command %r is not executable; nothing was run.", self.command_argv[0])
-            raise _Stop(EXIT_COMMAND_NOT_RUNNABLE) from None
+            raise _Stop(ExitCode.COMMAND_NOT_RUNNABLE) from None
 
     # -- what we watch besides the core's own fds (process.Events) -------------------------
     def _signals(self) -> SignalInbox:

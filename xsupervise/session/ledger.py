@@ -14,12 +14,17 @@ longer the file at that path) and locks afresh.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from collections.abc import Iterator
 
-from ..host.paths import RuntimeDir, ensure_private_dir, remove_file, write_private_file
+from ..host.paths import (
+    RuntimeDir,
+    ensure_private_dir,
+    lock_file,
+    remove_file,
+    write_private_file,
+)
 from .policy import History
 
 _SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:@+")
@@ -78,22 +83,7 @@ class Ledger:
         """Open and flock the lock file; returns its fd. Retries when the file we locked was
         removed (or replaced) meanwhile by a holder that found the history empty."""
         ensure_private_dir(self.directory)
-        while True:
-            fd = os.open(
-                self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
-                    current = os.lstat(self.lock_path).st_ino
-                except FileNotFoundError:
-                    current = None
-                if current == os.fstat(fd).st_ino:
-                    return fd
-            except BaseException:
-                os.close(fd)
-                raise
-            os.close(fd)
+        return lock_file(self.lock_path)
 
     def _remove_locked(self) -> None:
         """Remove the history and then the lock file, holding the lock."""
