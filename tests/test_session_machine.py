@@ -166,6 +166,23 @@ def test_one_authority_for_state_in_the_whole_package():
     assert not found, found
 
 
+def test_no_test_listens_for_an_event_by_a_string():
+    # An on_event that compares with a string never fires since events are Event members:
+    # a test written that way would pass without testing anything.
+    found = []
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name):
+                strings = [
+                    c
+                    for c in node.comparators
+                    if isinstance(c, ast.Constant) and isinstance(c.value, str)
+                ]
+                if node.left.id == "event" and strings:
+                    found.append(f"{path.name}:{node.lineno}")
+    assert not found, found
+
+
 def test_the_modes_mean_what_the_four_booleans_meant():
     # (kind, retry_first_start, reclaim, count_environment_problems) as each caller passed them
     assert {
