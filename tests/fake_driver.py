@@ -28,7 +28,7 @@ from xsupervise.launch.process import Offload, Wait
 from xsupervise.launch.settings import load_settings
 from xsupervise.session.ledger import Ledger
 from xsupervise.session.session import Session
-from xsupervise.session.states import Mode
+from xsupervise.session.states import Event, Mode
 
 
 class Stop(Exception):
@@ -145,7 +145,7 @@ class World:
         mode: Mode,
         *,
         no_wait: bool = False,
-        on_event: Callable[[Session, str], None] | None = None,
+        on_event: Callable[[Session, Event], None] | None = None,
         number: int | None = None,
     ) -> Session:
         return Session(

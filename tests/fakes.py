@@ -181,7 +181,7 @@ class FakeLauncher:
             server.number = number if number is not None else self._new_number()
             if behaviour.lives is not None:
                 server.dies_at = now + behaviour.lives
-            files.save(state="ready", display=server.display)
+            files.save(display=server.display)  # (the state is the session's to write)
             return server
         facts: dict[str, Any] = {
             "server": "Xfake",

@@ -779,6 +779,7 @@ def test_journal_fields_reach_the_handler(tmp_path: Path, monkeypatch):
     from xsupervise.host.paths import RuntimeDir
     from xsupervise.launch.settings import load_settings
     from xsupervise.session.session import Mode, Session
+    from xsupervise.session.states import Event
 
     with open(tmp_path / "stderr", "w") as stderr:
         info = os.fstat(stderr.fileno())
@@ -795,7 +796,7 @@ def test_journal_fields_reach_the_handler(tmp_path: Path, monkeypatch):
 
     async def until_ready_then_stop() -> None:
         def on_event(core, event):
-            if event == "ready":
+            if event is Event.VERIFIED:
                 task.cancel()
 
         core = Session(

@@ -8,11 +8,13 @@ import ast
 import inspect
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from fake_driver import Stop, worlds_fixture  # noqa: F401 - a fixture
 from fakes import EXITS, MISSING, NEVER, READY, Behaviour, dies
 
+import xsupervise
 from xsupervise.host.errors import ServerExited, ServerNotFound, SessionFailed
 from xsupervise.launch.settings import RestartPolicy
 from xsupervise.session import session as _session
@@ -44,8 +46,18 @@ def transitions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[State, Event, Sta
     return seen
 
 
-def events_of(log: list[str]) -> Callable[[Session, str], None]:
-    return lambda session, event: log.append(event)
+def events_of(log: list[str]) -> Callable[[Session, Event], None]:
+    """Log what a listener learns from each event, in words."""
+
+    def told(session: Session, event: Event) -> None:
+        if event is Event.VERIFIED:
+            log.append("ready" if session.restarts == 0 else "restarted")
+        elif event in (Event.BACKOFF, Event.COOL_DOWN):
+            log.append("waiting")
+        else:
+            log.append(event.value)
+
+    return told
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -80,6 +92,7 @@ def test_states_read_as_the_strings_on_disk_and_in_replies():
         "backoff",
         "failed",
         "stopping",
+        "abandoned",
     ]
 
 
@@ -102,6 +115,72 @@ def test_every_state_change_of_a_session_goes_through_the_table():
                     if isinstance(leaf, ast.Attribute) and leaf.attr == "state":
                         assignments.append((function.name, ast.unparse(node.value)))
     assert assignments == [("__init__", "State.STARTING"), ("_go", "transition(self.state, event)")]
+
+
+def _package_trees():
+    package = Path(xsupervise.__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        yield str(path.relative_to(package)), ast.parse(path.read_text())
+
+
+def test_one_authority_for_state_in_the_whole_package():
+    # Every state word comes from session/states.py: no module sets a state, writes one into
+    # a record, compares one or tells an event as a plain string; only Session._go (and
+    # local_records, for what a record of a dead supervisor shows) sets one at all.
+    from xsupervise.session.states import Event, PoolState, State
+
+    words = {*State, *PoolState, *(event.value for event in Event)}
+    found = []
+    for module, tree in _package_trees():
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                where = f"{module}:{node.__dict__.get('lineno')}"
+                if isinstance(node, ast.Assign):
+                    allowed = (module, function.name) in {
+                        ("session/session.py", "__init__"),
+                        ("session/session.py", "_go"),
+                        ("session/local_ops.py", "local_records"),
+                    }
+                    for target in node.targets:
+                        sets = isinstance(target, ast.Attribute) and target.attr == "state"
+                        if sets and not allowed:
+                            found.append(f"{where} sets a state in {function.name}")
+                if isinstance(node, ast.Compare):
+                    sides = [node.left, *node.comparators]
+                    texts = [
+                        side.value
+                        for side in sides
+                        if isinstance(side, ast.Constant) and isinstance(side.value, str)
+                    ]
+                    if any(word in words for word in texts) and "state" in ast.unparse(node):
+                        found.append(f"{where} compares a state with a string")
+                if isinstance(node, ast.Call):
+                    name = ast.unparse(node.func)
+                    arguments = [*node.args, *(k.value for k in node.keywords if k.arg == "state")]
+                    if name.endswith(("on_event", ".save")) and any(
+                        isinstance(a, ast.Constant) and a.value in words for a in arguments
+                    ):
+                        found.append(f"{where} passes a state or event as a string to {name}")
+    assert not found, found
+
+
+def test_no_test_listens_for_an_event_by_a_string():
+    # An on_event that compares with a string never fires since events are Event members:
+    # a test written that way would pass without testing anything.
+    found = []
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name):
+                strings = [
+                    c
+                    for c in node.comparators
+                    if isinstance(c, ast.Constant) and isinstance(c.value, str)
+                ]
+                if node.left.id == "event" and strings:
+                    found.append(f"{path.name}:{node.lineno}")
+    assert not found, found
 
 
 def test_the_modes_mean_what_the_four_booleans_meant():
@@ -173,8 +252,8 @@ def test_killed_server_backs_off_by_the_policy_then_fails_and_reset_revives_it(w
     rules = RestartPolicy(**FAST_POLICY)
     delays: list[float] = []
 
-    def on_event(session: Session, event: str) -> None:
-        if event == "waiting":
+    def on_event(session: Session, event: Event) -> None:
+        if event is Event.BACKOFF:
             assert session.state is State.BACKOFF
             delays.append(session.next_retry_at - world.clock.wall())
 

@@ -15,7 +15,7 @@ from fakes import MISSING, NEVER, READY
 from xsupervise.host.errors import ReadyTimeout
 from xsupervise.launch.records import load_records
 from xsupervise.session.session import Session
-from xsupervise.session.states import Mode
+from xsupervise.session.states import Event, Mode
 
 
 def relaunch(
@@ -70,8 +70,8 @@ def test_an_app_that_crashes_at_once_spends_the_budget(worlds):
     (1, 2, 4, 8 s times a jitter in [0.5, 1]): at most 5 starts in 10 s."""
     world = worlds([READY])
 
-    def crash(session: Session, event: str) -> None:
-        if event == "ready":  # what ForegroundSupervisor does when COMMAND fails
+    def crash(session: Session, event: Event) -> None:
+        if event is Event.VERIFIED:  # what ForegroundSupervisor does when COMMAND fails
             session.record_app_failure("COMMAND 'sh' (pid 1) exited with status 1")
             raise Stop
 

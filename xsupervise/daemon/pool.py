@@ -24,12 +24,12 @@ from ..session.clock import clock_time
 from ..session.ledger import Ledger
 from ..session.policy import record_handed_over
 from ..session.session import Mode, Session
-from ..session.states import State
+from ..session.states import Event, PoolState, State
 from .pool_spec import PoolSpec
 from .registry import DaemonEntry
 
 
-def run_entry(entry: DaemonEntry, on_event: Callable[[Session, str], None]) -> None:
+def run_entry(entry: DaemonEntry, on_event: Callable[[Session, Event], None]) -> None:
     """Start ``entry``'s session as a task (its files are removed however it ends)."""
 
     async def run() -> None:
@@ -49,7 +49,7 @@ def run_entry(entry: DaemonEntry, on_event: Callable[[Session, str], None]) -> N
 
     def over(_task: object) -> None:
         entry.core.files.remove()  # idempotent; the steps remove them when they ran
-        on_event(entry.core, "over")
+        on_event(entry.core, Event.ENDED)
 
     entry.task = asyncio.get_running_loop().create_task(run())
     entry.task.add_done_callback(over)
@@ -91,13 +91,13 @@ class Pool:
         return entry.core.state == State.READY and entry.core.server is not None
 
     @property
-    def state(self) -> str:
-        """ "ready" (every spare is), "refilling", "failed" (the budget is spent), "stopped"."""
+    def state(self) -> PoolState:
+        """READY (every spare is), REFILLING, FAILED (a spare's budget is spent), STOPPED."""
         if self.closed:
-            return "stopped"
+            return PoolState.STOPPED
         if any(entry.core.state == State.FAILED for entry in self.spares):
-            return "failed"
-        return "ready" if self.ready() >= self.spec.size else "refilling"
+            return PoolState.FAILED
+        return PoolState.READY if self.ready() >= self.spec.size else PoolState.REFILLING
 
     def failed_reason(self) -> str:
         for entry in self.spares:
@@ -122,7 +122,7 @@ class Pool:
 
     def settled(self) -> bool:
         """Every spare ready, or the pool FAILED: what READY=1 waits for."""
-        return self.state != "refilling" or not self.spares
+        return self.state != PoolState.REFILLING or not self.spares
 
     # -- spares ----------------------------------------------------------------------------
     def fill(self) -> None:
@@ -142,8 +142,8 @@ class Pool:
             self.spares.append(entry)
             run_entry(entry, self._on_event)
 
-    def _on_event(self, core: Session, event: str) -> None:
-        if event == "over":
+    def _on_event(self, core: Session, event: Event) -> None:
+        if event == Event.ENDED:
             for entry in self.spares:
                 if entry.core is core:  # ended by itself (a bug, or the disk): not refilled
                     self.spares.remove(entry)  # at once, lest it storm; the next take does

@@ -20,6 +20,7 @@ from ..host.errors import (
     XSuperviseError,
 )
 from ..host.paths import RuntimeDir, new_token
+from ..session.states import PoolState
 from .pool import Pool, stop_entries
 from .pool_spec import PoolSpec
 from .registry import DaemonEntry
@@ -140,7 +141,7 @@ class Pools:
             entry = pool.take()
             if entry is not None:
                 break
-            if pool.state == "failed":
+            if pool.state == PoolState.FAILED:
                 raise SessionFailed(pool.failed_line())
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -222,7 +223,7 @@ class Pools:
         return ", ".join(
             f"pool {name} {pool.ready()}/{pool.spec.size} ready"
             + (f", {self.leased(name)} leased" if self.leased(name) else "")
-            + (" FAILED" if pool.state == "failed" else "")
+            + (" FAILED" if pool.state == PoolState.FAILED else "")
             for name, pool in self.pools.items()
         )
 

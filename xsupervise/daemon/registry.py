@@ -18,6 +18,7 @@ from ..host.notify import Notifier
 from ..host.paths import RuntimeDir
 from ..launch.settings import SessionSpec
 from ..session.session import Mode, Session, clock_time
+from ..session.states import Event, State
 
 
 class DaemonEntry:
@@ -44,7 +45,7 @@ class DaemonEntry:
 
     def settled(self) -> bool:
         """Ready at least once, FAILED, or over: what READY=1 waits for."""
-        return self.core.ready_once or self.core.state == "failed" or self.running.done()
+        return self.core.ready_once or self.core.state == State.FAILED or self.running.done()
 
 
 class Registry:
@@ -126,8 +127,8 @@ class Registry:
                 "session %s crashed", managed.spec.name, extra=managed.core.log_fields()
             )
 
-    def _on_event(self, core: Session, event: str) -> None:
-        if event == "ready":
+    def _on_event(self, core: Session, event: Event) -> None:
+        if event == Event.VERIFIED:
             for managed in self:
                 if managed.core is core:
                     managed.ready.set()
@@ -151,14 +152,14 @@ class Registry:
     def status_line(self) -> str:
         """One human line, e.g. '2 displays ready (:5 :7), 1 in backoff until 12:03:41'."""
         sessions = list(self)
-        ready = [m.core.display or "" for m in sessions if m.core.state == "ready"]
+        ready = [m.core.display or "" for m in sessions if m.core.state == State.READY]
         backoff = [
             m.core.next_retry_at
             for m in sessions
-            if m.core.state == "backoff" and m.core.next_retry_at
+            if m.core.state == State.BACKOFF and m.core.next_retry_at
         ]
-        failed = [m.spec.name for m in sessions if m.core.state == "failed"]
-        starting = sum(m.core.state == "starting" for m in sessions)
+        failed = [m.spec.name for m in sessions if m.core.state == State.FAILED]
+        starting = sum(m.core.state == State.STARTING for m in sessions)
         parts = [
             f"{len(ready)} display{'s' * (len(ready) != 1)} ready"
             + (f" ({' '.join(ready)})" if ready else "")

@@ -131,7 +131,6 @@ def launch_steps(
         from .recovery import reclaim_abandoned
 
         files.save(
-            state="starting",
             server_pid=child.pid,
             server_ticks=child.start_ticks,
             server_argv=argv,
@@ -176,7 +175,6 @@ def launch_steps(
         child.started_fd = -1
         os.close(read_fd)
     files.save(
-        state="ready",
         display=server.display,
         socket_inode=server.facts.socket_inode,
         server_pid=child.program_pid,

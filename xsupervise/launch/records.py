@@ -28,7 +28,10 @@ class SessionRecord:
         "token": None,
         "name": None,
         "kind": "api",  # "cli" (an `xsupervise start` process) or "api" (a Display)
-        "state": "starting",  # starting, ready, backoff, failed, stopping
+        # A session's state (session.states.State, written by Session._go only); None for a
+        # one-off display (Display), which has no state machine: starting, or ready once it
+        # has a display.
+        "state": None,
         "supervisor_pid": None,
         "supervisor_ticks": None,
         "server_pid": None,
@@ -51,7 +54,7 @@ class SessionRecord:
     token: str
     name: str
     kind: str
-    state: str
+    state: str | None
     supervisor_pid: int | None
     supervisor_ticks: int | None
     server_pid: int | None

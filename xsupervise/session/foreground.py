@@ -35,7 +35,7 @@ from ..launch.process import (
 from ..launch.settings import Settings
 from .clock import SYSTEM_CLOCK, Clock, clock_time
 from .session import Session
-from .states import Mode
+from .states import Event, Mode
 
 TYPE_CHECKING = False  # typing costs the CLI milliseconds to import: only for the checker
 if TYPE_CHECKING:
@@ -182,25 +182,25 @@ class ForegroundSupervisor(Events):
         raise AssertionError("a session's steps end only by raising")
 
     # -- what the core tells us --------------------------------------------------------
-    def _on_event(self, core: Session, event: str) -> None:
-        server = core.server  # set on "ready" and "restarted"
+    def _on_event(self, core: Session, event: Event) -> None:
+        server = core.server  # set once verified
         if self.lineage is not None and server is not None:
             self.lineage.note_server(server, command_started=self.command is not None)
-        if event == "ready" and server is not None:
+        if event == Event.VERIFIED and server is not None and core.restarts == 0:
             self.announce(server)
             if self.command_argv:
                 self._start_command(server)
             self.notifier.ready(f"display {core.display} ready (X server pid {server.pid})")
-        elif event == "restarted" and server is not None:
+        elif event == Event.VERIFIED and server is not None:
             self.notifier.status(
                 f"display {core.display} ready (X server pid {server.pid}, restart {core.restarts})"
             )
-        elif event == "waiting":
+        elif event in (Event.BACKOFF, Event.COOL_DOWN):
             self.notifier.status(
                 f"display {core.display or '(none yet)'} in {core.state} until "
                 f"{clock_time(core.next_retry_at)}"
             )
-        elif event == "died":
+        elif event == Event.DIED:
             self.notifier.status(f"display {core.display}: X server died; restarting")
 
     def _start_command(self, server: LaunchedServer) -> None:

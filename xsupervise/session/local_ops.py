@@ -13,8 +13,8 @@ from ..host.paths import RuntimeDir
 from ..launch.process import Pinned, wait_exited
 from ..launch.records import SessionRecord, live_records
 from ..launch.vnc_endpoint import VncEndpoint
+from .states import State
 
-ABANDONED = "abandoned"  # a record's state in list/status once its supervisor has died
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
 if TYPE_CHECKING:
     from typing import NotRequired, TypedDict
@@ -104,7 +104,7 @@ def session_status(
             {
                 "name": record.name,
                 "display": record.display,
-                "state": record.state,
+                "state": record.state or State.STARTING,  # (set by local_records)
                 "restarts": record.restarts,
                 "last_failure": record.last_failure,
                 "supervisor_pid": record.supervisor_pid,
@@ -112,10 +112,10 @@ def session_status(
                 "containment": record.containment,
                 "abandoned": record.abandoned,
                 "uptime": now - record.ready_at
-                if record.state == "ready" and record.ready_at
+                if record.state == State.READY and record.ready_at
                 else None,
                 "next_retry_at": record.next_retry_at
-                if record.state in ("backoff", "failed")
+                if record.state in (State.BACKOFF, State.FAILED)
                 else None,
                 "failed_since": history.failed_at,
                 "vnc": record.vnc,
@@ -169,14 +169,14 @@ def format_status(entry: StatusEntry, now: float) -> str:
 
     parts = [entry["display"] or "-", entry["name"]]
     state = entry["state"]
-    if state in ("backoff", "failed") and entry["next_retry_at"]:
+    if state in (State.BACKOFF, State.FAILED) and entry["next_retry_at"]:
         parts.append(
             f"{state} until {clock(entry['next_retry_at'])} "
             f"(in {max(0.0, entry['next_retry_at'] - now):.0f} s)"
         )
-    elif state == ABANDONED:
+    elif state == State.ABANDONED:
         parts.append(f"abandoned: {entry.get('abandoned')}")
-    elif state == "ready" and entry["uptime"] is not None:
+    elif state == State.READY and entry["uptime"] is not None:
         parts.append(f"ready, up {entry['uptime']:.0f} s")
     else:
         parts.append(state)
@@ -211,9 +211,12 @@ def local_records(runtime: RuntimeDir) -> list[SessionRecord]:
             )
             if os.path.lexists(path)
         ]
-        record.state = ABANDONED
+        record.state = State.ABANDONED
         record.abandoned = (
             f"supervisor pid {record.supervisor_pid} died; its processes are stopped; left: "
             f"{', '.join(left) or 'nothing'} (removed by the next start, run or clean)"
         )
-    return live_records(runtime) + abandoned
+    live = live_records(runtime)
+    for record in live:  # a one-off display (Display) has no state machine: see its record
+        record.state = record.state or (State.READY if record.display else State.STARTING)
+    return live + abandoned

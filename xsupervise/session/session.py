@@ -50,16 +50,17 @@ if TYPE_CHECKING:
     from .clock import LaunchedServer, Launcher, Steps
 
 
-def _ignore(_session: Session, _event: str) -> None:
+def _ignore(_session: Session, _event: Event) -> None:
     pass
 
 
 class Session:
     """The state of one session and the steps that run it.
 
-    ``on_event(session, event)`` is called as things happen: "ready" (the first time),
-    "restarted", "waiting" (backoff or FAILED, see ``state`` and ``next_retry_at``), "died",
-    "start-failed". It may raise to end the session (the server is stopped first).
+    ``on_event(session, event)`` is called as things happen, with the ``Event`` that moved
+    it: VERIFIED (ready; ``restarts`` says whether for the first time), BACKOFF or COOL_DOWN
+    (waiting, see ``next_retry_at``), DIED, START_FAILED. It may raise to end the session
+    (the server is stopped first).
     ``no_wait``: a FAILED budget ends the session rather than waiting, whatever the mode."""
 
     def __init__(
@@ -71,7 +72,7 @@ class Session:
         name: str,
         mode: Mode,
         no_wait: bool = False,
-        on_event: Callable[[Session, str], None] = _ignore,
+        on_event: Callable[[Session, Event], None] = _ignore,
         clock: Clock = SYSTEM_CLOCK,
         launcher: Launcher = launch_steps,
     ) -> None:
@@ -114,8 +115,11 @@ class Session:
     def _log(self, level: str, message: str, *args: object) -> None:
         getattr(log.get(), level)(message, *args, extra=self.log_fields())
 
-    def _go(self, event: Event) -> None:
+    def _go(self, event: Event, **record: object) -> None:
+        """The one way a session's state changes: by the table; its record says so at once
+        (with ``record``'s other fields, in one write)."""
         self.state = transition(self.state, event)
+        self.files.save(state=self.state, **record)
 
     # -- the session -------------------------------------------------------------------
     def steps(self) -> Steps[None]:
@@ -154,7 +158,7 @@ class Session:
                 if not self.mode.retries_failed_start(crashed, first):
                     raise
                 self._log("warning", "%s", error)  # a failed start: retried
-                self.on_event(self, "start-failed")
+                self.on_event(self, Event.START_FAILED)
                 continue
             if self.ready_once:
                 self.restarts += 1
@@ -166,13 +170,13 @@ class Session:
                     server.pid,
                     self.restarts,
                 )
-                self.on_event(self, "restarted")
+                self.on_event(self, Event.VERIFIED)  # again: see self.restarts
             else:
                 self.ready_once = True
                 self._log(
                     "info", "display %s is ready (X server pid %d).", server.display, server.pid
                 )
-                self.on_event(self, "ready")
+                self.on_event(self, Event.VERIFIED)
             return server
 
     def record_app_failure(self, reason: str) -> None:
@@ -205,11 +209,10 @@ class Session:
             raise
         self.server = server
         self.number = server.number  # restarts ask for the same number
-        self._go(Event.VERIFIED)
+        self._go(Event.VERIFIED, ready_at=self.clock.wall(), next_retry_at=None)
         self.ready_at = self.clock.monotonic()
         with self.ledger.update() as history:
             policy.record_ready(history, self.files.token)
-        self.files.save(ready_at=self.clock.wall(), next_retry_at=None)
         return server
 
     def _watch(self, server: LaunchedServer) -> Steps[None]:
@@ -252,8 +255,8 @@ class Session:
         self._log("error", "%s", reason)
         with self.ledger.update() as history:
             policy.record_death(history, self.clock.wall(), self.policy, uptime, reason)
-        self.files.save(state=self.state, last_failure=reason)
-        self.on_event(self, "died")
+        self.files.save(last_failure=reason)
+        self.on_event(self, Event.DIED)
 
 
 def _recorder_ended(session: Session, recording: Recording) -> Steps[None]:
@@ -295,12 +298,10 @@ def await_budget(session: Session) -> Steps[None]:
                 # a relauncher kills while it waits would leave its files.
                 yield Offload(reclaim_abandoned, session.runtime, session.settings.kill_grace)
             announced = (decision.state, decision.until)
-            session._go(Event.COOL_DOWN if decision.state == State.FAILED else Event.BACKOFF)
+            waiting = Event.COOL_DOWN if decision.state == State.FAILED else Event.BACKOFF
+            session._go(waiting, next_retry_at=decision.until, last_failure=decision.reason)
             session.next_retry_at = decision.until
             session.last_failure = decision.reason or session.last_failure
-            session.files.save(
-                state=session.state, next_retry_at=decision.until, last_failure=decision.reason
-            )
             what = "FAILED, cooling down" if session.state == State.FAILED else "backing off"
             session._log(
                 "warning",
@@ -311,7 +312,7 @@ def await_budget(session: Session) -> Steps[None]:
                 decision.until - now,
                 decision.reason or "(none)",
             )
-            session.on_event(session, "waiting")
+            session.on_event(session, waiting)
         # Ask the ledger again at least every second: 'xsupervise reset' may have cleared it.
         wake_at = min(decision.until, now + _LEDGER_RECHECK)
         yield Wait((), session.clock.monotonic() + max(0.0, wake_at - session.clock.wall()))
@@ -322,9 +323,8 @@ def record_failure(session: Session, reason: str) -> None:
         policy.record_failure(
             history, session.clock.wall(), session.policy, reason, token=session.files.token
         )
-    session._go(Event.START_FAILED)
+    session._go(Event.START_FAILED, last_failure=reason)
     session.last_failure = reason
-    session.files.save(state=session.state, last_failure=reason)
 
 
 def _failed_line(session: Session, history: policy.History, decision: policy.Decision) -> str:

@@ -16,6 +16,9 @@ class State(enum.StrEnum):
     BACKOFF = "backoff"  # a start failed or the server died: waiting for the next start
     FAILED = "failed"  # the start limit was reached: cooling down, or giving up
     STOPPING = "stopping"  # stopping the server, then the session ends
+    # Never a live session's: a record's, once its supervisor has died (list/status show it,
+    # the next start clears it; see session.local_ops).
+    ABANDONED = "abandoned"
 
 
 class Event(enum.Enum):
@@ -27,6 +30,7 @@ class Event(enum.Enum):
     START_FAILED = "start-failed"  # the launch failed (and was counted against the budget)
     DIED = "died"  # the ready server died
     STOP = "stop"  # a stop (or an error) while a server runs: stop it, then end
+    ENDED = "ended"  # the session's steps are over, however they ended (told, not a transition)
 
 
 _S, _R, _B, _F = State.STARTING, State.READY, State.BACKOFF, State.FAILED
@@ -44,6 +48,7 @@ _NEXT: dict[State, dict[Event, State]] = {
     State.FAILED: {Event.START: _S, Event.BACKOFF: _B, Event.COOL_DOWN: _F, Event.GIVE_UP: _F},
     State.READY: {Event.DIED: _B, Event.STOP: State.STOPPING},
     State.STOPPING: {},
+    State.ABANDONED: {},
 }
 
 
@@ -56,18 +61,21 @@ def transition(state: State, event: Event) -> State:
 
     ::
 
-        state/event START    BACKOFF  COOL_DOWN GIVE_UP  VERIFIED START_FAILED DIED     STOP
-        starting    starting backoff  failed    failed   ready    backoff      -        -
-        ready       -        -        -         -        -        -            backoff  stopping
-        backoff     starting backoff  failed    failed   -        -            -        -
-        failed      starting backoff  failed    failed   -        -            -        -
-        stopping    -        -        -         -        -        -            -        -
+        state/event START    BACKOFF COOL_DOWN GIVE_UP VERIFIED START_FAILED DIED    STOP     ENDED
+        starting    starting backoff failed    failed  ready    backoff      -       -        -
+        ready       -        -       -         -       -        -            backoff stopping -
+        backoff     starting backoff failed    failed  -        -            -       -        -
+        failed      starting backoff failed    failed  -        -            -       -        -
+        stopping    -        -       -         -       -        -            -       -        -
+        abandoned   -        -       -         -       -        -            -       -        -
 
     - A session is born ``starting`` and asks the budget (ledger + policy) before each start:
       START launches; BACKOFF / COOL_DOWN wait (asked again at least every second, so a
       ``reset`` is seen); GIVE_UP ends the session with SessionFailed.
     - From ``ready`` only the server's death (DIED) or a stop leaves: a death goes through
       ``backoff`` even when the policy lets it restart at once (it proved itself).
+    - ENDED is told (``on_event``) when the steps are over, however they ended; it moves
+      no state.
     - A stop while no server runs (starting, backoff, failed) is no transition: the launch
       path cleans up after itself, and the steps end in the state they were in. ``stopping``
       is final: the steps end once the server is reaped.
@@ -78,6 +86,15 @@ def transition(state: State, event: Event) -> State:
         raise ImpossibleTransition(
             f"a session cannot go from {state.value} on {event.name}; this is a bug in xsupervise."
         ) from None
+
+
+class PoolState(enum.StrEnum):
+    """A warm pool's state, derived from its spares' (see daemon.pool.Pool.state)."""
+
+    READY = "ready"  # every spare is ready
+    REFILLING = "refilling"  # some spare is starting
+    FAILED = "failed"  # a spare's budget is spent: the pool is cooling down
+    STOPPED = "stopped"  # the daemon is stopping it
 
 
 class Mode(enum.Enum):
