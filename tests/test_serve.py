@@ -795,11 +795,11 @@ def test_journal_fields_reach_the_handler(tmp_path: Path, monkeypatch):
     logger.setLevel(logging.INFO)
 
     async def until_ready_then_stop() -> None:
-        def on_event(core, event):
+        def on_event(session, event):
             if event is Event.VERIFIED:
                 task.cancel()
 
-        core = Session(
+        session = Session(
             load_settings(),
             RuntimeDir.discover(),
             None,
@@ -809,7 +809,7 @@ def test_journal_fields_reach_the_handler(tmp_path: Path, monkeypatch):
         )
         task = asyncio.current_task()
         try:
-            await run_steps(core.steps())
+            await run_steps(session.steps())
         except asyncio.CancelledError:
             pass
 

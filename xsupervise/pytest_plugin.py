@@ -27,7 +27,7 @@ import pytest
 
 if TYPE_CHECKING:
     from .api.child_display import Shown
-    from .api.xdisplay_run import XDisplayRun
+    from .api.pytest_run import XDisplayRun
 
 __all__ = ["XDisplay", "xdisplay"]
 
@@ -87,13 +87,13 @@ def pytest_configure(config: pytest.Config) -> None:
         "xdisplay(screen=None, server=None, fresh=False): the test needs an X display; with "
         "fresh=True, a screen or a server it gets a private one for itself (xsupervise)",
     )
-    from .api.xdisplay_run import XDisplayRun
+    from .api.pytest_run import XDisplayRun
 
     config.stash[_RUN] = run = XDisplayRun(config)
     config.pluginmanager.register(run, "xsupervise-xdisplay")
     video = config.getoption("xdisplay_video") or config.getini("xdisplay_video")
-    if video != "off":  # see api/xdisplay_video.py
-        from .api.xdisplay_video import VideoRecorder
+    if video != "off":  # see api/pytest_video.py
+        from .api.pytest_video import VideoRecorder
 
         config.pluginmanager.register(VideoRecorder(run, video), "xsupervise-xdisplay-video")
 

@@ -287,7 +287,7 @@ class DaemonOps:
             await asyncio.wait([managed.running, waiter], return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
-        server = managed.core.server
+        server = managed.session.server
         if not managed.ready.is_set() or server is None:
             error = managed.error
             if isinstance(error, XSuperviseError):
@@ -313,10 +313,10 @@ class DaemonOps:
             for managed in self.registry
             if all
             or managed.spec.name == name
-            or (display and managed.core.display == f":{number}")
+            or (display and managed.session.display == f":{number}")
         ]
         lines = [
-            f"{m.core.display or m.spec.name}: stopped (session {m.spec.name} of "
+            f"{m.session.display or m.spec.name}: stopped (session {m.spec.name} of "
             f"xsupervise serve pid {os.getpid()})"
             for m in ours
         ]
@@ -403,7 +403,7 @@ class DaemonOps:
             from ..host.aio import run_steps
 
             try:
-                await run_steps(_record_lease_steps(lease.entry.core.server, record, lease.id))
+                await run_steps(_record_lease_steps(lease.entry.session.server, record, lease.id))
             except BaseException:
                 connection.leases.discard(lease.id)
                 self.daemon.pools.release(lease.id)

@@ -34,7 +34,7 @@ def run_entry(entry: DaemonEntry, on_event: Callable[[Session, Event], None]) ->
 
     async def run() -> None:
         try:
-            await run_steps(entry.core.steps())
+            await run_steps(entry.session.steps())
         except asyncio.CancelledError:
             pass
         except XSuperviseError as error:
@@ -45,11 +45,11 @@ def run_entry(entry: DaemonEntry, on_event: Callable[[Session, Event], None]) ->
             log.get().exception("display of %s crashed", entry.key, extra=fields())
 
     def fields() -> dict[str, object]:
-        return entry.core.log_fields()
+        return entry.session.log_fields()
 
     def over(_task: object) -> None:
-        entry.core.files.remove()  # idempotent; the steps remove them when they ran
-        on_event(entry.core, Event.ENDED)
+        entry.session.files.remove()  # idempotent; the steps remove them when they ran
+        on_event(entry.session, Event.ENDED)
 
     entry.task = asyncio.get_running_loop().create_task(run())
     entry.task.add_done_callback(over)
@@ -88,21 +88,21 @@ class Pool:
 
     @staticmethod
     def _is_ready(entry: DaemonEntry) -> bool:
-        return entry.core.state == State.READY and entry.core.server is not None
+        return entry.session.state == State.READY and entry.session.server is not None
 
     @property
     def state(self) -> PoolState:
         """READY (every spare is), REFILLING, FAILED (a spare's budget is spent), STOPPED."""
         if self.closed:
             return PoolState.STOPPED
-        if any(entry.core.state == State.FAILED for entry in self.spares):
+        if any(entry.session.state == State.FAILED for entry in self.spares):
             return PoolState.FAILED
         return PoolState.READY if self.ready() >= self.spec.size else PoolState.REFILLING
 
     def failed_reason(self) -> str:
         for entry in self.spares:
-            if entry.core.state == State.FAILED:
-                return entry.core.last_failure or "(unknown)"
+            if entry.session.state == State.FAILED:
+                return entry.session.last_failure or "(unknown)"
         return ""
 
     def failed_line(self) -> str:
@@ -130,7 +130,7 @@ class Pool:
         while not (self.closed or self.paused) and len(self.spares) < self.spec.size:
             self._serial += 1
             key = f"{self.spec.session_name}#{self._serial}"
-            core = Session(
+            session = Session(
                 self.spec.settings,
                 self.runtime,
                 None,
@@ -138,14 +138,14 @@ class Pool:
                 mode=Mode.DAEMON_POOL,
                 on_event=self._on_event,
             )
-            entry = DaemonEntry(key, SessionSpec(key, None, self.spec.settings), "pool", core)
+            entry = DaemonEntry(key, SessionSpec(key, None, self.spec.settings), "pool", session)
             self.spares.append(entry)
             run_entry(entry, self._on_event)
 
-    def _on_event(self, core: Session, event: Event) -> None:
+    def _on_event(self, session: Session, event: Event) -> None:
         if event == Event.ENDED:
             for entry in self.spares:
-                if entry.core is core:  # ended by itself (a bug, or the disk): not refilled
+                if entry.session is session:  # ended by itself (a bug, or the disk): not refilled
                     self.spares.remove(entry)  # at once, lest it storm; the next take does
                     break
         self.wake()
@@ -162,7 +162,7 @@ class Pool:
         for entry in self.spares:
             if self._is_ready(entry):
                 self.spares.remove(entry)
-                entry.core.mode = Mode.DAEMON_LEASED
+                entry.session.mode = Mode.DAEMON_LEASED
                 ledger = Ledger(self.runtime, self.spec.session_name)
                 if ledger.read().in_a_row:  # (no file written on the lease path otherwise)
                     with ledger.update() as history:

@@ -36,7 +36,7 @@ class LeaseTimeout(XSuperviseError):
     exit_code = ExitCode.READY_TIMEOUT
 
 
-class Lease:
+class LeasedDisplay:
     """One display handed out: its id, pool and session (which runs its server)."""
 
     __slots__ = ("entry", "id", "pool", "since")
@@ -48,18 +48,22 @@ class Lease:
         self.since = time.time()
 
     def __repr__(self) -> str:
-        return f"<Lease {self.id} of pool {self.pool}: {self.entry.core.display}>"
+        return f"<LeasedDisplay {self.id} of pool {self.pool}: {self.entry.session.display}>"
 
     def reply(self) -> Reply:
         """The fields ``start`` replies with, plus ``lease`` and ``pool``."""
-        server = self.entry.core.server
+        server = self.entry.session.server
         assert server is not None  # taken only when ready
         from .protocol import display_reply
 
-        return {"lease": self.id, "pool": self.pool, **display_reply(self.entry.core.name, server)}
+        return {
+            "lease": self.id,
+            "pool": self.pool,
+            **display_reply(self.entry.session.name, server),
+        }
 
 
-def _not_told(_lease: Lease, _event: Reply) -> None:
+def _not_told(_lease: LeasedDisplay, _event: Reply) -> None:
     pass
 
 
@@ -71,9 +75,9 @@ class Pools:
     def __init__(self, runtime: RuntimeDir, changed: Callable[[], None]):
         self.runtime = runtime
         self.changed = changed
-        self.tell: Callable[[Lease, Reply], None] = _not_told
+        self.tell: Callable[[LeasedDisplay, Reply], None] = _not_told
         self.pools: dict[str, Pool] = {}
-        self.leases: dict[str, Lease] = {}
+        self.leases: dict[str, LeasedDisplay] = {}
         self.retiring: set[DaemonEntry] = set()  # displays being destroyed
         self.stopping = False
         self.begun = False
@@ -118,7 +122,7 @@ class Pools:
 
     async def lease(
         self, name: str, wait: float, gone: Callable[[], bool] = lambda: False
-    ) -> Lease:
+    ) -> LeasedDisplay:
         """A ready display of pool ``name``: at once, or the next one within ``wait`` s.
         ``gone()``: the lessee has left while it waited; no display is taken for it."""
         pool = self.pools.get(name)
@@ -151,23 +155,25 @@ class Pools:
                     "a longer wait, or a larger size to the pool."
                 )
             await pool.changes(remaining)
-        lease = Lease(name, entry)
+        lease = LeasedDisplay(name, entry)
         self.leases[lease.id] = lease
         entry.running.add_done_callback(lambda _task: self._died(lease))
         self.changed()
         return lease
 
-    def _died(self, lease: Lease) -> None:
+    def _died(self, lease: LeasedDisplay) -> None:
         """A leased display's session ended while its lease held: its server died (counted
         in no budget: see Mode.DAEMON_LEASED). Its lessee is told; the lease is over."""
         if self.leases.get(lease.id) is not lease:
             return  # released or revoked: its lessee knows
         del self.leases[lease.id]
-        core = lease.entry.core
-        self.tell(lease, _ended(lease, "died", f": {core.last_failure or 'its X server ended.'}"))
+        session = lease.entry.session
+        self.tell(
+            lease, _ended(lease, "died", f": {session.last_failure or 'its X server ended.'}")
+        )
         self.changed()
 
-    def revoke(self, lease_id: str, by: str) -> Lease | None:
+    def revoke(self, lease_id: str, by: str) -> LeasedDisplay | None:
         """End a lease by ``by`` (e.g. `xsupervise stop`): its lessee is told, its display
         destroyed (in the background). None if unknown."""
         lease = self.leases.get(lease_id)
@@ -175,7 +181,7 @@ class Pools:
             self.tell(lease, _ended(lease, "revoked", f" by {by}."))
         return self.release(lease_id)
 
-    def release(self, lease_id: str) -> Lease | None:
+    def release(self, lease_id: str) -> LeasedDisplay | None:
         """End a lease: its display is destroyed (in the background). None if unknown."""
         lease = self.leases.pop(lease_id, None)
         if lease is not None:
@@ -183,13 +189,13 @@ class Pools:
             self.changed()
         return lease
 
-    def find(self, display: str) -> tuple[str, Lease | None] | None:
+    def find(self, display: str) -> tuple[str, LeasedDisplay | None] | None:
         """The pool ``display`` (":N") is of and its lease (None: a spare); None: no pool's."""
         for lease in self.leases.values():
-            if lease.entry.core.display == display:
+            if lease.entry.session.display == display:
                 return lease.pool, lease
         for name, pool in self.pools.items():
-            if any(entry.core.display == display for entry in pool.spares):
+            if any(entry.session.display == display for entry in pool.spares):
                 return name, None
         return None
 
@@ -228,11 +234,11 @@ class Pools:
         )
 
 
-def _ended(lease: Lease, reason: str, why: str) -> Reply:
+def _ended(lease: LeasedDisplay, reason: str, why: str) -> Reply:
     """The ``lease-ended`` event (see daemon.protocol.EVENTS): one line says what happened."""
     from .protocol import event
 
-    display = lease.entry.core.display
+    display = lease.entry.session.display
     return event(
         "lease-ended",
         lease=lease.id,

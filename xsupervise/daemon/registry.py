@@ -22,20 +22,20 @@ from ..session.states import Event, State
 
 
 class DaemonEntry:
-    """A session the daemon runs: its spec, where it came from, its core and task."""
+    """A session the daemon runs: its spec, where it came from, its session and task."""
 
-    def __init__(self, key: str, spec: SessionSpec, origin: str, core: Session):
+    def __init__(self, key: str, spec: SessionSpec, origin: str, session: Session):
         self.key = key  # in Registry.entries: the name, or name#N for an unnamed request
         self.spec = spec
         self.origin = origin  # "config" or "request"
-        self.core = core
+        self.session = session
         self.task: asyncio.Task[None] | None = None
         self.stopping = False
         self.ready = asyncio.Event()
         self.error: BaseException | None = None  # why the task ended, if it did by an error
 
     def __repr__(self) -> str:
-        return f"<DaemonEntry {self.spec.name} from {self.origin}: {self.core!r}>"
+        return f"<DaemonEntry {self.spec.name} from {self.origin}: {self.session!r}>"
 
     @property
     def running(self) -> asyncio.Task[None]:
@@ -45,7 +45,7 @@ class DaemonEntry:
 
     def settled(self) -> bool:
         """Ready at least once, FAILED, or over: what READY=1 waits for."""
-        return self.core.ready_once or self.core.state == State.FAILED or self.running.done()
+        return self.session.ready_once or self.session.state == State.FAILED or self.running.done()
 
 
 class Registry:
@@ -86,7 +86,7 @@ class Registry:
     ) -> DaemonEntry:
         key = key or spec.name
         mode = Mode.DAEMON_CONFIGURED if origin == "config" else Mode.DAEMON_REQUESTED
-        core = Session(
+        session = Session(
             spec.settings,
             self.runtime,
             spec.number,
@@ -95,7 +95,7 @@ class Registry:
             no_wait=no_wait,
             on_event=self._on_event,
         )
-        managed = DaemonEntry(key, spec, origin, core)
+        managed = DaemonEntry(key, spec, origin, session)
         managed.task = asyncio.get_running_loop().create_task(self._run_session(managed))
         # Also when the task is cancelled before it ever ran (its finally would not run).
         managed.task.add_done_callback(lambda _task: self._session_over(managed))
@@ -103,7 +103,7 @@ class Registry:
         return managed
 
     def _session_over(self, managed: DaemonEntry) -> None:
-        managed.core.files.remove()  # idempotent; the steps remove them when they ran
+        managed.session.files.remove()  # idempotent; the steps remove them when they ran
         if self.entries.get(managed.key) is managed:
             del self.entries[managed.key]
         self.changed.set()
@@ -111,26 +111,26 @@ class Registry:
 
     async def _run_session(self, managed: DaemonEntry) -> None:
         try:
-            await run_steps(managed.core.steps())
+            await run_steps(managed.session.steps())
         except asyncio.CancelledError:
             log.get().info(
-                "session %s stopped.", managed.spec.name, extra=managed.core.log_fields()
+                "session %s stopped.", managed.spec.name, extra=managed.session.log_fields()
             )
         except XSuperviseError as error:
             managed.error = error
             log.get().error(
-                "session %s ended: %s", managed.spec.name, error, extra=managed.core.log_fields()
+                "session %s ended: %s", managed.spec.name, error, extra=managed.session.log_fields()
             )
         except Exception as error:  # noqa: BLE001 - a bug: keep serving the others, say so loudly
             managed.error = error
             log.get().exception(
-                "session %s crashed", managed.spec.name, extra=managed.core.log_fields()
+                "session %s crashed", managed.spec.name, extra=managed.session.log_fields()
             )
 
-    def _on_event(self, core: Session, event: Event) -> None:
+    def _on_event(self, session: Session, event: Event) -> None:
         if event == Event.VERIFIED:
             for managed in self:
-                if managed.core is core:
+                if managed.session is session:
                     managed.ready.set()
         self.changed.set()
         self.notifier.status(self.status_line())
@@ -152,14 +152,14 @@ class Registry:
     def status_line(self) -> str:
         """One human line, e.g. '2 displays ready (:5 :7), 1 in backoff until 12:03:41'."""
         sessions = list(self)
-        ready = [m.core.display or "" for m in sessions if m.core.state == State.READY]
+        ready = [m.session.display or "" for m in sessions if m.session.state == State.READY]
         backoff = [
-            m.core.next_retry_at
+            m.session.next_retry_at
             for m in sessions
-            if m.core.state == State.BACKOFF and m.core.next_retry_at
+            if m.session.state == State.BACKOFF and m.session.next_retry_at
         ]
-        failed = [m.spec.name for m in sessions if m.core.state == State.FAILED]
-        starting = sum(m.core.state == State.STARTING for m in sessions)
+        failed = [m.spec.name for m in sessions if m.session.state == State.FAILED]
+        starting = sum(m.session.state == State.STARTING for m in sessions)
         parts = [
             f"{len(ready)} display{'s' * (len(ready) != 1)} ready"
             + (f" ({' '.join(ready)})" if ready else "")

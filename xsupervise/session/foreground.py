@@ -117,7 +117,7 @@ class ForegroundSupervisor(Events):
         self.parent_pid = parent_pid  # if set: stop as on SIGTERM when that parent exits
         # Something restarts us whenever we exit non-zero: make those exits spend the budget.
         self.mode = Mode.RELAUNCHED if relaunched else Mode.CLI
-        self.core: Session | None = None
+        self.session: Session | None = None
         self.command_started_at = 0.0
         self.stop_requested = False  # a stop signal came while COMMAND ran
         self.command_kill_at: float | None = None  # SIGKILL COMMAND then if it is still running
@@ -150,7 +150,7 @@ class ForegroundSupervisor(Events):
                 # reaps them. A Python handler makes SIGCHLD wake our poll loop (through the
                 # inbox's wakeup fd); handle() then reaps them.
                 signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
-            core = self.core = Session(
+            session = self.session = Session(
                 self.settings,
                 self.runtime,
                 self.number,
@@ -161,11 +161,11 @@ class ForegroundSupervisor(Events):
                 clock=self.clock,
             )
             try:
-                run_blocking(core.steps(), self)
+                run_blocking(session.steps(), self)
             except _Stop as stop:
                 return stop.code
             except XSuperviseError as error:  # reported by the CLI: with our journal fields
-                log.attach_fields(error, core.log_fields())
+                log.attach_fields(error, session.log_fields())
                 failed = isinstance(error, SessionFailed)
                 self.notifier.stopping(f"{'FAILED' if failed else 'stopping'}: {error}")
                 self.exit_code = error.exit_code
@@ -181,32 +181,33 @@ class ForegroundSupervisor(Events):
                     stop_leftovers(self.settings.kill_grace, self.lineage)
         raise AssertionError("a session's steps end only by raising")
 
-    # -- what the core tells us --------------------------------------------------------
-    def _on_event(self, core: Session, event: Event) -> None:
-        server = core.server  # set once verified
+    # -- what the session tells us-----------------------------------------------------
+    def _on_event(self, session: Session, event: Event) -> None:
+        server = session.server  # set once verified
         if self.lineage is not None and server is not None:
             self.lineage.note_server(server, command_started=self.command is not None)
-        if event == Event.VERIFIED and server is not None and core.restarts == 0:
+        if event == Event.VERIFIED and server is not None and session.restarts == 0:
             self.announce(server)
             if self.command_argv:
                 self._start_command(server)
-            self.notifier.ready(f"display {core.display} ready (X server pid {server.pid})")
+            self.notifier.ready(f"display {session.display} ready (X server pid {server.pid})")
         elif event == Event.VERIFIED and server is not None:
             self.notifier.status(
-                f"display {core.display} ready (X server pid {server.pid}, restart {core.restarts})"
+                f"display {session.display} ready (X server pid {server.pid}, "
+                f"restart {session.restarts})"
             )
         elif event in (Event.BACKOFF, Event.COOL_DOWN):
             self.notifier.status(
-                f"display {core.display or '(none yet)'} in {core.state} until "
-                f"{clock_time(core.next_retry_at)}"
+                f"display {session.display or '(none yet)'} in {session.state} until "
+                f"{clock_time(session.next_retry_at)}"
             )
         elif event == Event.DIED:
-            self.notifier.status(f"display {core.display}: X server died; restarting")
+            self.notifier.status(f"display {session.display}: X server died; restarting")
 
     def _start_command(self, server: LaunchedServer) -> None:
         argv = fill_command(self.command_argv, server) if self.substitute else self.command_argv
         try:
-            env = child_environment({**server.env, **_mark(self.core)})
+            env = child_environment({**server.env, **_mark(self.session)})
             self.command = spawn(argv, env=env, own_group=False)
             self.command_started_at = self.clock.monotonic()
         except FileNotFoundError:
@@ -216,7 +217,7 @@ class ForegroundSupervisor(Events):
             log.get().error("command %r is not executable; nothing was run.", self.command_argv[0])
             raise _Stop(ExitCode.COMMAND_NOT_RUNNABLE) from None
 
-    # -- what we watch besides the core's own fds (process.Events) -------------------------
+    # -- what we watch besides the session's own fds (process.Events) ----------------------
     def _signals(self) -> SignalInbox:
         if self.inbox is None:
             raise RuntimeError("the supervisor is not running")
@@ -260,18 +261,18 @@ class ForegroundSupervisor(Events):
                 code != 0
                 and self.mode.counts_app_failures
                 and not self.stop_requested
-                and self.core is not None
+                and self.session is not None
             ):
                 ran = self.clock.monotonic() - self.command_started_at
-                self.core.record_app_failure(
+                self.session.record_app_failure(
                     f"COMMAND {self.command_argv[0]!r} (pid {command.pid}) "
-                    f"{describe_status(status)} after {ran:.1f} s on {self.core.display}."
+                    f"{describe_status(status)} after {ran:.1f} s on {self.session.display}."
                 )
             self._stopping(code)
 
     def _on_signal(self, signum: int) -> None:
         if self.exit_code is not None:
-            raise _Stop(self.exit_code)  # a second signal: the core escalates to SIGKILL
+            raise _Stop(self.exit_code)  # a second signal: the session escalates to SIGKILL
         if self.command is not None and self.command.returncode is None:
             self.stop_requested = True
             if _delivered_by_terminal(signum):
@@ -291,7 +292,7 @@ class ForegroundSupervisor(Events):
         raise _Stop(code)
 
 
-def _mark(core: Session | None) -> dict[str, str]:
+def _mark(session: Session | None) -> dict[str, str]:
     """COMMAND's mark: what it leaves behind a SIGKILLed supervisor is found by it (see
     launch.recovery._stop_commands)."""
-    return {COMMAND_MARK: core.files.token} if core is not None else {}
+    return {COMMAND_MARK: session.files.token} if session is not None else {}

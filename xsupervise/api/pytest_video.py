@@ -22,7 +22,7 @@ import pytest
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..launch.recording import Recording
-    from .xdisplay_run import XDisplayRun
+    from .pytest_run import XDisplayRun
 
 _FAILED = pytest.StashKey[bool]()
 _KEPT = pytest.StashKey[str]()  # the kept video's path, or "none: why"
@@ -43,7 +43,7 @@ class VideoRecorder:
         from ..host.paths import new_token
         from ..host.steps import run_blocking
         from ..launch.recording import READY_WAIT, start_recording
-        from .xdisplay_run import screenshot_name, screenshots_dir
+        from .pytest_run import screenshot_name, screenshots_dir
 
         shown = self.run.private or self.run.display
         if shown is None:
@@ -108,7 +108,7 @@ class VideoRecorder:
 
 
 def _final_path(item: pytest.Item) -> Path:
-    from .xdisplay_run import screenshot_name, screenshots_dir
+    from .pytest_run import screenshot_name, screenshots_dir
 
     return screenshots_dir(item.config) / screenshot_name(item.nodeid).replace(".png", ".mp4")
 
