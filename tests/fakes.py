@@ -165,7 +165,7 @@ class FakeLauncher:
         self.spawned.append(server)
         self.servers[server.child.pidfd] = server
         spawned_at = self.clock.now
-        files.save(state="starting", server_pid=server.pid, server_ticks=None, display=None)
+        files.save(server_pid=server.pid, server_ticks=None, display=None)
         deadline = spawned_at + settings.displayfd_timeout
         ends = [t for t in (behaviour.ready_after, behaviour.exits_after) if t is not None]
         try:

@@ -36,7 +36,6 @@ def test_concurrent_starts_in_one_loop(runtime_dir: Path):
         ]
         # What a first start imports costs the loop once (~100 ms here), not per start.
         for module in (
-            "xsupervise.host.aio",
             "xsupervise.launch.recovery",
             "xsupervise.host.stale",
             "json",

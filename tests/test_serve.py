@@ -775,8 +775,8 @@ def test_journal_fields_reach_the_handler(tmp_path: Path, monkeypatch):
     from systemd.journal import JournalHandler
 
     from xsupervise.host import log
-    from xsupervise.host.aio import run_steps
     from xsupervise.host.paths import RuntimeDir
+    from xsupervise.host.steps import run_steps
     from xsupervise.launch.settings import load_settings
     from xsupervise.session.session import Mode, Session
     from xsupervise.session.states import Event

@@ -400,7 +400,7 @@ class DaemonOps:
         lease = await self.daemon.pools.lease(pool, float(wait), connection.gone)
         connection.leases.add(lease.id)  # before the reply: a closed connection releases it
         if record:  # an absolute path; finished before the display is destroyed
-            from ..host.aio import run_steps
+            from ..host.steps import run_steps
 
             try:
                 await run_steps(_record_lease_steps(lease.entry.session.server, record, lease.id))

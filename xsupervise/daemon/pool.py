@@ -16,9 +16,9 @@ import asyncio
 from collections.abc import Callable
 
 from ..host import log
-from ..host.aio import run_steps
 from ..host.errors import XSuperviseError
 from ..host.paths import RuntimeDir
+from ..host.steps import run_steps
 from ..launch.settings import SessionSpec
 from ..session.clock import clock_time
 from ..session.ledger import Ledger

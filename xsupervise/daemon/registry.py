@@ -12,10 +12,10 @@ import asyncio
 from collections.abc import Callable, Iterator
 
 from ..host import log
-from ..host.aio import run_steps
 from ..host.errors import XSuperviseError
 from ..host.notify import Notifier
 from ..host.paths import RuntimeDir
+from ..host.steps import run_steps
 from ..launch.settings import SessionSpec
 from ..session.session import Mode, Session, clock_time
 from ..session.states import Event, State

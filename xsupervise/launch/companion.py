@@ -19,7 +19,7 @@ import time
 
 from ..host import errors
 from ..host.prctl import IN_CREATE, IN_MOVED_TO, describe_status, inotify_watch
-from ..host.steps import Wait, poll_ready, run_blocking
+from ..host.steps import Steps, Wait, run_blocking
 from .process import Child, spawn
 
 _RETRY = 0.005  # seconds: the socket file exists but is not listening yet (bind, then listen)
@@ -51,46 +51,57 @@ def start_companion(argv: list[str], env: dict[str, str], label: str, log_path: 
         os.close(log_fd)
 
 
+def until_listening(child: Child, path: str, deadline: float) -> Steps[None]:
+    """Return once ``child`` accepts connections on the unix socket ``path``: we wait for the
+    file to appear (inotify on its directory, watched before we first look), then connect; a
+    file that exists but refuses (bound, not listening yet) is tried again very soon.
+    ChildProcessError if ``child`` exits first; TimeoutError at ``deadline``."""
+    watch = inotify_watch(os.path.dirname(path), IN_CREATE | IN_MOVED_TO)
+    try:
+        while not accepts(path):
+            soon = min(deadline, time.monotonic() + _RETRY) if os.path.exists(path) else deadline
+            ready = yield Wait((watch, child.pidfd), soon)
+            if child.pidfd in ready:
+                raise ChildProcessError
+            if watch in ready:
+                os.read(watch, 4096)  # drained: the connect says if it is ready
+            if time.monotonic() >= deadline:
+                raise TimeoutError
+    finally:
+        os.close(watch)
+
+
 def wait_listening(child: Child, path: str, timeout: float, what: str, log_path: str) -> None:
     """Return once ``child`` accepts connections on the unix socket ``path``; if it exits
     first or is not listening within ``timeout`` s, stop it and raise one line (exit 3/4)
     with the last lines it wrote to ``log_path``."""
     from .server_output import read_output
 
-    directory = os.path.dirname(path)
-    watch = inotify_watch(directory, IN_CREATE | IN_MOVED_TO)
-    deadline = child.spawned_at + timeout
     try:
-        while not accepts(path):
-            soon = min(deadline, time.monotonic() + _RETRY) if os.path.exists(path) else deadline
-            ready = poll_ready(Wait((watch, child.pidfd), soon))
-            if child.pidfd in ready:
-                status = stop(child, 1.0)  # reaped, and the rest of its boundary killed
-                reason, tail = read_output(log_path)
-                raise errors.ServerExited(
-                    f"{describe_status(status)} before it listened on {path}",
-                    server=what,
-                    pid=child.pid,
-                    elapsed=time.monotonic() - child.spawned_at,
-                    server_reason=reason,
-                    stderr_tail=tail,
-                )
-            if watch in ready:
-                os.read(watch, 4096)  # drained: the connect says if it is ready
-            if time.monotonic() >= deadline:
-                stop(child, 1.0)
-                raise errors.ReadyTimeout(
-                    f"did not listen on {path} within {timeout:g} s",
-                    server=what,
-                    pid=child.pid,
-                    elapsed=time.monotonic() - child.spawned_at,
-                )
+        run_blocking(until_listening(child, path, child.spawned_at + timeout))
+    except ChildProcessError:
+        status = stop(child, 1.0)  # reaped, and the rest of its boundary killed
+        reason, tail = read_output(log_path)
+        raise errors.ServerExited(
+            f"{describe_status(status)} before it listened on {path}",
+            server=what,
+            pid=child.pid,
+            elapsed=time.monotonic() - child.spawned_at,
+            server_reason=reason,
+            stderr_tail=tail,
+        ) from None
+    except TimeoutError:
+        stop(child, 1.0)
+        raise errors.ReadyTimeout(
+            f"did not listen on {path} within {timeout:g} s",
+            server=what,
+            pid=child.pid,
+            elapsed=time.monotonic() - child.spawned_at,
+        ) from None
     except BaseException:
         if child.returncode is None:
             stop(child, 1.0)
         raise
-    finally:
-        os.close(watch)
 
 
 def stop(child: Child, grace: float) -> int:

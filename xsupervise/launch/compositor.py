@@ -4,7 +4,8 @@ weston (``--backend=headless-backend.so``, the geometry as its output's size, th
 Xwayland's root window fills the output) is started before the server, with the same spawn()
 (own process group, death signal), its output in the session's log and a private
 XDG_RUNTIME_DIR under the session's directory. It is ready once its Wayland socket accepts a
-connection: we wait for the socket to be created (inotify, no polling) and connect to it.
+connection: we wait for the socket to be created (inotify, no polling) and connect to it
+(companion.until_listening).
 The server then runs with WAYLAND_DISPLAY pointing at it; XServer stops weston after the
 server (Xwayland first, then its compositor) and kills it with the server's teardown.
 """
@@ -13,15 +14,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 
 from ..host import errors
 from ..host.notify import child_environment
 from ..host.paths import check_socket_path, ensure_private_dir, remove_file
-from ..host.prctl import IN_CREATE, IN_MOVED_TO, inotify_watch
-from ..host.steps import Wait
+from .companion import until_listening
 from .process import Child, describe_status, spawn
 
 TYPE_CHECKING = False
@@ -31,16 +30,6 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 SOCKET = "wayland-0"
-_RETRY = 0.005  # seconds: the socket exists but is not listening yet (bind before listen)
-
-
-def _accepts(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK) as probe:
-        try:
-            probe.connect(path)
-            return True
-        except (FileNotFoundError, ConnectionRefusedError):
-            return False
 
 
 class Companion:
@@ -77,35 +66,20 @@ class Weston(Companion):
         path = os.path.join(self.runtime, SOCKET)
         for stale in (path, path + ".lock"):  # a previous weston of this session's, killed
             remove_file(stale)
-        watch = inotify_watch(self.runtime, IN_CREATE | IN_MOVED_TO)
+        weston = self._spawn(files)
+        deadline = weston.spawned_at + settings.displayfd_timeout
         try:
-            weston = self._spawn(files)
-            deadline = weston.spawned_at + settings.displayfd_timeout
-            try:
-                while not _accepts(path):
-                    # Made but not listening yet (bind, then listen): look again very soon.
-                    soon = min(deadline, time.monotonic() + _RETRY)
-                    ready = yield Wait(
-                        (watch, weston.pidfd), soon if os.path.exists(path) else deadline
-                    )
-                    if weston.pidfd in ready:
-                        raise ChildProcessError
-                    if watch in ready:
-                        os.read(watch, 4096)  # drained: the connect says if it is ready
-                    if time.monotonic() >= deadline:
-                        raise TimeoutError
-            except (ChildProcessError, TimeoutError) as exc:
-                status = yield from weston.stop_steps(settings.kill_grace)
-                raise self._error(weston, exc, status, settings, files) from None
-            except GeneratorExit:  # closed half-way: no more waiting is possible
-                weston.signal(signal.SIGKILL)
-                weston.reap_within(settings.kill_grace)
-                raise
-            except BaseException:
-                yield from weston.stop_steps(settings.kill_grace)
-                raise
-        finally:
-            os.close(watch)
+            yield from until_listening(weston, path, deadline)
+        except (ChildProcessError, TimeoutError) as exc:
+            status = yield from weston.stop_steps(settings.kill_grace)
+            raise self._error(weston, exc, status, settings, files) from None
+        except GeneratorExit:  # closed half-way: no more waiting is possible
+            weston.signal(signal.SIGKILL)
+            weston.reap_within(settings.kill_grace)
+            raise
+        except BaseException:
+            yield from weston.stop_steps(settings.kill_grace)
+            raise
         return weston
 
     def _spawn(self, files: SessionFiles) -> Child:

@@ -1,7 +1,7 @@
 """Child processes: spawn so they die with us, wait on events, stop TERM -> KILL, reap.
 
 Slow operations are generators of ``Wait``/``Offload`` requests (see host/steps.py), driven by
-``run_blocking`` or by an event loop (host/aio.py): one launch path for the CLI, ``Display``,
+``run_blocking`` or by an event loop (host/steps.py): one launch path for the CLI, ``Display``,
 ``AsyncDisplay`` and ``serve``. Nothing here blocks on a process that might not exit: after
 SIGKILL we wait for the pidfd to become readable, then reap with WNOHANG.
 

@@ -253,7 +253,7 @@ def recording_block(display: object, path: str) -> Iterator[str]:
 @asynccontextmanager
 async def async_recording_block(display: object, path: str) -> AsyncIterator[str]:
     """``AsyncDisplay.record``: the same, its waits driven by the event loop."""
-    from ..host.aio import run_steps
+    from ..host.steps import run_steps
 
     grace = display._settings.kill_grace  # type: ignore[attr-defined]
     recording = await run_steps(_begin_steps(display, path))

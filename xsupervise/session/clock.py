@@ -4,7 +4,7 @@
   wall times, since they outlive the process that wrote them.
 - ``Clock.monotonic()``: seconds on a clock that never jumps (time.monotonic()). Uptimes and
   the deadlines of the ``Wait``s a session yields; the real drivers (``run_blocking``,
-  ``host.aio.run_steps``) wait on time.monotonic(), so a fake clock needs a fake driver too
+  ``host.steps.run_steps``) wait on time.monotonic(), so a fake clock needs a fake driver too
   (tests/fakes.py).
 - ``Launcher``: what spawns and verifies a server (``launch.launcher.launch_steps``), returning a
   ``LaunchedServer`` (``launch.launcher.XServer``). These two are interfaces for the type checker
