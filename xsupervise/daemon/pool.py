@@ -19,6 +19,7 @@ from ..host import log
 from ..host.errors import XSuperviseError
 from ..host.paths import RuntimeDir
 from ..host.steps import run_steps
+from ..launch.launcher import launch_steps
 from ..launch.settings import SessionSpec
 from ..session.clock import clock_time
 from ..session.ledger import Ledger
@@ -27,6 +28,10 @@ from ..session.session import Mode, Session
 from ..session.states import Event, PoolState, State
 from .pool_spec import PoolSpec
 from .registry import DaemonEntry
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..session.clock import Launcher
 
 
 def run_entry(entry: DaemonEntry, on_event: Callable[[Session, Event], None]) -> None:
@@ -66,10 +71,17 @@ def stop_entries(entries: list[DaemonEntry]) -> None:
 class Pool:
     """The spares of one ``[pool.NAME]``. ``changed()`` is called on every change."""
 
-    def __init__(self, spec: PoolSpec, runtime: RuntimeDir, changed: Callable[[], None]):
+    def __init__(
+        self,
+        spec: PoolSpec,
+        runtime: RuntimeDir,
+        changed: Callable[[], None],
+        launcher: Launcher = launch_steps,
+    ):
         self.spec = spec
         self.runtime = runtime
         self.changed = changed
+        self.launcher = launcher  # the seam: tests pass a fake one (tests/test_pool_seam.py)
         self.spares: list[DaemonEntry] = []
         self.closed = False
         self.paused = False  # known (leases wait for it), but no spares yet: see Pools.begin
@@ -137,6 +149,7 @@ class Pool:
                 name=self.spec.session_name,
                 mode=Mode.DAEMON_POOL,
                 on_event=self._on_event,
+                launcher=self.launcher,
             )
             entry = DaemonEntry(key, SessionSpec(key, None, self.spec.settings), "pool", session)
             self.spares.append(entry)

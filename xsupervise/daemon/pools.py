@@ -20,6 +20,7 @@ from ..host.errors import (
     XSuperviseError,
 )
 from ..host.paths import RuntimeDir, new_token
+from ..launch.launcher import launch_steps
 from ..session.states import PoolState
 from .pool import Pool, stop_entries
 from .pool_spec import PoolSpec
@@ -27,6 +28,7 @@ from .registry import DaemonEntry
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ..session.clock import Launcher
     from .protocol import Reply
 
 
@@ -72,9 +74,15 @@ class Pools:
     pushes a ``lease-ended`` event to the lease's connection when its display died or was
     revoked (the control server's part)."""
 
-    def __init__(self, runtime: RuntimeDir, changed: Callable[[], None]):
+    def __init__(
+        self,
+        runtime: RuntimeDir,
+        changed: Callable[[], None],
+        launcher: Launcher = launch_steps,
+    ):
         self.runtime = runtime
         self.changed = changed
+        self.launcher = launcher  # what starts the spares' servers (tests pass a fake one)
         self.tell: Callable[[LeasedDisplay, Reply], None] = _not_told
         self.pools: dict[str, Pool] = {}
         self.leases: dict[str, LeasedDisplay] = {}
@@ -94,7 +102,7 @@ class Pools:
         for spec in specs:
             pool = self.pools.get(spec.name)
             if pool is None:
-                self.pools[spec.name] = pool = Pool(spec, self.runtime, self.changed)
+                self.pools[spec.name] = pool = Pool(spec, self.runtime, self.changed, self.launcher)
                 pool.paused = not self.begun
                 pool.fill()
             elif pool.spec != spec:
