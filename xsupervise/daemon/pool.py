@@ -81,7 +81,7 @@ class Pool:
         self.spec = spec
         self.runtime = runtime
         self.changed = changed
-        self.launcher = launcher  # the seam: tests pass a fake one (tests/test_pool_seam.py)
+        self.launcher = launcher  # the seam: tests pass a fake one (tests/test_daemon_seam.py)
         self.spares: list[DaemonEntry] = []
         self.closed = False
         self.paused = False  # known (leases wait for it), but no spares yet: see Pools.begin

@@ -16,9 +16,14 @@ from ..host.errors import XSuperviseError
 from ..host.notify import Notifier
 from ..host.paths import RuntimeDir
 from ..host.steps import run_steps
+from ..launch.launcher import launch_steps
 from ..launch.settings import SessionSpec
 from ..session.session import Mode, Session, clock_time
 from ..session.states import Event, State
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..session.clock import Launcher
 
 
 class DaemonEntry:
@@ -53,9 +58,10 @@ class Registry:
 
     ``changed`` is set whenever a session changes state (and STATUS= is sent then)."""
 
-    def __init__(self, runtime: RuntimeDir, notifier: Notifier):
+    def __init__(self, runtime: RuntimeDir, notifier: Notifier, launcher: Launcher = launch_steps):
         self.runtime = runtime
         self.notifier = notifier
+        self.launcher = launcher  # the seam: tests pass a fake one (tests/test_daemon_seam.py)
         self.entries: dict[str, DaemonEntry] = {}
         self.changed = asyncio.Event()
         self.more_status: Callable[[], str] = str  # e.g. the pools' part of the status line
@@ -94,6 +100,7 @@ class Registry:
             mode=mode,
             no_wait=no_wait,
             on_event=self._on_event,
+            launcher=self.launcher,
         )
         managed = DaemonEntry(key, spec, origin, session)
         managed.task = asyncio.get_running_loop().create_task(self._run_session(managed))

@@ -1,11 +1,13 @@
-"""The daemon's pool logic on its seam (issue 21): leases, refills, the budget, reload and stop,
-with a fake launcher whose servers are pipes (tests/pipe_servers.py), on a real event loop,
-in milliseconds. The same behaviour end to end, with real daemons and Xvfb, is in
-test_pool.py, test_pool_lessee.py and test_pool_chaos.py."""
+"""The daemon's logic on its seam (issue 21): pools (leases, refills, the budget, reload,
+stop) and sessions (restarts, FAILED, requests), with a fake launcher whose servers are pipes
+(tests/pipe_servers.py), on a real event loop, in milliseconds. The same behaviour end to
+end, with real daemons and Xvfb: test_pool.py, test_pool_lessee.py, test_pool_chaos.py and
+test_serve.py."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,11 +16,13 @@ from pipe_servers import PipeLauncher
 
 from xsupervise.daemon.pool_spec import PoolSpec
 from xsupervise.daemon.pools import LeaseTimeout, Pools
+from xsupervise.daemon.registry import Registry
 from xsupervise.host.errors import SessionFailed
+from xsupervise.host.notify import Notifier
 from xsupervise.host.paths import RuntimeDir
-from xsupervise.launch.settings import Settings
+from xsupervise.launch.settings import SessionSpec, Settings
 from xsupervise.session.ledger import Ledger, holds_nothing
-from xsupervise.session.states import PoolState
+from xsupervise.session.states import PoolState, State
 
 FAST = {"backoff_initial": 0.01, "backoff_max": 0.02, "start_limit_interval": 60.0}
 
@@ -153,3 +157,59 @@ def test_a_reload_grows_shrinks_and_removes_pools_without_touching_leases(world)
         assert pools.release(lease.id) is lease
 
     world(test)
+
+
+# -- the daemon's sessions (daemon/registry.py), on the same seam ---------------------------------
+
+
+def registry_world(test, launcher: PipeLauncher) -> None:
+    """Run ``test(registry, launcher)`` with a Registry whose sessions use ``launcher``; every
+    session is stopped after, and every fake server must be gone by then."""
+
+    async def main() -> None:
+        registry = Registry(RuntimeDir.discover(), Notifier({}), launcher)
+        try:
+            await test(registry, launcher)
+        finally:
+            await registry.stop(list(registry))
+        assert launcher.alive() == [] and len(registry) == 0
+
+    try:
+        asyncio.run(main())
+    finally:
+        launcher.close()
+
+
+def test_a_configured_session_that_dies_comes_back_on_its_number(runtime_dir):
+    async def test(registry: Registry, launcher: PipeLauncher) -> None:
+        entry = registry.start(SessionSpec("main", 42, Settings(**FAST)), "config")
+        await until(lambda: entry.session.state == State.READY)
+        assert registry.status_line() == "1 display ready (:42)"
+        launcher.spawned[0].die()
+        await until(lambda: entry.session.restarts == 1 and entry.session.state == State.READY)
+        assert launcher.spawned[1].number == 42  # its clients can reconnect
+        assert not launcher.spawned[0].alive
+
+    registry_world(test, PipeLauncher())
+
+
+def test_a_configured_session_that_cannot_start_is_failed_not_a_storm(runtime_dir):
+    async def test(registry: Registry, launcher: PipeLauncher) -> None:
+        settings = Settings(**{**FAST, "start_limit_burst": 2})
+        entry = registry.start(SessionSpec("broken", None, settings), "config")
+        await until(lambda: entry.session.state == State.FAILED)
+        assert registry.status_line() == "0 displays ready, 1 FAILED (broken)"
+        assert len(launcher.spawned) == 3  # past the start limit (2), then no more
+        assert entry.session.next_retry_at - time.time() > 250  # cooling down: 300 s
+
+    registry_world(test, PipeLauncher(fails=lambda _index: True))
+
+
+def test_a_requested_session_that_cannot_start_ends_with_its_error(runtime_dir):
+    async def test(registry: Registry, launcher: PipeLauncher) -> None:
+        entry = registry.start(SessionSpec("once", None, Settings(**FAST)), "request")
+        await until(lambda: entry.running.done())
+        assert "exited with status 1" in str(entry.error)
+        assert len(launcher.spawned) == 1 and len(registry) == 0  # tried once, as `start` is
+
+    registry_world(test, PipeLauncher(fails=lambda _index: True))
