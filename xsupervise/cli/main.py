@@ -13,15 +13,13 @@ import sys
 from ..host import log
 from ..host.errors import XSuperviseError
 from ..host.systemd import require_systemd_python
-from ..media import view as cli_view
 from . import commands, parsers
-from . import lease as cli_lease
-from . import record as cli_record
-from . import servers as cli_servers
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+
+    Handler = Callable[[argparse.Namespace, argparse.ArgumentParser], int]
 
     from .parsers import Subparsers
 
@@ -60,11 +58,39 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "clean": Subcommand(parsers.add_clean, commands.clean),
     "check": Subcommand(parsers.add_check, commands.check),
     "screenshot": Subcommand(parsers.add_screenshot, commands.screenshot),
-    "view": Subcommand(cli_view.add_parser, cli_view.handle),
-    "record": Subcommand(cli_record.add_parser, cli_record.record),
-    "lease": Subcommand(cli_lease.add_lease, cli_lease.lease),
-    "servers": Subcommand(cli_servers.add_servers, cli_servers.servers),
+    "view": Subcommand(lambda c: _add("view", c), lambda a, p: _handle("view", a, p)),
+    "record": Subcommand(lambda c: _add("record", c), lambda a, p: _handle("record", a, p)),
+    "lease": Subcommand(lambda c: _add("lease", c), lambda a, p: _handle("lease", a, p)),
+    "servers": Subcommand(lambda c: _add("servers", c), lambda a, p: _handle("servers", a, p)),
 }
+
+
+def _rare(name: str) -> tuple[Callable[[Subparsers], None], Handler]:
+    """The parser builder and handler of a subcommand whose module is imported only when it
+    is named (or for --help): `run` and `start` have no use for them."""
+    if name == "view":
+        from ..media import view
+
+        return view.add_parser, view.handle
+    if name == "record":
+        from . import record
+
+        return record.add_parser, record.record
+    if name == "lease":
+        from . import lease
+
+        return lease.add_lease, lease.lease
+    from . import servers
+
+    return servers.add_servers, servers.servers
+
+
+def _add(name: str, commands: Subparsers) -> None:
+    _rare(name)[0](commands)
+
+
+def _handle(name: str, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    return _rare(name)[1](args, parser)
 
 
 def _build_parser(own_argv: Sequence[str] = ()) -> argparse.ArgumentParser:
