@@ -252,7 +252,9 @@ def test_an_interrupt_before_the_launcher_looked_still_waits_for_the_namespace(
 
 
 def test_bad_display_requests_are_usage_errors():
-    for request in ("auto5", ":x", "-1", ":1234567"):
+    # A client's DISPLAY may be ':5.0' or 'unix:5'; a display to start is a number, and
+    # nothing is silently dropped from it.
+    for request in ("auto5", ":x", "-1", ":1234567", ":5.0", "unix:5", ":5.", "5.9", 5.0):
         with pytest.raises(xsupervise.UsageError):
             xsupervise.Display(request)
     with pytest.raises(xsupervise.UsageError) as failure:

@@ -387,3 +387,32 @@ def test_a_missing_server_binary_spends_the_budget_only_where_counted(worlds):
     assert not configured.advance(until=world.clock.now + 200.0)
     assert configured.session.state is State.FAILED and log.count("start-failed") == 6
     assert world.launcher.spawned == []
+
+
+def test_a_record_that_cannot_be_written_ends_the_session_with_that_error(worlds, monkeypatch):
+    # The record is written as the state changes (Session._go). A write that fails (a full
+    # disk) must end the session with that error, its server stopped: never a false "bug in
+    # xsupervise" from the table, never a server left running.
+    world = worlds([dies(0.5)])
+    session = world.session("full", Mode.CLI)
+    run = world.run(session)
+    assert not run.advance(until=0.1) and session.state is State.READY
+    server = world.launcher.spawned[-1]
+    real_save = session.files.save
+
+    def full_disk(**changes):
+        if "state" in changes:
+            raise OSError(28, "No space left on device")
+        real_save(**changes)
+
+    monkeypatch.setattr(session.files, "save", full_disk)
+    assert run.advance()  # the server dies at 0.5 s: DIED is written, and fails
+    assert isinstance(run.error, OSError) and run.error.errno == 28, run.error
+    assert server.exit_status is not None  # stopped and reaped
+
+    again = world.run(world.session("full2", Mode.CLI))
+    assert not again.advance(until=world.clock.now + 0.1)
+    monkeypatch.setattr(again.session.files, "save", full_disk)
+    assert again.advance(error=OSError(5, "a stop"))  # a stop while ready: STOP is written
+    assert isinstance(again.error, OSError) and again.error.errno == 28
+    assert world.launcher.spawned[-1].exit_status is not None  # stopped all the same

@@ -236,14 +236,11 @@ def parse_display(request: str | int | None) -> int | None:
         text = str(request).removeprefix(":")
     if text == "auto":
         return None
-    from .x11 import display_number
-
-    try:
-        return display_number(f":{text}")
-    except ValueError:
-        raise UsageError(
-            f"display {request!r} is not ':auto' or ':N' with N a number, e.g. ':99'."
-        ) from None
+    # Stricter than a client's DISPLAY (x11.display_number takes ':N.S' and 'unix:N'): a
+    # display to start or stop is a number, and nothing is silently dropped from it.
+    if text.isdigit() and len(text) <= 6:
+        return int(text)
+    raise UsageError(f"display {request!r} is not ':auto' or ':N' with N a number, e.g. ':99'.")
 
 
 def default_session_name(number: int | None, server: tuple[str, ...]) -> str:

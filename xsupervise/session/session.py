@@ -117,7 +117,8 @@ class Session:
 
     def _go(self, event: Event, **record: object) -> None:
         """The one way a session's state changes: by the table; its record says so at once
-        (with ``record``'s other fields, in one write)."""
+        (with ``record``'s other fields, in one write). The state changes first: a write that
+        fails (a full disk) raises with the session already where the table put it."""
         self.state = transition(self.state, event)
         self.files.save(state=self.state, **record)
 
@@ -138,8 +139,10 @@ class Session:
             raise
         except BaseException:
             if self.server is not None:
-                self._go(Event.STOP)
-                yield from self.server.stop_steps()
+                try:
+                    self._go(Event.STOP)
+                finally:  # even if the record cannot be written: the server must not outlive us
+                    yield from self.server.stop_steps()
             raise
         finally:
             self.server = None
@@ -246,9 +249,9 @@ class Session:
                 f"window manager {wm.argv[0]} (pid {wm.pid}) {describe_status(wm.returncode)} "
                 f"on {server.display} after {uptime:.1f} s; its display is restarted with it."
             )
-        self._go(Event.DIED)
+        self.server = None  # stopped and reaped: nothing is left to stop if the write fails
         self.last_failure = reason
-        self.server = None
+        self._go(Event.DIED)
         if self.mode.ends_with_its_server:
             self._log("warning", "%s (a leased display: its lessee is told)", reason)
             return
