@@ -246,12 +246,15 @@ def who_serves(
             "a process we may not look at (another user's; as root, `ss -xlp` names it)",
             False,
         )
+    # Described first: a holder found ours below was alive (and described) a moment before,
+    # so the line never names ours with a command line it could not read (it may be exiting).
+    described = " and ".join(describe_process(pid) for pid in pids)
     ours = any(
         (our_server is not None and started_by(pid, our_server))
         or (our_cookie is not None and _carries(pid, our_cookie))
         for pid in pids
     )
-    return " and ".join(describe_process(pid) for pid in pids), ours
+    return described, ours
 
 
 def stop_holders(number: int, since: int | None, grace: float = 2.0) -> None:
