@@ -238,7 +238,9 @@ def parse_display(request: str | int | None) -> int | None:
         return None
     # Stricter than a client's DISPLAY (x11.display_number takes ':N.S' and 'unix:N'): a
     # display to start or stop is a number, and nothing is silently dropped from it.
-    if text.isdigit() and len(text) <= 6:
+    from .x11 import MAX_DISPLAY_DIGITS
+
+    if text.isdigit() and len(text) <= MAX_DISPLAY_DIGITS:
         return int(text)
     raise UsageError(f"display {request!r} is not ':auto' or ':N' with N a number, e.g. ':99'.")
 

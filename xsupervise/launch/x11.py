@@ -19,7 +19,7 @@ from .process import Child, Offload, Steps, Wait, peer_credentials
 
 COOKIE_PROTOCOL = b"MIT-MAGIC-COOKIE-1"
 _FAMILY_WILD = 0xFFFF  # matches any host and (with an empty number) any display
-_MAX_DISPLAY_DIGITS = 6
+MAX_DISPLAY_DIGITS = 6  # the longest display number we take (-displayfd, :N)
 _EXIT_AFTER_EOF = 0.25  # seconds
 
 
@@ -88,12 +88,12 @@ def read_display_number(
             received += chunk
             line, newline, rest = received.partition(b"\n")
             if newline:
-                if line.isdigit() and len(line) <= _MAX_DISPLAY_DIGITS and not rest:
+                if line.isdigit() and len(line) <= MAX_DISPLAY_DIGITS and not rest:
                     return int(line)
                 raise DisplayFdError(
                     "garbage", f"wrote {received[:40]!r} to -displayfd, not a display number"
                 )
-            if not line.isdigit() or len(line) > _MAX_DISPLAY_DIGITS:
+            if not line.isdigit() or len(line) > MAX_DISPLAY_DIGITS:
                 raise DisplayFdError(
                     "garbage", f"wrote {received[:40]!r} to -displayfd, not a display number"
                 )
@@ -267,7 +267,7 @@ def display_number(text: str) -> int:
     else (a TCP display 'host:N' among them: what we start and probe runs on this machine)."""
     host, _, rest = text.rpartition(":")
     number = rest.partition(".")[0]
-    if host not in ("", "unix") or not number.isdigit() or len(number) > _MAX_DISPLAY_DIGITS:
+    if host not in ("", "unix") or not number.isdigit() or len(number) > MAX_DISPLAY_DIGITS:
         raise ValueError(f"not a local display: {text!r}")
     return int(number)
 
