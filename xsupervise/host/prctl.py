@@ -35,14 +35,18 @@ def die_with_parent(
     deathsig: int,
     enter: Callable[[], None] | None = None,
     mask: set[int | signal.Signals] | None = None,
+    new_namespace: bool = False,
 ) -> Callable[[], None]:
+    """``new_namespace``: the child is the init of a new PID namespace (see
+    new_pid_namespace_for_children), where getppid() is 0: its parent is outside."""
+
     def setup() -> None:  # runs in the child between fork and exec
         # PR_SET_PDEATHSIG delivers ``deathsig`` when the *thread* that forked us exits;
         # so processes must be spawned from a thread that outlives them.
         if _libc.prctl(_PR_SET_PDEATHSIG, deathsig, 0, 0, 0) != 0:
             os._exit(126)
         # If the parent died before prctl took effect, no signal will ever come: leave now.
-        if os.getppid() != parent_pid:
+        if (_parent_in_proc() if new_namespace else os.getppid()) != parent_pid:
             os._exit(126)
         if enter is not None:
             enter()  # a boundary's; raises: Popen then raises SubprocessError (see spawn)
@@ -53,6 +57,38 @@ def die_with_parent(
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     return setup
+
+
+def _parent_in_proc() -> int:
+    """Our parent's pid as /proc (mounted in our parent's namespace) names it."""
+    with open("/proc/self/stat", "rb") as stream:
+        return int(stream.read().rsplit(b")", 1)[1].split()[1])
+
+
+CLONE_NEWPID = 0x20000000
+
+
+def new_pid_namespace_for_children() -> int:
+    """The next child this *thread* forks is the init (pid 1) of a new PID namespace, and its
+    descendants live there. Undo with restore_pid_namespace(fd), the fd returned: until
+    then every fork of this thread goes into that namespace. Other threads are not affected.
+    Raises OSError (EPERM without CAP_SYS_ADMIN: a user namespace is then needed)."""
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    if _libc.unshare(CLONE_NEWPID) != 0:
+        error = ctypes.get_errno()
+        os.close(own)
+        raise OSError(error, os.strerror(error))
+    return own
+
+
+def restore_pid_namespace(own: int) -> None:
+    """This thread's children are born in our own PID namespace again."""
+    try:
+        if _libc.setns(own, CLONE_NEWPID) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"cannot return to our own PID namespace: {os.strerror(error)}")
+    finally:
+        os.close(own)
 
 
 def signal_when_parent_dies(parent_pid: int, signum: int = signal.SIGTERM) -> bool:

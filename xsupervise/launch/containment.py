@@ -10,7 +10,10 @@ Best first (see docs/containment.md for what each guarantees, needs and costs):
   writes ``cgroup.kill``; crash recovery kills a dead supervisor's cgroup.
 - ``group``: the fallback: a process group and session; crash recovery sweeps the session.
 
-The namespace is probed once per process (``unshare ... true``).
+Where we may make a PID namespace ourselves (CAP_SYS_ADMIN: root, most containers), our child
+*is* the namespace's init (new_pid_namespace_for_children): one shell in front of the server,
+one exec, no probe. Elsewhere a user namespace is needed, which a multi-threaded process cannot
+enter: ``unshare --user`` makes both, probed once per process (``unshare ... true``).
 ``XSUPERVISE_CONTAINMENT`` (auto, pidns, cgroup, group) caps the choice: for tests and bench.
 """
 
@@ -63,6 +66,14 @@ _INIT = (
     "while kill -0 -1 2>/dev/null; do n=$((n+1)); "
     f'[ "$n" -gt {_NS_GRACE_STEPS} ] && kill -KILL -1 2>/dev/null; sleep 0.02; done; ' + _EXIT
 )
+# Direct: our child is the init itself (PR_SET_PDEATHSIG from our preexec; no user namespace
+# clears it). The pipe arrives as stdin, as for "outside". An init cannot kill itself by a
+# signal, so _EXIT ends in `exit 128+N`, which Child reads back as "killed by N".
+_DIRECT = (
+    ("/bin/sh", "-c", "exec 3<&0 0</dev/null; " + _INIT, "xsupervise-init")
+    if os.path.exists("/bin/sh")
+    else None
+)
 # $1 is the supervisor's pid: if it died before PR_SET_PDEATHSIG was set again (setpriv, after
 # a user namespace cleared it), nothing would ever stop us: leave at once.
 _OUTSIDE = (
@@ -72,6 +83,19 @@ _OUTSIDE = (
     'i=$!; exec 3>&- 2>/dev/null; set -- "$i"; ' + _WAIT + _EXIT
 )
 _probed: dict[str, object] = {}
+
+
+def _can_unshare_directly() -> bool:
+    """May this process make a PID namespace itself (a syscall and its undo: microseconds)?"""
+    if "direct" not in _probed:
+        from ..host.prctl import new_pid_namespace_for_children, restore_pid_namespace
+
+        try:
+            restore_pid_namespace(new_pid_namespace_for_children())
+            _probed["direct"] = _DIRECT is not None
+        except OSError:
+            _probed["direct"] = False
+    return bool(_probed["direct"])
 
 
 def _namespace_prefix() -> tuple[str, ...] | None:
@@ -106,10 +130,17 @@ def _namespace_prefix() -> tuple[str, ...] | None:
 class Boundary:
     """The boundary one spawned process (an X server, a COMMAND) and its descendants live in."""
 
-    def __init__(self, kind: str, cgroup: str | None, namespace: tuple[str, ...] | None):
+    def __init__(
+        self,
+        kind: str,
+        cgroup: str | None,
+        namespace: tuple[str, ...] | None,
+        direct: bool = False,
+    ):
         self.kind = kind  # "cgroup", "pidns" or "group"
         self.cgroup = cgroup
-        self.namespace = namespace
+        self.namespace = namespace  # the command line in front of the program
+        self.direct = direct  # our child is the namespace's init (see _DIRECT)
         self._procs = os.path.join(cgroup, "cgroup.procs").encode() if cgroup else b""
         self._keeper: tuple[int, int] | None = None  # a cgroup's keeper (see launch.cgroup)
         self.init_pidfd = -1  # a namespace's init: it exits once the namespace is empty
@@ -121,9 +152,12 @@ class Boundary:
             return None
         from ..host.pinned import start_ticks
 
-        init, pid = program_pid(outside)
-        if init is not None:
-            self.watch_init(init, outside)
+        if self.direct:  # our child is the init: its end is the namespace's, no pidfd needed
+            pid = child_of(outside, "2")
+        else:
+            init, pid = program_pid(outside)
+            if init is not None:
+                self.watch_init(init, outside)
         ticks = start_ticks(pid) if pid is not None else None
         return (pid, ticks) if pid is not None and ticks is not None else None
 
@@ -172,6 +206,8 @@ class Boundary:
     def argv(self, argv: Sequence[str]) -> list[str]:
         if self.namespace is None:
             return list(argv)
+        if self.direct:
+            return [*self.namespace, *argv]
         return [*self.namespace, "xsupervise-ns", str(os.getpid()), _INIT, *argv]
 
     def enter(self) -> None:
@@ -211,6 +247,8 @@ def choose(label: str) -> Boundary:
     Makes the cgroup directory now; ``Boundary.remove`` removes it."""
     wanted = os.environ.get("XSUPERVISE_CONTAINMENT", "auto")  # tests, bench: force a kind
     if wanted in ("auto", "pidns"):
+        if _DIRECT is not None and _can_unshare_directly():
+            return Boundary("pidns", None, _DIRECT, direct=True)
         namespace = _namespace_prefix()
         if namespace is not None:
             return Boundary("pidns", None, namespace)
@@ -233,18 +271,20 @@ def program_pid(outside: int) -> tuple[int | None, int | None]:
     program the init runs, i.e. pid 2 of the namespace (the init's first child; its later ones
     are `sleep`s); None where one is not, or no longer, there. Reads /proc (there is no
     /proc/PID/task/*/children on every kernel), the likely pids first."""
-    from ..host.pinned import proc_stat
-
-    def child_of(parent: int, inner: str | None = None) -> int | None:
-        candidates = [str(pid) for pid in range(parent + 1, parent + 8)]  # usually the next
-        for name in (*candidates, *(n for n in os.listdir("/proc") if n.isdigit())):
-            fields = proc_stat(int(name))
-            if fields and int(fields[1]) == parent and (inner is None or _nspid(name) == inner):
-                return int(name)
-        return None
-
     init = child_of(outside)
     return init, (child_of(init, "2") if init is not None else None)
+
+
+def child_of(parent: int, inner: str | None = None) -> int | None:
+    """A child of ``parent`` (whose pid in its own namespace is ``inner``, if given)."""
+    from ..host.pinned import proc_stat
+
+    candidates = [str(pid) for pid in range(parent + 1, parent + 8)]  # usually the next
+    for name in (*candidates, *(n for n in os.listdir("/proc") if n.isdigit())):
+        fields = proc_stat(int(name))
+        if fields and int(fields[1]) == parent and (inner is None or _nspid(name) == inner):
+            return int(name)
+    return None
 
 
 def _nspid(pid: str) -> str | None:

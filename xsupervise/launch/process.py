@@ -42,7 +42,9 @@ from ..host.prctl import (
     describe_status,
     die_with_parent,
     held_stop_signals,
+    new_pid_namespace_for_children,
     peer_credentials,
+    restore_pid_namespace,
     shell_status,
     signal_when_parent_dies,
 )
@@ -146,6 +148,11 @@ class Child:
 
     def _close_pidfd(self) -> None:
         UNREAPED_CHILDREN.discard(self.pid)  # called once reaped
+        status = self._popen.returncode
+        if self.boundary is not None and self.boundary.direct and status and 128 < status <= 192:
+            # A namespace's init cannot die by a signal it sends itself: it exits 128+N for
+            # "the program was killed by N" (as a shell's $? says; see launch.containment).
+            self._popen.returncode = 128 - status
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
@@ -153,16 +160,15 @@ class Child:
     def reap(self) -> int:
         """Collect the exit status and release the pidfd. Blocks until the exit: only for a
         child whose pidfd was readable, or where blocking is fine (see reap_steps)."""
-        status = self._popen.wait()
+        self._popen.wait()
         self._close_pidfd()
-        return status
+        return self._popen.returncode
 
     def try_reap(self) -> int | None:
         """Collect the exit status if the process has ended (waitpid WNOHANG), else None."""
-        status = self._popen.poll()
-        if status is not None:
+        if self._popen.poll() is not None:
             self._close_pidfd()
-        return status
+        return self._popen.returncode
 
     def reap_within(self, timeout: float) -> int | None:
         """Wait at most ``timeout`` s for the exit, then try_reap (blocks that long at worst):
@@ -293,6 +299,8 @@ def _popen(
     boundary: Boundary | None,
 ) -> subprocess.Popen[bytes]:
     mask = held_stop_signals()  # until the child has reset its handlers (see host.prctl)
+    direct = boundary is not None and boundary.direct
+    own_namespace = new_pid_namespace_for_children() if direct else -1
     try:
         return subprocess.Popen(
             boundary.argv(argv) if boundary is not None else list(argv),
@@ -305,11 +313,15 @@ def _popen(
             # PR_SET_PDEATHSIG has no other way in; we spawn from one thread only (the loop's
             # or the CLI's), never from an Offload's worker.
             preexec_fn=die_with_parent(
-                os.getpid(), deathsig, boundary.enter if boundary else None, mask
+                os.getpid(), deathsig, boundary.enter if boundary else None, mask, direct
             ),
         )
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        try:
+            if own_namespace >= 0:
+                restore_pid_namespace(own_namespace)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 _POLL = 0.02
