@@ -17,7 +17,7 @@ import pytest
 import xsupervise
 from conftest import XSUPERVISE, free_display_number, requires_xvfb
 from xsupervise.host.paths import lock_path, socket_path
-from xsupervise.host.stale import check_shared_dir
+from xsupervise.host.stale import check_shared_dir, unlink_if_same
 
 NOBODY = 65534
 AN_HOUR_AGO = time.time() - 3600
@@ -178,3 +178,32 @@ def test_unsafe_shared_directories_are_refused(tmp_path: Path):
     link.symlink_to(open_dir)
     assert "not a directory" in check_shared_dir(str(link))
     assert check_shared_dir("/tmp") is None
+
+
+def test_a_file_replaced_after_it_was_judged_is_not_removed(tmp_path: Path):
+    """The race a pool met: a dead server's socket file judged stale, then replaced by the
+    next server's (same number) before the unlink. Only the judged inode may go; the new
+    file stays, listening, and nothing is left aside."""
+    shared = tmp_path / "x11-unix"
+    shared.mkdir()
+    dead = shared / "X7"
+    dead.write_bytes(b"")
+    judged = dead.stat().st_ino
+    dead.rename(tmp_path / "kept")  # kept alive, so that tmpfs cannot give its inode away
+    live = socket.socket(socket.AF_UNIX)
+    live.bind(str(shared / "X7"))  # the next server's file, same name
+    live.listen()
+    tmp_path = shared
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert unlink_if_same(dir_fd, "X7", judged) is False
+        probe = socket.socket(socket.AF_UNIX)
+        probe.connect(str(tmp_path / "X7"))  # still served under its name
+        probe.close()
+        assert unlink_if_same(dir_fd, "X7", os.stat(tmp_path / "X7").st_ino) is True
+        with pytest.raises(FileNotFoundError):
+            unlink_if_same(dir_fd, "X7", judged)
+    finally:
+        os.close(dir_fd)
+        live.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -41,11 +41,34 @@ def remove_dead_socket(
         return False
     if number in bound_abstract_displays():
         return False
+    dir_fd = os.open(X11_UNIX_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        os.unlink(path)
+        return unlink_if_same(dir_fd, os.path.basename(path), info.st_ino)
     except FileNotFoundError:
         return False
-    return True
+    finally:
+        os.close(dir_fd)
+
+
+def unlink_if_same(dir_fd: int, name: str, inode: int) -> bool:
+    """Unlink ``name`` (in ``dir_fd``) only if it is still the file ``inode``, atomically.
+
+    A stat, then an unlink, would remove a file a new server made in between: a pool's next
+    server on a dead one's number lost its socket file that way, and our check of it failed.
+    So the name is renamed aside first (rename takes whatever is there at that instant), then
+    judged; a file that is not the one we judged goes back at once. Raises FileNotFoundError
+    if the name is gone."""
+    aside = f".xsupervise-aside-{os.getpid()}-{name}"
+    os.rename(name, aside, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    try:
+        same = os.stat(aside, dir_fd=dir_fd, follow_symlinks=False).st_ino == inode
+    except OSError:
+        same = False
+    if same:
+        os.unlink(aside, dir_fd=dir_fd)
+    else:
+        os.rename(aside, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    return same
 
 
 # -- `xsupervise clean` ----------------------------------------------------------------------
@@ -265,10 +288,9 @@ def clean(entries: list[Entry], dry_run: bool) -> None:
         directory, name = os.path.split(entry.path)
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino != entry.inode:
+            if not unlink_if_same(dir_fd, name, entry.inode):
                 entry.verdict, entry.reason = "live", "replaced by another file meanwhile"
                 continue
-            os.unlink(name, dir_fd=dir_fd)
             entry.action = "removed"
         except FileNotFoundError:
             entry.action = "removed"  # someone else did it
