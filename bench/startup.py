@@ -4,6 +4,8 @@
     .venv/bin/python bench/startup.py [--rounds N]
     .venv/bin/python bench/startup.py --profiles [--rounds N]   (per server profile: profiles.py)
 
+It ends with the phases of `run -- true` (bench/phases.py) and the teardown of an idle session.
+
 xsupervise.Display and `xsupervise run -- true` also run under each containment mechanism
 this machine offers (XSUPERVISE_CONTAINMENT=group, pidns, cgroup), side by side: the
 containment table compares each with "group", the process group of before containment.
@@ -91,6 +93,18 @@ def xsupervise_display() -> float:
         d.stop()
 
 
+def xsupervise_teardown() -> float:
+    """An idle session's teardown: stop() asked -> every process gone, every file removed
+    (stop() returns only then). Start-up is untimed."""
+    import xsupervise
+
+    d = xsupervise.Display(":auto")
+    d.start()
+    t0 = time.perf_counter()
+    d.stop()
+    return time.perf_counter() - t0
+
+
 def pyvirtualdisplay() -> float:
     from pyvirtualdisplay import Display
 
@@ -170,6 +184,7 @@ CONTENDERS = {
     "PyVirtualDisplay": (pyvirtualdisplay, "number on -displayfd"),
     "xvfbwrapper": (xvfbwrapper, "socket file exists"),
     "xsupervise run -- true": (whole_process(XSUPERVISE, "run", "--", "true"), "whole process"),
+    "xsupervise.Display stop()": (xsupervise_teardown, "idle session stopped: all gone"),
     "xvfb-run -a true": (whole_process("xvfb-run", "-a", "true"), "whole process"),
     "python floor (run -- true)": (
         whole_process(sys.executable, "-c", PYTHON_FLOOR),
@@ -179,6 +194,9 @@ CONTENDERS = {
 BASE, RUN, XVFB_RUN = "raw Xvfb -displayfd", "xsupervise run -- true", "xvfb-run -a true"
 FLOOR = "python floor (run -- true)"
 DISPLAY = "xsupervise.Display"
+TEARDOWN = "xsupervise.Display stop()"
+# Issue 22's targets, same-run ratios of medians.
+TARGETS = {"pidns": 1.03, "cgroup": 1.08, "display": 1.08, "run": 1.5, "teardown ms": 10.0}
 
 
 def contained(kind: str, contender):
@@ -205,7 +223,7 @@ def mechanisms() -> list[str]:
     from xsupervise.launch import containment as _containment
 
     kinds = ["group"]
-    if _containment._namespace_prefix() is not None:
+    if _containment._can_unshare_directly() or _containment._namespace_prefix() is not None:
         kinds.append("pidns")
     if _cgroup.cgroup_base() is not None:
         kinds.append("cgroup")
@@ -320,6 +338,11 @@ def main() -> int:
                 left_x11[name] += remove_stale_x11_files(x11_before)
                 if round_no:
                     times[name].append(elapsed)
+        sys.path.insert(0, str(Path(__file__).parent))
+        from phases import table as phase_table  # the same job, phase by phase (phases.py)
+
+        phases = phase_table(args.rounds)
+        kill_strays("phases", leaks)
     finally:
         kill_strays("end of run", leaks)
         files_after = set(sessions.glob("*")) if sessions.exists() else set()
@@ -351,7 +374,7 @@ def main() -> int:
     for name, (_, ready) in CONTENDERS.items():
         m, values = median(name), ms(name)
         span = f"{min(values):.1f}–{max(values):.1f}" if values else "n/a"
-        vs_raw = fmt(m / base) if m and base else "n/a"
+        vs_raw = fmt(m / base) if m and base and name != TEARDOWN else ""
         vs_xrun = fmt(m / xrun) if m and xrun and name in (RUN, XVFB_RUN, FLOOR) else ""
         print(
             f"| {name} | {ready} | {fmt(m, '.1f')} | {span} | {vs_raw} | {vs_xrun} | "
@@ -374,23 +397,33 @@ def main() -> int:
         a, b = f"{DISPLAY} [{kind}]", f"{DISPLAY} [group]"
         ma, mb = median(a), median(b)
         ratio = ma / mb if ma and mb else None
-        verdict = "n/a" if ratio is None else ("met" if ratio <= 1.05 else "NOT met")
+        target = TARGETS[kind]
+        verdict = "n/a" if ratio is None else ("met" if ratio <= target else "NOT met")
         print(
             f"- containment {kind} / group, time to ready: {fmt(ratio, '.3f')} (median of "
-            f"per-round ratios {fmt(paired(a, b), '.3f')}); target ≤ 1.05: **{verdict}**"
+            f"per-round ratios {fmt(paired(a, b), '.3f')}); target ≤ {target}: **{verdict}**"
         )
     for label, a, b, target in (
-        ("xsupervise.Display / raw Xvfb", "xsupervise.Display", BASE, 1.05),
-        ("xsupervise run / xvfb-run", RUN, XVFB_RUN, 1.25),
-        ("python floor / xvfb-run", FLOOR, XVFB_RUN, 1.25),
+        ("xsupervise.Display / raw Xvfb", "xsupervise.Display", BASE, TARGETS["display"]),
+        ("xsupervise run / xvfb-run", RUN, XVFB_RUN, TARGETS["run"]),
+        ("python floor / xvfb-run", FLOOR, XVFB_RUN, None),
     ):
         ma, mb = median(a), median(b)
         ratio = ma / mb if ma and mb else None
+        if target is None:
+            print(f"- {label}: {fmt(ratio)} (median of per-round ratios {fmt(paired(a, b))})")
+            continue
         verdict = "n/a" if ratio is None else ("met" if ratio <= target else "NOT met")
         print(
             f"- {label}: {fmt(ratio)} (median of per-round ratios {fmt(paired(a, b))}); "
             f"target ≤ {target}: **{verdict}**"
         )
+    p50 = median(TEARDOWN)
+    verdict = "n/a" if p50 is None else ("met" if p50 <= TARGETS["teardown ms"] else "NOT met")
+    print(
+        f"- teardown of an idle Xvfb session (stop asked -> all gone, files removed): p50 "
+        f"{fmt(p50, '.1f')} ms; target ≤ {TARGETS['teardown ms']:g} ms: **{verdict}**"
+    )
     for name, messages in errors.items():
         for message in sorted(set(messages)):
             ok = False
@@ -411,6 +444,7 @@ def main() -> int:
             )
     if ok:
         print("- no errors; no Xvfb left running; xsupervise left no files behind")
+    print(f"\n{phases}")
     return 0 if ok else 1
 
 

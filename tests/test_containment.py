@@ -319,3 +319,25 @@ def test_recovery_leaves_the_cgroup_of_a_supervisor_it_cannot_see(tmp_path: Path
         sleeper.kill()
         sleeper.wait()
         _cgroup.remove_cgroup(cgroup)
+
+
+@pytest.mark.skipif(
+    not _containment._can_unshare_directly(),
+    reason="needs CAP_SYS_ADMIN (a PID namespace of our own)",
+)
+def test_one_process_of_ours_stands_in_front_of_the_server(runtime_dir: Path):
+    """Issue 22: the namespace's init is our own child, and the server's parent (one shell in
+    front of it, where there were unshare, sh, setpriv and sh)."""
+    import psutil
+
+    env = {**os.environ, "XSUPERVISE_CONTAINMENT": "pidns"}
+    with start_cli("start", "--json", env=env) as process:
+        facts = json.loads(read_line(process.stdout))
+        server = psutil.Process(facts["server_pid"])
+        init = server.parent()
+        assert init is not None and init.parent().pid == process.pid
+        assert [child.pid for child in psutil.Process(process.pid).children()] == [init.pid]
+        assert server.name() == "Xvfb"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    assert wait_gone(server.pid, 1.0) and wait_gone(init.pid, 1.0)

@@ -133,6 +133,9 @@ class _SignalsItself:
     def spawned(self, popen) -> None:
         pass
 
+    def release_watch(self) -> None:
+        pass
+
     def remove(self) -> None:
         pass
 

@@ -35,18 +35,14 @@ def die_with_parent(
     deathsig: int,
     enter: Callable[[], None] | None = None,
     mask: set[int | signal.Signals] | None = None,
-    new_namespace: bool = False,
 ) -> Callable[[], None]:
-    """``new_namespace``: the child is the init of a new PID namespace (see
-    new_pid_namespace_for_children), where getppid() is 0: its parent is outside."""
-
     def setup() -> None:  # runs in the child between fork and exec
         # PR_SET_PDEATHSIG delivers ``deathsig`` when the *thread* that forked us exits;
         # so processes must be spawned from a thread that outlives them.
         if _libc.prctl(_PR_SET_PDEATHSIG, deathsig, 0, 0, 0) != 0:
             os._exit(126)
         # If the parent died before prctl took effect, no signal will ever come: leave now.
-        if (_parent_in_proc() if new_namespace else os.getppid()) != parent_pid:
+        if os.getppid() != parent_pid:
             os._exit(126)
         if enter is not None:
             enter()  # a boundary's; raises: Popen then raises SubprocessError (see spawn)
@@ -57,12 +53,6 @@ def die_with_parent(
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     return setup
-
-
-def _parent_in_proc() -> int:
-    """Our parent's pid as /proc (mounted in our parent's namespace) names it."""
-    with open("/proc/self/stat", "rb") as stream:
-        return int(stream.read().rsplit(b")", 1)[1].split()[1])
 
 
 CLONE_NEWPID = 0x20000000

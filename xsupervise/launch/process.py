@@ -148,6 +148,8 @@ class Child:
 
     def _close_pidfd(self) -> None:
         UNREAPED_CHILDREN.discard(self.pid)  # called once reaped
+        if self.boundary is not None:
+            self.boundary.release_watch()  # a namespace's init: reaped, so the namespace is empty
         status = self._popen.returncode
         if self.boundary is not None and self.boundary.direct and status and 128 < status <= 192:
             # A namespace's init cannot die by a signal it sends itself: it exits 128+N for
@@ -298,9 +300,9 @@ def _popen(
     deathsig: int,
     boundary: Boundary | None,
 ) -> subprocess.Popen[bytes]:
+    if boundary is not None and boundary.direct:
+        return _popen_direct(argv, env, pass_fds, stdin, stderr, own_group, boundary)
     mask = held_stop_signals()  # until the child has reset its handlers (see host.prctl)
-    direct = boundary is not None and boundary.direct
-    own_namespace = new_pid_namespace_for_children() if direct else -1
     try:
         return subprocess.Popen(
             boundary.argv(argv) if boundary is not None else list(argv),
@@ -313,15 +315,48 @@ def _popen(
             # PR_SET_PDEATHSIG has no other way in; we spawn from one thread only (the loop's
             # or the CLI's), never from an Offload's worker.
             preexec_fn=die_with_parent(
-                os.getpid(), deathsig, boundary.enter if boundary else None, mask, direct
+                os.getpid(), deathsig, boundary.enter if boundary else None, mask
             ),
         )
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _popen_direct(
+    argv: Sequence[str],
+    env: dict[str, str] | None,
+    pass_fds: Sequence[int],
+    stdin: int | None,
+    stderr: int | None,
+    own_group: bool,
+    boundary: Boundary,
+) -> subprocess.Popen[bytes]:
+    """Our child is the init of a new PID namespace (see launch.containment, _DIRECT). No
+    preexec_fn, so subprocess uses vfork(), which also resets every signal handler in the
+    child before it unblocks signals: nothing of ours runs there, and nothing needs holding.
+    The watcher's pipe stands in for PR_SET_PDEATHSIG; its stdout is the program's stderr."""
+    watch_read, watch_write = os.pipe2(os.O_CLOEXEC)
+    try:
+        own_namespace = new_pid_namespace_for_children()
         try:
-            if own_namespace >= 0:
-                restore_pid_namespace(own_namespace)
+            popen = subprocess.Popen(
+                boundary.argv(argv),
+                env=env,
+                pass_fds=tuple(pass_fds),
+                stdin=stdin,
+                stdout=watch_read,
+                stderr=stderr,
+                start_new_session=own_group,
+            )
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            restore_pid_namespace(own_namespace)
+    except BaseException:
+        os.close(watch_write)
+        raise
+    finally:
+        os.close(watch_read)
+    boundary.watch_fd = watch_write
+    return popen
 
 
 _POLL = 0.02
