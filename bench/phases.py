@@ -31,19 +31,19 @@ def wrap(marks_path: str, argv: list[str]) -> None:
     import json
 
     marks = {"start": STARTED}
-    import subprocess as sp
-
     from xsupervise.launch import launcher, process
 
-    original_init = sp.Popen.__init__
+    def spawning(function):  # type: ignore[no-untyped-def]
+        def spawn(argv, *args, **kwargs):  # type: ignore[no-untyped-def]
+            first = "spawn" not in marks and any("Xvfb" in str(a) for a in argv)
+            if first:
+                marks["spawn"] = time.monotonic()
+            result = function(argv, *args, **kwargs)
+            if first:
+                marks["spawned"] = time.monotonic()
+            return result
 
-    def popen(self, args, *rest, **kwargs):  # type: ignore[no-untyped-def]
-        first = "spawn" not in marks and any("Xvfb" in str(a) for a in args)
-        if first:
-            marks["spawn"] = time.monotonic()
-        original_init(self, args, *rest, **kwargs)
-        if first:
-            marks["spawned"] = time.monotonic()
+        return spawn
 
     def noted(function, before: str, after: str):  # type: ignore[no-untyped-def]
         def steps(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -62,7 +62,8 @@ def wrap(marks_path: str, argv: list[str]) -> None:
         return (yield from original_term(*args, **kwargs))
 
     original_term = process.term_steps
-    sp.Popen.__init__ = popen  # type: ignore[method-assign]
+    process._spawn_direct = spawning(process._spawn_direct)
+    process._popen = spawning(process._popen)
     launcher.read_display_number = noted(launcher.read_display_number, "wait", "ready")
     launcher.verify = noted(launcher.verify, "verify", "verified")
     process.term_steps = term_steps

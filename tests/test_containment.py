@@ -341,3 +341,35 @@ def test_one_process_of_ours_stands_in_front_of_the_server(runtime_dir: Path):
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     assert wait_gone(server.pid, 1.0) and wait_gone(init.pid, 1.0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_descriptor_of_the_supervisor_reaches_the_server(kind: str, runtime_dir: Path):
+    """As subprocess's close_fds: an inheritable fd the supervisor was given (a --displayfd,
+    socket activation's fd 3) stays out of the server and its boundary's processes, or a
+    reader of it would never see end of file while the server runs."""
+    import psutil
+
+    read_end, write_end = os.pipe()
+    given = os.fstat(write_end).st_ino
+    env = {**os.environ, "XSUPERVISE_CONTAINMENT": kind}
+    try:
+        with start_cli("start", "--json", env=env, pass_fds=(write_end,)) as process:
+            facts = json.loads(read_line(process.stdout))
+            holding = []
+            theirs = psutil.Process(process.pid).children(recursive=True)
+            for proc in theirs:
+                inodes = {
+                    os.stat(f"/proc/{proc.pid}/fd/{fd}").st_ino
+                    for fd in os.listdir(f"/proc/{proc.pid}/fd")
+                    if os.path.exists(f"/proc/{proc.pid}/fd/{fd}")
+                }
+                if given in inodes:
+                    holding.append(proc.cmdline())
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+        assert facts["server_pid"] in {proc.pid for proc in theirs}
+        assert holding == []
+    finally:
+        os.close(read_end)
+        os.close(write_end)

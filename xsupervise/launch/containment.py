@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     import subprocess
     from collections.abc import Sequence
 
+    from .process import Spawned
+
 NS_DISPLAYFD = 3  # in a namespace the server's -displayfd is 3 (the pipe arrives as stdin)
 # In a PID namespace three processes run the server (see docs/containment.md):
 # - "outside" (our child; `unshare --pid` without --fork, so it stays out and its first child
@@ -195,7 +197,7 @@ class Boundary:
         else:
             os.close(pidfd)
 
-    def spawned(self, popen: subprocess.Popen[bytes]) -> None:
+    def spawned(self, popen: subprocess.Popen[bytes] | Spawned) -> None:
         """Once our child is in the cgroup: start its keeper, which kills the cgroup if we die.
         If we cannot, the child (unwatched yet, so it must not live) and the cgroup go."""
         if self.cgroup is not None and self._keeper is None:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 
 from ..host import errors, log
 from ..host.notify import child_environment
 from ..host.paths import RuntimeDir
-from .process import Offload, Steps, spawn
+from .process import DEVNULL, Offload, Steps, spawn
 from .profiles import plan_launch
 from .server import SessionFiles, XServer
 from .settings import Settings
@@ -90,7 +89,7 @@ def launch_steps(
             argv,
             env=child_environment(plan.env),
             pass_fds=() if inside else (write_fd,),
-            stdin=write_fd if inside else subprocess.DEVNULL,
+            stdin=write_fd if inside else DEVNULL,
             stdout=log_fd,
             stderr=log_fd,
             deathsig=signal.SIGKILL,
@@ -129,6 +128,7 @@ def launch_steps(
         # imports and files here cost nothing a user would notice. Once it is ready, every
         # millisecond is on the user's clock: what verify and the log line import, import now.
         import socket  # noqa: F401  (for verify)
+        import subprocess  # noqa: F401  (for what runs next: a COMMAND, a window manager)
 
         from ..host.stale import clean_own_quietly
         from .recovery import reclaim_abandoned

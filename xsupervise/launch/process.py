@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 
@@ -62,6 +61,8 @@ __all__ = [
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import subprocess
+
     from .containment import Boundary
 
 
@@ -70,7 +71,7 @@ class Child:
 
     def __init__(
         self,
-        popen: subprocess.Popen[bytes],
+        popen: subprocess.Popen[bytes] | Spawned,
         argv: Sequence[str],
         own_group: bool,
         boundary: Boundary | None = None,
@@ -162,9 +163,9 @@ class Child:
     def reap(self) -> int:
         """Collect the exit status and release the pidfd. Blocks until the exit: only for a
         child whose pidfd was readable, or where blocking is fine (see reap_steps)."""
-        self._popen.wait()
+        status = self._popen.wait()
         self._close_pidfd()
-        return self._popen.returncode
+        return status if self._popen.returncode is None else self._popen.returncode
 
     def try_reap(self) -> int | None:
         """Collect the exit status if the process has ended (waitpid WNOHANG), else None."""
@@ -264,20 +265,26 @@ def spawn(
 
         if which(argv[0]) is None:
             raise FileNotFoundError(2, "No such file or directory", argv[0])
+    popen: subprocess.Popen[bytes] | Spawned
     try:
-        popen = _popen(argv, env, pass_fds, stdin, stdout, stderr, own_group, deathsig, boundary)
-    except subprocess.SubprocessError:
-        if boundary is None or boundary.cgroup is None:
+        if boundary is not None and boundary.direct:
+            popen = _spawn_direct(argv, env, pass_fds, stdin, stderr, own_group, boundary)
+        else:
+            popen = _popen(
+                argv, env, pass_fds, stdin, stdout, stderr, own_group, deathsig, boundary
+            )
+    except BaseException as exc:
+        from subprocess import SubprocessError
+
+        if not isinstance(exc, SubprocessError) or boundary is None or boundary.cgroup is None:
+            if boundary is not None:
+                boundary.remove()
             raise
         boundary.remove()  # we could not enter it: the fallback
         from .containment import Boundary
 
         boundary = Boundary("group", None, None)
         popen = _popen(argv, env, pass_fds, stdin, stdout, stderr, own_group, deathsig, boundary)
-    except BaseException:
-        if boundary is not None:
-            boundary.remove()
-        raise
     if boundary is None:
         return Child(popen, argv, own_group)
     boundary.spawned(popen)
@@ -300,8 +307,8 @@ def _popen(
     deathsig: int,
     boundary: Boundary | None,
 ) -> subprocess.Popen[bytes]:
-    if boundary is not None and boundary.direct:
-        return _popen_direct(argv, env, pass_fds, stdin, stderr, own_group, boundary)
+    import subprocess
+
     mask = held_stop_signals()  # until the child has reset its handlers (see host.prctl)
     try:
         return subprocess.Popen(
@@ -322,7 +329,7 @@ def _popen(
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
-def _popen_direct(
+def _spawn_direct(
     argv: Sequence[str],
     env: dict[str, str] | None,
     pass_fds: Sequence[int],
@@ -330,23 +337,37 @@ def _popen_direct(
     stderr: int | None,
     own_group: bool,
     boundary: Boundary,
-) -> subprocess.Popen[bytes]:
-    """Our child is the init of a new PID namespace (see launch.containment, _DIRECT). No
-    preexec_fn, so subprocess uses vfork(), which also resets every signal handler in the
-    child before it unblocks signals: nothing of ours runs there, and nothing needs holding.
-    The watcher's pipe stands in for PR_SET_PDEATHSIG; its stdout is the program's stderr."""
+) -> Spawned:
+    """Our child is the init of a new PID namespace (see launch.containment, _DIRECT), started
+    with posix_spawn (a vfork: nothing of ours runs in the child, so nothing needs holding,
+    and the CLI need not import subprocess before its server is spawned). The watcher's pipe
+    stands in for PR_SET_PDEATHSIG. ``stdin``: a pipe the init moves to fd 3, or DEVNULL; the
+    init's stdout is the program's stderr."""
+    if pass_fds:
+        raise ValueError("a direct namespace passes its one pipe as stdin, not in pass_fds")
     watch_read, watch_write = os.pipe2(os.O_CLOEXEC)
+    actions: list[tuple[int, int] | tuple[int, int, int] | tuple[int, int, str, int, int]] = [
+        (os.POSIX_SPAWN_DUP2, watch_read, 1)
+    ]
+    for fd, target in ((stdin, 0), (stderr, 2)):
+        if fd == DEVNULL or fd is None:
+            actions.append((os.POSIX_SPAWN_OPEN, target, os.devnull, os.O_RDWR, 0))
+        else:
+            actions.append((os.POSIX_SPAWN_DUP2, fd, target))
+    # What subprocess's close_fds does: nothing else of ours reaches the server (a --displayfd
+    # or socket-activation fd we were given would otherwise stay open in it).
+    actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds()]
     try:
         own_namespace = new_pid_namespace_for_children()
         try:
-            popen = subprocess.Popen(
+            pid = os.posix_spawn(
+                boundary.argv(argv)[0],
                 boundary.argv(argv),
-                env=env,
-                pass_fds=tuple(pass_fds),
-                stdin=stdin,
-                stdout=watch_read,
-                stderr=stderr,
-                start_new_session=own_group,
+                os.environ if env is None else env,
+                file_actions=actions,
+                setsid=own_group,
+                setsigmask=(),  # whatever this thread blocks, the init starts with nothing held
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # as subprocess's restore_signals
             )
         finally:
             restore_pid_namespace(own_namespace)
@@ -356,7 +377,59 @@ def _popen_direct(
     finally:
         os.close(watch_read)
     boundary.watch_fd = watch_write
-    return popen
+    return Spawned(pid)
+
+
+DEVNULL = -3  # subprocess.DEVNULL, without importing subprocess
+
+
+def _inheritable_fds() -> list[int]:
+    """Our descriptors above 2 that an exec would keep (Python makes its own close-on-exec;
+    these came from our parent, or were made inheritable on purpose)."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if fd > 2 and os.get_inheritable(fd):
+                found.append(fd)
+        except OSError:  # the listing's own descriptor, closed by now
+            pass
+    return found
+
+
+class Spawned:
+    """What Child uses of subprocess.Popen, for a process started with os.posix_spawn."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def _reaped(self, status: int) -> int:
+        self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): no status to have
+                self.returncode = 0
+                return 0
+            if pid:
+                return self._reaped(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            try:
+                return self._reaped(os.waitpid(self.pid, 0)[1])
+            except ChildProcessError:
+                self.returncode = 0
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signal.SIGKILL)
 
 
 _POLL = 0.02
