@@ -34,10 +34,13 @@ from .cgroup import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import subprocess
     from collections.abc import Sequence
+    from typing import Protocol
 
-    from .process import Spawned
+    class _Spawned(Protocol):  # a subprocess.Popen or a launch.process.Spawned
+        def kill(self) -> None: ...
+        def wait(self) -> int: ...
+
 
 NS_DISPLAYFD = 3  # in a namespace the server's -displayfd is 3 (the pipe arrives as stdin)
 # In a PID namespace three processes run the server (see docs/containment.md):
@@ -197,7 +200,7 @@ class Boundary:
         else:
             os.close(pidfd)
 
-    def spawned(self, popen: subprocess.Popen[bytes] | Spawned) -> None:
+    def spawned(self, popen: _Spawned) -> None:
         """Once our child is in the cgroup: start its keeper, which kills the cgroup if we die.
         If we cannot, the child (unwatched yet, so it must not live) and the cgroup go."""
         if self.cgroup is not None and self._keeper is None:
