@@ -24,11 +24,13 @@ from typing import Any
 
 from ..host.errors import ExitCode, XSuperviseError
 from ..host.paths import RuntimeDir, socket_path
+from ..host.steps import run_blocking
 from .x11 import (
     cookie_in,
     display_number,
     parse_setup_reply,
     refusal_reason,
+    setup_reply_steps,
     setup_request,
 )
 
@@ -169,20 +171,13 @@ def handshake(number: int, cookie: bytes | None, deadline: float) -> str:
                 if cookie is not None
                 else struct.pack("<BxHHHHxx", ord("l"), 11, 0, 0, 0)
             )
-            sock.sendall(request)
-            reply = b""
-            needed = 8
-            while len(reply) < needed:
-                sock.settimeout(remaining())
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise Refusal(
-                        ExitCode.FAILURE,
-                        f"display {name} closed our X11 connection without a reply.",
-                    )
-                reply += chunk
-                if len(reply) >= 8:
-                    needed = 8 + 4 * struct.unpack_from("<H", reply, 6)[0]
+            sock.setblocking(False)
+            reply = run_blocking(setup_reply_steps(sock, request, deadline))
+            assert reply is not None  # (None: a watched fd; none is)
+        except EOFError:
+            raise Refusal(
+                ExitCode.FAILURE, f"display {name} closed our X11 connection without a reply."
+            ) from None
         except TimeoutError:
             raise Refusal(
                 ExitCode.FAILURE,

@@ -17,6 +17,10 @@ from collections.abc import Generator
 from ..host.paths import socket_path
 from .process import Child, Offload, Steps, Wait, peer_credentials
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+
 COOKIE_PROTOCOL = b"MIT-MAGIC-COOKIE-1"
 _FAMILY_WILD = 0xFFFF  # matches any host and (with an empty number) any display
 MAX_DISPLAY_DIGITS = 6  # the longest display number we take (-displayfd, :N)
@@ -153,6 +157,34 @@ def setup_request(cookie: bytes) -> bytes:
     return header + padded(COOKIE_PROTOCOL) + padded(cookie)
 
 
+def setup_reply_steps(
+    sock: socket.socket, request: bytes, deadline: float, watched: int = -1
+) -> Steps[bytes | None]:
+    """The X11 handshake, for verify (our server, its pidfd ``watched``) and for `check` (any
+    display): send a connection setup ``request`` over the connected, non-blocking ``sock``;
+    return the server's whole reply (refusal_reason and parse_setup_reply read it), or None
+    if ``watched`` became readable first. Raises EOFError if the server closed the connection
+    without a reply, TimeoutError at ``deadline``, OSError if the socket failed."""
+    sock.send(request)  # a few dozen bytes into a fresh unix socket: never would block
+    reply = b""
+    needed = 8
+    fds = (sock.fileno(), watched) if watched >= 0 else (sock.fileno(),)
+    while len(reply) < needed:
+        ready = yield Wait(fds, deadline)
+        if sock.fileno() in ready:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise EOFError
+            reply += chunk
+            if len(reply) >= 8:
+                needed = 8 + 4 * struct.unpack_from("<H", reply, 6)[0]
+        elif watched in ready:
+            return None
+        elif time.monotonic() >= deadline:
+            raise TimeoutError
+    return reply
+
+
 def refusal_reason(reply: bytes) -> str | None:
     """None when a connection setup reply (its 8-byte header at least) says Success; else
     the server's reason, as one line."""
@@ -229,25 +261,17 @@ def verify(number: int, child: Child, cookie: bytes, deadline: float) -> Steps[S
             )
             yield from _look_for_a_background_server(stranger, number, child, deadline)
             raise stranger
-        sock.send(setup_request(cookie))
-        reply = b""
-        needed = 8
-        while len(reply) < needed:
-            ready = yield Wait((sock.fileno(), child.pidfd), deadline)
-            if sock.fileno() in ready:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise HandshakeError(f"closed our X11 connection on {path} without a reply")
-                reply += chunk
-                if len(reply) >= 8:
-                    needed = 8 + 4 * struct.unpack_from("<H", reply, 6)[0]
-            elif child.pidfd in ready:
-                raise HandshakeError(f"exited while answering our X11 connection on {path}")
-            elif time.monotonic() >= deadline:
-                raise HandshakeError(
-                    f"accepted an X11 connection on {path} but did not answer it in time",
-                    kind="timeout",
-                )
+        try:
+            reply = yield from setup_reply_steps(sock, setup_request(cookie), deadline, child.pidfd)
+        except EOFError:
+            raise HandshakeError(f"closed our X11 connection on {path} without a reply") from None
+        except TimeoutError:
+            raise HandshakeError(
+                f"accepted an X11 connection on {path} but did not answer it in time",
+                kind="timeout",
+            ) from None
+        if reply is None:
+            raise HandshakeError(f"exited while answering our X11 connection on {path}")
         reason = refusal_reason(reply)
         if reason is not None:
             raise HandshakeError(
