@@ -132,6 +132,7 @@ def launch_steps(
 
         from ..host.stale import clean_own_quietly
         from .recovery import reclaim_abandoned
+        from .server_output import read_output  # noqa: F401  (for the server's end)
 
         logger = log.get()
 

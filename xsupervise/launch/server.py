@@ -9,9 +9,7 @@ import time
 
 from ..host import log
 from ..host.paths import RuntimeDir, create_private_file, new_token, remove_file
-from ..host.stale import remove_dead_socket
 from .process import Child, Steps
-from .server_output import read_output
 from .settings import Settings
 from .x11 import ServerFacts, xauthority_entry
 
@@ -279,6 +277,10 @@ class XServer:
         if self.released:
             return
         self.released = True
+        # Imported by the launcher while the server started: free here (see launch.launcher).
+        from ..host.stale import remove_dead_socket
+        from .server_output import read_output
+
         if self.number is not None:
             remove_dead_socket(
                 self.number, self.facts.socket_inode if self.facts else None, self.spawned_wall

@@ -34,8 +34,6 @@ from ..host.paths import RuntimeDir
 from ..launch.launcher import SessionFiles, launch_steps
 from ..launch.process import Offload, Wait, describe_status, same_process
 from ..launch.records import own_identity
-from ..launch.recovery import reclaim_abandoned
-from ..launch.server_output import quote
 from ..launch.settings import Settings
 from . import policy
 from .clock import SYSTEM_CLOCK, Clock, clock_time
@@ -242,7 +240,7 @@ class Session:
         uptime = self.clock.monotonic() - self.ready_at
         reason = (
             f"X server {server.display} (pid {server.pid}) {describe_status(status)} after "
-            f"{uptime:.1f} s up. {quote('It', server.output_reason, server.output_tail)}"
+            f"{uptime:.1f} s up. {_quote('It', server.output_reason, server.output_tail)}"
         )
         if wm is not None and server.child.pidfd not in ready:  # the wm ended: restart both
             reason = (
@@ -299,6 +297,8 @@ def await_budget(session: Session) -> Steps[None]:
                 # A start that goes ahead reclaims what killed supervisors left, once its
                 # server is spawned; one that waits must do it now, or every supervisor
                 # a relauncher kills while it waits would leave its files.
+                from ..launch.recovery import reclaim_abandoned
+
                 yield Offload(reclaim_abandoned, session.runtime, session.settings.kill_grace)
             announced = (decision.state, decision.until)
             waiting = Event.COOL_DOWN if decision.state == State.FAILED else Event.BACKOFF
@@ -339,3 +339,9 @@ def _failed_line(session: Session, history: policy.History, decision: policy.Dec
         f"Last failure: {decision.reason or '(unknown)'} Fix the cause, then run "
         f"'xsupervise reset {session.name}' to try at once."
     )
+
+
+def _quote(server: str, reason: str, tail: str) -> str:
+    from ..launch.server_output import quote  # for a failure line only
+
+    return quote(server, reason, tail)
