@@ -99,7 +99,10 @@ def one_round() -> dict[str, float]:
         end = time.monotonic()
         if proc.wait() != 0:
             raise SystemExit(f"xsupervise run -- true failed: exit {proc.returncode}")
-        m = json.loads(Path(marks_file.name).read_text())
+        text = Path(marks_file.name).read_text()
+        if not text:
+            raise SystemExit("xsupervise run -- true never stopped its server: no phases")
+        m = json.loads(text)
     points = [t0, m["start"], m["spawn"], m["spawned"], m["ready"], m["verified"], m["term"], end]
     return {
         name: (b - a) * 1000 for name, a, b in zip(PHASES, points[:-1], points[1:], strict=True)

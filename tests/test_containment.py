@@ -7,10 +7,12 @@ stop, a failed start and a SIGKILL of its supervisor, under each mechanism this 
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,10 @@ def _available() -> list[str]:
 
 
 KINDS = _available()
+requires_own_pidns = pytest.mark.skipif(
+    not _containment._can_unshare_directly(),
+    reason="needs CAP_SYS_ADMIN (a PID namespace of our own)",
+)
 pytestmark = requires_xvfb
 
 
@@ -321,10 +327,7 @@ def test_recovery_leaves_the_cgroup_of_a_supervisor_it_cannot_see(tmp_path: Path
         _cgroup.remove_cgroup(cgroup)
 
 
-@pytest.mark.skipif(
-    not _containment._can_unshare_directly(),
-    reason="needs CAP_SYS_ADMIN (a PID namespace of our own)",
-)
+@requires_own_pidns
 def test_one_process_of_ours_stands_in_front_of_the_server(runtime_dir: Path):
     """Issue 22: the namespace's init is our own child, and the server's parent (one shell in
     front of it, where there were unshare, sh, setpriv and sh)."""
@@ -373,3 +376,113 @@ def test_no_descriptor_of_the_supervisor_reaches_the_server(kind: str, runtime_d
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+SUPERVISOR_KILLED_MID_STOP = """
+import os, signal, sys, time
+from xsupervise.launch.containment import choose
+from xsupervise.launch.process import run_blocking, spawn
+child = spawn(["sh", "-c", "trap '' TERM; exec sleep 1234"], boundary=choose("t-1"),
+              stdout=2, stderr=2)
+deadline = time.monotonic() + 10
+def comm():
+    try:
+        with open(f"/proc/{child.find_program()}/comm") as stream:
+            return stream.read().strip()
+    except OSError:
+        return ""
+while comm() != "sleep":  # exec'd: SIGTERM is ignored from now on
+    assert time.monotonic() < deadline
+    time.sleep(0.01)
+child.signal(signal.SIGTERM)  # a stop begins: the program ignores it, the grace runs
+print(child.program_pid, flush=True)
+time.sleep(60)  # SIGKILLed here, during the grace
+"""
+
+
+@requires_own_pidns
+def test_a_supervisor_killed_during_a_stop_takes_its_namespace_along():
+    """The review's case: a stop's SIGTERM reaches the whole namespace (the init's trap sends
+    `kill -TERM -1`); the watcher must not die of it, or a supervisor SIGKILLed during the
+    grace would leave a program that ignores SIGTERM running for good."""
+    env = {**os.environ, "XSUPERVISE_CONTAINMENT": "pidns"}
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR_KILLED_MID_STOP], env=env, stdout=subprocess.PIPE
+    )
+    try:
+        program = int(read_line(supervisor.stdout, timeout=10))
+        assert not wait_gone(program, 0.2)  # it ignores SIGTERM
+        supervisor.kill()
+        assert wait_gone(program, 2.0)
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+        supervisor.stdout.close()
+
+
+SUPERVISOR_THAT_FORKS = """
+import os, sys, time
+from xsupervise.launch.containment import choose
+from xsupervise.launch.process import spawn
+child = spawn(["sleep", "1234"], boundary=choose("t-1"), stdout=2, stderr=2)
+deadline = time.monotonic() + 10
+while child.find_program() == child.pid:
+    assert time.monotonic() < deadline
+if os.fork() == 0:  # multiprocessing's "fork": no exec, our descriptors copied
+    time.sleep(30)
+    os._exit(0)
+print(child.program_pid, flush=True)
+time.sleep(60)
+"""
+
+
+@requires_own_pidns
+def test_a_fork_of_the_supervisor_does_not_keep_its_namespace_alive():
+    """The watcher's pipe is close-on-exec, but a fork() without exec copies our end of it:
+    the copy is closed in the child at once, so our death alone still ends the namespace."""
+    import psutil
+
+    env = {**os.environ, "XSUPERVISE_CONTAINMENT": "pidns"}
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR_THAT_FORKS], env=env, stdout=subprocess.PIPE
+    )
+    forked = []
+    try:
+        program = int(read_line(supervisor.stdout, timeout=10))
+        ours = psutil.Process(supervisor.pid)
+        forked = [p for p in ours.children() if p.cmdline() == ours.cmdline()]
+        assert len(forked) == 1
+        supervisor.kill()
+        assert wait_gone(program, 2.0)
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+        supervisor.stdout.close()
+        for process in forked:
+            process.kill()
+            process.wait(5)
+
+
+CLOSED_STANDARD_FDS = """
+import os, sys
+os.close(0)
+os.close(1)  # the pipes, log and cookie files we open next get numbers 0 and 1
+import xsupervise
+with xsupervise.Display(":auto") as display:
+    fds = {fd: os.readlink(f"/proc/{display.server_pid}/fd/{fd}") for fd in (0, 1, 2)}
+    print("ready", display.display, fds, file=sys.stderr, flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_supervisor_started_without_stdin_and_stdout_still_starts(kind: str, runtime_dir: Path):
+    """As subprocess does: descriptors numbered 0-2 of ours are moved out of the way before
+    they are given to the child as its 0-2, or one would overwrite another."""
+    env = {**os.environ, "XSUPERVISE_CONTAINMENT": kind}
+    result = subprocess.run(
+        [sys.executable, "-c", CLOSED_STANDARD_FDS], env=env, capture_output=True, timeout=60
+    )
+    assert result.returncode == 0 and b"ready :" in result.stderr, result.stderr
+    fds = ast.literal_eval(result.stderr.split(b"ready :")[1].split(b" ", 1)[1].decode())
+    assert fds[0] == "/dev/null"
+    assert fds[1] == fds[2] and fds[2].endswith(".log"), fds  # the server's log, both

@@ -32,8 +32,9 @@ class Display:
     process group, reaps it and removes its files. Failures raise ``xsupervise.StartError``
     subclasses carrying the pid, elapsed time and the server's last output.
 
-    Start it from a thread that outlives it: the server is killed when the thread that
-    spawned it exits (PR_SET_PDEATHSIG), so that it can never outlive us.
+    Start it from a thread that outlives it: outside a PID namespace of our own the server is
+    killed when the thread that spawned it exits (PR_SET_PDEATHSIG), so that it can never
+    outlive us. (In one, as root, it dies with the process, whichever thread started it.)
 
     ``Display(pool="NAME")`` leases a display of that pool from the running ``xsupervise
     serve`` instead (``socket``: its control socket), ready in milliseconds; leaving the block

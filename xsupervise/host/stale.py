@@ -41,34 +41,45 @@ def remove_dead_socket(
         return False
     if number in bound_abstract_displays():
         return False
-    dir_fd = os.open(X11_UNIX_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        dir_fd = os.open(X11_UNIX_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
     try:
         return unlink_if_same(dir_fd, os.path.basename(path), info.st_ino)
-    except FileNotFoundError:
+    except OSError:  # gone meanwhile, or not ours to move: not removed, nothing else to do
         return False
     finally:
         os.close(dir_fd)
 
 
 def unlink_if_same(dir_fd: int, name: str, inode: int) -> bool:
-    """Unlink ``name`` (in ``dir_fd``) only if it is still the file ``inode``, atomically.
+    """Unlink ``name`` (in ``dir_fd``) only if it is still the file ``inode``.
 
     A stat, then an unlink, would remove a file a new server made in between: a pool's next
     server on a dead one's number lost its socket file that way, and our check of it failed.
-    So the name is renamed aside first (rename takes whatever is there at that instant), then
-    judged; a file that is not the one we judged goes back at once. Raises FileNotFoundError
-    if the name is gone."""
-    aside = f".xsupervise-aside-{os.getpid()}-{name}"
+    So the name is renamed aside first (rename takes whatever is there at that instant, and
+    the decision is about that very file), then judged. A file that is not the one we judged
+    goes back at once, by link(), which never replaces a file made in the meantime; for that
+    instant its name is missing (a client connecting to the file then retries, or uses the
+    abstract socket). The aside name is random: nobody can plant something there first.
+    Raises OSError (FileNotFoundError: the name is gone; PermissionError: not ours to move)."""
+    aside = f".xsupervise-aside-{os.urandom(8).hex()}"
     os.rename(name, aside, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     try:
         same = os.stat(aside, dir_fd=dir_fd, follow_symlinks=False).st_ino == inode
     except OSError:
         same = False
-    if same:
-        os.unlink(aside, dir_fd=dir_fd)
-    else:
-        os.rename(aside, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    return same
+    if not same:
+        try:
+            os.link(aside, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        except FileExistsError:
+            pass  # a third file took the name meanwhile: it stays; so does this one, aside
+        else:
+            os.unlink(aside, dir_fd=dir_fd)
+        return False
+    os.unlink(aside, dir_fd=dir_fd)
+    return True
 
 
 # -- `xsupervise clean` ----------------------------------------------------------------------

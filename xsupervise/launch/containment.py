@@ -79,17 +79,21 @@ _INIT = (
 #   reads it: at end of file, i.e. once we are gone however we died (even before it
 #   started), it SIGKILLs every process of the namespace; the init then ends, and so does the
 #   namespace. This replaces PR_SET_PDEATHSIG, which would need a preexec_fn (a fork).
-# - after the server, the init ends the watcher (SIGTERM; `wait`, no polling) and goes on as
+#   The watcher ignores TERM, INT and HUP: a stop's SIGTERM (to the group, and the init's
+#   `kill -TERM -1`) must not end it, or a supervisor killed during the grace would leave a
+#   server that resists SIGTERM running. Our fork()s without exec (multiprocessing) close
+#   their copy of our end at once (see _close_watch_fds_after_fork).
+# - after the server, the init ends the watcher (SIGKILL; `wait`, no polling) and goes on as
 #   _INIT does. An init cannot kill itself by a signal, so _EXIT ends in `exit 128+N`, which
 #   Child reads back as "killed by N".
-_WATCH = "{ trap '' INT HUP; read -r _ <&4; kill -KILL -1; } 3>&- 2>/dev/null & w=$!; "
+_WATCH = "{ trap '' TERM INT HUP; read -r _ <&4; kill -KILL -1; } 3>&- 2>/dev/null & w=$!; "
 _DIRECT_INIT = (
     "exec 3<&0 0</dev/null 4<&1 1>&2; trap 'kill -TERM -1 2>/dev/null' TERM; trap : INT HUP; "
     '"$@" 4<&- & c=$!; '
     + _WATCH
     + 'exec 3>&- 4<&- 2>/dev/null; set -- "$c"; '
     + _WAIT
-    + 'kill -TERM "$w" 2>/dev/null; wait "$w"; kill -TERM -1 2>/dev/null; n=0; '
+    + 'kill -KILL "$w" 2>/dev/null; wait "$w"; kill -TERM -1 2>/dev/null; n=0; '
     "while kill -0 -1 2>/dev/null; do n=$((n+1)); "
     f'[ "$n" -gt {_NS_GRACE_STEPS} ] && kill -KILL -1 2>/dev/null; sleep 0.02; done; ' + _EXIT
 )
@@ -251,9 +255,15 @@ class Boundary:
             return True
         return (yield from empty_steps(self.cgroup, timeout))
 
+    def watch(self, fd: int) -> None:
+        """Hold our end of a direct namespace's watcher pipe (see _DIRECT)."""
+        self.watch_fd = fd
+        _WATCHING.add(self)
+
     def release_watch(self) -> None:
         """Close our end of a direct namespace's watcher pipe: once our child is reaped (it
         is empty then), or to end it at once if it is not."""
+        _WATCHING.discard(self)
         if self.watch_fd >= 0:
             os.close(self.watch_fd)
             self.watch_fd = -1
@@ -265,6 +275,24 @@ class Boundary:
             self._keeper = None
         if self.cgroup:
             remove_cgroup(self.cgroup)
+
+
+_WATCHING: set[Boundary] = set()  # boundaries holding a watcher pipe's end (see _DIRECT)
+
+
+def _close_watch_fds_after_fork() -> None:
+    """In a child we fork() without exec: our ends of the watchers' pipes are the parent's
+    alone, or that child would keep every namespace alive after the parent's death."""
+    for boundary in _WATCHING:
+        try:
+            os.close(boundary.watch_fd)
+        except OSError:
+            pass
+        boundary.watch_fd = -1
+    _WATCHING.clear()
+
+
+os.register_at_fork(after_in_child=_close_watch_fds_after_fork)
 
 
 def choose(label: str) -> Boundary:

@@ -24,7 +24,8 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from _thread import allocate_lock
+from collections.abc import Callable, Mapping, Sequence
 
 from ..host.group import session_members
 from ..host.pinned import (
@@ -37,6 +38,7 @@ from ..host.pinned import (
     wait_exited,
 )
 from ..host.prctl import (
+    STOP_SIGNALS,
     become_subreaper,
     describe_status,
     die_with_parent,
@@ -62,6 +64,7 @@ __all__ = [
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
+    from typing import Any
 
     from .containment import Boundary
 
@@ -268,7 +271,7 @@ def spawn(
     popen: subprocess.Popen[bytes] | Spawned
     try:
         if boundary is not None and boundary.direct:
-            popen = _spawn_direct(argv, env, pass_fds, stdin, stderr, own_group, boundary)
+            popen = _spawn_direct(argv, env, pass_fds, (stdin, stdout, stderr), own_group, boundary)
         else:
             popen = _popen(
                 argv, env, pass_fds, stdin, stdout, stderr, own_group, deathsig, boundary
@@ -333,51 +336,82 @@ def _spawn_direct(
     argv: Sequence[str],
     env: dict[str, str] | None,
     pass_fds: Sequence[int],
-    stdin: int | None,
-    stderr: int | None,
+    fds: tuple[int | None, int | None, int | None],
     own_group: bool,
     boundary: Boundary,
 ) -> Spawned:
     """Our child is the init of a new PID namespace (see launch.containment, _DIRECT), started
-    with posix_spawn (a vfork: nothing of ours runs in the child, so nothing needs holding,
-    and the CLI need not import subprocess before its server is spawned). The watcher's pipe
-    stands in for PR_SET_PDEATHSIG. ``stdin``: a pipe the init moves to fd 3, or DEVNULL; the
-    init's stdout is the program's stderr."""
-    if pass_fds:
-        raise ValueError("a direct namespace passes its one pipe as stdin, not in pass_fds")
+    with posix_spawn (a vfork: nothing of ours runs in the child, and the CLI need not import
+    subprocess before its server is spawned). The watcher's pipe stands in for
+    PR_SET_PDEATHSIG. ``fds`` (stdin, stdout, stderr): stdin is a pipe the init moves to fd 3,
+    or /dev/null (None too: a namespace's program never reads our terminal); the init's
+    stdout is the watcher's pipe, so the program's stdout must be its stderr."""
+    stdin, stdout, stderr = fds
+    if pass_fds or stdout != stderr:
+        raise ValueError("a direct namespace takes one pipe as stdin and stdout == stderr")
     watch_read, watch_write = os.pipe2(os.O_CLOEXEC)
-    actions: list[tuple[int, int] | tuple[int, int, int] | tuple[int, int, str, int, int]] = [
-        (os.POSIX_SPAWN_DUP2, watch_read, 1)
-    ]
-    for fd, target in ((stdin, 0), (stderr, 2)):
-        if fd == DEVNULL or fd is None:
-            actions.append((os.POSIX_SPAWN_OPEN, target, os.devnull, os.O_RDWR, 0))
-        else:
-            actions.append((os.POSIX_SPAWN_DUP2, fd, target))
-    # What subprocess's close_fds does: nothing else of ours reaches the server (a --displayfd
-    # or socket-activation fd we were given would otherwise stay open in it).
-    actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds()]
+    moved: list[int] = []  # sources numbered 0-2 (ours were closed), moved out of the way
     try:
-        own_namespace = new_pid_namespace_for_children()
-        try:
-            pid = os.posix_spawn(
-                boundary.argv(argv)[0],
-                boundary.argv(argv),
-                os.environ if env is None else env,
-                file_actions=actions,
-                setsid=own_group,
-                setsigmask=(),  # whatever this thread blocks, the init starts with nothing held
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # as subprocess's restore_signals
-            )
-        finally:
-            restore_pid_namespace(own_namespace)
+        actions: list[tuple[int, int] | tuple[int, int, int] | tuple[int, int, str, int, int]] = []
+        for fd, target in ((watch_read, 1), (stdin, 0), (stderr, 2)):
+            if fd is None or fd == DEVNULL:
+                actions.append((os.POSIX_SPAWN_OPEN, target, os.devnull, os.O_RDWR, 0))
+                continue
+            if fd <= 2:  # a DUP2 onto 0-2 must not overwrite another's source
+                import fcntl
+
+                fd = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+                moved.append(fd)
+            actions.append((os.POSIX_SPAWN_DUP2, fd, target))
+        # What subprocess's close_fds does: nothing else of ours reaches the server (a
+        # --displayfd or socket-activation fd we were given would otherwise stay open in it).
+        actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds()]
+        pid = _posix_spawn_in_new_namespace(
+            boundary.argv(argv), os.environ if env is None else env, actions, own_group
+        )
     except BaseException:
         os.close(watch_write)
         raise
     finally:
-        os.close(watch_read)
-    boundary.watch_fd = watch_write
+        for fd in (watch_read, *moved):
+            os.close(fd)
+    boundary.watch(watch_write)
     return Spawned(pid)
+
+
+def _posix_spawn_in_new_namespace(
+    argv: list[str], env: Mapping[str, str], actions: list[Any], own_group: bool
+) -> int:
+    """posix_spawn ``argv`` as the init of a new PID namespace. Stop signals are held
+    meanwhile, so that no KeyboardInterrupt lands between unshare() and setns() (this thread's
+    later children would all go into a dead namespace); the child starts with none held."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        own_namespace = new_pid_namespace_for_children()
+        try:
+            pid = os.posix_spawn(
+                argv[0],
+                argv,
+                env,
+                file_actions=actions,
+                setsid=own_group,
+                setsigmask=(),
+                # As subprocess's restore_signals, and the stop signals: an ignored TERM cannot
+                # be trapped by the init's shell (a supervisor started with it ignored).
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, *STOP_SIGNALS),
+            )
+        except BaseException:
+            restore_pid_namespace(own_namespace)
+            raise
+        try:
+            restore_pid_namespace(own_namespace)
+        except BaseException:  # never seen: our own namespace refused us; nothing may stay
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
+        return pid
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 DEVNULL = -3  # subprocess.DEVNULL, without importing subprocess
@@ -398,34 +432,32 @@ def _inheritable_fds() -> list[int]:
 
 
 class Spawned:
-    """What Child uses of subprocess.Popen, for a process started with os.posix_spawn."""
+    """What Child uses of subprocess.Popen, for a process started with os.posix_spawn. As
+    Popen, one waitpid at a time (a lock), so that a status is never lost to a second one."""
 
     def __init__(self, pid: int):
         self.pid = pid
         self.returncode: int | None = None
+        self._lock = allocate_lock()
 
-    def _reaped(self, status: int) -> int:
-        self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
+    def _waitpid(self, flags: int) -> int | None:
+        with self._lock:
+            if self.returncode is None:
+                try:
+                    pid, status = os.waitpid(self.pid, flags)
+                except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): no status
+                    self.returncode = 0
+                else:
+                    if pid:
+                        self.returncode = os.waitstatus_to_exitcode(status)
+            return self.returncode
 
     def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): no status to have
-                self.returncode = 0
-                return 0
-            if pid:
-                return self._reaped(status)
-        return self.returncode
+        return self._waitpid(os.WNOHANG)
 
     def wait(self) -> int:
-        if self.returncode is None:
-            try:
-                return self._reaped(os.waitpid(self.pid, 0)[1])
-            except ChildProcessError:
-                self.returncode = 0
-        return self.returncode
+        status = self._waitpid(0)
+        return 0 if status is None else status
 
     def kill(self) -> None:
         if self.returncode is None:

@@ -165,7 +165,7 @@ def setup_reply_steps(
     return the server's whole reply (refusal_reason and parse_setup_reply read it), or None
     if ``watched`` became readable first. Raises EOFError if the server closed the connection
     without a reply, TimeoutError at ``deadline``, OSError if the socket failed."""
-    sock.send(request)  # a few dozen bytes into a fresh unix socket: never would block
+    sock.sendall(request)  # a few dozen bytes into a fresh unix socket: never blocks
     reply = b""
     needed = 8
     fds = (sock.fileno(), watched) if watched >= 0 else (sock.fileno(),)
