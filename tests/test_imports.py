@@ -123,3 +123,43 @@ def test_no_import_cycle_of_any_kind() -> None:
         if module not in index:
             visit(module)
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+RUN_AND_LIST_MODULES = """
+import os, sys
+from xsupervise.cli.console import console
+exit_now = os._exit
+def report(code):
+    print(" ".join(sorted(sys.modules)), flush=True)
+    exit_now(code)
+os._exit = report
+sys.argv = ["xsupervise", "run", "--", "true"]
+console()
+"""
+
+
+def test_run_loads_only_what_it_runs() -> None:
+    """Issue 22: `xsupervise run -- true` loads no daemon, pool, media, API, pytest or
+    other-profile code (each costs start-up time on every run)."""
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    if shutil.which("Xvfb") is None:
+        pytest.skip("needs Xvfb")
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_AND_LIST_MODULES], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    ours = {name for name in result.stdout.split() if name.startswith("xsupervise.")}
+    unwanted = ("xsupervise.daemon", "xsupervise.media", "xsupervise.api", "xsupervise.client")
+    unwanted += ("xsupervise.pytest_plugin", "xsupervise.jupyter")
+    unwanted += tuple(
+        f"xsupervise.launch.{name}"
+        for name in ("vnc", "compositor", "xorg_conf", "wm", "recording", "ffmpeg", "check")
+    )
+    loaded = [name for name in ours for no in unwanted if name == no or name.startswith(no + ".")]
+    assert loaded == []
+    assert "xsupervise.launch.launcher" in ours  # it did run
