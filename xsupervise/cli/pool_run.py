@@ -122,18 +122,15 @@ def run_on_lease(command: list[str], display_env: dict[str, str], lease_fd: int)
     ``lease_fd``: the lease's connection, watched meanwhile (see ``_wait``)."""
     import signal
 
-    for fd in map(int, os.listdir("/proc/self/fd")):  # as subprocess's close_fds=True
-        if fd > 2:
-            try:
-                os.set_inheritable(fd, False)
-            except OSError:
-                pass  # the listing's own descriptor, closed meanwhile
+    from ..host.inherit import RESTORED_SIGNALS, close_inherited
+
     try:
         pid = os.posix_spawnp(
             command[0],
             command,
             {**os.environ, **display_env},
-            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # Python ignores them: restore
+            file_actions=close_inherited(),
+            setsigdef=RESTORED_SIGNALS,
         )
     except FileNotFoundError:
         print(f"xsupervise: command {command[0]!r} was not found.", file=sys.stderr)

@@ -28,6 +28,7 @@ from _thread import allocate_lock
 from collections.abc import Callable, Mapping, Sequence
 
 from ..host.group import session_members
+from ..host.inherit import RESTORED_SIGNALS, close_inherited
 from ..host.pinned import (
     UNREAPED_CHILDREN,
     Pinned,
@@ -365,7 +366,7 @@ def _spawn_direct(
             actions.append((os.POSIX_SPAWN_DUP2, fd, target))
         # What subprocess's close_fds does: nothing else of ours reaches the server (a
         # --displayfd or socket-activation fd we were given would otherwise stay open in it).
-        actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds()]
+        actions += close_inherited()
         pid = _posix_spawn_in_new_namespace(
             boundary.argv(argv), os.environ if env is None else env, actions, own_group
         )
@@ -398,7 +399,7 @@ def _posix_spawn_in_new_namespace(
                 setsigmask=(),
                 # As subprocess's restore_signals, and the stop signals: an ignored TERM cannot
                 # be trapped by the init's shell (a supervisor started with it ignored).
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, *STOP_SIGNALS),
+                setsigdef=(*RESTORED_SIGNALS, *STOP_SIGNALS),
             )
         except BaseException:
             restore_pid_namespace(own_namespace)
@@ -415,20 +416,6 @@ def _posix_spawn_in_new_namespace(
 
 
 DEVNULL = -3  # subprocess.DEVNULL, without importing subprocess
-
-
-def _inheritable_fds() -> list[int]:
-    """Our descriptors above 2 that an exec would keep (Python makes its own close-on-exec;
-    these came from our parent, or were made inheritable on purpose)."""
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        try:
-            if fd > 2 and os.get_inheritable(fd):
-                found.append(fd)
-        except OSError:  # the listing's own descriptor, closed by now
-            pass
-    return found
 
 
 class Spawned:
