@@ -8,11 +8,13 @@ stop, a failed start and a SIGKILL of its supervisor, under each mechanism this 
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -405,19 +407,24 @@ def test_a_supervisor_killed_during_a_stop_takes_its_namespace_along():
     """The review's case: a stop's SIGTERM reaches the whole namespace (the init's trap sends
     `kill -TERM -1`); the watcher must not die of it, or a supervisor SIGKILLed during the
     grace would leave a program that ignores SIGTERM running for good."""
-    env = {**os.environ, "XSUPERVISE_CONTAINMENT": "pidns"}
-    supervisor = subprocess.Popen(
-        [sys.executable, "-c", SUPERVISOR_KILLED_MID_STOP], env=env, stdout=subprocess.PIPE
-    )
-    try:
-        program = int(read_line(supervisor.stdout, timeout=10))
+    with _supervisor(SUPERVISOR_KILLED_MID_STOP) as (supervisor, program):
         assert not wait_gone(program, 0.2)  # it ignores SIGTERM
         supervisor.kill()
         assert wait_gone(program, 2.0)
+
+
+@contextlib.contextmanager
+def _supervisor(script: str) -> Iterator[tuple[subprocess.Popen, int]]:
+    """A supervisor of ours running ``script`` (in a PID namespace of its own), and the pid of
+    the program it started, which the script prints; killed and reaped after."""
+    env = {**os.environ, "XSUPERVISE_CONTAINMENT": "pidns"}
+    process = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE)
+    try:
+        yield process, int(read_line(process.stdout, timeout=10))
     finally:
-        supervisor.kill()
-        supervisor.wait()
-        supervisor.stdout.close()
+        process.kill()
+        process.wait()
+        process.stdout.close()
 
 
 SUPERVISOR_THAT_FORKS = """
@@ -442,22 +449,15 @@ def test_a_fork_of_the_supervisor_does_not_keep_its_namespace_alive():
     the copy is closed in the child at once, so our death alone still ends the namespace."""
     import psutil
 
-    env = {**os.environ, "XSUPERVISE_CONTAINMENT": "pidns"}
-    supervisor = subprocess.Popen(
-        [sys.executable, "-c", SUPERVISOR_THAT_FORKS], env=env, stdout=subprocess.PIPE
-    )
     forked = []
     try:
-        program = int(read_line(supervisor.stdout, timeout=10))
-        ours = psutil.Process(supervisor.pid)
-        forked = [p for p in ours.children() if p.cmdline() == ours.cmdline()]
-        assert len(forked) == 1
-        supervisor.kill()
-        assert wait_gone(program, 2.0)
+        with _supervisor(SUPERVISOR_THAT_FORKS) as (supervisor, program):
+            ours = psutil.Process(supervisor.pid)
+            forked = [p for p in ours.children() if p.cmdline() == ours.cmdline()]
+            assert len(forked) == 1
+            supervisor.kill()
+            assert wait_gone(program, 2.0)
     finally:
-        supervisor.kill()
-        supervisor.wait()
-        supervisor.stdout.close()
         for process in forked:
             process.kill()
             process.wait(5)

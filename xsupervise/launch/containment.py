@@ -304,7 +304,7 @@ def choose(label: str) -> Boundary:
     Makes the cgroup directory now; ``Boundary.remove`` removes it."""
     wanted = os.environ.get("XSUPERVISE_CONTAINMENT", "auto")  # tests, bench: force a kind
     if wanted in ("auto", "pidns"):
-        if _DIRECT is not None and _can_unshare_directly():
+        if _can_unshare_directly():
             return Boundary("pidns", None, _DIRECT, direct=True)
         namespace = _namespace_prefix()
         if namespace is not None:

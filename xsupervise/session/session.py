@@ -238,9 +238,11 @@ class Session:
         # left in it, then reaps it and removes the socket file it may have left.
         status = yield from server.stop_steps()
         uptime = self.clock.monotonic() - self.ready_at
+        from ..launch.server_output import quote  # for this line only: not on the start path
+
         reason = (
             f"X server {server.display} (pid {server.pid}) {describe_status(status)} after "
-            f"{uptime:.1f} s up. {_quote('It', server.output_reason, server.output_tail)}"
+            f"{uptime:.1f} s up. {quote('It', server.output_reason, server.output_tail)}"
         )
         if wm is not None and server.child.pidfd not in ready:  # the wm ended: restart both
             reason = (
@@ -339,9 +341,3 @@ def _failed_line(session: Session, history: policy.History, decision: policy.Dec
         f"Last failure: {decision.reason or '(unknown)'} Fix the cause, then run "
         f"'xsupervise reset {session.name}' to try at once."
     )
-
-
-def _quote(server: str, reason: str, tail: str) -> str:
-    from ..launch.server_output import quote  # for a failure line only
-
-    return quote(server, reason, tail)
