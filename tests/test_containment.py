@@ -46,6 +46,7 @@ requires_own_pidns = pytest.mark.skipif(
     not _containment._can_unshare_directly(),
     reason="needs CAP_SYS_ADMIN (a PID namespace of our own)",
 )
+requires_cgroup = pytest.mark.skipif("cgroup" not in KINDS, reason="no writable cgroup v2 here")
 pytestmark = requires_xvfb
 
 
@@ -132,7 +133,7 @@ def test_a_sigkilled_supervisor_leaves_nothing(
     assert list((runtime_dir / "sessions").iterdir()) == []
 
 
-@pytest.mark.skipif("cgroup" not in KINDS, reason="no writable cgroup v2 here")
+@requires_cgroup
 def test_cgroups_are_removed(tmp_path: Path):
     base = _cgroup.cgroup_base()
     assert base is not None
@@ -219,6 +220,75 @@ def _kill_a_supervisor_of(script: str, pids: Path, tmp_path: Path, runtime_dir: 
 def _auth_path(runtime_dir: Path) -> str:
     (cookie,) = (runtime_dir / "sessions").glob("*.xauth")
     return str(cookie)
+
+
+def _children_other_than_keepers() -> list[int]:
+    import psutil
+
+    def is_keeper(child: psutil.Process) -> bool:  # a cgroup's (see launch.cgroup)
+        try:
+            return "xsupervise-keeper" in child.cmdline()
+        except psutil.ZombieProcess:
+            return False
+
+    return [child.pid for child in psutil.Process().children() if not is_keeper(child)]
+
+
+@requires_cgroup
+@pytest.mark.parametrize("born", [True, False], ids=["born-in-it", "moved-in"])
+def test_a_cgroups_server_is_our_child_in_its_own_session_and_cgroup(born: bool, monkeypatch):
+    """Issue 22: the server is born in its cgroup (clone3, CLONE_INTO_CGROUP: no RCU grace
+    period to wait for), forked by our child as *our* child, which then leaves. It is still
+    our child, leads its own session, and nothing else of ours is left. Where clone3 cannot,
+    the child moves itself in, as before."""
+    import errno
+
+    import psutil
+
+    import xsupervise
+
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    real = _containment.fork_into_cgroup
+
+    def fork_into_cgroup(directory: int) -> int:  # runs in our child, before its exec
+        if not born:
+            raise OSError(errno.ENOSYS, "no clone3 here")
+        pid = real(directory)
+        if pid == 0:
+            os.write(write_end, b"copy")
+        return pid
+
+    monkeypatch.setattr(_containment, "fork_into_cgroup", fork_into_cgroup)
+    monkeypatch.setenv("XSUPERVISE_CONTAINMENT", "cgroup")
+    try:
+        with xsupervise.Display() as display:
+            os.close(write_end)
+            assert os.read(read_end, 16) == (b"copy" if born else b"")
+            server = psutil.Process(display.server_pid)
+            assert server.ppid() == os.getpid() and server.name() == "Xvfb"
+            assert os.getsid(server.pid) == os.getpgid(server.pid) == server.pid
+            cgroup = Path(f"/proc/{server.pid}/cgroup").read_text().splitlines()
+            assert any(line.startswith("0::/") and "/xsupervise-" in line for line in cgroup)
+            assert _children_other_than_keepers() == [server.pid]  # its forker was reaped
+    finally:
+        os.close(read_end)
+        with contextlib.suppress(OSError):
+            os.close(write_end)
+    assert wait_gone(server.pid, 1.0)
+
+
+@requires_cgroup
+def test_a_program_that_cannot_run_in_a_cgroup_leaves_no_process_and_no_cgroup(monkeypatch):
+    from xsupervise.launch.containment import choose
+    from xsupervise.launch.process import spawn
+
+    monkeypatch.setenv("XSUPERVISE_CONTAINMENT", "cgroup")
+    boundary = choose("exec-failure-test")
+    assert boundary.cgroup is not None
+    with pytest.raises(FileNotFoundError):
+        spawn(["/nonexistent/xsupervise-test-server"], boundary=boundary)
+    assert _children_other_than_keepers() == []  # the copy that failed its exec: reaped
+    assert not os.path.exists(boundary.cgroup)
 
 
 @pytest.mark.parametrize("kind", KINDS)

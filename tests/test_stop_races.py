@@ -127,8 +127,14 @@ class _SignalsItself:
     def argv(self, argv):
         return list(argv)
 
+    def before_spawn(self) -> None:
+        pass
+
     def enter(self) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
+
+    def entered_copy(self) -> None:
+        return None
 
     def spawned(self, popen) -> None:
         pass

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 
+from ..host.prctl import fork_into_cgroup
 from ..host.steps import Steps
 from .cgroup import (
     CGROUP_PREFIX,
@@ -168,6 +169,7 @@ class Boundary:
         self.watch_fd = -1  # direct: our end of the watcher's pipe; closing it kills all
         self._procs = os.path.join(cgroup, "cgroup.procs").encode() if cgroup else b""
         self._keeper: tuple[int, int] | None = None  # a cgroup's keeper (see launch.cgroup)
+        self._report = (-1, -1)  # a cgroup's spawn: the pipe its copy's pid comes back on
         self.init_pidfd = -1  # a namespace's init: it exits once the namespace is empty
 
     def find_program(self, outside: int) -> tuple[int, int] | None:
@@ -235,14 +237,52 @@ class Boundary:
             return [*self.namespace, *argv]
         return [*self.namespace, "xsupervise-ns", str(os.getpid()), _INIT, *argv]
 
+    def before_spawn(self) -> None:
+        """Before a cgroup's fork: the pipe on which enter() reports the copy that execs."""
+        if self.cgroup is not None:
+            self._report = os.pipe2(os.O_CLOEXEC)
+
     def enter(self) -> None:
-        """In the child, between fork and exec: move into the cgroup (before any fork)."""
-        if self._procs:
-            fd = os.open(self._procs, os.O_WRONLY)
-            try:
-                os.write(fd, b"0")
-            finally:
-                os.close(fd)
+        """In the child, between fork and exec: get into the cgroup before anything forks.
+
+        Born there rather than moved in: the child forks a copy of itself into the cgroup as
+        our child (host.prctl.fork_into_cgroup), reports its pid and leaves; the copy goes on
+        to exec. Moving in (a write to cgroup.procs) waits for an RCU grace period, up to
+        25 ms here; it remains the way where clone3 cannot (Linux < 5.7)."""
+        if not self._procs:
+            return
+        leader = os.getpid()
+        try:
+            directory = os.open(self.cgroup or "", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            pid = fork_into_cgroup(directory)
+        except OSError:
+            pass
+        else:
+            if pid:
+                os.write(self._report[1], pid.to_bytes(4, "little"))
+                os._exit(0)
+            if os.getsid(0) == leader:  # the spawn asked for a session of its own
+                os.setsid()
+            return
+        fd = os.open(self._procs, os.O_WRONLY)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+
+    def entered_copy(self) -> int | None:
+        """After a cgroup's spawn: the pid of the copy enter() made, which runs the program
+        (the child it was forked from has left), or None: the child itself runs it. Once."""
+        read_end, write_end = self._report
+        if read_end < 0:
+            return None
+        self._report = (-1, -1)
+        os.close(write_end)
+        try:
+            data = os.read(read_end, 4)  # written before its writer left: no wait
+        finally:
+            os.close(read_end)
+        return int.from_bytes(data, "little") if len(data) == 4 else None
 
     def kill(self) -> None:
         """SIGKILL everything in the cgroup at once (Linux >= 5.14)."""
@@ -270,6 +310,9 @@ class Boundary:
 
     def remove(self) -> None:
         self.release_watch()
+        copy = self.entered_copy()  # a spawn that failed after enter(): its copy exited at once
+        if copy is not None:
+            os.waitpid(copy, 0)
         if self._keeper is not None:
             stop_keeper(*self._keeper)
             self._keeper = None

@@ -310,12 +310,14 @@ def _popen(
     own_group: bool,
     deathsig: int,
     boundary: Boundary | None,
-) -> subprocess.Popen[bytes]:
+) -> subprocess.Popen[bytes] | Spawned:
     import subprocess
 
+    if boundary is not None:
+        boundary.before_spawn()
     mask = held_stop_signals()  # until the child has reset its handlers (see host.prctl)
     try:
-        return subprocess.Popen(
+        popen = subprocess.Popen(
             boundary.argv(argv) if boundary is not None else list(argv),
             env=env,
             pass_fds=tuple(pass_fds),
@@ -331,6 +333,11 @@ def _popen(
         )
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    copy = boundary.entered_copy() if boundary is not None else None
+    if copy is None:
+        return popen
+    popen.wait()  # the child that forked the copy into the cgroup: it has left
+    return Spawned(copy)
 
 
 def _spawn_direct(
