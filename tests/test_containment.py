@@ -278,6 +278,24 @@ def test_a_cgroups_server_is_our_child_in_its_own_session_and_cgroup(born: bool,
 
 
 @requires_cgroup
+def test_an_empty_cgroup_is_seen_empty_without_an_inotify_watch(monkeypatch):
+    """Issue 22: a stop finds the cgroup empty (its server reaped) and sets no watch: closing
+    an inotify instance waits for an SRCU grace period, about 4 ms, twice per stop."""
+    from xsupervise.host.steps import run_blocking
+
+    def no_watch(path: str) -> int:
+        raise AssertionError(f"an inotify watch on {path}")
+
+    monkeypatch.setenv("XSUPERVISE_CONTAINMENT", "cgroup")
+    boundary = _containment.choose("empty-cgroup-test")
+    try:
+        monkeypatch.setattr(_cgroup, "_watch", no_watch)
+        assert run_blocking(boundary.empty_steps(1.0)) is True
+    finally:
+        boundary.remove()
+
+
+@requires_cgroup
 def test_a_program_that_cannot_run_in_a_cgroup_leaves_no_process_and_no_cgroup(monkeypatch):
     from xsupervise.launch.containment import choose
     from xsupervise.launch.process import spawn

@@ -119,6 +119,8 @@ def empty_steps(cgroup: str, timeout: float) -> Steps[bool]:
     """Wait (on inotify, no polling) until ``cgroup`` is empty; False after ``timeout``."""
     import time
 
+    if not populated(cgroup):  # the usual case: no inotify, whose close waits ~4 ms (SRCU)
+        return True
     deadline = time.monotonic() + timeout
     watch = _watch(os.path.join(cgroup, "cgroup.events"))
     try:
