@@ -445,3 +445,32 @@ def test_inherited_listen_fds_of_another_process_do_not_need_systemd_python():
         check=False,
     )
     assert (listed.returncode, listed.stderr) == (0, "")
+
+
+def test_which_finds_what_shutil_finds(tmp_path, monkeypatch):
+    """host.paths.which stands in for shutil.which on the start path (issue 22)."""
+    import shutil
+
+    from xsupervise.host.paths import which
+
+    (tmp_path / "tool").write_text("#!/bin/sh\n")
+    (tmp_path / "tool").chmod(0o755)
+    (tmp_path / "plain").write_text("")
+    (tmp_path / "folder").mkdir()
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    names = ["tool", "plain", "folder", "sh", "Xvfb", "/bin/sh", f"{tmp_path}/tool", "none"]
+    assert [which(name) for name in names] == [shutil.which(name) for name in names]
+
+
+def test_help_fits_the_columns_asked_for():
+    result = subprocess.run(
+        [*XSUPERVISE, "run", "--help"],
+        env={**os.environ, "COLUMNS": "50"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0
+    wrapped = [line for line in result.stdout.splitlines() if line.startswith(("  -", " " * 8))]
+    assert len(wrapped) > 20 and max(map(len, wrapped)) <= 50  # the options' help, wrapped
+    assert any(len(line) > 40 for line in wrapped)  # to the width asked for

@@ -94,7 +94,7 @@ def _handle(name: str, args: argparse.Namespace, parser: argparse.ArgumentParser
 
 
 def _build_parser(own_argv: Sequence[str] = ()) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = parsers.Parser(
         prog="xsupervise",
         description="Run headless X servers safely: verified ready, never leaked.",
         epilog=parsers.EXIT_CODES,

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ..host.group import session_members
 from ..host.inherit import RESTORED_SIGNALS, close_inherited
+from ..host.paths import which
 from ..host.pinned import (
     UNREAPED_CHILDREN,
     Pinned,
@@ -263,12 +264,9 @@ def spawn(
     so that a stop reaches everything it started. ``boundary``: the cgroup and/or namespace
     it runs in (see launch.containment); a cgroup we cannot enter falls back to the next best.
     Raises FileNotFoundError/PermissionError."""
-    if boundary is not None and boundary.namespace is not None:
-        # The namespace's init runs the program: check it exists, as a plain exec would.
-        from shutil import which
-
-        if which(argv[0]) is None:
-            raise FileNotFoundError(2, "No such file or directory", argv[0])
+    # The namespace's init runs the program: check it exists, as a plain exec would.
+    if boundary is not None and boundary.namespace is not None and which(argv[0]) is None:
+        raise FileNotFoundError(2, "No such file or directory", argv[0])
     popen: subprocess.Popen[bytes] | Spawned
     try:
         if boundary is not None and boundary.direct:

@@ -11,10 +11,9 @@ docs/servers.md says what each profile adds, needs and guarantees.
 from __future__ import annotations
 
 import os
-import shutil
 
 from ..host import errors
-from ..host.paths import ensure_private_dir
+from ..host.paths import ensure_private_dir, which
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -37,7 +36,7 @@ class Profile:
     def binary(self) -> str | None:
         """The binary's path, or None when it is not installed."""
         for candidate in self.binaries:
-            found = shutil.which(candidate)
+            found = which(candidate)
             if found:
                 return found
         return None
