@@ -474,3 +474,20 @@ def test_help_fits_the_columns_asked_for():
     wrapped = [line for line in result.stdout.splitlines() if line.startswith(("  -", " " * 8))]
     assert len(wrapped) > 20 and max(map(len, wrapped)) <= 50  # the options' help, wrapped
     assert any(len(line) > 40 for line in wrapped)  # to the width asked for
+
+
+@pytest.mark.parametrize("environ", [{}, {"XSUPERVISE_SCREEN": "800x600x16"}])
+def test_run_without_options_gets_what_the_parser_would_give(environ, monkeypatch):
+    """`run -- COMMAND` skips argparse (issue 22): its arguments must be the parser's."""
+    from xsupervise.cli import main
+
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    plain = main._plain_run(["run"], ["xterm", "-e", "--", "x"])
+    parsed = main._build_parser(["run"]).parse_args(["run"])
+    parsed.cmd = ["xterm", "-e", "--", "x"]
+    assert vars(plain) == vars(parsed)
+    assert main._plain_run(["run", "-v"], ["xterm"]) is None  # an option: the parser
+    assert main._plain_run(["run"], []) is None  # no COMMAND: the parser's usage error
+    monkeypatch.setenv("XSUPERVISE_POOL", "default")
+    assert main._plain_run(["run"], ["xterm"]) is None  # a lease: its errors need the parser

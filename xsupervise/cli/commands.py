@@ -6,14 +6,14 @@ code. Heavy modules are imported inside them: Python start-up is part of every r
 
 from __future__ import annotations
 
-import argparse
 import os
 
 from ..host.errors import ExitCode, UsageError
-from ..launch.vnc_endpoint import VncEndpoint
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
 if TYPE_CHECKING:
+    import argparse
+
     from ..client import Client
     from ..session.clock import LaunchedServer
 
@@ -26,7 +26,7 @@ def start(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """`start`: a foreground supervisor of one display, or (--detach) one in the daemon."""
     if args.detach:
         return _start_detached(args)
-    return _supervise(args)
+    return supervise(args)
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -36,10 +36,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from .lease import run_leased
 
         return run_leased(args, parser, pool)
-    return _supervise(args)
+    return supervise(args)
 
 
-def _supervise(args: argparse.Namespace) -> int:
+def supervise(args: argparse.Namespace) -> int:
+    """`start` in the foreground, or `run` without a pool: supervise one display."""
     from ..host.paths import RuntimeDir
     from ..launch.settings import FIELDS, default_session_name, load_settings, parse_display
     from ..session.foreground import ForegroundSupervisor
@@ -102,6 +103,8 @@ def _print_display(facts: dict[str, object], as_json: bool) -> None:
         print(json.dumps(facts), flush=True)
     else:
         # The xvnc profile's endpoint, as VNC clients take it (a bare path, or HOST::PORT).
+        from ..launch.vnc_endpoint import VncEndpoint
+
         vnc = f"\nVNC={VncEndpoint.from_json(facts['vnc'])}" if facts.get("vnc") else ""
         print(f"DISPLAY={facts['display']}\nXAUTHORITY={facts['xauthority']}{vnc}", flush=True)
 
@@ -151,6 +154,7 @@ def list_(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import time
 
     from ..launch.records import SessionRecord
+    from ..launch.vnc_endpoint import VncEndpoint
     from .lease import print_json, print_pools
 
     daemon, pools = _daemon(args), []

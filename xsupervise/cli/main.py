@@ -7,16 +7,17 @@ part of every run.
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 
 from ..host import log
 from ..host.errors import XSuperviseError
 from ..host.systemd import require_systemd_python
-from . import commands, parsers
+from . import commands
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Callable, Sequence
 
     Handler = Callable[[argparse.Namespace, argparse.ArgumentParser], int]
@@ -28,19 +29,28 @@ NO_COMMAND, OPTIONAL_COMMAND, REQUIRED_COMMAND = "none", "optional", "required"
 
 
 class Subcommand:
-    """One subcommand: how its parser is built, what handles it, whether it takes COMMAND."""
+    """One subcommand: how its parser is built (a builder of cli.parsers, by name: that module
+    and argparse are imported only to parse), what handles it, whether it takes COMMAND."""
 
-    __slots__ = ("add_parser", "command", "handle")
+    __slots__ = ("builder", "command", "handle")
 
     def __init__(
         self,
-        add_parser: Callable[[Subparsers], None],
+        builder: str | Callable[[Subparsers], None],
         handle: Callable[[argparse.Namespace, argparse.ArgumentParser], int],
         command: str = NO_COMMAND,
     ):
-        self.add_parser = add_parser
+        self.builder = builder
         self.handle = handle
         self.command = command
+
+    def add_parser(self, subparsers: Subparsers) -> None:
+        if callable(self.builder):
+            self.builder(subparsers)
+        else:
+            from . import parsers
+
+            getattr(parsers, self.builder)(subparsers)
 
     def __repr__(self) -> str:
         return f"<Subcommand {self.handle.__name__}>"
@@ -48,16 +58,16 @@ class Subcommand:
 
 # In the order `xsupervise --help` lists them.
 SUBCOMMANDS: dict[str, Subcommand] = {
-    "start": Subcommand(parsers.add_start, commands.start, OPTIONAL_COMMAND),
-    "serve": Subcommand(parsers.add_serve, commands.serve),
-    "run": Subcommand(parsers.add_run, commands.run, REQUIRED_COMMAND),
-    "list": Subcommand(parsers.add_list, commands.list_),
-    "stop": Subcommand(parsers.add_stop, commands.stop),
-    "status": Subcommand(parsers.add_status, commands.status),
-    "reset": Subcommand(parsers.add_reset, commands.reset),
-    "clean": Subcommand(parsers.add_clean, commands.clean),
-    "check": Subcommand(parsers.add_check, commands.check),
-    "screenshot": Subcommand(parsers.add_screenshot, commands.screenshot),
+    "start": Subcommand("add_start", commands.start, OPTIONAL_COMMAND),
+    "serve": Subcommand("add_serve", commands.serve),
+    "run": Subcommand("add_run", commands.run, REQUIRED_COMMAND),
+    "list": Subcommand("add_list", commands.list_),
+    "stop": Subcommand("add_stop", commands.stop),
+    "status": Subcommand("add_status", commands.status),
+    "reset": Subcommand("add_reset", commands.reset),
+    "clean": Subcommand("add_clean", commands.clean),
+    "check": Subcommand("add_check", commands.check),
+    "screenshot": Subcommand("add_screenshot", commands.screenshot),
     "view": Subcommand(lambda c: _add("view", c), lambda a, p: _handle("view", a, p)),
     "record": Subcommand(lambda c: _add("record", c), lambda a, p: _handle("record", a, p)),
     "lease": Subcommand(lambda c: _add("lease", c), lambda a, p: _handle("lease", a, p)),
@@ -94,6 +104,10 @@ def _handle(name: str, args: argparse.Namespace, parser: argparse.ArgumentParser
 
 
 def _build_parser(own_argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    import argparse
+
+    from . import parsers
+
     parser = parsers.Parser(
         prog="xsupervise",
         description="Run headless X servers safely: verified ready, never leaked.",
@@ -134,16 +148,36 @@ def _check(
         parser.error("--detach starts a display in the daemon; it takes no COMMAND")
 
 
+def _plain_run(own: list[str], command: list[str]) -> argparse.Namespace | None:
+    """`run -- COMMAND` with no option of ours, the commonest line: its arguments are every
+    option's default, so the parser is not needed (importing argparse and building it cost
+    ~4 ms of every run). test_cli checks that these are what the parser gives."""
+    if own != ["run"] or not command or os.environ.get("XSUPERVISE_POOL"):
+        return None  # XSUPERVISE_POOL: a lease, whose errors may need the parser
+    from types import SimpleNamespace
+
+    from ..launch.settings import FIELDS
+
+    unset = dict.fromkeys((*FIELDS, "name", "parent_pid", "pool", "socket"))
+    off = dict.fromkeys(("verbose", "no_wait", "exit_with_parent", "relaunched"), False)
+    return SimpleNamespace(command="run", cmd=command, **unset, **off)  # type: ignore[return-value]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     own, command = _split_command(list(sys.argv[1:] if argv is None else argv))
-    parser = _build_parser(own)
-    args = parser.parse_args(own)
-    args.cmd = command
-    subcommand = SUBCOMMANDS[args.command]
-    _check(args, subcommand, parser)
+    args = _plain_run(own, command)
+    parser = subcommand = None
+    if args is None:
+        parser = _build_parser(own)
+        args = parser.parse_args(own)
+        args.cmd = command
+        subcommand = SUBCOMMANDS[args.command]
+        _check(args, subcommand, parser)
     log.setup("DEBUG" if args.verbose else "INFO" if args.command == "serve" else "WARNING")
     try:
         require_systemd_python()
+        if parser is None or subcommand is None:
+            return commands.supervise(args)  # `run -- COMMAND`, without a pool
         return subcommand.handle(args, parser)
     except XSuperviseError as error:
         if args.verbose:
