@@ -94,9 +94,8 @@ class SessionRecord:
         return {name: getattr(self, name) for name in self.FIELDS}
 
     def save(self, runtime: RuntimeDir) -> None:
-        write_private_file(
-            runtime.record_path(self.token), json.dumps(self.as_dict(), indent=1).encode()
-        )
+        # One line: json's C encoder; with indent= its Python one takes 0.15 ms a save.
+        write_private_file(runtime.record_path(self.token), json.dumps(self.as_dict()).encode())
 
     def supervisor_alive(self) -> bool:
         return same_process(self.supervisor_pid, self.supervisor_ticks)

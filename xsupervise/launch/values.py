@@ -7,7 +7,6 @@ TypeError for a value of the wrong type, which load_settings turns into a UsageE
 from __future__ import annotations
 
 import os
-import shlex
 
 
 def _positive_seconds(value: object) -> float:
@@ -18,7 +17,12 @@ def _positive_seconds(value: object) -> float:
 
 
 def _command(value: object) -> tuple[str, ...]:
-    words = shlex.split(value) if isinstance(value, str) else [str(word) for word in value]  # type: ignore[attr-defined]
+    if isinstance(value, str):
+        import shlex  # only for a command given as text: not on every run's start path
+
+        words = shlex.split(value)
+    else:
+        words = [str(word) for word in value]  # type: ignore[attr-defined]
     if not words:
         raise ValueError("must name a program")
     return tuple(words)
