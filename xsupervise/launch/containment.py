@@ -341,9 +341,8 @@ os.register_at_fork(after_in_child=_close_watch_fds_after_fork)
 def choose(label: str) -> Boundary:
     """The best boundary this process can make, for a spawn named ``label`` (session token and
     a count). A PID namespace first: it holds everything (setsid and setuid included) and dies
-    with the supervisor by itself, for ~1 exec more; then a cgroup of our own (moving a process
-    into a cgroup costs more than the 5 % of time-to-ready we allow, see docs/containment.md,
-    and nothing kills it when the supervisor dies: the next command does); then the group.
+    with the supervisor by itself; then a cgroup of our own (the server is born in it, see
+    enter(); a keeper kills it when the supervisor dies); then the group.
     Makes the cgroup directory now; ``Boundary.remove`` removes it."""
     wanted = os.environ.get("XSUPERVISE_CONTAINMENT", "auto")  # tests, bench: force a kind
     if wanted in ("auto", "pidns"):
