@@ -203,3 +203,46 @@ def test_another_uid_gets_no_lease(pools):
             assert (cookie.st_uid, cookie.st_mode & 0o777) == (os.getuid(), 0o600)
     finally:
         shutil.rmtree(shared)
+
+
+@pytest.mark.parametrize("cli", [XSUPERVISE, FULL], ids=["fast-path", "full-cli"])
+def test_a_lease_that_ends_within_its_reply_is_told_and_command_runs_on(cli, tmp_path):
+    """A display that dies as it is leased: the reply and the lease's end arrive in one read.
+    Both paths say so at once, in one line, and COMMAND's status stands. (The fast path took
+    the two lines for a reply it could not parse and went on to lease a second display.)"""
+    import socket
+    import threading
+
+    path = str(tmp_path / "control")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    leases = []
+
+    def serve() -> None:  # a daemon, as far as one lease goes (daemon.protocol)
+        listener.settimeout(30)
+        with listener.accept()[0] as connection:
+            request = json.loads(connection.recv(65536))
+            leases.append(request["op"])
+            env = {"DISPLAY": ":99", "XAUTHORITY": str(tmp_path / "auth")}
+            reply = {"ok": True, "lease": "l1", "display": ":99", "env": env}
+            ended = {"event": "lease-ended", "lease": "l1", "reason": "died"}
+            ended["message"] = "display :99 died: its X server was killed."
+            connection.sendall(f"{json.dumps(reply)}\n{json.dumps(ended)}\n".encode())
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        result = subprocess.run(
+            [*cli, "run", "--pool", "default", "--socket", path, "--", "sh", "-c", "exit 3"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        thread.join(30)
+        listener.close()
+    assert result.returncode == 3, result.stderr
+    told = "xsupervise: display :99 died: its X server was killed. (under COMMAND, which runs on)"
+    assert result.stderr.splitlines() == [told]
+    assert leases == ["lease"]  # one lease asked for, not a second one

@@ -136,12 +136,18 @@ def run_leased(args: argparse.Namespace, parser: argparse.ArgumentParser, pool: 
             "--pool leases a display of the daemon's pool: its settings are the pool's; "
             "give no display options, --name, --no-wait or launcher options with it."
         )
+    import json
+
+    from ..client import lease_ended
     from .pool_run import run_on_lease
 
     client, held = _take(args.socket, pool, None)
     try:
-        # One way to run COMMAND, as the fast path.
-        return run_on_lease(args.cmd, held["env"], client._connected().fileno())
+        # One way to run COMMAND, as the fast path. The lease's end may have come with the
+        # reply (its display died at once): the client has read it already.
+        ended = lease_ended(client, held["lease"])
+        pushed = json.dumps(ended).encode() + b"\n" if ended is not None else b""
+        return run_on_lease(args.cmd, held["env"], client._connected().fileno(), pushed)
     finally:
         client.close()  # the daemon destroys the display in the background
 

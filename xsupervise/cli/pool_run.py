@@ -45,9 +45,9 @@ def run_pool_fast(argv: list[str]) -> int | None:
         try:
             sock.connect(path)
             sock.sendall(json.dumps({"op": "lease", "pool": pool}).encode() + b"\n")
-            reply = _read_line(sock)
+            reply, after = _read_line(sock)
         except OSError:
-            reply = b""  # (not JSON: handled below)
+            reply, after = b"", b""  # (not JSON: handled below)
         try:
             answer = json.loads(reply)
         except ValueError:
@@ -61,7 +61,7 @@ def run_pool_fast(argv: list[str]) -> int | None:
             print(f"xsupervise: {answer.get('error')}", file=sys.stderr)
             valid = isinstance(code, int) and not isinstance(code, bool)
             return code if valid else ExitCode.FAILURE
-        return run_on_lease(command, answer["env"], sock.fileno())
+        return run_on_lease(command, answer["env"], sock.fileno(), after)
     finally:
         sock.close()  # the lease ends with the connection: the daemon destroys the display
 
@@ -106,20 +106,25 @@ class _Unusual(Exception):
     pass
 
 
-def _read_line(sock: _socket.socket) -> bytes:
-    """One reply line (b"" if the connection closed first)."""
+def _read_line(sock: _socket.socket) -> tuple[bytes, bytes]:
+    """One reply line (b"" if the connection closed first), and what came after it in the
+    same read: the lease's end, if its display died at once."""
     data = b""
-    while not data.endswith(b"\n"):
+    while b"\n" not in data:
         chunk = sock.recv(65536)
         if not chunk:
-            return b""
+            return b"", b""
         data += chunk
-    return data
+    line, _, after = data.partition(b"\n")
+    return line, after
 
 
-def run_on_lease(command: list[str], display_env: dict[str, str], lease_fd: int) -> int:
+def run_on_lease(
+    command: list[str], display_env: dict[str, str], lease_fd: int, pushed: bytes = b""
+) -> int:
     """Run COMMAND on a leased display (both CLI paths do); its exit status, as shells give it.
-    ``lease_fd``: the lease's connection, watched meanwhile (see ``_wait``)."""
+    ``lease_fd``: the lease's connection, watched meanwhile (see ``_wait``); ``pushed``: what
+    the daemon pushed on it that was read with the reply."""
     import signal
 
     from ..host.inherit import RESTORED_SIGNALS, close_inherited
@@ -147,17 +152,19 @@ def run_on_lease(command: list[str], display_env: dict[str, str], lease_fd: int)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
-    _wait(pid, lease_fd, display_env["DISPLAY"])
+    _wait(pid, lease_fd, display_env["DISPLAY"], pushed)
     status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     return ExitCode.signalled(-status) if status < 0 else status
 
 
-def _wait(pid: int, lease_fd: int, display: str) -> None:
+def _wait(pid: int, lease_fd: int, display: str, pushed: bytes) -> None:
     """Return when COMMAND has ended (not reaped). If its lease ends first (the display
     died, or was revoked: the daemon pushes one line, then closes), say so at once, in one
     line; COMMAND runs on, and its status stands."""
     import select
 
+    if b"\n" in pushed:  # it came with the reply
+        print(f"xsupervise: {_ended_line(pushed, display)}", file=sys.stderr, flush=True)
     try:
         pidfd = os.pidfd_open(pid)
     except OSError:  # a kernel before 5.3: COMMAND's status only, as before
@@ -165,8 +172,8 @@ def _wait(pid: int, lease_fd: int, display: str) -> None:
     try:
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
-        poller.register(lease_fd, select.POLLIN)
-        pushed = b""
+        if b"\n" not in pushed:
+            poller.register(lease_fd, select.POLLIN)
         while not any(fd == pidfd for fd, _event in poller.poll()):
             try:
                 chunk = os.read(lease_fd, 65536)
