@@ -447,8 +447,10 @@ def test_inherited_listen_fds_of_another_process_do_not_need_systemd_python():
     assert (listed.returncode, listed.stderr) == (0, "")
 
 
-def test_which_finds_what_shutil_finds(tmp_path, monkeypatch):
-    """host.paths.which stands in for shutil.which on the start path (issue 22)."""
+@pytest.mark.parametrize("path", ["{tmp}:/usr/bin:/bin", "", ":/usr/bin", ":", None])
+def test_which_finds_what_shutil_finds(path, tmp_path, monkeypatch):
+    """host.paths.which stands in for shutil.which on the start path (issue 22); an empty
+    $PATH finds nothing, even in the current directory (found in review)."""
     import shutil
 
     from xsupervise.host.paths import which
@@ -457,7 +459,13 @@ def test_which_finds_what_shutil_finds(tmp_path, monkeypatch):
     (tmp_path / "tool").chmod(0o755)
     (tmp_path / "plain").write_text("")
     (tmp_path / "folder").mkdir()
-    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    (tmp_path / "Xvfb").write_text("#!/bin/sh\n")
+    (tmp_path / "Xvfb").chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    if path is None:
+        monkeypatch.delenv("PATH")
+    else:
+        monkeypatch.setenv("PATH", path.format(tmp=tmp_path))
     names = ["tool", "plain", "folder", "sh", "Xvfb", "/bin/sh", f"{tmp_path}/tool", "none"]
     assert [which(name) for name in names] == [shutil.which(name) for name in names]
 

@@ -277,6 +277,137 @@ def test_a_cgroups_server_is_our_child_in_its_own_session_and_cgroup(born: bool,
     assert wait_gone(server.pid, 1.0)
 
 
+def _in_child(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (it may close its fds, filter syscalls...)."""
+    env = {**os.environ, "XSUPERVISE_CONTAINMENT": "cgroup"}
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+_CHILDREN = """
+def children():
+    import psutil
+    return [(c.pid, c.status()) for c in psutil.Process().children()
+            if "xsupervise-keeper" not in (c.cmdline() if c.status() != "zombie" else [])]
+"""
+
+
+@requires_cgroup
+def test_a_ctrl_c_held_during_a_cgroups_spawn_ends_the_program_and_the_cgroup():
+    """A ^C that arrives while the program is spawned is held (stop signals are blocked)
+    and raised as the spawn returns: the program, and the copy that runs it, must end with
+    the cgroup, at once (found in review: the spawn waited for the copy forever)."""
+    result = _in_child(
+        _CHILDREN
+        + """
+import os, signal, subprocess
+from xsupervise.launch.containment import choose
+from xsupervise.launch.process import spawn
+real = subprocess.Popen
+class Popen(real):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+subprocess.Popen = Popen
+signal.alarm(10)  # a hang fails the test, not the suite
+boundary = choose("ctrl-c-test")
+try:
+    spawn(["sleep", "1000"], stdin=subprocess.DEVNULL, boundary=boundary)
+except KeyboardInterrupt:
+    print("interrupted", children(), os.path.exists(boundary.cgroup))
+"""
+    )
+    assert result.stdout.split("\n")[0] == "interrupted [] False", result.stderr
+
+
+@requires_cgroup
+def test_a_cgroups_spawn_with_our_standard_fds_closed_tracks_the_program(tmp_path: Path):
+    """With fds 0-2 closed, a pipe we make lands on them, and the child's 0-2 would
+    overwrite it (found in review: the program ran untracked, its pid in its log)."""
+    report = tmp_path / "report"
+    result = _in_child(
+        _CHILDREN
+        + """
+import os, subprocess, sys
+for fd in (0, 1, 2):
+    os.close(fd)
+log = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+from xsupervise.launch.containment import choose
+from xsupervise.launch.process import spawn
+boundary = choose("closed-fds-test")
+child = spawn(["sleep", "30"], stdin=subprocess.DEVNULL, stdout=log, stderr=log, boundary=boundary)
+procs = open(os.path.join(boundary.cgroup, "cgroup.procs")).read().split()
+facts = [child.has_exited(), procs == [str(child.pid)]]
+boundary.kill()
+child.reap_within(5)
+boundary.remove()
+with open(sys.argv[1], "w") as stream:
+    stream.write(repr([facts, children()]))
+""",
+        str(report),
+    )
+    assert report.read_text() == "[[False, True], []]", result.stderr
+
+
+@requires_cgroup
+def test_an_exec_failure_with_sigchld_ignored_is_the_programs_and_leaves_no_cgroup():
+    result = _in_child(
+        """
+import os, signal
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+from xsupervise.launch.containment import choose
+from xsupervise.launch.process import spawn
+boundary = choose("sigchld-test")
+try:
+    spawn(["/nonexistent/xsupervise-test-server"], boundary=boundary)
+except FileNotFoundError:
+    print("not found", os.path.exists(boundary.cgroup))
+"""
+    )
+    assert result.stdout.strip() == "not found False", result.stderr
+
+
+@requires_cgroup
+def test_a_seccomp_filter_that_kills_clone3_falls_back_and_later_spawns_move_in():
+    """A sandbox that kills a process calling clone3 (SIGSYS) rather than answering ENOSYS:
+    the first spawn falls back, the next ones move into their cgroup (found in review)."""
+    result = _in_child(
+        _CHILDREN
+        + """
+import ctypes, os, subprocess
+class Filter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                ("k", ctypes.c_uint32)]
+class Program(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+# clone3 (435) -> SECCOMP_RET_KILL_PROCESS; anything else -> allow
+rules = (Filter * 4)(Filter(0x20, 0, 0, 0), Filter(0x15, 0, 1, 435),
+                     Filter(0x06, 0, 0, 0x80000000), Filter(0x06, 0, 0, 0x7FFF0000))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.byref(Program(4, rules)), 0, 0) == 0  # SECCOMP_MODE_FILTER
+from xsupervise.launch.containment import choose
+from xsupervise.launch.process import spawn
+kinds = []
+for attempt in range(2):
+    child = spawn(["sleep", "30"], stdin=subprocess.DEVNULL, boundary=choose(f"seccomp-{attempt}"))
+    boundary = child.boundary
+    kinds.append(boundary.kind)
+    if boundary.cgroup:
+        procs = open(os.path.join(boundary.cgroup, "cgroup.procs")).read().split()
+        kinds.append(procs == [str(child.pid)])
+        boundary.kill()
+    else:
+        child.signal(9)
+    child.reap_within(5)
+    boundary.remove()
+print(kinds, children())
+"""
+    )
+    assert result.stdout.strip() == "['group', 'cgroup', True] []", result.stderr
+
+
 @requires_cgroup
 def test_an_empty_cgroup_is_seen_empty_without_an_inotify_watch(monkeypatch):
     """Issue 22: a stop finds the cgroup empty (its server reaped) and sets no watch: closing

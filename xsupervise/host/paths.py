@@ -262,8 +262,10 @@ def which(program: str) -> str | None:
     if "/" in program:
         candidates = [program]
     else:
-        path = os.environ.get("PATH", os.defpath)
-        candidates = [os.path.join(folder or ".", program) for folder in path.split(os.pathsep)]
+        path = os.environ.get("PATH")
+        if path is None:
+            path = os.confstr("CS_PATH") or os.defpath
+        candidates = [os.path.join(folder, program) for folder in path.split(os.pathsep) if path]
     for candidate in candidates:
         if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
             return candidate

@@ -20,12 +20,14 @@ enter: ``unshare --user`` makes both, probed once per process (``unshare ... tru
 from __future__ import annotations
 
 import os
+import signal
 
 from ..host.prctl import fork_into_cgroup
 from ..host.steps import Steps
 from .cgroup import (
     CGROUP_PREFIX,
     cgroup_base,
+    clear_cgroup,
     empty_steps,
     kill_cgroup,
     remove_cgroup,
@@ -238,9 +240,17 @@ class Boundary:
         return [*self.namespace, "xsupervise-ns", str(os.getpid()), _INIT, *argv]
 
     def before_spawn(self) -> None:
-        """Before a cgroup's fork: the pipe on which enter() reports the copy that execs."""
+        """Before a cgroup's fork: the pipe on which enter() reports the copy that execs.
+        Above fd 2, as subprocess keeps its own pipe: the child's 0-2 are made before enter()
+        runs, and would overwrite a pipe of ours there (our own 0-2 may be closed)."""
         if self.cgroup is not None:
-            self._report = os.pipe2(os.O_CLOEXEC)
+            import fcntl
+
+            ends = os.pipe2(os.O_CLOEXEC)
+            moved = [fcntl.fcntl(end, fcntl.F_DUPFD_CLOEXEC, 3) for end in ends]
+            for end in ends:
+                os.close(end)
+            self._report = (moved[0], moved[1])
 
     def enter(self) -> None:
         """In the child, between fork and exec: get into the cgroup before anything forks.
@@ -253,14 +263,18 @@ class Boundary:
             return
         leader = os.getpid()
         try:
+            if not _clone3_usable["cgroup"]:
+                raise OSError("clone3 is refused here (see clone3_refused)")
             directory = os.open(self.cgroup or "", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             pid = fork_into_cgroup(directory)
         except OSError:
             pass
         else:
             if pid:
-                os.write(self._report[1], pid.to_bytes(4, "little"))
-                os._exit(0)
+                try:  # whatever happens, never go on to exec a second copy of the program
+                    os.write(self._report[1], pid.to_bytes(4, "little"))
+                finally:
+                    os._exit(0)
             if os.getsid(0) == leader:  # the spawn asked for a session of its own
                 os.setsid()
             return
@@ -310,9 +324,17 @@ class Boundary:
 
     def remove(self) -> None:
         self.release_watch()
-        copy = self.entered_copy()  # a spawn that failed after enter(): its copy exited at once
-        if copy is not None:
-            os.waitpid(copy, 0)
+        copy = self.entered_copy()
+        if copy is not None and self.cgroup:
+            # The spawn failed after enter() (its exec, or a ^C raised as it returned): the
+            # copy may run the program. It was born in the cgroup, which holds nothing else
+            # of anyone's: end it there (never by its pid, which SIGCHLD ignored frees).
+            kill_cgroup(self.cgroup)
+            try:
+                os.waitpid(copy, 0)
+            except ChildProcessError:
+                pass  # SIGCHLD ignored: the kernel reaped it
+            clear_cgroup(self.cgroup, 1.0)
         if self._keeper is not None:
             stop_keeper(*self._keeper)
             self._keeper = None
@@ -321,6 +343,17 @@ class Boundary:
 
 
 _WATCHING: set[Boundary] = set()  # boundaries holding a watcher pipe's end (see _DIRECT)
+_clone3_usable = {"cgroup": True}
+
+
+def clone3_refused(status: int | None) -> bool:
+    """After a cgroup's spawn whose child reported no copy: did a seccomp filter kill it for
+    calling clone3 (SIGSYS)? Then this process moves its children in from now on. (A filter
+    that answers ENOSYS or EPERM, as Docker's does, needs nothing: enter() moves in.)"""
+    if status != -signal.SIGSYS:
+        return False
+    _clone3_usable["cgroup"] = False
+    return True
 
 
 def _close_watch_fds_after_fork() -> None:

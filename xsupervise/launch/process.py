@@ -313,6 +313,7 @@ def _popen(
 
     if boundary is not None:
         boundary.before_spawn()
+    popen = None
     mask = held_stop_signals()  # until the child has reset its handlers (see host.prctl)
     try:
         popen = subprocess.Popen(
@@ -330,9 +331,20 @@ def _popen(
             ),
         )
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a held ^C raises here
+        except BaseException:
+            if popen is not None:  # ours, unreaped: the program, or the copy's forker
+                popen.kill()
+                popen.wait()
+            raise  # spawn() then ends a copy in a cgroup (Boundary.remove)
     copy = boundary.entered_copy() if boundary is not None else None
     if copy is None:
+        if boundary is not None and boundary.cgroup:
+            from .containment import clone3_refused
+
+            if clone3_refused(popen.poll()):  # spawn() falls back; later spawns move in
+                raise subprocess.SubprocessError("clone3 was refused by a seccomp filter")
         return popen
     popen.wait()  # the child that forked the copy into the cgroup: it has left
     return Spawned(copy)
