@@ -310,6 +310,7 @@ class Popen(real):
         super().__init__(*args, **kwargs)
         os.kill(os.getpid(), signal.SIGINT)
 subprocess.Popen = Popen
+signal.signal(signal.SIGINT, signal.default_int_handler)  # whether or not we got it ignored
 signal.alarm(10)  # a hang fails the test, not the suite
 boundary = choose("ctrl-c-test")
 try:
