@@ -409,6 +409,75 @@ print(kinds, children())
     assert result.stdout.strip() == "['group', 'cgroup', True] []", result.stderr
 
 
+requires_userns = pytest.mark.skipif(
+    _containment._DIRECT is None
+    or subprocess.run(["unshare", "--user", "--pid", "true"], capture_output=True).returncode,
+    reason="no user namespaces here",
+)
+
+
+def _user_boundary() -> _containment.Boundary:
+    """What an unprivileged user gets where user namespaces are allowed (forced as root)."""
+    return _containment.Boundary("pidns", None, _containment._DIRECT, direct=True, user=True)
+
+
+@requires_userns
+@pytest.mark.parametrize("refusal", ["clone3", "maps"])
+def test_a_refused_user_namespace_falls_back_and_later_spawns_do_not_try(refusal, monkeypatch):
+    """Where user namespaces are refused (the clone, or writing the copy's uid map), that
+    spawn runs in the group and nothing of the attempt is left; later choices skip it."""
+    import errno
+
+    from xsupervise.launch.process import spawn
+
+    def refused(*_args: object) -> int:
+        raise OSError(errno.EPERM, "refused")
+
+    name = "fork_into_new_namespaces" if refusal == "clone3" else "_write_proc"
+    monkeypatch.setattr(_containment, name, refused)
+    monkeypatch.setitem(_containment._user_direct, "usable", True)
+    child = spawn(
+        ["sleep", "30"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        boundary=_user_boundary(),
+    )
+    try:
+        assert child.boundary is not None and child.boundary.kind == "group"
+        assert _containment._user_direct["usable"] is False
+        assert _children_other_than_keepers() == [child.pid]  # no copy, no zombie
+    finally:
+        child.signal(signal.SIGKILL)
+        child.reap_within(5)
+
+
+@requires_userns
+def test_a_ctrl_c_held_during_a_user_namespace_spawn_leaves_nothing():
+    result = _in_child(
+        _CHILDREN
+        + """
+import os, signal, subprocess
+from xsupervise.launch import containment
+from xsupervise.launch.process import spawn
+real = subprocess.Popen
+class Popen(real):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+subprocess.Popen = Popen
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.alarm(10)
+boundary = containment.Boundary("pidns", None, containment._DIRECT, direct=True, user=True)
+try:
+    spawn(["sleep", "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+          boundary=boundary)
+except KeyboardInterrupt:
+    print("interrupted", children())
+"""
+    )
+    assert result.stdout.split("\n")[0] == "interrupted []", result.stderr
+
+
 @requires_cgroup
 def test_an_empty_cgroup_is_seen_empty_without_an_inotify_watch(monkeypatch):
     """Issue 22: a stop finds the cgroup empty (its server reaped) and sets no watch: closing

@@ -122,3 +122,34 @@ def test_an_unprivileged_failed_start_leaves_nothing(nobody_home, shape: str):
     assert all(wait_gone(pid, 1.0) for pid in pids), done.stderr
     if _userns_allowed(prefix):  # the namespace took the daemon: nothing to report
         assert "left 1 process(es)" not in done.stderr, done.stderr
+
+
+def test_an_unprivileged_server_has_one_process_of_ours_in_front(nobody_home):
+    """Issue 22: unprivileged, our child is the init of the server's PID and user namespaces
+    (pid 1 there; the server is pid 2), as root's: where the `unshare --user` chain put two
+    shells. It maps only our own uid, as root there."""
+    import psutil
+
+    prefix, env, home = nobody_home
+    if not _userns_allowed(prefix):
+        pytest.skip("user namespaces are refused here")
+    process = _start(prefix, env, home, "wrapper")
+    try:
+        line = read_line(process.stdout)
+        assert line, process.stderr.read().decode()
+        server = psutil.Process(json.loads(line)["server_pid"])
+        ours = [child for child in psutil.Process(process.pid).children() if child.is_running()]
+        init = [child for child in ours if child.name() == "sh"]
+        assert len(init) == 1 and server.ppid() == init[0].pid  # the wrapper's shell
+        status = Path(f"/proc/{init[0].pid}/status").read_text()
+        assert status.split("NSpid:")[1].split()[:2] == [str(init[0].pid), "1"]
+        assert Path(f"/proc/{init[0].pid}/uid_map").read_text().split() == ["0", "65534", "1"]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+    assert wait_gone(server.pid, 1.0) and wait_gone(init[0].pid, 1.0)

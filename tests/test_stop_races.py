@@ -122,7 +122,7 @@ class _SignalsItself:
     """A boundary whose enter() (run in the child between fork and exec) sends the child a
     SIGTERM: the moment a stop reaches a server that has not exec'd yet."""
 
-    kind, cgroup, namespace, init_pidfd, direct = "group", None, None, -1, False
+    kind, cgroup, namespace, init_pidfd, direct, user = "group", None, None, -1, False, False
 
     def argv(self, argv):
         return list(argv)

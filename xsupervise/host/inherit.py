@@ -28,3 +28,17 @@ def inheritable_fds() -> list[int]:
 def close_inherited() -> list[tuple[int, int]]:
     """posix_spawn file actions that close those descriptors in the child, ours untouched."""
     return [(os.POSIX_SPAWN_CLOSE, fd) for fd in inheritable_fds()]
+
+
+def pipe_above_2() -> tuple[int, int]:
+    """A close-on-exec pipe whose ends are above 2: a child's 0-2, made before our code runs
+    in it, must not overwrite them (our own 0-2 may be closed, so a new pipe may get them)."""
+    import fcntl
+
+    ends = os.pipe2(os.O_CLOEXEC)
+    try:
+        moved = [fcntl.fcntl(end, fcntl.F_DUPFD_CLOEXEC, 3) for end in ends]
+    finally:
+        for end in ends:
+            os.close(end)
+    return moved[0], moved[1]

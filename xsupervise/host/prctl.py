@@ -96,6 +96,26 @@ class _CloneArgs(ctypes.Structure):
     ]
 
 
+_CLONE_NEWUSER = 0x10000000
+
+
+def fork_into_new_namespaces() -> int:
+    """fork(), but the copy is born in a new user namespace and a new PID namespace (pid 1
+    there), and is a child of *our* parent: 0 in the copy, its pid here. As for
+    fork_into_cgroup, only for a child of ours between fork and exec. Its uid and gid maps
+    are unwritten (see launch.containment): it must wait for them. Raises OSError (EPERM,
+    ENOSPC: user namespaces are refused here)."""
+    return _clone3(_CloneArgs(flags=_CLONE_NEWUSER | CLONE_NEWPID | _CLONE_PARENT))
+
+
+def _clone3(args: _CloneArgs) -> int:
+    pid = _libc.syscall(ctypes.c_long(_SYS_CLONE3), ctypes.byref(args), ctypes.sizeof(args))
+    if pid < 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"clone3 failed: {os.strerror(error)}")
+    return int(pid)
+
+
 def fork_into_cgroup(cgroup_fd: int) -> int:
     """fork(), but the copy is born in the cgroup ``cgroup_fd`` (a directory fd) and is a
     child of *our* parent (CLONE_PARENT, with our exit signal): 0 in the copy, its pid here.
@@ -105,12 +125,7 @@ def fork_into_cgroup(cgroup_fd: int) -> int:
     makes this worth it: moving a process in (cgroup.procs) waits for an RCU grace period,
     1 to 25 ms here; this costs a fork. Raises OSError: ENOSYS before Linux 5.7 (then
     move in), EBUSY/EOPNOTSUPP for a cgroup that cannot hold processes."""
-    args = _CloneArgs(flags=_CLONE_INTO_CGROUP | _CLONE_PARENT, cgroup=cgroup_fd)
-    pid = _libc.syscall(ctypes.c_long(_SYS_CLONE3), ctypes.byref(args), ctypes.sizeof(args))
-    if pid < 0:
-        error = ctypes.get_errno()
-        raise OSError(error, f"clone3(CLONE_INTO_CGROUP) failed: {os.strerror(error)}")
-    return int(pid)
+    return _clone3(_CloneArgs(flags=_CLONE_INTO_CGROUP | _CLONE_PARENT, cgroup=cgroup_fd))
 
 
 def signal_when_parent_dies(parent_pid: int, signum: int = signal.SIGTERM) -> bool:

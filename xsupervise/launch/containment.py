@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 import signal
 
-from ..host.prctl import fork_into_cgroup
+from ..host.inherit import pipe_above_2
+from ..host.prctl import STOP_SIGNALS, fork_into_cgroup, fork_into_new_namespaces
 from ..host.steps import Steps
 from .cgroup import (
     CGROUP_PREFIX,
@@ -37,7 +38,7 @@ from .cgroup import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from typing import Protocol
 
     class _Spawned(Protocol):  # a subprocess.Popen or a launch.process.Spawned
@@ -163,11 +164,13 @@ class Boundary:
         cgroup: str | None,
         namespace: tuple[str, ...] | None,
         direct: bool = False,
+        user: bool = False,
     ):
         self.kind = kind  # "cgroup", "pidns" or "group"
         self.cgroup = cgroup
         self.namespace = namespace  # the command line in front of the program
         self.direct = direct  # our child is the namespace's init (see _DIRECT)
+        self.user = user  # direct, in a user namespace too (see enter_user_namespace)
         self.watch_fd = -1  # direct: our end of the watcher's pipe; closing it kills all
         self._procs = os.path.join(cgroup, "cgroup.procs").encode() if cgroup else b""
         self._keeper: tuple[int, int] | None = None  # a cgroup's keeper (see launch.cgroup)
@@ -227,7 +230,8 @@ class Boundary:
     def describe(self) -> str:
         """For the `-v` line: 'pid and user namespace', 'cgroup /sys/fs/cgroup/...'."""
         if self.namespace:
-            return "pid and user namespace" if "--user" in self.namespace else "pid namespace"
+            user = self.user or "--user" in self.namespace
+            return "pid and user namespace" if user else "pid namespace"
         if self.cgroup:
             return f"cgroup {self.cgroup}"
         return "process group and session (no namespace or cgroup can be made here)"
@@ -244,13 +248,7 @@ class Boundary:
         Above fd 2, as subprocess keeps its own pipe: the child's 0-2 are made before enter()
         runs, and would overwrite a pipe of ours there (our own 0-2 may be closed)."""
         if self.cgroup is not None:
-            import fcntl
-
-            ends = os.pipe2(os.O_CLOEXEC)
-            moved = [fcntl.fcntl(end, fcntl.F_DUPFD_CLOEXEC, 3) for end in ends]
-            for end in ends:
-                os.close(end)
-            self._report = (moved[0], moved[1])
+            self._report = pipe_above_2()
 
     def enter(self) -> None:
         """In the child, between fork and exec: get into the cgroup before anything forks.
@@ -343,6 +341,81 @@ class Boundary:
 
 
 _WATCHING: set[Boundary] = set()  # boundaries holding a watcher pipe's end (see _DIRECT)
+
+
+# Unprivileged, our child cannot be the init as root's is (a user namespace cannot be entered
+# by a process with threads, nor left). So our child, between fork and exec (one thread),
+# forks a copy of itself into a new user namespace and a new PID namespace, as our own child
+# (CLONE_PARENT), writes the copy's uid and gid maps (ours as root there, as `unshare
+# --map-root-user` does), reports its pid and leaves; the copy, pid 1 there, waits for its
+# maps and execs the same init as root's (_DIRECT): one process of ours in front of the
+# server, where the `unshare --user` chain (_namespace_prefix) put two shells. Where user
+# namespaces are refused, the first start falls back (see launch.process) and later ones use
+# that chain's probe, then a cgroup or the group.
+_user_direct = {"usable": True}
+
+
+def user_namespace_refused() -> None:
+    """A start could not make its user namespace: later ones do not try again."""
+    _user_direct["usable"] = False
+
+
+def _may_make_user_namespaces() -> bool:
+    """What the kernel's settings say (a start finds out the rest)."""
+    for path, refusing in (
+        ("/proc/sys/user/max_user_namespaces", "0"),
+        ("/proc/sys/kernel/unprivileged_userns_clone", "0"),  # Debian's switch
+    ):
+        try:
+            with open(path) as stream:
+                if stream.read().strip() == refusing:
+                    return False
+        except OSError:
+            pass
+    return True
+
+
+def enter_user_namespace(own_group: bool, go: tuple[int, int], report: int) -> Callable[[], None]:
+    """The preexec_fn of an unprivileged direct spawn (see above). ``go``: the pipe on which
+    the copy waits for its maps; ``report``: where its pid, then b"\x01" once the maps are
+    written, go. The copy leaves (126) if its maps could not be written."""
+    uid, gid = os.geteuid(), os.getegid()
+
+    def enter() -> None:
+        pid = fork_into_new_namespaces()  # OSError: Popen raises SubprocessError
+        if pid:
+            try:
+                os.write(report, pid.to_bytes(4, "little"))
+                try:
+                    for name, line in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1")):
+                        _write_proc(pid, name, line)
+                    _write_proc(pid, "gid_map", f"0 {gid} 1")
+                except OSError:
+                    os.write(go[1], b"0")  # not end of file: our parent holds that end too
+                else:
+                    os.write(go[1], b"1")
+                    os.write(report, b"\x01")
+            finally:
+                os._exit(0)
+        if os.read(go[0], 1) != b"1":
+            os._exit(126)
+        if own_group:
+            os.setsid()
+        for signum in STOP_SIGNALS:  # the init's shell traps them: none may stay ignored
+            signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())  # as root's init: none held
+
+    return enter
+
+
+def _write_proc(pid: int, name: str, line: str) -> None:
+    fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
 _clone3_usable = {"cgroup": True}
 
 
@@ -381,6 +454,8 @@ def choose(label: str) -> Boundary:
     if wanted in ("auto", "pidns"):
         if _can_unshare_directly():
             return Boundary("pidns", None, _DIRECT, direct=True)
+        if _DIRECT is not None and _user_direct["usable"] and _may_make_user_namespaces():
+            return Boundary("pidns", None, _DIRECT, direct=True, user=True)
         namespace = _namespace_prefix()
         if namespace is not None:
             return Boundary("pidns", None, namespace)

@@ -28,7 +28,7 @@ from _thread import allocate_lock
 from collections.abc import Callable, Mapping, Sequence
 
 from ..host.group import session_members
-from ..host.inherit import RESTORED_SIGNALS, close_inherited
+from ..host.inherit import RESTORED_SIGNALS, close_inherited, pipe_above_2
 from ..host.paths import which
 from ..host.pinned import (
     UNREAPED_CHILDREN,
@@ -278,12 +278,16 @@ def spawn(
     except BaseException as exc:
         from subprocess import SubprocessError
 
-        if not isinstance(exc, SubprocessError) or boundary is None or boundary.cgroup is None:
+        entering = boundary is not None and (boundary.cgroup is not None or boundary.user)
+        if not isinstance(exc, SubprocessError) or boundary is None or not entering:
             if boundary is not None:
                 boundary.remove()
             raise
         boundary.remove()  # we could not enter it: the fallback
-        from .containment import Boundary
+        from .containment import Boundary, user_namespace_refused
+
+        if boundary.user:
+            user_namespace_refused()  # later spawns: the unshare chain's probe, or the next
 
         boundary = Boundary("group", None, None)
         popen = _popen(argv, env, pass_fds, stdin, stdout, stderr, own_group, deathsig, boundary)
@@ -384,9 +388,11 @@ def _spawn_direct(
         # What subprocess's close_fds does: nothing else of ours reaches the server (a
         # --displayfd or socket-activation fd we were given would otherwise stay open in it).
         actions += close_inherited()
-        pid = _posix_spawn_in_new_namespace(
-            boundary.argv(argv), os.environ if env is None else env, actions, own_group
-        )
+        environ = os.environ if env is None else env
+        if boundary.user:
+            pid = _spawn_in_new_user_namespace(boundary.argv(argv), environ, actions, own_group)
+        else:
+            pid = _posix_spawn_in_new_namespace(boundary.argv(argv), environ, actions, own_group)
     except BaseException:
         os.close(watch_write)
         raise
@@ -430,6 +436,88 @@ def _posix_spawn_in_new_namespace(
         return pid
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _spawn_in_new_user_namespace(
+    argv: list[str], env: Mapping[str, str], actions: list[Any], own_group: bool
+) -> int:
+    """Start ``argv`` as the init of a new PID namespace in a new user namespace, unprivileged
+    (see launch.containment.enter_user_namespace): the same child as root's, with the same
+    descriptors (``actions``, posix_spawn's file actions, done here by subprocess). Raises
+    SubprocessError where user namespaces are refused: the caller falls back."""
+    import subprocess
+
+    from .containment import enter_user_namespace
+
+    fds = {action[2]: action[1] for action in actions if action[0] == os.POSIX_SPAWN_DUP2}
+    opened = {action[1] for action in actions if action[0] == os.POSIX_SPAWN_OPEN}
+    go = pipe_above_2()
+    report_read, report_write = pipe_above_2()
+    popen = None
+    mask = held_stop_signals()  # until the copy has reset its handlers (it starts with none)
+    try:
+        try:
+            popen = subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL if 0 in opened else fds[0],
+                stdout=fds[1],
+                stderr=subprocess.DEVNULL if 2 in opened else fds[2],
+                start_new_session=own_group,
+                preexec_fn=enter_user_namespace(own_group, go, report_write),
+            )
+        finally:
+            for fd in (*go, report_write):
+                os.close(fd)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a held ^C raises here
+    except BaseException:  # the clone refused, an exec failure, a ^C: nothing may stay
+        if popen is not None:
+            popen.kill()  # ours, unreaped: the forker
+            popen.wait()
+        _reap_reported(report_read)
+        raise
+    try:
+        report = os.read(report_read, 5)  # written before the forker left: no wait
+    finally:
+        os.close(report_read)
+    popen.wait()  # the forker: it has left
+    if len(report) == 5:
+        return int.from_bytes(report[:4], "little")
+    if len(report) == 4:  # a copy whose maps could not be written: it leaves at once
+        _end_child(int.from_bytes(report, "little"))
+    raise subprocess.SubprocessError("no user namespace could be made for the X server")
+
+
+def _reap_reported(report_read: int) -> None:
+    """After a spawn in a user namespace was interrupted: end the copy if it was made."""
+    try:
+        report = os.read(report_read, 5)
+    finally:
+        os.close(report_read)
+    if len(report) >= 4:
+        _end_child(int.from_bytes(report[:4], "little"))
+
+
+def _end_child(pid: int) -> None:
+    """SIGKILL and reap ``pid``, a child of ours (a namespace's init: all in it go too).
+    Through a pidfd, and only while it is still our child: with SIGCHLD ignored the kernel
+    reaps it itself, and its pid may then be another's."""
+    from ..host.pinned import proc_stat
+
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        fields = proc_stat(pid)
+        if fields is not None and int(fields[1]) == os.getpid():
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    finally:
+        os.close(pidfd)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 DEVNULL = -3  # subprocess.DEVNULL, without importing subprocess
