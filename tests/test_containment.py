@@ -452,6 +452,36 @@ def test_a_refused_user_namespace_falls_back_and_later_spawns_do_not_try(refusal
 
 
 @requires_userns
+@pytest.mark.parametrize("chain", [True, False], ids=["then-unshare", "then-group"])
+def test_a_display_whose_user_namespace_is_refused_starts_all_the_same(chain, monkeypatch):
+    """The first start where user namespaces turn out to be refused (an AppArmor rule, a
+    container's seccomp) is spawned for an init's descriptors: it runs in the `unshare`
+    chain where that works, else in the group with the same descriptors, and answers."""
+    import errno
+
+    import xsupervise
+
+    def refused(*_args: object) -> int:
+        raise OSError(errno.EPERM, "refused")
+
+    monkeypatch.setattr(_containment, "fork_into_new_namespaces", refused)
+    monkeypatch.setattr(_containment, "_can_unshare_directly", lambda: False)  # unprivileged
+    monkeypatch.setattr(_containment, "_may_make_user_namespaces", lambda: True)
+    monkeypatch.setitem(_containment._user_direct, "usable", True)
+    if not chain:
+        monkeypatch.setitem(_containment._probed, "pidns", None)  # unshare refused too
+    with xsupervise.Display() as display:
+        boundary = display._server.child.boundary
+        assert boundary is not None
+        assert (boundary.kind, boundary.direct) == (("pidns", False) if chain else ("group", False))
+        answered = subprocess.run(
+            ["xdpyinfo"], env={**os.environ, **display.env}, capture_output=True, timeout=30
+        )
+        assert answered.returncode == 0
+    assert _containment._user_direct["usable"] is False
+
+
+@requires_userns
 def test_a_ctrl_c_held_during_a_user_namespace_spawn_leaves_nothing():
     result = _in_child(
         _CHILDREN

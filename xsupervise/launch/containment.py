@@ -3,8 +3,8 @@
 Best first (see docs/containment.md for what each guarantees, needs and costs):
 
 - ``pidns``: a PID namespace (with a user namespace when unprivileged). Its init dies with the
-  supervisor (PR_SET_PDEATHSIG through ``setpriv``), and the kernel then kills everything in
-  the namespace; teardown waits for every process in it (see _INIT below).
+  supervisor (a watcher on a pipe, see _DIRECT), and the kernel then kills everything in the
+  namespace; teardown waits for every process in it (see _INIT below).
 - ``cgroup``: a cgroup v2 of the spawn's own, where the hierarchy is writable (root, a unit
   with ``Delegate=yes``) but no namespace can be made. Teardown waits until it is empty, then
   writes ``cgroup.kill``; crash recovery kills a dead supervisor's cgroup.
@@ -13,7 +13,8 @@ Best first (see docs/containment.md for what each guarantees, needs and costs):
 Where we may make a PID namespace ourselves (CAP_SYS_ADMIN: root, most containers), our child
 *is* the namespace's init (new_pid_namespace_for_children): one shell in front of the server,
 one exec, no probe. Elsewhere a user namespace is needed, which a multi-threaded process cannot
-enter: ``unshare --user`` makes both, probed once per process (``unshare ... true``).
+enter: our child forks the init into both (enter_user_namespace); where that is refused, or
+on a kernel without clone3, ``unshare --user`` makes both, probed once per process.
 ``XSUPERVISE_CONTAINMENT`` (auto, pidns, cgroup, group) caps the choice: for tests and bench.
 """
 
@@ -171,6 +172,7 @@ class Boundary:
         self.namespace = namespace  # the command line in front of the program
         self.direct = direct  # our child is the namespace's init (see _DIRECT)
         self.user = user  # direct, in a user namespace too (see enter_user_namespace)
+        self.prefix: tuple[str, ...] = ()  # without a namespace: see _AS_AN_INIT_WOULD
         self.watch_fd = -1  # direct: our end of the watcher's pipe; closing it kills all
         self._procs = os.path.join(cgroup, "cgroup.procs").encode() if cgroup else b""
         self._keeper: tuple[int, int] | None = None  # a cgroup's keeper (see launch.cgroup)
@@ -238,7 +240,7 @@ class Boundary:
 
     def argv(self, argv: Sequence[str]) -> list[str]:
         if self.namespace is None:
-            return list(argv)
+            return [*self.prefix, *argv]
         if self.direct:
             return [*self.namespace, *argv]
         return [*self.namespace, "xsupervise-ns", str(os.getpid()), _INIT, *argv]
@@ -355,9 +357,22 @@ _WATCHING: set[Boundary] = set()  # boundaries holding a watcher pipe's end (see
 _user_direct = {"usable": True}
 
 
-def user_namespace_refused() -> None:
-    """A start could not make its user namespace: later ones do not try again."""
+def after_user_namespace_refused() -> Boundary:
+    """A start could not make its user namespace: later ones do not try again, and this one
+    gets the `unshare --user` chain where its probe says it works, else the group."""
     _user_direct["usable"] = False
+    prefix = _namespace_prefix()
+    if prefix is not None:
+        return Boundary("pidns", None, prefix)
+    group = Boundary("group", None, None)
+    group.prefix = _AS_AN_INIT_WOULD  # the spawn was made for an init's descriptors
+    return group
+
+
+# What a namespace's init does with its descriptors (stdin, an X server's -displayfd pipe,
+# becomes fd 3), for a program spawned as if for one that then runs without: the shell execs
+# it, so nothing stands in front of it.
+_AS_AN_INIT_WOULD = ("/bin/sh", "-c", 'exec 3<&0 0</dev/null; exec "$@"', "xsupervise-exec")
 
 
 def _may_make_user_namespaces() -> bool:

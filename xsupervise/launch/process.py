@@ -284,12 +284,12 @@ def spawn(
                 boundary.remove()
             raise
         boundary.remove()  # we could not enter it: the fallback
-        from .containment import Boundary, user_namespace_refused
+        from .containment import Boundary, after_user_namespace_refused
 
         if boundary.user:
-            user_namespace_refused()  # later spawns: the unshare chain's probe, or the next
-
-        boundary = Boundary("group", None, None)
+            boundary = after_user_namespace_refused()
+        else:
+            boundary = Boundary("group", None, None)
         popen = _popen(argv, env, pass_fds, stdin, stdout, stderr, own_group, deathsig, boundary)
     if boundary is None:
         return Child(popen, argv, own_group)
