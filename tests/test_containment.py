@@ -425,7 +425,8 @@ def _user_boundary() -> _containment.Boundary:
 @pytest.mark.parametrize("refusal", ["clone3", "maps"])
 def test_a_refused_user_namespace_falls_back_and_later_spawns_do_not_try(refusal, monkeypatch):
     """Where user namespaces are refused (the clone, or writing the copy's uid map), that
-    spawn runs in the group and nothing of the attempt is left; later choices skip it."""
+    spawn runs in the `unshare` chain (root's works here) and nothing of the attempt is left;
+    later choices skip it."""
     import errno
 
     from xsupervise.launch.process import spawn
@@ -443,7 +444,9 @@ def test_a_refused_user_namespace_falls_back_and_later_spawns_do_not_try(refusal
         boundary=_user_boundary(),
     )
     try:
-        assert child.boundary is not None and child.boundary.kind == "group"
+        chain = _containment._namespace_prefix() is not None
+        assert child.boundary is not None and not child.boundary.direct
+        assert child.boundary.kind == ("pidns" if chain else "group")
         assert _containment._user_direct["usable"] is False
         assert _children_other_than_keepers() == [child.pid]  # no copy, no zombie
     finally:
