@@ -422,7 +422,7 @@ def _user_boundary() -> _containment.Boundary:
 
 
 @requires_userns
-@pytest.mark.parametrize("refusal", ["clone3", "maps"])
+@pytest.mark.parametrize("refusal", ["clone3", "maps", "forker-killed"])
 def test_a_refused_user_namespace_falls_back_and_later_spawns_do_not_try(refusal, monkeypatch):
     """Where user namespaces are refused (the clone, or writing the copy's uid map), that
     spawn runs in the `unshare` chain (root's works here) and nothing of the attempt is left;
@@ -432,6 +432,8 @@ def test_a_refused_user_namespace_falls_back_and_later_spawns_do_not_try(refusal
     from xsupervise.launch.process import spawn
 
     def refused(*_args: object) -> int:
+        if refusal == "forker-killed":  # between the clone and the maps (found in review)
+            os.kill(os.getpid(), signal.SIGKILL)
         raise OSError(errno.EPERM, "refused")
 
     name = "fork_into_new_namespaces" if refusal == "clone3" else "_write_proc"

@@ -36,8 +36,14 @@ def pipe_above_2() -> tuple[int, int]:
     import fcntl
 
     ends = os.pipe2(os.O_CLOEXEC)
+    moved: list[int] = []
     try:
-        moved = [fcntl.fcntl(end, fcntl.F_DUPFD_CLOEXEC, 3) for end in ends]
+        for end in ends:
+            moved.append(fcntl.fcntl(end, fcntl.F_DUPFD_CLOEXEC, 3))
+    except BaseException:
+        for end in moved:
+            os.close(end)
+        raise
     finally:
         for end in ends:
             os.close(end)

@@ -390,13 +390,15 @@ def _may_make_user_namespaces() -> bool:
     return True
 
 
-def enter_user_namespace(own_group: bool, go: tuple[int, int], report: int) -> Callable[[], None]:
-    """The preexec_fn of an unprivileged direct spawn (see above). ``go``: the pipe on which
-    the copy waits for its maps; ``report``: where its pid, then b"\x01" once the maps are
-    written, go. The copy leaves (126) if its maps could not be written."""
+def enter_user_namespace(own_group: bool, report: int) -> Callable[[], None]:
+    """The preexec_fn of an unprivileged direct spawn (see above). ``report``: where the
+    copy's pid, then b"\x01" once its maps are written, go. The copy waits for its maps on a
+    pipe only it and its forker hold: it leaves (126) if they could not be written, or if the
+    forker died first (end of file: nobody else holds that pipe's write end)."""
     uid, gid = os.geteuid(), os.getegid()
 
     def enter() -> None:
+        go = os.pipe2(os.O_CLOEXEC)
         pid = fork_into_new_namespaces()  # OSError: Popen raises SubprocessError
         if pid:
             try:
@@ -406,12 +408,13 @@ def enter_user_namespace(own_group: bool, go: tuple[int, int], report: int) -> C
                         _write_proc(pid, name, line)
                     _write_proc(pid, "gid_map", f"0 {gid} 1")
                 except OSError:
-                    os.write(go[1], b"0")  # not end of file: our parent holds that end too
+                    os.write(go[1], b"0")
                 else:
                     os.write(go[1], b"1")
                     os.write(report, b"\x01")
             finally:
                 os._exit(0)
+        os.close(go[1])
         if os.read(go[0], 1) != b"1":
             os._exit(126)
         if own_group:

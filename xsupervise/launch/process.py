@@ -451,7 +451,6 @@ def _spawn_in_new_user_namespace(
 
     fds = {action[2]: action[1] for action in actions if action[0] == os.POSIX_SPAWN_DUP2}
     opened = {action[1] for action in actions if action[0] == os.POSIX_SPAWN_OPEN}
-    go = pipe_above_2()
     report_read, report_write = pipe_above_2()
     popen = None
     mask = held_stop_signals()  # until the copy has reset its handlers (it starts with none)
@@ -464,11 +463,10 @@ def _spawn_in_new_user_namespace(
                 stdout=fds[1],
                 stderr=subprocess.DEVNULL if 2 in opened else fds[2],
                 start_new_session=own_group,
-                preexec_fn=enter_user_namespace(own_group, go, report_write),
+                preexec_fn=enter_user_namespace(own_group, report_write),
             )
         finally:
-            for fd in (*go, report_write):
-                os.close(fd)
+            os.close(report_write)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a held ^C raises here
     except BaseException:  # the clone refused, an exec failure, a ^C: nothing may stay
         if popen is not None:
