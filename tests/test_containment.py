@@ -294,35 +294,6 @@ def children():
 
 
 @requires_cgroup
-def test_a_ctrl_c_held_during_a_cgroups_spawn_ends_the_program_and_the_cgroup():
-    """A ^C that arrives while the program is spawned is held (stop signals are blocked)
-    and raised as the spawn returns: the program, and the copy that runs it, must end with
-    the cgroup, at once (found in review: the spawn waited for the copy forever)."""
-    result = _in_child(
-        _CHILDREN
-        + """
-import os, signal, subprocess
-from xsupervise.launch.containment import choose
-from xsupervise.launch.process import spawn
-real = subprocess.Popen
-class Popen(real):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGINT)
-subprocess.Popen = Popen
-signal.signal(signal.SIGINT, signal.default_int_handler)  # whether or not we got it ignored
-signal.alarm(10)  # a hang fails the test, not the suite
-boundary = choose("ctrl-c-test")
-try:
-    spawn(["sleep", "1000"], stdin=subprocess.DEVNULL, boundary=boundary)
-except KeyboardInterrupt:
-    print("interrupted", children(), os.path.exists(boundary.cgroup))
-"""
-    )
-    assert result.stdout.split("\n")[0] == "interrupted [] False", result.stderr
-
-
-@requires_cgroup
 def test_a_cgroups_spawn_with_our_standard_fds_closed_tracks_the_program(tmp_path: Path):
     """With fds 0-2 closed, a pipe we make lands on them, and the child's 0-2 would
     overwrite it (found in review: the program ran untracked, its pid in its log)."""
@@ -486,11 +457,7 @@ def test_a_display_whose_user_namespace_is_refused_starts_all_the_same(chain, mo
     assert _containment._user_direct["usable"] is False
 
 
-@requires_userns
-def test_a_ctrl_c_held_during_a_user_namespace_spawn_leaves_nothing():
-    result = _in_child(
-        _CHILDREN
-        + """
+_CTRL_C_DURING_A_SPAWN = """
 import os, signal, subprocess
 from xsupervise.launch import containment
 from xsupervise.launch.process import spawn
@@ -500,17 +467,34 @@ class Popen(real):
         super().__init__(*args, **kwargs)
         os.kill(os.getpid(), signal.SIGINT)
 subprocess.Popen = Popen
-signal.signal(signal.SIGINT, signal.default_int_handler)
-signal.alarm(10)
-boundary = containment.Boundary("pidns", None, containment._DIRECT, direct=True, user=True)
+signal.signal(signal.SIGINT, signal.default_int_handler)  # whether or not we got it ignored
+signal.alarm(10)  # a hang fails the test, not the suite
+boundary = BOUNDARY
 try:
     spawn(["sleep", "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
           boundary=boundary)
 except KeyboardInterrupt:
-    print("interrupted", children())
+    print("interrupted", children(), bool(boundary.cgroup and os.path.exists(boundary.cgroup)))
 """
-    )
-    assert result.stdout.split("\n")[0] == "interrupted []", result.stderr
+
+
+@pytest.mark.parametrize(
+    "boundary",
+    [
+        pytest.param('containment.choose("ctrl-c-test")', marks=requires_cgroup, id="cgroup"),
+        pytest.param(
+            'containment.Boundary("pidns", None, containment._DIRECT, direct=True, user=True)',
+            marks=requires_userns,
+            id="user-namespace",
+        ),
+    ],
+)
+def test_a_ctrl_c_held_during_a_spawn_ends_the_program_and_its_boundary(boundary: str):
+    """A ^C that arrives while the program is spawned is held (stop signals are blocked)
+    and raised as the spawn returns: the program, and the copy that runs it, must end with
+    its boundary, at once (found in review: the spawn waited for the copy forever)."""
+    result = _in_child(_CHILDREN + _CTRL_C_DURING_A_SPAWN.replace("BOUNDARY", boundary))
+    assert result.stdout.split("\n")[0] == "interrupted [] False", result.stderr
 
 
 @requires_cgroup

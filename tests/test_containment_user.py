@@ -3,6 +3,7 @@ user namespace where the system allows one (else the process group), and nothing
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -59,11 +60,26 @@ def _contained_by(prefix: list[str], env: dict[str, str]) -> str:
     return json.loads(status.stdout)[0]["containment"]
 
 
+@contextlib.contextmanager
+def _running(
+    prefix: list[str], env: dict[str, str], home: Path, mode: str
+) -> Iterator[subprocess.Popen]:
+    """_start's supervisor, killed and reaped after if it is still running."""
+    process = _start(prefix, env, home, mode)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+
+
 @pytest.mark.parametrize("ending", ["sigterm", "sigkill"])
 def test_an_unprivileged_wrapper_server_leaves_nothing(nobody_home, ending: str):
     prefix, env, home = nobody_home
-    process = _start(prefix, env, home, "wrapper")
-    try:
+    with _running(prefix, env, home, "wrapper") as process:
         line = read_line(process.stdout)
         assert line, process.stderr.read().decode()
         facts = json.loads(line)
@@ -72,12 +88,6 @@ def test_an_unprivileged_wrapper_server_leaves_nothing(nobody_home, ending: str)
         assert facts["server_pid"] in pids
         process.send_signal(signal.SIGTERM if ending == "sigterm" else signal.SIGKILL)
         process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stdout.close()
-        process.stderr.close()
     userns = subprocess.run(
         [*prefix[:-1], "unshare", "--user", "--map-root-user", "--pid", "true"],
         capture_output=True,
@@ -133,8 +143,7 @@ def test_an_unprivileged_server_has_one_process_of_ours_in_front(nobody_home):
     prefix, env, home = nobody_home
     if not _userns_allowed(prefix):
         pytest.skip("user namespaces are refused here")
-    process = _start(prefix, env, home, "wrapper")
-    try:
+    with _running(prefix, env, home, "wrapper") as process:
         line = read_line(process.stdout)
         assert line, process.stderr.read().decode()
         server = psutil.Process(json.loads(line)["server_pid"])
@@ -146,10 +155,4 @@ def test_an_unprivileged_server_has_one_process_of_ours_in_front(nobody_home):
         assert Path(f"/proc/{init[0].pid}/uid_map").read_text().split() == ["0", "65534", "1"]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stdout.close()
-        process.stderr.close()
     assert wait_gone(server.pid, 1.0) and wait_gone(init[0].pid, 1.0)

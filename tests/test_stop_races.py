@@ -123,6 +123,7 @@ class _SignalsItself:
     SIGTERM: the moment a stop reaches a server that has not exec'd yet."""
 
     kind, cgroup, namespace, init_pidfd, direct, user = "group", None, None, -1, False, False
+    clone_killed = False
 
     def argv(self, argv):
         return list(argv)

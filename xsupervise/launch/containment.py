@@ -177,6 +177,7 @@ class Boundary:
         self._procs = os.path.join(cgroup, "cgroup.procs").encode() if cgroup else b""
         self._keeper: tuple[int, int] | None = None  # a cgroup's keeper (see launch.cgroup)
         self._report = (-1, -1)  # a cgroup's spawn: the pipe its copy's pid comes back on
+        self.clone_killed = False  # see entered_copy
         self.init_pidfd = -1  # a namespace's init: it exits once the namespace is empty
 
     def find_program(self, outside: int) -> tuple[int, int] | None:
@@ -266,9 +267,10 @@ class Boundary:
             if not _clone3_usable["cgroup"]:
                 raise OSError("clone3 is refused here (see clone3_refused)")
             directory = os.open(self.cgroup or "", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            os.write(self._report[1], b"c")  # cloning: nothing more means it killed us
             pid = fork_into_cgroup(directory)
         except OSError:
-            pass
+            os.write(self._report[1], b"m")  # moving in: we go on to run the program
         else:
             if pid:
                 try:  # whatever happens, never go on to exec a second copy of the program
@@ -286,17 +288,19 @@ class Boundary:
 
     def entered_copy(self) -> int | None:
         """After a cgroup's spawn: the pid of the copy enter() made, which runs the program
-        (the child it was forked from has left), or None: the child itself runs it. Once."""
+        (the child it was forked from has left), or None: the child itself runs it. Once.
+        ``clone_killed``: the child died in the clone (a seccomp filter's SIGSYS)."""
         read_end, write_end = self._report
         if read_end < 0:
             return None
         self._report = (-1, -1)
         os.close(write_end)
         try:
-            data = os.read(read_end, 4)  # written before its writer left: no wait
+            data = os.read(read_end, 8)  # written before its writer left or exec'd: no wait
         finally:
             os.close(read_end)
-        return int.from_bytes(data, "little") if len(data) == 4 else None
+        self.clone_killed = data == b"c"
+        return int.from_bytes(data[1:], "little") if len(data) == 5 else None
 
     def kill(self) -> None:
         """SIGKILL everything in the cgroup at once (Linux >= 5.14)."""
@@ -437,14 +441,11 @@ def _write_proc(pid: int, name: str, line: str) -> None:
 _clone3_usable = {"cgroup": True}
 
 
-def clone3_refused(status: int | None) -> bool:
-    """After a cgroup's spawn whose child reported no copy: did a seccomp filter kill it for
-    calling clone3 (SIGSYS)? Then this process moves its children in from now on. (A filter
-    that answers ENOSYS or EPERM, as Docker's does, needs nothing: enter() moves in.)"""
-    if status != -signal.SIGSYS:
-        return False
+def clone3_refused() -> None:
+    """A cgroup's spawn whose child died in clone3 (a seccomp filter that kills with SIGSYS):
+    this process moves its children in from now on. (A filter that answers ENOSYS or EPERM,
+    as Docker's does, needs nothing: enter() moves in.)"""
     _clone3_usable["cgroup"] = False
-    return True
 
 
 def _close_watch_fds_after_fork() -> None:

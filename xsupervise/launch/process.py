@@ -344,11 +344,12 @@ def _popen(
             raise  # spawn() then ends a copy in a cgroup (Boundary.remove)
     copy = boundary.entered_copy() if boundary is not None else None
     if copy is None:
-        if boundary is not None and boundary.cgroup:
+        if boundary is not None and boundary.clone_killed:
             from .containment import clone3_refused
 
-            if clone3_refused(popen.poll()):  # spawn() falls back; later spawns move in
-                raise subprocess.SubprocessError("clone3 was refused by a seccomp filter")
+            popen.wait()  # it died in the clone: never exec'd, so not the program
+            clone3_refused()  # spawn() falls back; later spawns move in
+            raise subprocess.SubprocessError("clone3 was refused by a seccomp filter")
         return popen
     popen.wait()  # the child that forked the copy into the cgroup: it has left
     return Spawned(copy)
