@@ -719,8 +719,9 @@ def test_a_supervisor_killed_during_a_stop_takes_its_namespace_along():
         init = _parent(program)
         assert not wait_gone(program, 0.2)  # it ignores SIGTERM
         supervisor.kill()
-        # The whole namespace: its init ends a moment after the program (seen under load).
-        assert wait_gone(program, 2.0) and wait_gone(init, 2.0)
+        # The whole namespace: its init ends a moment after the program (under a heavy load,
+        # once, more than 2 s after it): wait for that as an event, not for a fixed time.
+        assert wait_gone(program, 2.0) and wait_gone(init, 10.0)
 
 
 def _parent(pid: int) -> int:
@@ -774,7 +775,7 @@ def test_a_fork_of_the_supervisor_does_not_keep_its_namespace_alive():
             assert len(forked) == 1
             init = _parent(program)
             supervisor.kill()
-            assert wait_gone(program, 2.0) and wait_gone(init, 2.0)
+            assert wait_gone(program, 2.0) and wait_gone(init, 10.0)  # see the test above
     finally:
         for process in forked:
             process.kill()
