@@ -4,12 +4,14 @@ ffmpeg missing (exit 5), a recorder that dies (one line; the display goes on).""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -121,6 +123,32 @@ def test_display_record_keeps_one_block(tmp_path: Path):
     assert in_order(colours_over_time(tmp_path / "block.mp4", 10))[-1] == "red"
 
 
+@contextlib.contextmanager
+def _supervising(*args: str) -> Iterator[subprocess.Popen]:
+    """start_cli's supervisor, SIGKILLed if the block fails: Popen's own exit would wait for
+    it forever (seen: a failed assertion hung the suite)."""
+    with start_cli(*args) as process:
+        try:
+            yield process
+        except BaseException:
+            process.kill()
+            raise
+
+
+def _ffmpeg_of(supervisor: int) -> psutil.Process:
+    """The recorder's ffmpeg: the recorder starts it a moment after the display is ready
+    (under load, after the supervisor has said so)."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = [
+            p for p in psutil.Process(supervisor).children(recursive=True) if p.name() == "ffmpeg"
+        ]
+        if found or time.monotonic() > deadline:
+            assert len(found) == 1, found
+            return found[0]
+        time.sleep(0.02)
+
+
 def test_a_sigkilled_supervisor_leaves_a_playable_file_and_no_ffmpeg(
     tmp_path: Path, runtime_dir: Path
 ):
@@ -128,13 +156,10 @@ def test_a_sigkilled_supervisor_leaves_a_playable_file_and_no_ffmpeg(
     videos.mkdir()
     video = videos / "killed.mp4"
     args = ["start", "--json", "--screen", SCREEN, "--record", str(video)]
-    with start_cli(*args) as process:
+    with _supervising(*args) as process:
         facts = json.loads(read_line(process.stdout))
         env = {**os.environ, "DISPLAY": facts["display"], "XAUTHORITY": facts["xauthority"]}
-        ffmpeg = [
-            p for p in psutil.Process(process.pid).children(recursive=True) if p.name() == "ffmpeg"
-        ]
-        assert len(ffmpeg) == 1
+        ffmpeg = [_ffmpeg_of(process.pid)]
         for colour in ("red", "lime", "blue", "red", "lime"):  # a second each: 5 s of recording
             subprocess.run(["xsetroot", "-solid", colour], env=env, check=True, timeout=10)
             time.sleep(1.0)
@@ -171,12 +196,10 @@ def test_ffmpeg_missing_is_exit_5_with_the_install_hint(tmp_path: Path, runtime_
 
 def test_a_recorder_that_crashes_is_one_line_and_the_display_goes_on(tmp_path: Path):
     video = tmp_path / "crash.mp4"
-    with start_cli("start", "--json", "--screen", SCREEN, "--record", str(video)) as process:
+    with _supervising("start", "--json", "--screen", SCREEN, "--record", str(video)) as process:
         facts = json.loads(read_line(process.stdout))
         env = {**os.environ, "DISPLAY": facts["display"], "XAUTHORITY": facts["xauthority"]}
-        ffmpeg = [
-            p for p in psutil.Process(process.pid).children(recursive=True) if p.name() == "ffmpeg"
-        ]
+        ffmpeg = [_ffmpeg_of(process.pid)]
         ffmpeg[0].send_signal(signal.SIGKILL)  # ours, by its pid: the recorder's encoder dies
         line = read_line(process.stderr, 30)
         assert "recorder of" in line and "ffmpeg" in line and "goes on" in line, line
