@@ -67,7 +67,7 @@ def wrap(marks_path: str, argv: list[str]) -> None:
     launcher.read_display_number = noted(launcher.read_display_number, "wait", "ready")
     launcher.verify = noted(launcher.verify, "verify", "verified")
     process.term_steps = term_steps
-    from xsupervise.cli.console import console
+    from xsupervise.cli.main import console
 
     sys.argv = ["xsupervise", *argv]
     sys.exit(console())

@@ -33,7 +33,7 @@ from pathlib import Path
 import psutil
 
 from xsupervise import Display
-from xsupervise.host.steps import run_blocking
+from xsupervise.host.processes import run_blocking
 from xsupervise.launch.recording import start_recording
 
 XSUPERVISE = [sys.executable, "-m", "xsupervise"]

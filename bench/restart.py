@@ -378,7 +378,7 @@ def timed_cli(*args: str) -> tuple[float, int, list[dict]]:
 
 def free_range(count: int) -> int:
     """The first base from 200000 on with no X<n> file or bound display in base..base+count."""
-    from xsupervise.host.holder import bound_abstract_displays
+    from xsupervise.host.sockets import bound_abstract_displays
 
     bound, existing = bound_abstract_displays(), set(os.listdir(X11_UNIX))
     for base in range(200000, 1000000 - count, count):

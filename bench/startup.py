@@ -219,7 +219,7 @@ def contained(kind: str, contender):
 def mechanisms() -> list[str]:
     """The containment mechanisms this machine offers; "group" (a process group and session,
     what xsupervise did before containment) is the baseline the others are measured against."""
-    from xsupervise.launch import cgroup as _cgroup
+    from xsupervise.launch import containment as _cgroup
     from xsupervise.launch import containment as _containment
 
     kinds = ["group"]

@@ -96,7 +96,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     sessions = runtime / "xsupervise" / "sessions"
     if sessions.exists():
         leaks += [f"file {path}" for path in sessions.iterdir()]
-    from xsupervise.host.holder import bound_abstract_displays
+    from xsupervise.host.sockets import bound_abstract_displays
 
     live = {f"X{number}" for number in bound_abstract_displays()}
     for name in _x11_entries() - x11_before - live:  # a live one would show as a process above
@@ -176,7 +176,7 @@ def wait_gone(pid: int, timeout: float) -> bool:
 
 def free_display_number(start: int = 40) -> int:
     """A display number with no socket file, lock file or abstract socket."""
-    from xsupervise.host.holder import bound_abstract_displays
+    from xsupervise.host.sockets import bound_abstract_displays
 
     bound = bound_abstract_displays()
     for number in range(start, start + 500):

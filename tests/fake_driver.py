@@ -26,9 +26,7 @@ from fakes import READY, Behaviour, FakeClock, FakeLauncher
 from xsupervise.host.paths import RuntimeDir
 from xsupervise.launch.process import Offload, Wait
 from xsupervise.launch.settings import load_settings
-from xsupervise.session.ledger import Ledger
-from xsupervise.session.session import Session
-from xsupervise.session.states import Event, Mode
+from xsupervise.session.session import Event, Ledger, Mode, Session
 
 
 class Stop(Exception):

@@ -1,4 +1,4 @@
-"""A fake clock, and a launcher of scripted X servers (see session.clock.Launcher): no processes,
+"""A fake clock, and a launcher of scripted X servers (see session.session.Launcher): no processes,
 no time passing unless a driver moves it (tests/fake_driver.py)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from xsupervise.host.paths import RuntimeDir
 from xsupervise.launch.launcher import SessionFiles
 from xsupervise.launch.process import Wait
 from xsupervise.launch.settings import Settings
-from xsupervise.session.clock import Clock
+from xsupervise.session.session import Clock
 
 FAKE_PIDS = 5_000_000  # above any pid_max: no signal can reach a real process by mistake
 FAKE_FDS = 1_000_000  # "pidfds" no real fd has
@@ -73,7 +73,7 @@ class FakeChild:
 
 
 class FakeServer:
-    """What a launcher returns (see session.clock.LaunchedServer): no process, only a script."""
+    """What a launcher returns (see session.session.LaunchedServer): no process, only a script."""
 
     def __init__(self, launcher: FakeLauncher, pid: int, files: SessionFiles) -> None:
         self.launcher = launcher
@@ -122,7 +122,7 @@ class FakeServer:
 
 
 class FakeLauncher:
-    """A launcher (see session.clock.Launcher) whose servers follow ``script``: one Behaviour per
+    """A launcher (see session.session.Launcher) whose servers follow ``script``: one Behaviour per
     spawn, the last one repeated (or a callable of the spawn's index)."""
 
     def __init__(

@@ -1,10 +1,10 @@
 """A fake launcher for the daemon's own logic (pools, leases, refills, budget, reload), on a
 real asyncio loop in real time, in milliseconds: its servers are pipes, not processes.
 
-A ``PipeServer`` is what a launcher returns (see session.clock.LaunchedServer). Its "pidfd" is
+A ``PipeServer`` is what a launcher returns (see session.session.LaunchedServer). Its "pidfd" is
 the read end of a pipe: it becomes readable (the server "died") once the write end is closed,
 by ``die()`` (a test's SIGKILL) or by its own ``stop_steps`` (a SIGTERM, obeyed at once). So
-the daemon's code waits on it with the real driver (host.steps.run_steps), unchanged.
+the daemon's code waits on it with the real driver (host.processes.run_steps), unchanged.
 
     launcher = PipeLauncher(starts_in=0.005)        # every server ready 5 ms after its spawn
     launcher = PipeLauncher(fails=lambda i: i >= 2)   # the third start on fails (exit 1)
@@ -18,7 +18,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from xsupervise.host import errors
-from xsupervise.host.steps import Wait
+from xsupervise.host.processes import Wait
 from xsupervise.launch.x11 import ServerFacts
 
 FAKE_PIDS = 2_000_000  # above any real pid (pid_max is at most 4194304): never signalled

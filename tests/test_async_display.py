@@ -36,8 +36,8 @@ def test_concurrent_starts_in_one_loop(runtime_dir: Path):
         ]
         # What a first start imports costs the loop once (~100 ms here), not per start.
         for module in (
-            "xsupervise.launch.recovery",
-            "xsupervise.host.stale",
+            "xsupervise.launch.server",
+            "xsupervise.host.sockets",
             "json",
         ):
             importlib.import_module(module)

@@ -9,8 +9,7 @@ from fake_driver import Stop, worlds_fixture  # noqa: F401 - a fixture
 from fakes import EXITS, READY, dies
 
 from xsupervise.host.listener import bind
-from xsupervise.session.ledger import Ledger
-from xsupervise.session.states import Mode
+from xsupervise.session.session import Ledger, Mode
 
 
 def ledger_files(world) -> list[str]:

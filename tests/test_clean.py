@@ -17,7 +17,7 @@ import pytest
 import xsupervise
 from conftest import XSUPERVISE, free_display_number, requires_xvfb
 from xsupervise.host.paths import lock_path, socket_path
-from xsupervise.host.stale import check_shared_dir, unlink_if_same
+from xsupervise.host.sockets import check_shared_dir, unlink_if_same
 
 NOBODY = 65534
 AN_HOUR_AGO = time.time() - 3600

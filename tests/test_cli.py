@@ -23,7 +23,7 @@ from conftest import (
     wait_gone,
 )
 from xsupervise.cli.main import main
-from xsupervise.host.holder import bound_abstract_displays
+from xsupervise.host.sockets import bound_abstract_displays
 
 
 def announced(process: subprocess.Popen) -> dict[str, str]:

@@ -22,7 +22,7 @@ import pytest
 
 from conftest import XSUPERVISE, free_display_number, read_line, requires_xvfb, start_cli
 from xsupervise.cli.main import main as cli_main
-from xsupervise.host.holder import bound_abstract_displays
+from xsupervise.host.sockets import bound_abstract_displays
 from xsupervise.launch.check import check
 from xsupervise.launch.x11 import xauthority_entry
 

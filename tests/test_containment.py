@@ -28,7 +28,7 @@ from tests.conftest import (
     start_cli,
     wait_gone,
 )
-from xsupervise.launch import cgroup as _cgroup
+from xsupervise.launch import containment as _cgroup
 from xsupervise.launch import containment as _containment
 
 
@@ -225,7 +225,7 @@ def _auth_path(runtime_dir: Path) -> str:
 def _children_other_than_keepers() -> list[int]:
     import psutil
 
-    def is_keeper(child: psutil.Process) -> bool:  # a cgroup's (see launch.cgroup)
+    def is_keeper(child: psutil.Process) -> bool:  # a cgroup's (see launch.containment)
         try:
             return "xsupervise-keeper" in child.cmdline()
         except psutil.ZombieProcess:
@@ -501,7 +501,7 @@ def test_a_ctrl_c_held_during_a_spawn_ends_the_program_and_its_boundary(boundary
 def test_an_empty_cgroup_is_seen_empty_without_an_inotify_watch(monkeypatch):
     """Issue 22: a stop finds the cgroup empty (its server reaped) and sets no watch: closing
     an inotify instance waits for an SRCU grace period, about 4 ms, twice per stop."""
-    from xsupervise.host.steps import run_blocking
+    from xsupervise.host.processes import run_blocking
 
     def no_watch(path: str) -> int:
         raise AssertionError(f"an inotify watch on {path}")
@@ -565,8 +565,7 @@ def test_start_in_the_fallback_stops_a_daemon_its_server_left(tmp_path: Path, ru
 def test_a_session_id_taken_by_another_process_is_never_swept():
     """Once a dead server's session is empty, its number may lead a new session: the sweep
     goes ahead only while that pid is free or is still the server (pinned by start time)."""
-    from xsupervise.host.group import session_is_ours, sweep_session
-    from xsupervise.host.pinned import start_ticks
+    from xsupervise.host.processes import session_is_ours, start_ticks, sweep_session
 
     other = subprocess.Popen(["sleep", "300"], start_new_session=True)  # leads session `pid`
     try:

@@ -18,11 +18,10 @@ from xsupervise.daemon.pool_spec import PoolSpec
 from xsupervise.daemon.pools import LeaseTimeout, Pools
 from xsupervise.daemon.registry import Registry
 from xsupervise.host.errors import SessionFailed
-from xsupervise.host.notify import Notifier
+from xsupervise.host.log import Notifier
 from xsupervise.host.paths import RuntimeDir
 from xsupervise.launch.settings import SessionSpec, Settings
-from xsupervise.session.ledger import Ledger, holds_nothing
-from xsupervise.session.states import PoolState, State
+from xsupervise.session.session import Ledger, PoolState, State, holds_nothing
 
 FAST = {"backoff_initial": 0.01, "backoff_max": 0.02, "start_limit_interval": 60.0}
 

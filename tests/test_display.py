@@ -17,7 +17,7 @@ import pytest
 
 import xsupervise
 from conftest import FAKE_X, fake_server, free_display_number, read_report, requires_xvfb, wait_gone
-from xsupervise.host.holder import bound_abstract_displays
+from xsupervise.host.sockets import bound_abstract_displays
 
 
 def xdpyinfo(env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -230,7 +230,7 @@ def test_an_interrupt_before_the_launcher_looked_still_waits_for_the_namespace(
     # Interrupted during the launcher's first Offload: it had not yet found the PID
     # namespace's init, so the teardown reaped our child and returned while the kernel was
     # still emptying the namespace (a process leaked at the suite's teardown, under load).
-    from xsupervise.host import stale as _stale
+    from xsupervise.host import sockets as _stale
     from xsupervise.launch import containment as _containment
 
     if _containment._namespace_prefix() is None:
@@ -266,7 +266,7 @@ def test_launch_steps_closed_half_way_kill_their_server():
     """An event loop that drops a start (e.g. cancelled) closes the generator: no leak."""
     from xsupervise.host.paths import RuntimeDir
     from xsupervise.launch.launcher import launch_steps
-    from xsupervise.launch.records import load_records
+    from xsupervise.launch.server import load_records
     from xsupervise.launch.settings import Settings
 
     runtime = RuntimeDir.discover()

@@ -26,7 +26,7 @@ from conftest import (
     wait_gone,
 )
 from xsupervise.launch import containment as _containment
-from xsupervise.launch.server_output import server_reason
+from xsupervise.launch.server import server_reason
 
 SHAPES = str(TESTS / "fake_x_shapes.py")
 RUN_IT_YOURSELF = re.escape(
@@ -240,7 +240,7 @@ def test_a_helper_the_server_double_forked_is_the_servers_under_start(tmp_path: 
 
 
 def test_a_leftover_nothing_places_is_of_unknown_origin_not_commands(tmp_path: Path):
-    from xsupervise.session.leftovers import Lineage
+    from xsupervise.cli.foreground import Lineage
 
     lineage = Lineage()
     lineage.add_root(os.getpid() + 10**6, "X server pid 1")  # a root none of these is under
@@ -274,7 +274,7 @@ def test_a_leftover_nothing_places_is_of_unknown_origin_not_commands(tmp_path: P
 
 
 def _kinds() -> list[str]:
-    from xsupervise.launch import cgroup as _cgroup
+    from xsupervise.launch import containment as _cgroup
 
     kinds = ["group"]
     if _containment._namespace_prefix() is not None:

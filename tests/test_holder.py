@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_gone
-from xsupervise.host.holder import describe, holders, listening_inodes
 from xsupervise.host.listener import SocketInUse, bind
+from xsupervise.host.sockets import describe, holders, listening_inodes
 
 # A process that binds and listens, hands the socket to a `sleep` and exits: SO_PEERCRED would
 # still name it (it called listen()), long after it is gone.

@@ -127,7 +127,7 @@ def test_no_import_cycle_of_any_kind() -> None:
 
 RUN_AND_LIST_MODULES = """
 import os, sys
-from xsupervise.cli.console import console
+from xsupervise.cli.main import console
 exit_now = os._exit
 def report(code):
     print(" ".join(sorted(sys.modules)), flush=True)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from xsupervise.host.paths import RuntimeDir
-from xsupervise.session.ledger import Ledger
+from xsupervise.session.session import Ledger
 
 # Runs the CLI with systemd-python's journal sender replaced by one that appends to a file.
 WRAPPER = """

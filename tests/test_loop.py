@@ -169,7 +169,7 @@ def _abandoned_server(tmp_path: Path, runtime_dir: Path) -> tuple[subprocess.Pop
     """A server that ignores SIGTERM, recorded by a supervisor that is gone; its record's token."""
     from xsupervise.host.paths import RuntimeDir
     from xsupervise.launch.process import start_ticks
-    from xsupervise.launch.records import SessionRecord
+    from xsupervise.launch.server import SessionRecord
 
     report = tmp_path / "abandoned"
     server = subprocess.Popen(

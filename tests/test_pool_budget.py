@@ -9,9 +9,7 @@ from fake_driver import worlds_fixture  # noqa: F401 - the fixture
 from fakes import NEVER, READY, Behaviour, dies
 
 from xsupervise.launch.process import same_process
-from xsupervise.session import policy
-from xsupervise.session.ledger import holds_nothing
-from xsupervise.session.states import Mode
+from xsupervise.session.session import Mode, holds_nothing, may_start, record_handed_over
 
 POOL = "pool.default"
 
@@ -20,7 +18,7 @@ def hand_over(session) -> None:
     """What daemon.pool.Pool.take does to a ready spare it hands to a lessee."""
     session.mode = Mode.DAEMON_LEASED
     with session.ledger.update() as history:
-        policy.record_handed_over(history)
+        record_handed_over(history)
 
 
 def test_fifty_leased_server_deaths_in_sixty_seconds_spend_no_budget(worlds):
@@ -38,7 +36,7 @@ def test_fifty_leased_server_deaths_in_sixty_seconds_spend_no_budget(worlds):
     assert world.clock.now <= 60.0
     history = world.ledger(POOL).read()
     assert holds_nothing(history), history.as_dict()  # no failure, no backoff, not FAILED
-    assert policy.may_start(history, world.clock.wall(), world.settings.policy(), same_process).go
+    assert may_start(history, world.clock.wall(), world.settings.policy(), same_process).go
 
 
 def test_a_spare_that_dies_idle_counts_and_a_handover_restarts_the_backoff(worlds):
@@ -52,7 +50,7 @@ def test_a_spare_that_dies_idle_counts_and_a_handover_restarts_the_backoff(world
     assert (len(history.failures), history.in_a_row) == (1, 1)
     assert history.next_start_at > world.clock.wall()
     hand_over_history = history
-    policy.record_handed_over(hand_over_history)
+    record_handed_over(hand_over_history)
     assert (len(hand_over_history.failures), hand_over_history.in_a_row) == (1, 0)
     assert hand_over_history.next_start_at == 0.0
     assert not run.advance(until=world.clock.now + 30.0)

@@ -21,7 +21,7 @@ from test_pool_cli import FULL
 
 from conftest import XSUPERVISE, fake_server, read_line, requires_xvfb, start_cli, wait_gone
 from xsupervise import Display
-from xsupervise.session.ledger import holds_nothing, read_history
+from xsupervise.session.session import holds_nothing, read_history
 
 
 @pytest.fixture

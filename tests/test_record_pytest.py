@@ -153,7 +153,7 @@ def wait_written(path: Path, timeout: float = 30.0) -> None:
     """Until ``path`` exists and holds something: inotify on its directory (no polling)."""
     import select
 
-    from xsupervise.host.prctl import IN_CREATE, IN_MODIFY, inotify_watch
+    from xsupervise.host.processes import IN_CREATE, IN_MODIFY, inotify_watch
 
     watch = inotify_watch(str(path.parent), IN_CREATE | IN_MODIFY)
     try:

@@ -776,10 +776,9 @@ def test_journal_fields_reach_the_handler(tmp_path: Path, monkeypatch):
 
     from xsupervise.host import log
     from xsupervise.host.paths import RuntimeDir
-    from xsupervise.host.steps import run_steps
+    from xsupervise.host.processes import run_steps
     from xsupervise.launch.settings import load_settings
-    from xsupervise.session.session import Mode, Session
-    from xsupervise.session.states import Event
+    from xsupervise.session.session import Event, Mode, Session
 
     with open(tmp_path / "stderr", "w") as stderr:
         info = os.fstat(stderr.fileno())

@@ -13,9 +13,8 @@ from fake_driver import Run, Stop, World, worlds_fixture  # noqa: F401 - a fixtu
 from fakes import MISSING, NEVER, READY
 
 from xsupervise.host.errors import ReadyTimeout
-from xsupervise.launch.records import load_records
-from xsupervise.session.session import Session
-from xsupervise.session.states import Event, Mode
+from xsupervise.launch.server import load_records
+from xsupervise.session.session import Event, Mode, Session
 
 
 def relaunch(

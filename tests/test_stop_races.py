@@ -174,7 +174,7 @@ def test_with_exit_with_parent_a_repeated_sigterm_is_one_stop_not_two(exit_with_
     # parent (Jupyter, SIGKILLed) is handed from one exiting thread to the next. Taken as a
     # second request, it cut the grace short: the namespace's init was left to us, killed,
     # and the X server's socket file outlived it (issue 19, the Jupyter launcher's leak).
-    from xsupervise.host.signals import SignalInbox
+    from xsupervise.host.processes import SignalInbox
 
     with SignalInbox(exit_with_parent) as inbox:
         os.kill(os.getpid(), signal.SIGTERM)

@@ -24,7 +24,6 @@ from .host.errors import (
     UsageError,
     XSuperviseError,
 )
-from .host.version import __version__ as __version__
 
 __all__ = [
     "Display",
@@ -51,12 +50,17 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .api.async_display import AsyncDisplay
     from .api.display import Display
+    from .host.version import __version__ as __version__
     from .launch.vnc_endpoint import VncEndpoint
 
 
 def __getattr__(name: str) -> object:
     # Imported on first use: the CLI imports this package too, and Python start-up time is
     # part of every `xsupervise run`.
+    if name == "__version__":
+        from .host.version import __version__
+
+        return __version__
     if name == "Display":
         from .api.display import Display
 
@@ -73,4 +77,4 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), "Display", "AsyncDisplay", "VncEndpoint"})
+    return sorted({*globals(), "Display", "AsyncDisplay", "VncEndpoint", "__version__"})

@@ -1,3 +1,3 @@
-from .cli.console import console
+from .cli.main import console
 
 console()

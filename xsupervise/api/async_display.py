@@ -1,5 +1,5 @@
 """``xsupervise.AsyncDisplay``: ``Display`` for asyncio, the same launch path driven by the
-event loop (see host/steps.py)."""
+event loop (see host/processes.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from os import PathLike, fspath
 from types import TracebackType
 
-from ..launch.launcher import XServer, launch_steps
+from ..launch.launcher import launch_steps
 from ..launch.recording import async_recording_block
+from ..launch.server import XServer
 from .display import Display
 
 TYPE_CHECKING = False
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 class AsyncDisplay:
     """``Display`` for asyncio: ``async with AsyncDisplay(":auto") as display: ...``.
 
-    The same launch path, driven by the event loop (``host.steps.run_steps``): waiting is done with
+    The same launch path, driven by the event loop (``host.processes.run_steps``): waiting is done with
     ``loop.add_reader`` on the server's pipe, socket and pidfd, so the loop is never blocked
     while the server starts or stops. Cancellation is safe: a task cancelled mid-start stops
     the server's process group (TERM, grace, KILL), reaps it and removes its files before the
@@ -69,7 +70,7 @@ class AsyncDisplay:
         return repr(self._display).replace("<Display", "<AsyncDisplay", 1)
 
     async def start(self) -> Self:
-        from ..host.steps import run_steps
+        from ..host.processes import run_steps
 
         inner = self._display
         # Checked and set before the first await: a second start() racing the first must not
@@ -89,7 +90,7 @@ class AsyncDisplay:
 
     async def stop(self) -> None:
         """Stop the server (TERM, grace, KILL), reap it and remove its files. Idempotent."""
-        from ..host.steps import run_steps
+        from ..host.processes import run_steps
 
         server = self._display._server
         if isinstance(server, XServer):

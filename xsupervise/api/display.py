@@ -8,9 +8,10 @@ from types import TracebackType
 
 from ..host.errors import UsageError
 from ..host.paths import RuntimeDir
-from ..launch.launcher import XServer, launch_steps
+from ..launch.launcher import launch_steps
 from ..launch.process import run_blocking
 from ..launch.recording import recording_block
+from ..launch.server import XServer
 from ..launch.settings import Settings, load_settings, parse_display
 from ..launch.x11 import ServerFacts
 

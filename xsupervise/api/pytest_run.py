@@ -243,7 +243,7 @@ def die_with_the_controller(config: pytest.Config) -> None:
         return  # not an xdist worker, a remote one, or one whose controller is already gone
     import signal
 
-    from ..host.prctl import signal_when_parent_dies
+    from ..host.processes import signal_when_parent_dies
 
     if not signal_when_parent_dies(controller, signal.SIGKILL):
         os.kill(os.getpid(), signal.SIGKILL)  # it died before the kernel could tell us

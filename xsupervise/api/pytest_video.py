@@ -41,7 +41,7 @@ class VideoRecorder:
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         from ..host.errors import XSuperviseError
         from ..host.paths import new_token
-        from ..host.steps import run_blocking
+        from ..host.processes import run_blocking
         from ..launch.recording import READY_WAIT, start_recording
         from .pytest_run import screenshot_name, screenshots_dir
 
@@ -87,7 +87,7 @@ class VideoRecorder:
         recording, self.recording = self.recording, None
         if recording is None:
             return
-        from ..host.steps import run_blocking
+        from ..host.processes import run_blocking
         from ..launch.recording import finish_steps
 
         status = run_blocking(finish_steps(recording, 2.0))

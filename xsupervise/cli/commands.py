@@ -8,105 +8,13 @@ from __future__ import annotations
 
 import os
 
-from ..host.errors import ExitCode, UsageError
+from ..host.errors import ExitCode
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
 if TYPE_CHECKING:
     import argparse
 
     from ..client import Client
-    from ..session.clock import LaunchedServer
-
-# Our parent as first seen, as early as possible: for --exit-with-parent's check that it did
-# not exit before we asked to be told.
-PARENT_PID = os.getppid()
-
-
-def start(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """`start`: a foreground supervisor of one display, or (--detach) one in the daemon."""
-    if args.detach:
-        return _start_detached(args)
-    return supervise(args)
-
-
-def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """`run`: `start :auto -- COMMAND` that prints nothing of its own (--pool: leased)."""
-    pool = args.pool or os.environ.get("XSUPERVISE_POOL")
-    if pool:
-        from .lease import run_leased
-
-        return run_leased(args, parser, pool)
-    return supervise(args)
-
-
-def supervise(args: argparse.Namespace) -> int:
-    """`start` in the foreground, or `run` without a pool: supervise one display."""
-    from ..host.paths import RuntimeDir
-    from ..launch.settings import FIELDS, default_session_name, load_settings, parse_display
-    from ..session.foreground import ForegroundSupervisor
-
-    is_run = args.command == "run"
-    command = args.cmd
-    number = None if is_run else parse_display(args.display)
-    settings = load_settings({field: getattr(args, field) for field in FIELDS})
-    displayfd = None if is_run else args.displayfd
-    if displayfd is not None:
-        try:
-            os.fstat(displayfd)
-        except OSError:
-            raise UsageError(f"--displayfd {displayfd} is not an open file descriptor.") from None
-
-    def announce(server: LaunchedServer) -> None:
-        if is_run:
-            return
-        facts = server.facts
-        assert facts is not None  # announced once verified
-        _print_display(
-            {
-                "display": server.display,
-                "number": server.number,
-                "xauthority": server.auth_path,
-                "server_pid": server.pid,
-                "supervisor_pid": os.getpid(),
-                "name": name,
-                "vendor": facts.vendor,
-                "screen": f"{facts.width}x{facts.height}x{facts.depth}",
-                "vnc": vnc.to_json() if (vnc := getattr(server, "vnc", None)) else None,  # xvnc
-            },
-            args.json,
-        )
-        if displayfd is not None:
-            os.write(displayfd, f"{server.number}\n".encode())
-            os.close(displayfd)
-
-    name = args.name or default_session_name(number, settings.server)
-    session = ForegroundSupervisor(
-        settings,
-        RuntimeDir.discover(),
-        number,
-        name=name,
-        command=command,
-        announce=announce,
-        no_wait=args.no_wait,
-        substitute=getattr(args, "substitute", False),
-        parent_pid=(args.parent_pid or PARENT_PID) if args.exit_with_parent else None,
-        relaunched=args.relaunched,
-    )
-    return session.run()
-
-
-def _print_display(facts: dict[str, object], as_json: bool) -> None:
-    """What `start` prints once the display is ready: shell lines, or one JSON object."""
-    if as_json:
-        import json
-
-        print(json.dumps(facts), flush=True)
-    else:
-        # The xvnc profile's endpoint, as VNC clients take it (a bare path, or HOST::PORT).
-        from ..launch.vnc_endpoint import VncEndpoint
-
-        vnc = f"\nVNC={VncEndpoint.from_json(facts['vnc'])}" if facts.get("vnc") else ""
-        print(f"DISPLAY={facts['display']}\nXAUTHORITY={facts['xauthority']}{vnc}", flush=True)
 
 
 def _daemon(args: argparse.Namespace) -> Client | None:
@@ -135,25 +43,10 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return run_daemon(runtime, listener, flags)
 
 
-def _start_detached(args: argparse.Namespace) -> int:
-    from ..client import Client
-    from ..launch.settings import FIELDS, parse_display
-
-    parse_display(args.display)  # a bad request is a usage error here, not in the daemon
-    settings = {field: getattr(args, field) for field in FIELDS if getattr(args, field) is not None}
-    with Client(args.socket, timeout=None) as daemon:
-        reply = daemon.start(args.display, name=args.name, no_wait=args.no_wait, **settings)
-    reply.pop("ok", None)
-    reply.pop("env", None)
-    reply["number"] = int(reply["display"][1:])
-    _print_display(reply, args.json)
-    return ExitCode.OK
-
-
 def list_(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import time
 
-    from ..launch.records import SessionRecord
+    from ..launch.server import SessionRecord
     from ..launch.vnc_endpoint import VncEndpoint
     from .lease import print_json, print_pools
 
@@ -236,7 +129,7 @@ def status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def reset(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..host.paths import RuntimeDir
-    from ..session.ledger import Ledger
+    from ..session.session import Ledger
 
     daemon = _daemon(args)
     if daemon is not None:
@@ -269,8 +162,8 @@ def clean(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from ..host.errors import EnvironmentProblem
     from ..host.paths import X11_UNIX_DIR, RuntimeDir
-    from ..host.stale import check_shared_dir, clean, scan
-    from ..launch.recovery import reclaim_abandoned
+    from ..host.sockets import check_shared_dir, clean, scan
+    from ..launch.server import reclaim_abandoned
 
     if not args.dry_run:
         for record in reclaim_abandoned(RuntimeDir.discover()):

@@ -127,7 +127,7 @@ def run_on_lease(
     the daemon pushed on it that was read with the reply."""
     import signal
 
-    from ..host.inherit import RESTORED_SIGNALS, close_inherited
+    from ..host.processes import RESTORED_SIGNALS, close_inherited
 
     try:
         pid = os.posix_spawnp(

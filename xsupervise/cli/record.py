@@ -64,8 +64,7 @@ def add_parser(subparsers: Any) -> None:
 
 def record(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..host.paths import new_token
-    from ..host.signals import SignalInbox
-    from ..host.steps import Wait, poll_ready, run_blocking
+    from ..host.processes import SignalInbox, Wait, poll_ready, run_blocking
     from ..launch.check import Refusal, resolve
     from ..launch.recording import READY_WAIT, start_recording
     from ..launch.settings import load_settings

@@ -32,7 +32,7 @@ from ..host.errors import (
     XSuperviseError,
 )
 from ..host.listener import Listener
-from ..host.notify import Notifier
+from ..host.log import Notifier
 from ..host.paths import RuntimeDir
 from ..host.version import __version__
 from ..launch.settings import (
@@ -52,7 +52,7 @@ TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs time
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from ..host.steps import Steps
+    from ..host.processes import Steps
     from .protocol import Reply
 
 # READY=1 waits for the configured sessions, but not forever: a server that hangs costs the
@@ -138,7 +138,7 @@ class Daemon:
 
     async def _reclaim(self) -> None:
         """Clear what killed supervisors left, in a thread: it may wait for a server's exit."""
-        from ..launch.recovery import reclaim_abandoned
+        from ..launch.server import reclaim_abandoned
 
         await asyncio.get_running_loop().run_in_executor(None, reclaim_abandoned, self.runtime)
 
@@ -379,7 +379,7 @@ class DaemonOps:
         }
 
     async def reset(self, name: str | None) -> Reply:
-        from ..session.ledger import Ledger
+        from ..session.session import Ledger
 
         if not name:
             raise UsageError('reset needs "name": NAME.')
@@ -400,7 +400,7 @@ class DaemonOps:
         lease = await self.daemon.pools.lease(pool, float(wait), connection.gone)
         connection.leases.add(lease.id)  # before the reply: a closed connection releases it
         if record:  # an absolute path; finished before the display is destroyed
-            from ..host.steps import run_steps
+            from ..host.processes import run_steps
 
             try:
                 await run_steps(_record_lease_steps(lease.entry.session.server, record, lease.id))

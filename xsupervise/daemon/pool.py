@@ -18,20 +18,25 @@ from collections.abc import Callable
 from ..host import log
 from ..host.errors import XSuperviseError
 from ..host.paths import RuntimeDir
-from ..host.steps import run_steps
+from ..host.processes import run_steps
 from ..launch.launcher import launch_steps
 from ..launch.settings import SessionSpec
-from ..session.clock import clock_time
-from ..session.ledger import Ledger
-from ..session.policy import record_handed_over
-from ..session.session import Mode, Session
-from ..session.states import Event, PoolState, State
+from ..session.session import (
+    Event,
+    Ledger,
+    Mode,
+    PoolState,
+    Session,
+    State,
+    clock_time,
+    record_handed_over,
+)
 from .pool_spec import PoolSpec
 from .registry import DaemonEntry
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..session.clock import Launcher
+    from ..session.session import Launcher
 
 
 def run_entry(entry: DaemonEntry, on_event: Callable[[Session, Event], None]) -> None:

@@ -20,11 +20,11 @@ from ..launch.settings import (
     FIELDS,
     POOL_TABLE,
     Settings,
+    _count,
     config_file,
     load_settings,
     read_config_file,
 )
-from ..launch.values import _count
 
 DEFAULT_SIZE = 1
 

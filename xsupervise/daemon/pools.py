@@ -21,14 +21,14 @@ from ..host.errors import (
 )
 from ..host.paths import RuntimeDir, new_token
 from ..launch.launcher import launch_steps
-from ..session.states import PoolState
+from ..session.session import PoolState
 from .pool import Pool, stop_entries
 from .pool_spec import PoolSpec
 from .registry import DaemonEntry
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..session.clock import Launcher
+    from ..session.session import Launcher
     from .protocol import Reply
 
 

@@ -29,7 +29,7 @@ TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the 
 if TYPE_CHECKING:
     from typing import Any, TypeAlias
 
-    from ..session.clock import LaunchedServer
+    from ..session.session import LaunchedServer
 
     Reply: TypeAlias = dict[str, Any]
     """A decoded reply; its fields are the op's ``Op.reply`` (plus ``ok``)."""

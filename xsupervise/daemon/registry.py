@@ -13,17 +13,16 @@ from collections.abc import Callable, Iterator
 
 from ..host import log
 from ..host.errors import XSuperviseError
-from ..host.notify import Notifier
+from ..host.log import Notifier
 from ..host.paths import RuntimeDir
-from ..host.steps import run_steps
+from ..host.processes import run_steps
 from ..launch.launcher import launch_steps
 from ..launch.settings import SessionSpec
-from ..session.session import Mode, Session, clock_time
-from ..session.states import Event, State
+from ..session.session import Event, Mode, Session, State, clock_time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..session.clock import Launcher
+    from ..session.session import Launcher
 
 
 class DaemonEntry:

@@ -51,8 +51,8 @@ class SocketInUse(EnvironmentProblem):
 def who_serves(path: str) -> list[int] | None:
     """The pids holding a socket that listens on ``path`` (systemd's PID 1 or user manager for
     a socket unit), [] when one listens but its holder is not ours to see, None when nothing
-    listens. From the kernel's tables (host/holder.py): connecting would socket-activate."""
-    from .holder import holders, listening_inodes
+    listens. From the kernel's tables (host/sockets.py): connecting would socket-activate."""
+    from .sockets import holders, listening_inodes
 
     try:
         inodes = listening_inodes(path)
@@ -160,7 +160,7 @@ def _lock_file(path: str) -> int:
     try:
         lock_fd = lock_file(path + ".lock", wait=False)
     except BlockingIOError:
-        from .holder import describe, lock_holder
+        from .sockets import describe, lock_holder
 
         holder = lock_holder(path + ".lock")
         who = describe([holder]) if holder is not None else "another process"
@@ -189,7 +189,7 @@ def _bind_locked(path: str, lock_fd: int) -> Listener:
     os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
     serving = who_serves(path) if os.path.lexists(path) else None
     if serving is not None:
-        from .holder import describe
+        from .sockets import describe
 
         raise SocketInUse(
             f"control socket {path} is already served by {describe(serving)}; only one may "

@@ -199,7 +199,7 @@ def new_token() -> str:
     """A fresh name for one session's files: our pid and start time (so that crash recovery
     can tell whether the process that made them is gone, even before it wrote a record) and
     32 random bits."""
-    from .pinned import start_ticks
+    from .processes import start_ticks
 
     pid = os.getpid()
     return f"{pid}.{start_ticks(pid)}-{os.urandom(4).hex()}"

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..host.errors import ExitCode, XSuperviseError
 from ..host.paths import RuntimeDir, socket_path
-from ..host.steps import run_blocking
+from ..host.processes import run_blocking
 from .x11 import (
     cookie_in,
     display_number,
@@ -71,7 +71,7 @@ def read_cookie(path: str, number: int) -> bytes | None:
 
 
 def _records(runtime: RuntimeDir | None) -> list[dict[str, Any]]:
-    from .records import live_records
+    from .server import live_records
 
     try:
         return [record.as_dict() for record in live_records(runtime or RuntimeDir.discover())]

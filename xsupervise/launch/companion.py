@@ -18,8 +18,15 @@ import subprocess
 import time
 
 from ..host import errors
-from ..host.prctl import IN_CREATE, IN_MOVED_TO, describe_status, inotify_watch
-from ..host.steps import Steps, Wait, run_blocking
+from ..host.processes import (
+    IN_CREATE,
+    IN_MOVED_TO,
+    Steps,
+    Wait,
+    describe_status,
+    inotify_watch,
+    run_blocking,
+)
 from .process import Child, spawn
 
 _RETRY = 0.005  # seconds: the socket file exists but is not listening yet (bind, then listen)
@@ -75,7 +82,7 @@ def wait_listening(child: Child, path: str, timeout: float, what: str, log_path:
     """Return once ``child`` accepts connections on the unix socket ``path``; if it exits
     first or is not listening within ``timeout`` s, stop it and raise one line (exit 3/4)
     with the last lines it wrote to ``log_path``."""
-    from .server_output import read_output
+    from .server import read_output
 
     try:
         run_blocking(until_listening(child, path, child.spawned_at + timeout))

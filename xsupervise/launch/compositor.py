@@ -18,14 +18,14 @@ import subprocess
 import time
 
 from ..host import errors
-from ..host.notify import child_environment
+from ..host.log import child_environment
 from ..host.paths import check_socket_path, ensure_private_dir, remove_file
 from .companion import until_listening
 from .process import Child, describe_status, spawn
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..host.steps import Steps
+    from ..host.processes import Steps
     from .server import SessionFiles
     from .settings import Settings
 
@@ -115,7 +115,7 @@ class Weston(Companion):
         settings: Settings,
         files: SessionFiles,
     ) -> errors.StartError:
-        from .server_output import read_output
+        from .server import read_output
 
         reason, tail = read_output(files.log_path)
         if isinstance(exc, TimeoutError):

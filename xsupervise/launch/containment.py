@@ -23,22 +23,18 @@ from __future__ import annotations
 import os
 import signal
 
-from ..host.inherit import pipe_above_2
-from ..host.prctl import STOP_SIGNALS, fork_into_cgroup, fork_into_new_namespaces
-from ..host.steps import Steps
-from .cgroup import (
-    CGROUP_PREFIX,
-    cgroup_base,
-    clear_cgroup,
-    empty_steps,
-    kill_cgroup,
-    remove_cgroup,
-    start_keeper,
-    stop_keeper,
+from ..host.processes import (
+    STOP_SIGNALS,
+    Steps,
+    Wait,
+    fork_into_cgroup,
+    fork_into_new_namespaces,
+    pipe_above_2,
 )
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Callable, Sequence
     from typing import Protocol
 
@@ -117,7 +113,7 @@ _probed: dict[str, object] = {}
 def _can_unshare_directly() -> bool:
     """May this process make a PID namespace itself (a syscall and its undo: microseconds)?"""
     if "direct" not in _probed:
-        from ..host.prctl import new_pid_namespace_for_children, restore_pid_namespace
+        from ..host.processes import new_pid_namespace_for_children, restore_pid_namespace
 
         try:
             restore_pid_namespace(new_pid_namespace_for_children())
@@ -175,7 +171,7 @@ class Boundary:
         self.prefix: tuple[str, ...] = ()  # without a namespace: see _AS_AN_INIT_WOULD
         self.watch_fd = -1  # direct: our end of the watcher's pipe; closing it kills all
         self._procs = os.path.join(cgroup, "cgroup.procs").encode() if cgroup else b""
-        self._keeper: tuple[int, int] | None = None  # a cgroup's keeper (see launch.cgroup)
+        self._keeper: tuple[int, int] | None = None  # a cgroup's keeper (see launch.containment)
         self._report = (-1, -1)  # a cgroup's spawn: the pipe its copy's pid comes back on
         self.clone_killed = False  # see entered_copy
         self.init_pidfd = -1  # a namespace's init: it exits once the namespace is empty
@@ -185,7 +181,7 @@ class Boundary:
         a pidfd on the init (see watch_init)."""
         if self.namespace is None:
             return None
-        from ..host.pinned import start_ticks
+        from ..host.processes import start_ticks
 
         if self.direct:  # our child is the init: its end is the namespace's, no pidfd needed
             pid = child_of(outside, "2")
@@ -202,7 +198,7 @@ class Boundary:
         init's exit comes after that (see _teardown.clear_steps)."""
         if self.init_pidfd >= 0:
             return
-        from ..host.pinned import proc_stat
+        from ..host.processes import proc_stat
 
         try:
             pidfd = os.pidfd_open(init)
@@ -257,7 +253,7 @@ class Boundary:
         """In the child, between fork and exec: get into the cgroup before anything forks.
 
         Born there rather than moved in: the child forks a copy of itself into the cgroup as
-        our child (host.prctl.fork_into_cgroup), reports its pid and leaves; the copy goes on
+        our child (host.processes.fork_into_cgroup), reports its pid and leaves; the copy goes on
         to exec. Moving in (a write to cgroup.procs) waits for an RCU grace period, up to
         25 ms here; it remains the way where clone3 cannot (Linux < 5.7)."""
         if not self._procs:
@@ -503,7 +499,7 @@ def program_pid(outside: int) -> tuple[int | None, int | None]:
 
 def child_of(parent: int, inner: str | None = None) -> int | None:
     """A child of ``parent`` (whose pid in its own namespace is ``inner``, if given)."""
-    from ..host.pinned import proc_stat
+    from ..host.processes import proc_stat
 
     candidates = [str(pid) for pid in range(parent + 1, parent + 8)]  # usually the next
     for name in (*candidates, *(n for n in os.listdir("/proc") if n.isdigit())):
@@ -520,3 +516,175 @@ def _nspid(pid: str) -> str | None:
             return next((line.split()[-1] for line in stream if line.startswith("NSpid:")), None)
     except OSError:
         return None
+
+
+# cgroup v2 for containment (see launch.containment): find our own writable cgroup, make, kill
+# (``cgroup.kill``, Linux >= 5.14), wait until empty (inotify on ``cgroup.events``), remove.
+
+CGROUP_PREFIX = "xsupervise-"
+_probed_base: dict[str, str | None] = {}
+_KEEPERS: dict[int, subprocess.Popen[bytes]] = {}  # pid -> the keeper (see start_keeper)
+
+
+def cgroup_base() -> str | None:
+    """Our own cgroup v2 directory, if we may create cgroups under it and move processes."""
+    if "cgroup" in _probed_base:
+        return _probed_base["cgroup"]
+    base = None
+    try:
+        with open("/proc/self/cgroup") as stream:
+            relative = next((line[3:].strip() for line in stream if line.startswith("0::")), None)
+        mount = None
+        with open("/proc/self/mountinfo") as stream:
+            for line in stream:
+                before, _, after = line.partition(" - ")
+                if after.split(" ", 1)[0] == "cgroup2":
+                    fields = before.split()
+                    mount = (fields[3], fields[4])  # (root within the hierarchy, mount point)
+                    break
+        if relative is not None and mount is not None and relative.startswith(mount[0]):
+            inside = relative[len(mount[0]) :].strip("/")
+            candidate = os.path.join(mount[1], inside) if inside else mount[1]
+            procs = os.path.join(candidate, "cgroup.procs")
+            if os.access(candidate, os.W_OK) and os.access(procs, os.W_OK):
+                base = candidate
+    except OSError:
+        base = None
+    _probed_base["cgroup"] = base
+    return base
+
+
+def populated(cgroup: str) -> bool:
+    try:
+        with open(os.path.join(cgroup, "cgroup.events")) as stream:
+            return "populated 1" in stream.read()
+    except FileNotFoundError:
+        return False
+
+
+def kill_cgroup(cgroup: str) -> None:
+    try:
+        with open(os.path.join(cgroup, "cgroup.kill"), "w") as stream:
+            stream.write("1")
+    except FileNotFoundError:
+        pass
+
+
+def remove_cgroup(cgroup: str) -> None:
+    try:
+        os.rmdir(cgroup)
+    except (FileNotFoundError, OSError):
+        pass  # busy: a process stuck in the kernel; recovery tries again later
+
+
+def _watch(path: str) -> int:
+    """An inotify fd that becomes readable when ``path`` (a cgroup.events) changes; -1 if none."""
+    from ..host.processes import IN_MODIFY, inotify_watch
+
+    try:
+        return inotify_watch(path, IN_MODIFY)
+    except OSError:
+        return -1
+
+
+def all_cgroup_tokens() -> dict[str, list[str]]:
+    """Every session token with cgroups under our base, and their paths."""
+    base = cgroup_base()
+    found: dict[str, list[str]] = {}
+    if base is None:
+        return found
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return found
+    for name in names:
+        if name.startswith(CGROUP_PREFIX):
+            token, _, _ = name[len(CGROUP_PREFIX) :].rpartition("-")
+            found.setdefault(token, []).append(os.path.join(base, name))
+    return found
+
+
+def visible_to_us(cgroup: str) -> bool:
+    """Whether every process of ``cgroup`` is in our PID namespace: cgroup.procs lists as 0 a
+    process we cannot see, i.e. one of another namespace's supervisors, never ours to judge
+    (its pid means nothing here, so "its supervisor is dead" cannot be told)."""
+    try:
+        with open(os.path.join(cgroup, "cgroup.procs")) as stream:
+            return "0" not in stream.read().split()
+    except OSError:
+        return False
+
+
+def clear_cgroup(cgroup: str, timeout: float) -> bool:
+    """Kill a cgroup's processes, wait until it is empty and remove it (blocking: recovery)."""
+    from ..host.processes import run_blocking
+
+    kill_cgroup(cgroup)
+    empty = run_blocking(empty_steps(cgroup, timeout))
+    remove_cgroup(cgroup)
+    return bool(empty)
+
+
+def empty_steps(cgroup: str, timeout: float) -> Steps[bool]:
+    """Wait (on inotify, no polling) until ``cgroup`` is empty; False after ``timeout``."""
+    import time
+
+    if not populated(cgroup):  # the usual case: no inotify, whose close waits ~4 ms (SRCU)
+        return True
+    deadline = time.monotonic() + timeout
+    watch = _watch(os.path.join(cgroup, "cgroup.events"))
+    try:
+        while populated(cgroup):
+            if time.monotonic() >= deadline:
+                return False
+            # Without inotify (its instances used up): look again every 20 ms.
+            soon = deadline if watch >= 0 else min(deadline, time.monotonic() + 0.02)
+            ready = yield Wait((watch,) if watch >= 0 else (), soon)
+            if ready and watch >= 0:
+                os.read(watch, 4096)
+    finally:
+        if watch >= 0:
+            os.close(watch)
+    return True
+
+
+# The keeper kills a cgroup when its supervisor dies, however it dies: it reads a pipe whose
+# only writer is the supervisor (close-on-exec, so no child holds it) and writes cgroup.kill
+# at end of file. It is not in the cgroup, does not die with us (no PR_SET_PDEATHSIG), and
+# exits at once after a clean stop, when we close the pipe ourselves.
+_KEEPER = 'read -r _; echo 1 > "$1" 2>/dev/null; exit 0'
+
+
+def start_keeper(cgroup: str) -> tuple[int, int]:
+    """Spawn the keeper of ``cgroup``; return its (pid, our end of its pipe)."""
+    import subprocess
+
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        keeper = subprocess.Popen(
+            ["/bin/sh", "-c", _KEEPER, "xsupervise-keeper", os.path.join(cgroup, "cgroup.kill")],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a signal to our group (^C) must not fire it early
+        )
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    _KEEPERS[keeper.pid] = keeper
+    return keeper.pid, write_end
+
+
+def stop_keeper(pid: int, write_end: int) -> None:
+    """After a clean teardown: end the keeper (the cgroup is empty: its kill is a no-op)."""
+    import subprocess
+
+    os.close(write_end)
+    keeper = _KEEPERS.pop(pid, None)
+    if keeper is not None:
+        try:
+            keeper.wait(timeout=1.0)  # it exits as soon as it reads end of file: ~1 ms
+        except subprocess.TimeoutExpired:
+            _KEEPERS[pid] = keeper  # still ours: never left unreaped for good

@@ -11,7 +11,7 @@ import os
 import signal
 
 from ..host import errors, log
-from ..host.notify import child_environment
+from ..host.log import child_environment
 from ..host.paths import RuntimeDir
 from .process import DEVNULL, Offload, Steps, spawn
 from .profiles import plan_launch
@@ -55,7 +55,7 @@ def launch_steps(
     if reclaim and number is not None:
         # A fixed number may be what a killed supervisor's leftover still serves: clear it
         # first. (With :auto the server may start meanwhile, so it is done after the spawn.)
-        from .recovery import reclaim_abandoned
+        from .server import reclaim_abandoned
 
         yield Offload(reclaim_abandoned, runtime, settings.kill_grace)
     try:
@@ -130,9 +130,11 @@ def launch_steps(
         import socket  # noqa: F401  (for verify)
         import subprocess  # noqa: F401  (for what runs next: a COMMAND, a window manager)
 
-        from ..host.stale import clean_own_quietly
-        from .recovery import reclaim_abandoned
-        from .server_output import read_output  # noqa: F401  (for the server's end)
+        from ..host.sockets import clean_own_quietly
+        from .server import (
+            read_output,  # noqa: F401  (for the server's end)
+            reclaim_abandoned,
+        )
 
         logger = log.get()
 

@@ -1,7 +1,7 @@
 """Child processes: spawn so they die with us, wait on events, stop TERM -> KILL, reap.
 
-Slow operations are generators of ``Wait``/``Offload`` requests (see host/steps.py), driven by
-``run_blocking`` or by an event loop (host/steps.py): one launch path for the CLI, ``Display``,
+Slow operations are generators of ``Wait``/``Offload`` requests (see host/processes.py), driven by
+``run_blocking`` or by an event loop (host/processes.py): one launch path for the CLI, ``Display``,
 ``AsyncDisplay`` and ``serve``. Nothing here blocks on a process that might not exit: after
 SIGKILL we wait for the pidfd to become readable, then reap with WNOHANG.
 
@@ -10,7 +10,7 @@ group id, which equals its pid) cannot be reused by another process, so a signal
 reach what we started.
 
 Teardown of a boundary (see launch.containment): wait for *every* process of a spawn, not only
-the first, then kill what is left, as steps (see host/steps.py) that never block their driver.
+the first, then kill what is left, as steps (see host/processes.py) that never block their driver.
 
 - A PID namespace: our child (the "outside" shell) exits only once its init has seen every
   process of the namespace gone, so waiting for our child is enough.
@@ -27,31 +27,36 @@ import time
 from _thread import allocate_lock
 from collections.abc import Callable, Mapping, Sequence
 
-from ..host.group import session_members
-from ..host.inherit import RESTORED_SIGNALS, close_inherited, pipe_above_2
 from ..host.paths import which
-from ..host.pinned import (
-    UNREAPED_CHILDREN,
-    Pinned,
-    same_process,
-    start_ticks,
-    stop_adopted,
-    terminate_pinned,
-    wait_exited,
-)
-from ..host.prctl import (
+from ..host.processes import (
+    RESTORED_SIGNALS,
     STOP_SIGNALS,
+    UNREAPED_CHILDREN,
+    Events,
+    Offload,
+    Pinned,
+    Steps,
+    Wait,
     become_subreaper,
+    close_inherited,
     describe_status,
     die_with_parent,
     held_stop_signals,
     new_pid_namespace_for_children,
     peer_credentials,
+    pipe_above_2,
+    poll_ready,
     restore_pid_namespace,
+    run_blocking,
+    same_process,
+    session_members,
     shell_status,
     signal_when_parent_dies,
+    start_ticks,
+    stop_adopted,
+    terminate_pinned,
+    wait_exited,
 )
-from ..host.steps import Events, Offload, Steps, Wait, poll_ready, run_blocking
 
 # Steps and pinned processes live in their own modules; importers may keep using these names.
 # fmt: off
@@ -318,7 +323,7 @@ def _popen(
     if boundary is not None:
         boundary.before_spawn()
     popen = None
-    mask = held_stop_signals()  # until the child has reset its handlers (see host.prctl)
+    mask = held_stop_signals()  # until the child has reset its handlers (see host.processes)
     try:
         popen = subprocess.Popen(
             boundary.argv(argv) if boundary is not None else list(argv),
@@ -501,7 +506,7 @@ def _end_child(pid: int) -> None:
     """SIGKILL and reap ``pid``, a child of ours (a namespace's init: all in it go too).
     Through a pidfd, and only while it is still our child: with SIGCHLD ignored the kernel
     reaps it itself, and its pid may then be another's."""
-    from ..host.pinned import proc_stat
+    from ..host.processes import proc_stat
 
     try:
         pidfd = os.pidfd_open(pid)
@@ -639,7 +644,7 @@ def clear_now(child: Child, timeout: float) -> None:
         os.close(child.boundary.init_pidfd)
         child.boundary.init_pidfd = -1
     if child.boundary is not None and child.boundary.cgroup is not None:
-        from ..host.steps import run_blocking
+        from ..host.processes import run_blocking
 
         child.boundary.kill()
         if run_blocking(child.boundary.empty_steps(timeout)):

@@ -21,12 +21,12 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 from ..host import errors
-from ..host.steps import Wait
+from ..host.processes import Wait
 from .process import Child, describe_status, spawn
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..host.steps import Steps
+    from ..host.processes import Steps
 
 READY_WAIT = 10.0  # seconds for a recorder's first frame (ffmpeg's start-up, mostly)
 _PACKAGE_PARENT = os.path.abspath(__file__).rsplit(os.sep, 3)[0]  # of xsupervise/launch/this
@@ -156,7 +156,7 @@ class Recording:
 def arm(fps: float, label: str) -> Recording:
     """Spawn a recorder that starts ffmpeg and waits for ``Recording.go``; ``label`` names its
     boundary (a cgroup's name). EnvironmentProblem without ffmpeg."""
-    from ..host.notify import child_environment
+    from ..host.log import child_environment
     from .containment import NS_DISPLAYFD, choose
     from .ffmpeg import find_ffmpeg
 
@@ -240,7 +240,7 @@ def _begin_steps(display: object, path: str) -> Steps[Recording]:
 @contextmanager
 def recording_block(display: object, path: str) -> Iterator[str]:
     """``Display.record``: a recording for the length of a ``with`` block."""
-    from ..host.steps import run_blocking
+    from ..host.processes import run_blocking
 
     grace = display._settings.kill_grace  # type: ignore[attr-defined]
     recording = run_blocking(_begin_steps(display, path))
@@ -253,7 +253,7 @@ def recording_block(display: object, path: str) -> Iterator[str]:
 @asynccontextmanager
 async def async_recording_block(display: object, path: str) -> AsyncIterator[str]:
     """``AsyncDisplay.record``: the same, its waits driven by the event loop."""
-    from ..host.steps import run_steps
+    from ..host.processes import run_steps
 
     grace = display._settings.kill_grace  # type: ignore[attr-defined]
     recording = await run_steps(_begin_steps(display, path))

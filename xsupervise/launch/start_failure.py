@@ -11,14 +11,14 @@ import os
 import time
 
 from ..host import errors
-from ..host.holder import bound_abstract_displays, who_serves
+from ..host.sockets import bound_abstract_displays, who_serves
 from .process import Offload, describe_status
 from .server import XServer
 from .x11 import DisplayFdError, HandshakeError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..host.steps import Steps
+    from ..host.processes import Steps
 
 
 def start_error(exc: DisplayFdError | HandshakeError, server: XServer) -> Steps[errors.StartError]:

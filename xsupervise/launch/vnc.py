@@ -16,7 +16,7 @@ import socket
 
 from ..host import errors, log
 from ..host.paths import check_socket_path
-from .values import split_listen
+from .settings import split_listen
 from .vnc_endpoint import VncEndpoint
 
 _FIRST_PORT, _LAST_PORT = 5900, 5999

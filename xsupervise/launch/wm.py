@@ -17,16 +17,16 @@ import subprocess
 import time
 
 from ..host import errors
-from ..host.notify import child_environment
+from ..host.log import child_environment
 from ..host.paths import socket_path
-from ..host.steps import Wait
+from ..host.processes import Wait
 from .process import Child, describe_status, peer_credentials, spawn
-from .server_output import read_output
+from .server import read_output
 from .x11 import refusal_reason, served_by, setup_request
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..host.steps import Steps
+    from ..host.processes import Steps
     from .server import XServer
 
 _POLL = 0.02  # seconds between two asks of the selection's owner while the WM starts

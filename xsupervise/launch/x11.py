@@ -216,13 +216,13 @@ def _look_for_a_background_server(
     ours put in the background; and, when nobody does, whether ours has exited (a launcher
     that relayed the number of an X server it took down with it, or that a PID namespace's
     end took down)."""
-    from ..host.holder import who_serves
+    from ..host.sockets import who_serves
 
     argv = list(child.argv)
     cookie = argv[argv.index("-auth") + 1] if "-auth" in argv[:-1] else None
     holder, error.daemonized = yield Offload(who_serves, number, child.pid, cookie)
     if error.daemonized:  # ours, outside the fallback's process group (setsid): stop it too
-        from ..host.holder import stop_holders
+        from ..host.sockets import stop_holders
 
         yield Offload(stop_holders, number, child.start_ticks)
     if error.daemonized or error.kind == "stranger":

@@ -31,7 +31,7 @@ WINDOW_MANAGERS = ("openbox", "xfwm4", "fluxbox", "icewm", "twm")  # the first i
 
 def _session_vnc_socket(display: str) -> str:
     from ..host.paths import RuntimeDir
-    from ..launch.records import live_records
+    from ..launch.server import live_records
     from .vnc_attach import vnc_socket_path
 
     for record in live_records(RuntimeDir.discover()):

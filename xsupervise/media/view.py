@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ..host.paths import RuntimeDir
-    from ..launch.records import SessionRecord
+    from ..launch.server import SessionRecord
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -62,7 +62,7 @@ def add_parser(subparsers: Any) -> None:
 
 def find_session(target: str | None, runtime: RuntimeDir) -> SessionRecord:
     """The live, ready session of ours named by ``target`` (':N' or a name; None: the only one)."""
-    from ..launch.records import live_records
+    from ..launch.server import live_records
 
     records = [record for record in live_records(runtime) if record.display]
     if target is None:
@@ -85,7 +85,7 @@ def handle(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import shutil
 
     from ..host.paths import RuntimeDir
-    from ..host.pinned import Pinned
+    from ..host.processes import Pinned
     from .view_web import find_novnc, require_tornado
     from .vnc_attach import AttachedVnc, vnc_socket_path
 
@@ -128,8 +128,8 @@ def _private_dir(runtime: RuntimeDir) -> str:
     import shutil
     import tempfile
 
-    from ..host.pinned import same_process
-    from ..launch.records import own_identity
+    from ..host.processes import same_process
+    from ..launch.server import own_identity
 
     for entry in os.scandir(runtime.path):
         word, owner, started, *_ = [*entry.name.split("-"), "", "", ""]

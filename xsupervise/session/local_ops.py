@@ -11,9 +11,9 @@ import signal
 from ..host.errors import NoSuchSession, XSuperviseError
 from ..host.paths import RuntimeDir
 from ..launch.process import Pinned, wait_exited
-from ..launch.records import SessionRecord, live_records
+from ..launch.server import SessionRecord, live_records
 from ..launch.vnc_endpoint import VncEndpoint
-from .states import State
+from .session import State
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def session_status(
     (backoff or FAILED) although no supervisor runs. ``target``: ':N' or a name."""
     import os
 
-    from .ledger import Ledger, all_ledgers, read_history
+    from .session import Ledger, all_ledgers, read_history
 
     entries: list[StatusEntry] = []
     for record in local_records(runtime):
@@ -198,7 +198,7 @@ def local_records(runtime: RuntimeDir) -> list[SessionRecord]:
     clean removes its files. What such a session left running is stopped first."""
     import os
 
-    from ..launch.recovery import sweep_abandoned
+    from ..launch.server import sweep_abandoned
 
     abandoned = sweep_abandoned(runtime)
     for record in abandoned:

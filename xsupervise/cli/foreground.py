@@ -16,12 +16,18 @@ import signal
 from collections.abc import Callable, Sequence
 
 from ..host import log
-from ..host.errors import ExitCode, SessionFailed, XSuperviseError
-from ..host.group import COMMAND_MARK
-from ..host.notify import Notifier, child_environment
+from ..host.errors import ExitCode, SessionFailed, UsageError, XSuperviseError
+from ..host.log import Notifier, child_environment
 from ..host.paths import RuntimeDir
-from ..host.pinned import reap_orphans
-from ..host.signals import SignalInbox
+from ..host.processes import (
+    COMMAND_MARK,
+    UNREAPED_CHILDREN,
+    SignalInbox,
+    _children_of_ours,
+    proc_stat,
+    reap_orphans,
+    stop_adopted,
+)
 from ..launch.process import (
     Child,
     Events,
@@ -33,14 +39,13 @@ from ..launch.process import (
     spawn,
 )
 from ..launch.settings import Settings
-from .clock import SYSTEM_CLOCK, Clock, clock_time
-from .session import Session
-from .states import Event, Mode
+from ..session.session import SYSTEM_CLOCK, Clock, Event, Mode, Session, clock_time
 
-TYPE_CHECKING = False  # typing costs the CLI milliseconds to import: only for the checker
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
-    from .clock import LaunchedServer
-    from .leftovers import Lineage
+    import argparse
+
+    from ..session.session import LaunchedServer
 
 
 def _delivered_by_terminal(signum: int) -> bool:
@@ -127,7 +132,7 @@ class ForegroundSupervisor(Events):
         self.command: Child | None = None
         self.exit_code: int | None = None  # set once we are stopping
         self.inbox: SignalInbox | None = None
-        self.lineage: Lineage | None = None  # whose processes are whose (see session.leftovers)
+        self.lineage: Lineage | None = None  # whose processes are whose (see cli.foreground)
 
     def run(self) -> int:
         """Supervise until done; return the exit code."""
@@ -141,7 +146,6 @@ class ForegroundSupervisor(Events):
                 )
                 return 128 + signal.SIGTERM if self.command_argv else 0
             become_subreaper()  # orphans of COMMAND, and of a server (a setsid daemon), are ours
-            from .leftovers import Lineage
 
             self.lineage = Lineage()
             self.lineage.without_command = not self.command_argv
@@ -175,9 +179,7 @@ class ForegroundSupervisor(Events):
                     self.notifier.stopping()
                 if self.command is not None and self.command.returncode is None:
                     run_blocking(self.command.stop_steps(self.settings.kill_grace))
-                if self.lineage is not None:  # whose is each leftover: see session.leftovers
-                    from .leftovers import stop_leftovers
-
+                if self.lineage is not None:  # whose is each leftover: see cli.foreground
                     stop_leftovers(self.settings.kill_grace, self.lineage)
         raise AssertionError("a session's steps end only by raising")
 
@@ -294,5 +296,259 @@ class ForegroundSupervisor(Events):
 
 def _mark(session: Session | None) -> dict[str, str]:
     """COMMAND's mark: what it leaves behind a SIGKILLed supervisor is found by it (see
-    launch.recovery._stop_commands)."""
+    launch.server._stop_commands)."""
     return {COMMAND_MARK: session.files.token} if session is not None else {}
+
+
+# What ``run``/``start -- COMMAND`` finds still running at its end, and whose it is.
+#
+# The supervisor of a COMMAND is a subreaper: whatever COMMAND or the X server leaves running
+# (a background job, a compositor's helper, a daemon) becomes its child, and it stops them all
+# (``stop_adopted``). By then their parents are gone, so each is attributed by what the kernel
+# kept, best first, and never by a guess:
+#
+# 1. ancestry seen while their parents ran: the X server's descendants (pid and start time) are
+#    noted when it becomes ready and when the session begins to stop (``Lineage.snapshot``),
+#    and so are the orphans we adopted before COMMAND started (only the server ran then);
+# 2. session and process group: the X server runs in a session of its own (and the wm in
+#    another), COMMAND in ours; a process can leave a session only for a new one (setsid);
+# 3. environment: COMMAND got ``XAUTHORITY`` naming this session's cookie, the server did not;
+# 4. the leader of its (new) session, if that was a descendant seen in 1.
+#
+# What none of these places is reported as such ("of unknown origin"), not blamed on COMMAND.
+
+COMMAND = "COMMAND"
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid``'s living descendants, from /proc/PID/task/TID/children (a few reads)."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as listing:
+                    children = [int(child) for child in listing.read().split()]
+            except OSError:
+                continue
+            found += children
+            pending += children
+    return found
+
+
+def _command_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as stream:
+            return stream.read().strip() or "?"
+    except OSError:
+        return "?"
+
+
+def _environment_has(pid: int, entry: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as stream:
+            return entry in stream.read().split(b"\0")
+    except OSError:  # gone, or not ours to read (a setuid program)
+        return False
+
+
+class Lineage:
+    """What tells the X server's processes from COMMAND's, gathered while they run."""
+
+    def __init__(self) -> None:
+        self.roots: dict[int, str] = {}  # a session/group leader we spawned -> its side's name
+        self.seen: dict[tuple[int, int], str] = {}  # (pid, start ticks) of a descendant -> side
+        self.seen_pids: dict[int, str] = {}
+        self.cookie_entry = b""
+        self.found: dict[int, tuple[str, str]] = {}  # leftover pid -> (side, command name)
+        self.without_command = False  # `start` with no COMMAND: every orphan is a server's
+
+    def add_root(self, pid: int, side: str) -> None:
+        """``pid`` (a process we spawned in a session of its own) and its descendants are
+        ``side``'s ("X server pid N", "window manager pid N")."""
+        self.roots[pid] = side
+
+    def note_server(self, server: LaunchedServer, command_started: bool) -> None:
+        """A server of the session is ready: note it, its wm, its cookie and descendants.
+        Before COMMAND has started, every orphan we adopted came from the server (a helper
+        that double-forked while it started): it is the server's too."""
+        side = f"X server pid {server.pid}"
+        self.add_root(server.pid, side)
+        if not command_started:
+            for pid in _children_of_ours() - UNREAPED_CHILDREN:
+                self._see(pid, side)
+        wm = getattr(server, "wm", None)  # the wm setting's window manager (see launch/wm.py)
+        if wm is not None:
+            self.add_root(wm.pid, f"window manager pid {wm.pid}")
+        self.cookie_entry = os.fsencode(f"XAUTHORITY={server.auth_path}")
+        self.snapshot()
+
+    def snapshot(self) -> None:
+        """Note the living descendants of every root, for once they are orphaned."""
+        for root, side in self.roots.items():
+            for pid in _descendants(root):
+                self._see(pid, side)
+
+    def _see(self, pid: int, side: str) -> None:
+        stat = proc_stat(pid)
+        if stat is not None:
+            self.seen[(pid, int(stat[19]))] = side
+            self.seen_pids[pid] = side
+
+    def side_of(self, pid: int) -> str:
+        """Whose ``pid`` is: a root's side, COMMAND, or "" (unknown)."""
+        stat = proc_stat(pid)
+        if stat is None:
+            return ""
+        group, session = int(stat[2]), int(stat[3])
+        side = self.seen.get((pid, int(stat[19])))
+        if side is None:
+            side = self.roots.get(session) or self.roots.get(group)
+        if side is None and (session == os.getsid(0) or group == os.getpgid(0)):
+            side = COMMAND  # our session: only COMMAND was started in it
+        if side is None and self.cookie_entry and _environment_has(pid, self.cookie_entry):
+            side = COMMAND
+        if side is None:
+            side = self.seen_pids.get(session, "")  # its session's leader was seen in 1.
+        if not side and self.without_command:
+            side = "The X server"  # a server that was never ready, or left no trace
+        return side
+
+    def note(self, pids: list[int]) -> None:
+        """For stop_adopted: attribute each leftover before it is signalled."""
+        for pid in pids:
+            if pid not in self.found:
+                self.found[pid] = (self.side_of(pid), _command_name(pid))
+
+    def report(self) -> list[str]:
+        """One line per side: what it left running (pids and command names)."""
+        sides: dict[str, list[str]] = {}
+        for pid, (side, name) in sorted(self.found.items()):
+            sides.setdefault(side, []).append(f"pid {pid} {name}")
+        lines = []
+        for side, processes in sides.items():
+            who = side or "Something of unknown origin (neither the X server's nor COMMAND's)"
+            lines.append(
+                f"{who} left {len(processes)} process(es) running ({', '.join(processes)}); "
+                "stopped them."
+            )
+        return lines
+
+
+def stop_leftovers(grace: float, lineage: Lineage) -> None:
+    """Stop every orphan we adopted (see stop_adopted) and say whose each one was."""
+    stop_adopted(grace, lineage.note)
+    for line in lineage.report():
+        log.get().warning("%s", line)
+
+
+# -- the `start` and `run` commands ----------------------------------------------------------
+
+# Our parent as first seen, as early as possible: for --exit-with-parent's check that it did
+# not exit before we asked to be told.
+PARENT_PID = os.getppid()
+
+
+def start(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """`start`: a foreground supervisor of one display, or (--detach) one in the daemon."""
+    if args.detach:
+        return _start_detached(args)
+    return supervise(args)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """`run`: `start :auto -- COMMAND` that prints nothing of its own (--pool: leased)."""
+    pool = args.pool or os.environ.get("XSUPERVISE_POOL")
+    if pool:
+        from .lease import run_leased
+
+        return run_leased(args, parser, pool)
+    return supervise(args)
+
+
+def supervise(args: argparse.Namespace) -> int:
+    """`start` in the foreground, or `run` without a pool: supervise one display."""
+    from ..launch.settings import FIELDS, default_session_name, load_settings, parse_display
+
+    is_run = args.command == "run"
+    command = args.cmd
+    number = None if is_run else parse_display(args.display)
+    settings = load_settings({field: getattr(args, field) for field in FIELDS})
+    displayfd = None if is_run else args.displayfd
+    if displayfd is not None:
+        try:
+            os.fstat(displayfd)
+        except OSError:
+            raise UsageError(f"--displayfd {displayfd} is not an open file descriptor.") from None
+
+    def announce(server: LaunchedServer) -> None:
+        if is_run:
+            return
+        facts = server.facts
+        assert facts is not None  # announced once verified
+        _print_display(
+            {
+                "display": server.display,
+                "number": server.number,
+                "xauthority": server.auth_path,
+                "server_pid": server.pid,
+                "supervisor_pid": os.getpid(),
+                "name": name,
+                "vendor": facts.vendor,
+                "screen": f"{facts.width}x{facts.height}x{facts.depth}",
+                "vnc": vnc.to_json() if (vnc := getattr(server, "vnc", None)) else None,  # xvnc
+            },
+            args.json,
+        )
+        if displayfd is not None:
+            os.write(displayfd, f"{server.number}\n".encode())
+            os.close(displayfd)
+
+    name = args.name or default_session_name(number, settings.server)
+    session = ForegroundSupervisor(
+        settings,
+        RuntimeDir.discover(),
+        number,
+        name=name,
+        command=command,
+        announce=announce,
+        no_wait=args.no_wait,
+        substitute=getattr(args, "substitute", False),
+        parent_pid=(args.parent_pid or PARENT_PID) if args.exit_with_parent else None,
+        relaunched=args.relaunched,
+    )
+    return session.run()
+
+
+def _print_display(facts: dict[str, object], as_json: bool) -> None:
+    """What `start` prints once the display is ready: shell lines, or one JSON object."""
+    if as_json:
+        import json
+
+        print(json.dumps(facts), flush=True)
+    else:
+        # The xvnc profile's endpoint, as VNC clients take it (a bare path, or HOST::PORT).
+        from ..launch.vnc_endpoint import VncEndpoint
+
+        vnc = f"\nVNC={VncEndpoint.from_json(facts['vnc'])}" if facts.get("vnc") else ""
+        print(f"DISPLAY={facts['display']}\nXAUTHORITY={facts['xauthority']}{vnc}", flush=True)
+
+
+def _start_detached(args: argparse.Namespace) -> int:
+    from ..client import Client
+    from ..launch.settings import FIELDS, parse_display
+
+    parse_display(args.display)  # a bad request is a usage error here, not in the daemon
+    settings = {field: getattr(args, field) for field in FIELDS if getattr(args, field) is not None}
+    with Client(args.socket, timeout=None) as daemon:
+        reply = daemon.start(args.display, name=args.name, no_wait=args.no_wait, **settings)
+    reply.pop("ok", None)
+    reply.pop("env", None)
+    reply["number"] = int(reply["display"][1:])
+    _print_display(reply, args.json)
+    return ExitCode.OK
