@@ -8,6 +8,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -244,6 +245,30 @@ def test_what_command_leaves_running_is_stopped_too(tmp_path: Path):
     assert (
         f"COMMAND left 1 process(es) running (pid {orphan} sleep); stopped them." in result.stderr
     )
+
+
+@requires_xvfb
+def test_an_orphan_that_ends_while_the_display_runs_is_reaped_at_once(tmp_path: Path):
+    # The supervisor is a subreaper: an orphan it adopts (here: COMMAND's grandchild, whose
+    # parent exits at once) and that then ends is its child to reap. Left as a zombie, one a
+    # restart (a window manager's helper killed with its group) would pile up for the
+    # session's life. Only the running ones are stopped at the end.
+    fifo = tmp_path / "orphan"
+    os.mkfifo(fifo)
+    script = f'( sh -c "echo \\$\\$ > {fifo}" & ); exec sleep 300'
+    with start_cli("start", "--json", "--", "sh", "-c", script) as process:
+        try:
+            read_line(process.stdout)  # the display is ready
+            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as stream:
+                orphan = int(read_line(stream))
+            deadline = time.monotonic() + 10
+            while psutil.pid_exists(orphan):  # a zombie still exists: nothing to wait on
+                assert time.monotonic() < deadline, f"orphan {orphan} was not reaped"
+                time.sleep(0.01)
+        finally:
+            process.terminate()
+            assert process.wait(timeout=30) == 128 + signal.SIGTERM
 
 
 @requires_xvfb

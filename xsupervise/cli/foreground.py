@@ -7,6 +7,9 @@ of the display, and sd_notify (so that a ``Type=notify`` unit running ``start :N
 - A stop signal stops everything (exit 0); with COMMAND it is forwarded to COMMAND, and we
   end when COMMAND does, with its status. A second stop signal cuts the server's grace short.
 - The server is always stopped and reaped, and the session's files removed, before we return.
+
+In order: ``ForegroundSupervisor``; what it finds still running at its end (``Lineage``); the
+two commands' handlers (`start`, `run`), which cli.main dispatches to.
 """
 
 from __future__ import annotations
@@ -149,11 +152,12 @@ class ForegroundSupervisor(Events):
 
             self.lineage = Lineage()
             self.lineage.without_command = not self.command_argv
-            if os.getpid() == 1:
-                # A container's init: the kernel hands us every orphan in it, and nobody else
-                # reaps them. A Python handler makes SIGCHLD wake our poll loop (through the
-                # inbox's wakeup fd); handle() then reaps them.
-                signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
+            # As a subreaper (and as a container's init) we are handed orphans, and nobody
+            # else reaps them: those that end must not stay zombies for the session's life
+            # (a window manager's helper, killed with its group at a restart, is one per
+            # restart). A Python handler makes SIGCHLD wake our poll loop (through the
+            # inbox's wakeup fd); handle() then reaps them. Live ones are left for the end.
+            signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
             session = self.session = Session(
                 self.settings,
                 self.runtime,
@@ -239,8 +243,7 @@ class ForegroundSupervisor(Events):
             self.notifier.ping()  # we are in our poll loop, so we are healthy
         inbox = self._signals()
         if inbox.read_fd in ready:
-            if os.getpid() == 1:
-                reap_orphans()
+            reap_orphans()
             for signum in inbox.drain():
                 self._on_signal(signum)
         command = self.command
@@ -300,6 +303,7 @@ def _mark(session: Session | None) -> dict[str, str]:
     return {COMMAND_MARK: session.files.token} if session is not None else {}
 
 
+# --- leftovers -----------------------------------------------------------------------------------
 # What ``run``/``start -- COMMAND`` finds still running at its end, and whose it is.
 #
 # The supervisor of a COMMAND is a subreaper: whatever COMMAND or the X server leaves running
@@ -447,7 +451,7 @@ def stop_leftovers(grace: float, lineage: Lineage) -> None:
         log.get().warning("%s", line)
 
 
-# -- the `start` and `run` commands ----------------------------------------------------------
+# --- the `start` and `run` commands --------------------------------------------------------------
 
 # Our parent as first seen, as early as possible: for --exit-with-parent's check that it did
 # not exit before we asked to be told.
