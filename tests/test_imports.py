@@ -166,3 +166,19 @@ def test_run_loads_only_what_it_runs() -> None:
     # `run -- COMMAND` with no option of ours needs no parser (argparse: ~4 ms).
     assert {"shutil", "argparse"}.isdisjoint(result.stdout.split())
     assert "xsupervise.launch.launcher" in ours  # it did run
+    # Issue 21: at most 20 of our modules, each of which runs (docs/architecture.md names
+    # them). A new one here is a new cost on every run: it should be a choice, made here.
+    assert ours | {"xsupervise"} == RUN_MODULES, "run -- true loaded a different set of modules"
+    assert len(RUN_MODULES) <= 20
+
+
+RUN_MODULES = {
+    "xsupervise",
+    *("xsupervise.cli", "xsupervise.cli.main", "xsupervise.cli.foreground"),
+    *("xsupervise.session", "xsupervise.session.session"),
+    *("xsupervise.launch", "xsupervise.launch.settings", "xsupervise.launch.profiles"),
+    *("xsupervise.launch.launcher", "xsupervise.launch.x11", "xsupervise.launch.server"),
+    *("xsupervise.launch.process", "xsupervise.launch.containment"),
+    *("xsupervise.host", "xsupervise.host.errors", "xsupervise.host.log"),
+    *("xsupervise.host.paths", "xsupervise.host.processes", "xsupervise.host.sockets"),
+}

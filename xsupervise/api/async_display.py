@@ -24,9 +24,9 @@ if TYPE_CHECKING:
 class AsyncDisplay:
     """``Display`` for asyncio: ``async with AsyncDisplay(":auto") as display: ...``.
 
-    The same launch path, driven by the event loop (``host.processes.run_steps``): waiting is done with
-    ``loop.add_reader`` on the server's pipe, socket and pidfd, so the loop is never blocked
-    while the server starts or stops. Cancellation is safe: a task cancelled mid-start stops
+    The same launch path, driven by the event loop (``host.processes.run_steps``): waiting is
+    done with ``loop.add_reader`` on the server's pipe, socket and pidfd, so the loop is never
+    blocked while the server starts or stops. Cancellation is safe: a task cancelled mid-start stops
     the server's process group (TERM, grace, KILL), reaps it and removes its files before the
     CancelledError propagates; cancelling it again during the grace kills at once.
 

@@ -1,8 +1,11 @@
-"""The "xsupervise" logger, imported and configured on first use.
+"""What we tell the world: log lines (on stderr, or the journal under systemd) and the
+service manager (sd_notify), and the one check that systemd-python is there when systemd
+talks to us.
 
-Importing logging costs the CLI milliseconds before it can spawn the X server; so modules
-call ``log.get()`` when they have something to say, and the CLI registers its configuration
-(handler, format, level) with ``configure_on_first_use``. The launch path also calls
+The "xsupervise" logger is imported and configured on first use. Importing logging costs the
+CLI milliseconds before it can spawn the X server; so modules call ``log.get()`` when they
+have something to say, and the CLI registers its configuration (handler, format, level) with
+``configure_on_first_use``. The launch path also calls
 ``get()`` while the server initialises, where the cost is hidden.
 """
 
@@ -19,10 +22,6 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     import logging
     from typing import TextIO
-
-TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
-if TYPE_CHECKING:
-    import logging
 
 NAME = "xsupervise"
 _pending_configuration: Callable[[ModuleType], None] | None = None
@@ -118,6 +117,7 @@ def setup(level_name: str) -> None:
     configure_on_first_use(configure)
 
 
+# --- systemd-python, where systemd talks to us ---------------------------------------------------
 # systemd-python is an extra (``xsupervise[systemd]``): it needs a C compiler to install.
 #
 # Without it everything works except talking to systemd, so where systemd is evidently talking
@@ -158,6 +158,7 @@ def require_systemd_python(environ: Mapping[str, str] = os.environ) -> None:
         ) from None
 
 
+# --- sd_notify -----------------------------------------------------------------------------------
 # Readiness and health for systemd (sd_notify), sent only when NOTIFY_SOCKET is set.
 #
 # Through systemd-python's ``systemd.daemon.notify``. The watchdog interval is half of

@@ -1,6 +1,19 @@
-"""Processes we did not spawn (or no longer parent): identified by pid *and* start time, held
-by a pidfd, so that a signal can never reach another process that reused the pid. Waiting here
-blocks: these run in the CLI, or in a worker thread (an Offload), never on an event loop."""
+"""Processes: how we start, pin, watch, wait for and end them, on Linux.
+
+One concept, as asyncio's ``unix_events`` keeps child watchers, pidfds and signals together.
+In order:
+
+- pinned processes: a process we did not spawn, held by pidfd and start time, so that a
+  signal never reaches a stranger who reused its pid; orphans; the subreaper's leftovers;
+- sessions: the fallback boundary (a process group and session of the server's own) and
+  the sweeps of what a dead supervisor's session left;
+- kernel calls: prctl (die with the parent, subreaper), clone3, PID and user namespaces,
+  inotify, peer credentials, exit statuses in words;
+- inheritance: what a child started with ``os.posix_spawn`` would inherit, reset;
+- signals as events: SIGTERM/SIGINT/SIGHUP as a readable fd;
+- steps: slow operations written once, as generators of ``Wait``/``Offload``, and the two
+  drivers that run them (poll(2) and asyncio).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +31,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import asyncio
     import socket
-    from collections.abc import Callable
     from typing import Any, TypeAlias, TypeVar
 
     _T = TypeVar("_T")
@@ -26,6 +38,12 @@ if TYPE_CHECKING:
     Steps: TypeAlias = Generator["Wait | Offload", Any, _T]
 else:
     Steps = Generator
+
+
+# --- pinned processes ----------------------------------------------------------------------------
+# Processes we did not spawn (or no longer parent): identified by pid *and* start time, held
+# by a pidfd, so that a signal can never reach another process that reused the pid. Waiting
+# here blocks: these run in the CLI, or in a worker thread (an Offload), never on an event loop.
 
 
 def proc_stat(pid: int) -> list[str] | None:
@@ -192,6 +210,7 @@ def stop_adopted(grace: float, on_found: Callable[[list[int]], None] | None = No
     return running
 
 
+# --- sessions: the fallback boundary and its sweeps ----------------------------------------------
 # The fallback boundary (see launch.containment): a process group and session of the server's own;
 # and the crash recovery's sweeps of what a dead supervisor's session left.
 #
@@ -282,8 +301,9 @@ def _ours(match: Callable[[list[str], str], bool], ticks: int | None) -> list[tu
     return found
 
 
+# --- kernel calls --------------------------------------------------------------------------------
 # Small kernel helpers: prctl (die with the parent, subreaper), inotify, peer credentials,
-# exit statuses in words. Kept apart from launch.process so that each stays readable.
+# exit statuses in words.
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -462,6 +482,7 @@ def shell_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+# --- inheritance ---------------------------------------------------------------------------------
 # What a child we start with ``os.posix_spawn`` would inherit from us, reset as subprocess
 # does (``close_fds=True``, ``restore_signals=True``), for the paths that spawn without it: a
 # PID namespace's init (launch.process) and COMMAND on a leased display (cli.pool_run).
@@ -509,6 +530,7 @@ def pipe_above_2() -> tuple[int, int]:
     return moved[0], moved[1]
 
 
+# --- signals as events ---------------------------------------------------------------------------
 # Turn SIGTERM/SIGINT/SIGHUP into events that a poll loop waits on.
 #
 # Handlers only queue the signal; the wakeup fd becomes readable. Nothing is raised from a
@@ -566,6 +588,7 @@ class SignalInbox:
         self.close()
 
 
+# --- steps and their drivers ---------------------------------------------------------------------
 # Steps: slow operations written once, as generators, and the two drivers that run them.
 #
 # A steps generator yields requests and is sent their results:
@@ -600,8 +623,8 @@ class Wait:
 
 class Offload:
     """Run blocking ``fn(*args)`` off the event loop: in a worker thread under asyncio
-    (``host.processes.run_steps``), inline under ``run_blocking``. The steps are sent its return value,
-    or have its exception thrown into them. ``fn`` must not spawn processes: they would die
+    (``run_steps``), inline under ``run_blocking``. The steps are sent its return value, or
+    have its exception thrown into them. ``fn`` must not spawn processes: they would die
     with the worker thread (PR_SET_PDEATHSIG, see launch.process.spawn)."""
 
     __slots__ = ("args", "fn")

@@ -1,22 +1,9 @@
-"""Who holds a socket: the control socket's path, a display number. Decided from the kernel's
-tables (one reader of ``/proc/net/unix``, ``unix_sockets``), never by connecting.
+"""Unix sockets, read from the kernel's tables: who holds a socket (the control socket's
+path, a display number), and which display sockets are stale. Never by connecting.
 
-The control socket:
-
-Connecting to find out would be wrong twice over: when a socket unit holds the path, the
-connection socket-activates the service (bringing its displays back), and SO_PEERCRED names
-whoever called listen(), which for a socket unit is a daemon long dead (or its pid recycled).
-So: the listening sockets bound to the path come from ``/proc/net/unix`` (flag
-``__SO_ACCEPTCON``), and the processes holding them from ``/proc/PID/fd`` (``socket:[INODE]``),
-as they are now. The lock file's holder comes from ``/proc/locks``.
-
-A display number: the processes holding its listening sockets.
-
-Never by connecting or by SO_PEERCRED alone: SO_PEERCRED names whoever called listen(),
-which for a server that listened and then forked (daemonized) is a process long gone, its
-pid perhaps reused. The listening sockets named ``/tmp/.X11-unix/X<n>`` (or the abstract
-``@/tmp/.X11-unix/X<n>``) come from ``/proc/net/unix``, their holders from ``/proc/PID/fd``
-(``host.sockets.holders``), as they are now. A process we may not look at is said to be one.
+The kernel's answer is ``/proc/net/unix`` (one reader, ``unix_sockets``): the listening
+sockets bound to a path, and from ``/proc/PID/fd`` (``socket:[INODE]``) the processes that
+hold them, as they are now.
 """
 
 from __future__ import annotations
@@ -25,6 +12,19 @@ import os
 import stat
 
 from .paths import X11_UNIX_DIR, socket_path
+
+# --- who holds a socket --------------------------------------------------------------------------
+# The control socket: connecting to find out would be wrong twice over: when a socket unit
+# holds the path, the connection socket-activates the service (bringing its displays back),
+# and SO_PEERCRED names whoever called listen(), which for a socket unit is a daemon long dead
+# (or its pid recycled). So: the listening sockets bound to the path (flag ``__SO_ACCEPTCON``)
+# and the processes holding them. The lock file's holder comes from ``/proc/locks``.
+#
+# A display number: the processes holding its listening sockets, never by connecting or by
+# SO_PEERCRED alone: SO_PEERCRED names whoever called listen(), which for a server that
+# listened and then forked (daemonized) is a process long gone, its pid perhaps reused. The
+# listening sockets are named ``/tmp/.X11-unix/X<n>`` (or the abstract ``@/tmp/.X11-unix/X<n>``).
+# A process we may not look at is said to be one.
 
 _ACCEPTCON = 0x10000  # /proc/net/unix Flags: a listening socket
 
@@ -271,6 +271,7 @@ def stop_holders(number: int, since: int | None, grace: float = 2.0) -> None:
     terminate_all(found, grace)
 
 
+# --- stale display sockets -----------------------------------------------------------------------
 # Is a display number served by a live X server? Decided from the kernel, not from files.
 #
 # On Linux an X server also listens on the abstract socket ``@/tmp/.X11-unix/X<n>``, which

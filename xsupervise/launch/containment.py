@@ -518,7 +518,8 @@ def _nspid(pid: str) -> str | None:
         return None
 
 
-# cgroup v2 for containment (see launch.containment): find our own writable cgroup, make, kill
+# --- cgroup v2 -----------------------------------------------------------------------------------
+# cgroup v2 for containment: find our own writable cgroup, make, kill
 # (``cgroup.kill``, Linux >= 5.14), wait until empty (inotify on ``cgroup.events``), remove.
 
 CGROUP_PREFIX = "xsupervise-"

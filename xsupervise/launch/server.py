@@ -1,5 +1,13 @@
-"""A running X server of ours (``XServer``: stop, reap, clean up) and the files of the
-session it serves (``SessionFiles``: cookie, log, record), which outlive any one server."""
+"""An X server of ours and its session's files, from its record to its remains.
+
+- ``XServer``: a running server (stop, reap, clean up);
+- ``SessionFiles``: the files of the session it serves (cookie, log, record), which outlive
+  any one server;
+- what a server printed, for a failure line;
+- ``SessionRecord``: the record, one JSON file per running session in the runtime directory;
+- crash recovery: what a dead supervisor of ours left, cleared by the next one.
+
+The launch path that starts a server is launch/launcher.py."""
 
 from __future__ import annotations
 
@@ -18,7 +26,6 @@ from ..host.paths import (
     write_private_file,
 )
 from ..host.processes import sweep_session
-from ..host.sockets import remove_dead_socket
 from .containment import CGROUP_PREFIX, all_cgroup_tokens, clear_cgroup, visible_to_us
 from .process import Child, Pinned, Steps, same_process, terminate_pinned
 from .settings import Settings
@@ -27,7 +34,6 @@ from .x11 import (
     xauthority_entry,
 )
 
-# Imported only once the server is spawned (records needs json): see launch_steps.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -305,6 +311,7 @@ class XServer:
             self.files.remove()
 
 
+# --- what a server printed -----------------------------------------------------------------------
 # What an X server printed, for a failure line: its own reason when it gave one.
 #
 # The X.Org servers (Xorg, Xvfb, Xwayland, Xvnc: they share the dix) end a fatal error with
@@ -408,6 +415,7 @@ def quote(server: str, reason: str, tail: str) -> str:
     return f"Its last output: {tail or '(nothing)'}"
 
 
+# --- session records -----------------------------------------------------------------------------
 # Session records: one JSON file per running session in the runtime directory.
 #
 # A record names the supervisor and the X server by pid *and* start time (in clock ticks since
@@ -524,6 +532,7 @@ def own_identity() -> tuple[int, int | None]:
     return pid, start_ticks(pid)
 
 
+# --- crash recovery ------------------------------------------------------------------------------
 # Crash recovery: clear what a dead supervisor of ours left in the runtime directory.
 #
 # A supervisor killed by SIGKILL cannot clean up. Its X server normally died with it
@@ -536,6 +545,8 @@ def own_identity() -> tuple[int, int | None]:
 
 def reclaim_abandoned(runtime: RuntimeDir, grace: float = 2.0) -> list[SessionRecord]:
     """Clean up after every session whose supervisor is gone; return their records."""
+    from ..host.sockets import remove_dead_socket
+
     abandoned = sweep_abandoned(runtime, grace)
     for record in abandoned:
         if record.display and record.socket_inode:

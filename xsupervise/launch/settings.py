@@ -128,7 +128,8 @@ class Settings(RestartPolicy):
         return RestartPolicy(**{name: getattr(self, name) for name in POLICY_DEFAULTS})
 
 
-# The settings' value parsers (see launch.settings.FIELDS).
+# --- value parsers -------------------------------------------------------------------------------
+# The settings' value parsers (see FIELDS).
 #
 # Parsers get text (environment) or any TOML value: float(), int() and iteration raise
 # TypeError for a value of the wrong type, which load_settings turns into a UsageError.
