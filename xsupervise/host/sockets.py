@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 
 from .paths import X11_UNIX_DIR, socket_path
 
@@ -59,24 +60,27 @@ def _real_directory(path: str) -> str:
     return os.path.realpath(os.path.dirname(os.path.abspath(path)))
 
 
+def _open_files(pid: int | str) -> Iterator[str]:
+    """What the fds of ``pid`` point at (``socket:[INODE]``, a path...), as /proc says; nothing
+    for a process that is gone or not ours to look at."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return
+    for fd in fds:
+        try:
+            yield os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+
+
 def holders(inodes: set[int]) -> list[int]:
     """Pids of the processes that have one of these sockets open (those we may look at)."""
     targets = {f"socket:[{inode}]" for inode in inodes}
     pids = []
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fds = os.listdir(f"/proc/{entry.name}/fd")
-        except OSError:  # gone, or not ours to look at
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{entry.name}/fd/{fd}") in targets:
-                    pids.append(int(entry.name))
-                    break
-            except OSError:
-                continue
+        if entry.name.isdigit() and any(link in targets for link in _open_files(entry.name)):
+            pids.append(int(entry.name))
     return sorted(pids)
 
 
@@ -163,20 +167,7 @@ def displays_held_by(pids: set[int]) -> set[int]:
         for inode, path in _x_sockets(listening_only=False).items()
         if path.startswith(_X_PREFIX) and path[len(_X_PREFIX) :].isdigit()
     }
-    held = set()
-    for pid in pids:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:  # gone, or not ours to look at
-            continue
-        for fd in fds:
-            try:
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if link in numbers:
-                held.add(numbers[link])
-    return held
+    return {numbers[link] for pid in pids for link in _open_files(pid) if link in numbers}
 
 
 def _user(pid: int) -> str:
