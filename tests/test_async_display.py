@@ -64,12 +64,19 @@ def test_concurrent_starts_in_one_loop(runtime_dir: Path):
     assert list((runtime_dir / "sessions").iterdir()) == []
 
 
+# A start cancelled before its server told its number waits this grace for it, then SIGKILLs:
+# the cleanup is tested, not the default grace's length.
+GRACE = 0.3
+
+
 def test_cancellation_mid_start_leaves_nothing(tmp_path: Path, monkeypatch, runtime_dir: Path):
     report = tmp_path / "report"
     monkeypatch.setenv("FAKE_X_REPORT", str(report))
 
     async def main() -> None:
-        display = xsupervise.AsyncDisplay(server=fake_server("grandchild"), timeout=30)
+        display = xsupervise.AsyncDisplay(
+            server=fake_server("grandchild"), timeout=30, kill_grace=GRACE
+        )
         task = asyncio.create_task(display.start())
         while "grandchild" not in read_report(report):  # started, and not ready
             await asyncio.sleep(0.01)

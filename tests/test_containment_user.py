@@ -112,6 +112,11 @@ def _userns_allowed(prefix: list[str]) -> bool:
     )
 
 
+# As test_containment.py's failed start: a 1 s deadline (the fake forks its daemon within
+# milliseconds) and a short grace; the test is that nothing is left, not their lengths.
+FAIL_FAST = ["--timeout", "1", "--kill-grace", "0.3"]
+
+
 @pytest.mark.parametrize("shape", ["background", "double-fork"])
 def test_an_unprivileged_failed_start_leaves_nothing(nobody_home, shape: str):
     """A server that leaves a setsid daemon behind and never becomes ready (background), or
@@ -119,7 +124,7 @@ def test_an_unprivileged_failed_start_leaves_nothing(nobody_home, shape: str):
     prefix, env, home = nobody_home
     server = f"{home / 'fake_x.py'} {shape}"
     done = subprocess.run(
-        [*prefix, "-m", "xsupervise", "run", "--timeout", "2", "--server", server, "--", "true"],
+        [*prefix, "-m", "xsupervise", "run", *FAIL_FAST, "--server", server, "--", "true"],
         env=env,
         capture_output=True,
         text=True,

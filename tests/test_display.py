@@ -217,7 +217,8 @@ def test_interrupt_during_start_cleans_up(tmp_path: Path, monkeypatch):
     try:
         ringer.start()
         with pytest.raises(Alarm):
-            xsupervise.Display(server=fake_server("never"), timeout=30).start()
+            # (a stop before the number waits the grace for it: 0.3 s, not the default 2 s)
+            xsupervise.Display(server=fake_server("never"), timeout=30, kill_grace=0.3).start()
     finally:
         ringer.join()
         signal.signal(signal.SIGALRM, previous)

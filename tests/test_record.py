@@ -160,7 +160,9 @@ def test_a_sigkilled_supervisor_leaves_a_playable_file_and_no_ffmpeg(
         facts = json.loads(read_line(process.stdout))
         env = {**os.environ, "DISPLAY": facts["display"], "XAUTHORITY": facts["xauthority"]}
         ffmpeg = [_ffmpeg_of(process.pid)]
-        for colour in ("red", "lime", "blue", "red", "lime"):  # a second each: 5 s of recording
+        # A second each: 3 s of recording, of which a SIGKILL may cost only the end (at most
+        # its last half second: launch/ffmpeg.py; 1.5 s allowed, as when this was 5 s).
+        for colour in ("red", "lime", "blue"):
             subprocess.run(["xsetroot", "-solid", colour], env=env, check=True, timeout=10)
             time.sleep(1.0)
         process.kill()
@@ -168,7 +170,7 @@ def test_a_sigkilled_supervisor_leaves_a_playable_file_and_no_ffmpeg(
         killed_at = time.monotonic()
         assert wait_gone(ffmpeg[0].pid, 1.0), "ffmpeg outlived its supervisor"
         assert time.monotonic() - killed_at <= 1.0
-    assert float(probe(video)["duration"]) >= 3.5
+    assert float(probe(video)["duration"]) >= 3.0 - 1.5
     assert sorted(path.name for path in videos.iterdir()) == ["killed.mp4"]
     subprocess.run([*XSUPERVISE, "clean"], check=True, timeout=60, capture_output=True)
     assert list((runtime_dir / "sessions").iterdir()) == []

@@ -27,6 +27,10 @@ FAST_POLICY = [
     "300",
 ]
 
+# The second of two failed starts first backs off (the default 1 s, times a jitter in
+# [0.5, 1]); the tests that only need two failures to reach FAILED do not test that wait.
+QUICK_RETRY = ["--backoff-initial", "0.1"]
+
 
 def read_until(stream, pattern: str, seen: list[str], timeout: float = 30) -> re.Match:
     """Read stderr lines (kept in ``seen``) until one matches ``pattern``."""
@@ -143,6 +147,7 @@ def test_waiting_supervisor_is_released_by_reset():
         fake_server("exit"),
         "--start-limit-burst",
         "1",
+        *QUICK_RETRY,
         "--no-wait",
     )
     assert failed.returncode == 3
@@ -155,6 +160,7 @@ def test_waiting_supervisor_is_released_by_reset():
             fake_server("exit"),
             "--start-limit-burst",
             "1",
+            *QUICK_RETRY,
             "--no-wait",
         ).returncode
         == 3
@@ -190,6 +196,7 @@ def test_supervisors_killed_while_waiting_leave_no_files(runtime_dir: Path):
             fake_server("exit"),
             "--start-limit-burst",
             "1",
+            *QUICK_RETRY,
             "--no-wait",
         )
     # A supervisor only waiting for the budget has created nothing: killing it leaves nothing.

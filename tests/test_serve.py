@@ -483,6 +483,9 @@ def test_a_stop_racing_a_start_leaves_no_session_and_no_files(
                             "name": f"racy{attempt}",
                             "server": fake_server("never"),
                             "displayfd_timeout": 30,
+                            # A start stopped before its server told its number waits the
+                            # grace for it (stop_races): the race, not the grace, is tested.
+                            "kill_grace": 0.2,
                         }
                     ).encode()
                     + b"\n"
