@@ -272,6 +272,17 @@ def test_an_orphan_that_ends_while_the_display_runs_is_reaped_at_once(tmp_path: 
 
 
 @requires_xvfb
+def test_an_in_process_run_leaves_the_signal_handlers_as_it_found_them():
+    # main() also runs inside other programs (and the tests): its SIGCHLD wakeup, like its
+    # stop signals' handlers, must not outlive it, or their child's exit would write to
+    # their wakeup fd.
+    signals = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    before = {signum: signal.getsignal(signum) for signum in signals}
+    assert main(["run", "--", "true"]) == 0
+    assert {signum: signal.getsignal(signum) for signum in signals} == before
+
+
+@requires_xvfb
 def test_a_command_that_ignores_sigterm_gets_sigkill_after_the_grace():
     stubborn = (
         "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "

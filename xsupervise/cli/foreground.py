@@ -139,7 +139,12 @@ class ForegroundSupervisor(Events):
 
     def run(self) -> int:
         """Supervise until done; return the exit code."""
-        with SignalInbox(exit_with_parent=self.parent_pid is not None) as self.inbox:
+        # As a subreaper (and as a container's init) we are handed orphans, and nobody else
+        # reaps them: those that end must not stay zombies for the session's life (a window
+        # manager's helper, killed with its group at a restart, is one per restart). SIGCHLD
+        # wakes our poll loop; handle() then reaps them. Live ones are left for the end.
+        inbox = SignalInbox(exit_with_parent=self.parent_pid is not None, wake_on_child_exit=True)
+        with inbox as self.inbox:
             # Only now that SIGTERM lands in the inbox: our teardown runs, not the default action.
             if self.parent_pid is not None and not signal_when_parent_dies(
                 self.parent_pid, signal.SIGTERM
@@ -152,12 +157,6 @@ class ForegroundSupervisor(Events):
 
             self.lineage = Lineage()
             self.lineage.without_command = not self.command_argv
-            # As a subreaper (and as a container's init) we are handed orphans, and nobody
-            # else reaps them: those that end must not stay zombies for the session's life
-            # (a window manager's helper, killed with its group at a restart, is one per
-            # restart). A Python handler makes SIGCHLD wake our poll loop (through the
-            # inbox's wakeup fd); handle() then reaps them. Live ones are left for the end.
-            signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
             session = self.session = Session(
                 self.settings,
                 self.runtime,

@@ -541,21 +541,31 @@ def pipe_above_2() -> tuple[int, int]:
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
+def _wake_only(_signum: int, _frame: FrameType | None) -> None:
+    """A handler whose only effect is the wakeup fd's byte (see SignalInbox)."""
+
+
 class SignalInbox:
     """The stop signals we got, through a pipe that wakes a poll loop. ``exit_with_parent``:
     a SIGTERM after the first is dropped. The kernel sends PR_SET_PDEATHSIG again each time
     we are handed from one exiting thread of our dying parent to the next (a multi-threaded
     parent such as Jupyter or pytest-xdist, SIGKILLed), still under the same parent pid:
     that is the same news again, not a second request that would cut the grace short.
-    SIGINT still hurries a stop."""
+    SIGINT still hurries a stop.
 
-    def __init__(self, exit_with_parent: bool = False) -> None:
+    ``wake_on_child_exit``: SIGCHLD wakes the loop too (it is no stop, and is not queued), for
+    a subreaper that reaps the orphans it is handed as they end. Like the stop signals'
+    handlers, it is undone by close()."""
+
+    def __init__(self, exit_with_parent: bool = False, wake_on_child_exit: bool = False) -> None:
         self.read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._pending: list[int] = []
         self._once = {signal.SIGTERM} if exit_with_parent else set()  # counted once
         self._seen: set[int] = set()
         self._previous_wakeup = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
         self._previous = {signum: signal.signal(signum, self._handle) for signum in HANDLED}
+        if wake_on_child_exit:  # a Python handler, so that the wakeup fd is written
+            self._previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _wake_only)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if signum in self._once:
