@@ -179,11 +179,11 @@ def test_the_example_answers_through_jupyter_with_the_real_displays_facts(
     assert list((runtime_dir / "sessions").iterdir()) == []
 
 
-STORM_SECONDS = 5.0
+STORM_SECONDS = 3.0
 STORM_LAUNCHER = "storm"
 # The example's app, declared in Jupyter's config by the same helper, with a short allowance
 # for the app's own start: the proxy's timeout (backoff_max + X deadline + app_start) is then
-# 0.5 + 0.5 + 1 s instead of the example's 30 s and more, so the window holds two or more.
+# 0.3 + 0.3 + 0.6 s instead of the example's 30 s and more, so the window holds two or more.
 STORM_CONFIG = f"""
 import sys
 import xsupervise.jupyter
@@ -193,18 +193,19 @@ c.ServerProxy.servers = {{
         {STORM_LAUNCHER!r},
         [sys.executable, "-m", "xsupervise_xinfo.app", "--port", "{{port}}", "--display",
          "{{display}}"],
-        app_start=1.0),
+        app_start=0.6),
 }}
 """
 
 
 @pytest.mark.realtime
 def test_a_never_ready_x_server_cannot_storm_through_jupyter(tmp_path: Path, runtime_dir: Path):
-    """Requests for 5 s to a launcher whose X server never answers.
+    """Requests for 3 s to a launcher whose X server never answers.
 
     jupyter-server-proxy relaunches its child at once whenever it exits non-zero, and SIGKILLs
-    it at its readiness timeout; each request after that starts it again. With a 0.5 s X
-    deadline a relauncher without a budget would spawn an X server about every second.
+    it at its readiness timeout; each request after that starts it again. With a 0.3 s X
+    deadline and backoffs of at most 0.3 s, a relauncher without a budget would spawn an X
+    server at least every 0.6 s: 5 or more in the window, against a bound of 3.
     xsupervise spends one restart budget per launcher: at most start_limit_burst + 1 X spawns,
     then FAILED. (The same minute with the default policy: test_session_machine.py.)
     """
@@ -212,11 +213,11 @@ def test_a_never_ready_x_server_cannot_storm_through_jupyter(tmp_path: Path, run
     environment = {
         "XSUPERVISE_SERVER": fake_server("never"),
         "FAKE_X_REPORT": str(report),
-        "XSUPERVISE_DISPLAYFD_TIMEOUT": "0.5",
-        "XSUPERVISE_BACKOFF_INITIAL": "0.2",
+        "XSUPERVISE_DISPLAYFD_TIMEOUT": "0.3",
+        "XSUPERVISE_BACKOFF_INITIAL": "0.1",
         # A short backoff cap also makes the proxy's timeout short, so that its
         # SIGKILL-and-relaunch happens within the window too.
-        "XSUPERVISE_BACKOFF_MAX": "0.5",
+        "XSUPERVISE_BACKOFF_MAX": "0.3",
         "XSUPERVISE_START_LIMIT_BURST": "2",
     }
     config = tmp_path / "jupyter-config"
