@@ -152,8 +152,8 @@ def test_a_desktop_whose_session_fails_at_once_cannot_storm(
     tmp_path: Path, short_runtime: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """The desktop's xstartup command exits 1 at once, and jupyter-server-proxy's relauncher
-    (simpervisor) starts the entry again each time, for 3 s: the budget spaces the starts
-    (0.25 s backoff, doubling), as for test_jupyter_launcher's app that crashes."""
+    (simpervisor) starts the entry again each time, for 2 s: the budget spaces the starts
+    (0.17 s backoff, doubling), as for test_jupyter_launcher's app that crashes."""
     from test_jupyter_launcher import RELAUNCH_BACKOFF, RELAUNCH_SECONDS, relaunch_for
 
     from xsupervise import jupyter

@@ -179,11 +179,11 @@ def test_the_example_answers_through_jupyter_with_the_real_displays_facts(
     assert list((runtime_dir / "sessions").iterdir()) == []
 
 
-STORM_SECONDS = 5.0
+STORM_SECONDS = 3.0
 STORM_LAUNCHER = "storm"
 # The example's app, declared in Jupyter's config by the same helper, with a short allowance
 # for the app's own start: the proxy's timeout (backoff_max + X deadline + app_start) is then
-# 0.5 + 0.5 + 1 s instead of the example's 30 s and more, so the window holds two or more.
+# 0.3 + 0.3 + 0.6 s instead of the example's 30 s and more, so the window holds two or more.
 STORM_CONFIG = f"""
 import sys
 import xsupervise.jupyter
@@ -193,18 +193,19 @@ c.ServerProxy.servers = {{
         {STORM_LAUNCHER!r},
         [sys.executable, "-m", "xsupervise_xinfo.app", "--port", "{{port}}", "--display",
          "{{display}}"],
-        app_start=1.0),
+        app_start=0.6),
 }}
 """
 
 
 @pytest.mark.realtime
 def test_a_never_ready_x_server_cannot_storm_through_jupyter(tmp_path: Path, runtime_dir: Path):
-    """Requests for 5 s to a launcher whose X server never answers.
+    """Requests for 3 s to a launcher whose X server never answers.
 
     jupyter-server-proxy relaunches its child at once whenever it exits non-zero, and SIGKILLs
-    it at its readiness timeout; each request after that starts it again. With a 0.5 s X
-    deadline a relauncher without a budget would spawn an X server about every second.
+    it at its readiness timeout; each request after that starts it again. With a 0.3 s X
+    deadline and backoffs of at most 0.3 s, a relauncher without a budget would spawn an X
+    server at least every 0.6 s: 5 or more in the window, against a bound of 3.
     xsupervise spends one restart budget per launcher: at most start_limit_burst + 1 X spawns,
     then FAILED. (The same minute with the default policy: test_session_machine.py.)
     """
@@ -212,11 +213,11 @@ def test_a_never_ready_x_server_cannot_storm_through_jupyter(tmp_path: Path, run
     environment = {
         "XSUPERVISE_SERVER": fake_server("never"),
         "FAKE_X_REPORT": str(report),
-        "XSUPERVISE_DISPLAYFD_TIMEOUT": "0.5",
-        "XSUPERVISE_BACKOFF_INITIAL": "0.2",
+        "XSUPERVISE_DISPLAYFD_TIMEOUT": "0.3",
+        "XSUPERVISE_BACKOFF_INITIAL": "0.1",
         # A short backoff cap also makes the proxy's timeout short, so that its
         # SIGKILL-and-relaunch happens within the window too.
-        "XSUPERVISE_BACKOFF_MAX": "0.5",
+        "XSUPERVISE_BACKOFF_MAX": "0.3",
         "XSUPERVISE_START_LIMIT_BURST": "2",
     }
     config = tmp_path / "jupyter-config"
@@ -255,10 +256,10 @@ def test_a_never_ready_x_server_cannot_storm_through_jupyter(tmp_path: Path, run
 
 # -- jupyter-server-proxy's relauncher (simpervisor) against failures after the display --------
 
-# A short backoff (0.25 s, doubling) in a short window: the same bounds as the default
+# A short backoff (0.17 s, doubling) in a short window: the same bounds as the default
 # policy's 1 s in 10 s (test_session_machine.py checks those in simulated time).
-RELAUNCH_SECONDS = 3.0
-RELAUNCH_BACKOFF = "0.25"
+RELAUNCH_SECONDS = 2.0
+RELAUNCH_BACKOFF = "0.17"
 
 
 def relaunch_for(commands: list[list[str]], seconds: float) -> None:
@@ -298,7 +299,7 @@ def test_an_app_that_crashes_and_a_missing_x_server_spend_the_budget(
     tmp_path: Path, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """Two launchers under simpervisor at once (they share nothing but the clock, so their
-    3-second windows run side by side):
+    2-second windows run side by side):
 
     - an app that exits 1 as soon as it starts (port taken, ImportError...): each relaunch
       would start a fresh X server at once; with --relaunched, its failures back off;
@@ -330,9 +331,11 @@ def test_an_app_that_crashes_and_a_missing_x_server_spend_the_budget(
         RELAUNCH_SECONDS,
     )
     spawns = sum(1 for line in report.read_text().splitlines() if line.startswith("pid="))
-    # Backoff after each failure: 0.25, 0.5, 1, 2 s (times a jitter in [0.5, 1]) fit at most
-    # 5 starts into 3 s; without the budget it was over a hundred in 10 s.
-    assert 2 <= spawns <= 5, f"{spawns} X servers in {RELAUNCH_SECONDS:g} s"
     count = len(launches.read_text().splitlines())
+    print(f"{spawns} X servers, {count} launches of xsupervise in {RELAUNCH_SECONDS:g} s")
+    # Backoff after each failure: 0.17, 0.34, 0.68, 1.36, 2.72 s (times a jitter in [0.5, 1]):
+    # a sixth start comes 2.64 s or more after the first, so at most 5 fit into 2 s; without
+    # the budget it was over a hundred in 10 s.
+    assert 2 <= spawns <= 5, f"{spawns} X servers in {RELAUNCH_SECONDS:g} s"
     assert 2 <= count <= 6, f"xsupervise was launched {count} times in {RELAUNCH_SECONDS:g} s"
     assert list((runtime_dir / "sessions").iterdir()) == []

@@ -386,7 +386,9 @@ def test_pool_tables_are_checked(tmp_path, monkeypatch):
 def test_a_lessee_that_leaves_while_waiting_takes_no_display(pools, tmp_path, monkeypatch):
     report = tmp_path / "x-spawns"
     monkeypatch.setenv("FAKE_X_REPORT", str(report))
-    daemon = pools(default={"size": 1, "server": fake_server("slow=0.5")})
+    # Spares take 0.3 s to start: the leaver's request and close reach the daemon within
+    # milliseconds of the holder's lease, well before the next spare is ready.
+    daemon = pools(default={"size": 1, "server": fake_server("slow=0.3")})
     daemon.until(ready(1))
     with daemon.client() as holder:
         held = holder.lease("default")  # the only spare: the next lessee waits for a new one

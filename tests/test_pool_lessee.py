@@ -151,10 +151,10 @@ def test_a_pool_display_knows_whether_it_is_alive(pools):
 
 @requires_xvfb
 def test_a_sigkilled_daemon_started_again_clears_what_it_left_and_serves(pools, tmp_path):
-    # Spares that take 0.5 s to start: when the daemon is killed, starts are in flight (the
+    # Spares that take 0.3 s to start: when the daemon is killed, starts are in flight (the
     # holder's lease began one a few milliseconds before the ledger is read). Each pool waits
     # for such starts three times, so their length is the test's.
-    tables = {"default": {"size": 2, "server": fake_server("slow=0.5")}}
+    tables = {"default": {"size": 2, "server": fake_server("slow=0.3")}}
     old = pools(**tables)
     old.until(ready(2), timeout=20)
     with old.client() as client:

@@ -103,7 +103,7 @@ def test_record_command_records_a_session_for_a_duration(tmp_path: Path) -> None
     with start_cli("start", "--json", "--screen", "320x240x24") as session:
         facts = json.loads(read_line(session.stdout))
         done = subprocess.run(
-            [*XSUPERVISE, "record", facts["display"], "-o", str(video), "--duration", "1.5"],
+            [*XSUPERVISE, "record", facts["display"], "-o", str(video), "--duration", "1.0"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -119,7 +119,7 @@ def test_record_command_records_a_session_for_a_duration(tmp_path: Path) -> None
         check=True,
         timeout=30,
     )
-    assert abs(float(json.loads(shown.stdout)["format"]["duration"]) - 1.5) < 0.3
+    assert abs(float(json.loads(shown.stdout)["format"]["duration"]) - 1.0) < 0.3
 
 
 def test_a_lessee_names_the_file_the_daemon_records_its_display_to(tmp_path: Path) -> None:
