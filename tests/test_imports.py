@@ -182,3 +182,22 @@ RUN_MODULES = {
     *("xsupervise.host", "xsupervise.host.errors", "xsupervise.host.log"),
     *("xsupervise.host.paths", "xsupervise.host.processes", "xsupervise.host.sockets"),
 }
+
+
+def test_the_entry_point_alone_loads_no_launch_path() -> None:
+    """The console script's module is every command's way in (and `run --pool`'s fast path,
+    which is meant to cost little more than the interpreter): the session and the launch path
+    are imported by `start`/`run` only, when they run."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys, xsupervise.cli.main; print(' '.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    ours = sorted(name for name in result.stdout.split() if name.startswith("xsupervise."))
+    entry = ("xsupervise.cli", "xsupervise.cli.main")
+    assert ours == [*entry, "xsupervise.host", "xsupervise.host.errors", "xsupervise.host.log"]

@@ -341,8 +341,10 @@ def test_sigkilled_xdist_controller_takes_its_workers_displays_within_a_second(
     # Only xdist and ours, by name (the entry point is test_each_xdist_worker_gets_its_own_
     # display's): the controller and its two workers skip loading every installed plugin.
     controller = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "xdist", *ONLY_OURS]
-        + ["--xdisplay", "-n", "2"],
+        [
+            *(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "xdist"),
+            *(*ONLY_OURS, "--xdisplay", "-n", "2"),
+        ],
         cwd=project,
         env=inner_env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"),
         stdout=subprocess.DEVNULL,

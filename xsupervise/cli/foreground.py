@@ -135,7 +135,7 @@ class ForegroundSupervisor(Events):
         self.command: Child | None = None
         self.exit_code: int | None = None  # set once we are stopping
         self.inbox: SignalInbox | None = None
-        self.lineage: Lineage | None = None  # whose processes are whose (see cli.foreground)
+        self.lineage: Lineage | None = None  # whose processes are whose (see Lineage)
 
     def run(self) -> int:
         """Supervise until done; return the exit code."""
@@ -182,7 +182,7 @@ class ForegroundSupervisor(Events):
                     self.notifier.stopping()
                 if self.command is not None and self.command.returncode is None:
                     run_blocking(self.command.stop_steps(self.settings.kill_grace))
-                if self.lineage is not None:  # whose is each leftover: see cli.foreground
+                if self.lineage is not None:  # whose is each leftover: see Lineage
                     stop_leftovers(self.settings.kill_grace, self.lineage)
         raise AssertionError("a session's steps end only by raising")
 
@@ -452,10 +452,6 @@ def stop_leftovers(grace: float, lineage: Lineage) -> None:
 
 # --- the `start` and `run` commands --------------------------------------------------------------
 
-# Our parent as first seen, as early as possible: for --exit-with-parent's check that it did
-# not exit before we asked to be told.
-PARENT_PID = os.getppid()
-
 
 def start(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """`start`: a foreground supervisor of one display, or (--detach) one in the daemon."""
@@ -522,7 +518,7 @@ def supervise(args: argparse.Namespace) -> int:
         announce=announce,
         no_wait=args.no_wait,
         substitute=getattr(args, "substitute", False),
-        parent_pid=(args.parent_pid or PARENT_PID) if args.exit_with_parent else None,
+        parent_pid=args.parent_pid if args.exit_with_parent else None,  # see cli.main
         relaunched=args.relaunched,
     )
     return session.run()

@@ -16,7 +16,6 @@ import sys
 from ..host import log
 from ..host.errors import XSuperviseError
 from ..host.log import require_systemd_python
-from . import foreground
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs the CLI time
 if TYPE_CHECKING:
@@ -26,6 +25,10 @@ if TYPE_CHECKING:
     Handler = Callable[[argparse.Namespace, argparse.ArgumentParser], int]
 
     from .parsers import Subparsers
+
+# Our parent as first seen, as early as possible: for --exit-with-parent's check that it did
+# not exit before we asked to be told (cli.foreground; passed on as args.parent_pid).
+PARENT_PID = os.getppid()
 
 # What a subcommand does with a COMMAND after '--'.
 NO_COMMAND, OPTIONAL_COMMAND, REQUIRED_COMMAND = "none", "optional", "required"
@@ -73,11 +76,25 @@ def _in_commands(name: str) -> Handler:
     return handle
 
 
+def _in_foreground(name: str) -> Handler:
+    """The handler ``cli.foreground.<name>``, imported when called: the session, the launch
+    path and the host's process calls are for `start` and `run` only."""
+
+    def handle(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+        from . import foreground
+
+        handler: Handler = getattr(foreground, name)
+        return handler(args, parser)
+
+    handle.__name__ = name
+    return handle
+
+
 # In the order `xsupervise --help` lists them.
 SUBCOMMANDS: dict[str, Subcommand] = {
-    "start": Subcommand("add_start", foreground.start, OPTIONAL_COMMAND),
+    "start": Subcommand("add_start", _in_foreground("start"), OPTIONAL_COMMAND),
     "serve": Subcommand("add_serve", _in_commands("serve")),
-    "run": Subcommand("add_run", foreground.run, REQUIRED_COMMAND),
+    "run": Subcommand("add_run", _in_foreground("run"), REQUIRED_COMMAND),
     "list": Subcommand("add_list", _in_commands("list_")),
     "stop": Subcommand("add_stop", _in_commands("stop")),
     "status": Subcommand("add_status", _in_commands("status")),
@@ -190,11 +207,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.cmd = command
         subcommand = SUBCOMMANDS[args.command]
         _check(args, subcommand, parser)
+    if getattr(args, "exit_with_parent", False) and args.parent_pid is None:
+        args.parent_pid = PARENT_PID
     log.setup("DEBUG" if args.verbose else "INFO" if args.command == "serve" else "WARNING")
     try:
         require_systemd_python()
         if parser is None or subcommand is None:
-            return foreground.supervise(args)  # `run -- COMMAND`, without a pool
+            from .foreground import supervise
+
+            return supervise(args)  # `run -- COMMAND`, without a pool
         return subcommand.handle(args, parser)
     except XSuperviseError as error:
         if args.verbose:

@@ -11,7 +11,7 @@ the two paths do once they hold a lease is the same: COMMAND with the lease's DI
 XAUTHORITY, inherited descriptors closed and SIGPIPE/SIGXFSZ restored (as ``subprocess``
 does), SIGTERM/SIGINT/SIGHUP forwarded to it, its exit status (128+N when killed by signal
 N), and the lease held until it exits (the daemon destroys the display after, in the
-background). tests/test_pool_fast.py checks that both paths behave alike.
+background). tests/test_pool_cli.py checks that both paths behave alike.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ In order:
 - kernel calls: prctl (die with the parent, subreaper), clone3, PID and user namespaces,
   inotify, peer credentials, exit statuses in words;
 - inheritance: what a child started with ``os.posix_spawn`` would inherit, reset;
-- signals as events: SIGTERM/SIGINT/SIGHUP as a readable fd;
+- signals as events: SIGTERM/SIGINT/SIGHUP (and, for a subreaper, SIGCHLD) as a readable fd;
 - steps: slow operations written once, as generators of ``Wait``/``Offload``, and the two
   drivers that run them (poll(2) and asyncio).
 """
@@ -536,7 +536,7 @@ def pipe_above_2() -> tuple[int, int]:
 # Handlers only queue the signal; the wakeup fd becomes readable. Nothing is raised from a
 # handler, so there is no window in which a signal can skip a cleanup: the driver's event
 # handler raises *inside* the steps (process.run_blocking), which stop the server before the
-# exception propagates.
+# exception propagates. SIGCHLD may wake the loop too (a subreaper's orphans), never queued.
 
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 

@@ -25,6 +25,7 @@ import signal
 
 from ..host.processes import (
     STOP_SIGNALS,
+    UNREAPED_CHILDREN,
     Steps,
     Wait,
     fork_into_cgroup,
@@ -171,7 +172,7 @@ class Boundary:
         self.prefix: tuple[str, ...] = ()  # without a namespace: see _AS_AN_INIT_WOULD
         self.watch_fd = -1  # direct: our end of the watcher's pipe; closing it kills all
         self._procs = os.path.join(cgroup, "cgroup.procs").encode() if cgroup else b""
-        self._keeper: tuple[int, int] | None = None  # a cgroup's keeper (see launch.containment)
+        self._keeper: tuple[int, int] | None = None  # a cgroup's keeper (see start_keeper)
         self._report = (-1, -1)  # a cgroup's spawn: the pipe its copy's pid comes back on
         self.clone_killed = False  # see entered_copy
         self.init_pidfd = -1  # a namespace's init: it exits once the namespace is empty
@@ -675,6 +676,7 @@ def start_keeper(cgroup: str) -> tuple[int, int]:
     finally:
         os.close(read_end)
     _KEEPERS[keeper.pid] = keeper
+    UNREAPED_CHILDREN.add(keeper.pid)  # its Popen reaps it (stop_keeper), not reap_orphans
     return keeper.pid, write_end
 
 
@@ -689,3 +691,5 @@ def stop_keeper(pid: int, write_end: int) -> None:
             keeper.wait(timeout=1.0)  # it exits as soon as it reads end of file: ~1 ms
         except subprocess.TimeoutExpired:
             _KEEPERS[pid] = keeper  # still ours: never left unreaped for good
+        else:
+            UNREAPED_CHILDREN.discard(pid)

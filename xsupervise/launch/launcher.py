@@ -72,7 +72,7 @@ def launch_steps(
         displayfd = NS_DISPLAYFD if inside else write_fd
         plan = plan_launch(settings, number, displayfd, files)  # a profile or a raw command
         argv = plan.argv
-        companion = None  # Xwayland's compositor, started first (see launch.profiles.Companion)
+        companion = None  # Xwayland's compositor, started first (see launch.compositor.Companion)
         if plan.companion is not None:
             companion = yield from plan.companion.start_steps(settings, files)
     except BaseException:
@@ -131,10 +131,7 @@ def launch_steps(
         import subprocess  # noqa: F401  (for what runs next: a COMMAND, a window manager)
 
         from ..host.sockets import clean_own_quietly
-        from .server import (
-            read_output,  # noqa: F401  (for the server's end)
-            reclaim_abandoned,
-        )
+        from .server import reclaim_abandoned
 
         logger = log.get()
 

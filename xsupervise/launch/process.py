@@ -58,7 +58,7 @@ from ..host.processes import (
     wait_exited,
 )
 
-# Steps and pinned processes live in their own modules; importers may keep using these names.
+# Steps and pinned processes live in host.processes; importers may keep using these names here.
 # fmt: off
 __all__ = [
     "Child", "Events", "Offload", "Pinned", "Steps", "Wait", "become_subreaper",

@@ -127,7 +127,7 @@ class XServer:
         self.exit_status: int | None = None
         self.released = False
         self.output_tail = ""  # its last lines of output, once it has ended
-        self.output_reason = ""  # its own reason for failing, if it gave one (launch.server)
+        self.output_reason = ""  # its own reason for failing, if it gave one (server_reason)
         self.wm: Child | None = None  # the wm setting's window manager, stopped before us
         self.companion: Child | None = None  # a profile's (Xwayland's weston), stopped after
         self.vnc: VncEndpoint | None = None  # the xvnc profile's VNC endpoint (see launch/vnc.py)
