@@ -89,7 +89,7 @@ def test_a_wrapper_server_stops_whole(kind: str, tmp_path: Path, runtime_dir: Pa
 # A failed start: the deadline is waited for (the fake forks its daemon within milliseconds,
 # 1 s leaves room under load), then the grace (the cgroup waits it for the setsid daemon,
 # which no SIGTERM reaches); the test is that nothing is left, not how long either is.
-FAIL_FAST = ["--timeout", "1", "--kill-grace", "0.3"]
+FAIL_FAST = ["--timeout", "1", "--kill-grace", "0.1"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

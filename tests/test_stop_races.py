@@ -75,9 +75,9 @@ def test_a_server_killed_before_it_told_its_number_leaves_no_socket_file(tmp_pat
             "--server",
             fake_server("listen-stuck"),
             "--timeout",
-            "1",
+            "1",  # generous: the fake must have made its sockets before it passes
             "--kill-grace",
-            "0.2",
+            "0.1",  # waited out in full (deaf to SIGTERM): only SIGKILL matters here
             "--",
             "true",
         ],
