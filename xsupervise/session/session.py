@@ -11,7 +11,7 @@ backoff -> starting ... -> failed); who runs it (the CLI, a relauncher, the daem
 - Once a display has been ready, a dead server is restarted on the *same* number, with the
   same cookie, so that its clients can reconnect.
 
-``Session.steps()`` is written as generator steps (see launch/process.py): ``xsupervise start``
+``Session.steps()`` is written as generator steps (see host/processes.py): ``xsupervise start``
 drives it with poll(2), ``xsupervise serve`` runs many at once on an asyncio loop, tests run
 it against a fake clock and launcher (tests/fakes.py). It never returns; it ends by raising:
 StartError (first start), SessionFailed, or whatever its driver threw into it (a stop);
