@@ -1,8 +1,8 @@
 """The ``xsupervise`` command line. ``main(argv) -> exit code``; only __main__ calls sys.exit.
 
 Every subcommand is one row of ``SUBCOMMANDS``: its parser builder (cli.parsers) beside its
-handler (cli.foreground for `start` and `run`, cli.commands for the others). A module is
-imported only when its command runs: Python start-up is part of every run.
+handler (cli.foreground for `start` and `run`, cli.commands for most others), each named
+"module:function" and imported only when used: Python start-up is part of every run.
 
 ``console()`` is the console script's entry point: `run --pool`'s fast path (cli.pool_run)
 where a pool is named, else ``main()``; then a fast exit.
@@ -22,8 +22,6 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable, Sequence
 
-    Handler = Callable[[argparse.Namespace, argparse.ArgumentParser], int]
-
     from .parsers import Subparsers
 
 # Our parent as first seen, as early as possible: for --exit-with-parent's check that it did
@@ -34,107 +32,59 @@ PARENT_PID = os.getppid()
 NO_COMMAND, OPTIONAL_COMMAND, REQUIRED_COMMAND = "none", "optional", "required"
 
 
+def _named(spec: str) -> Callable[..., object]:
+    """``"module:function"`` (a module of the package, e.g. ``"cli.parsers:add_start"``),
+    imported now: each subcommand's modules are imported only when it is parsed or run.
+    (tests/test_imports.py cannot see these imports; cli is the top layer and nothing imports
+    this module but __main__, so they can make neither a cycle nor an upward import.)"""
+    module, _, function = spec.partition(":")
+    found: Callable[..., object] = getattr(
+        __import__(f"xsupervise.{module}", fromlist=[function]), function
+    )
+    return found
+
+
 class Subcommand:
-    """One subcommand: how its parser is built (a builder of cli.parsers, by name: that module
-    and argparse are imported only to parse), what handles it, whether it takes COMMAND."""
+    """One subcommand: its parser builder and its handler, each as ``"module:function"``
+    (imported only when used: argparse only to parse, and `run` loads no other command's
+    module), and whether it takes COMMAND."""
 
-    __slots__ = ("builder", "command", "handle")
+    __slots__ = ("builder", "command", "handler")
 
-    def __init__(
-        self,
-        builder: str | Callable[[Subparsers], None],
-        handle: Callable[[argparse.Namespace, argparse.ArgumentParser], int],
-        command: str = NO_COMMAND,
-    ):
+    def __init__(self, builder: str, handler: str, command: str = NO_COMMAND):
         self.builder = builder
-        self.handle = handle
+        self.handler = handler
         self.command = command
 
     def add_parser(self, subparsers: Subparsers) -> None:
-        if callable(self.builder):
-            self.builder(subparsers)
-        else:
-            from . import parsers
+        _named(self.builder)(subparsers)
 
-            getattr(parsers, self.builder)(subparsers)
+    def handle(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+        code = _named(self.handler)(args, parser)
+        assert isinstance(code, int)
+        return code
 
     def __repr__(self) -> str:
-        return f"<Subcommand {self.handle.__name__}>"
-
-
-def _in_commands(name: str) -> Handler:
-    """The handler ``cli.commands.<name>``, that module imported only when it is called:
-    `run` and `start` (cli.foreground) have no use for it."""
-
-    def handle(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-        from . import commands
-
-        handler: Handler = getattr(commands, name)
-        return handler(args, parser)
-
-    handle.__name__ = name
-    return handle
-
-
-def _in_foreground(name: str) -> Handler:
-    """The handler ``cli.foreground.<name>``, imported when called: the session, the launch
-    path and the host's process calls are for `start` and `run` only."""
-
-    def handle(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-        from . import foreground
-
-        handler: Handler = getattr(foreground, name)
-        return handler(args, parser)
-
-    handle.__name__ = name
-    return handle
+        return f"<Subcommand {self.handler}>"
 
 
 # In the order `xsupervise --help` lists them.
 SUBCOMMANDS: dict[str, Subcommand] = {
-    "start": Subcommand("add_start", _in_foreground("start"), OPTIONAL_COMMAND),
-    "serve": Subcommand("add_serve", _in_commands("serve")),
-    "run": Subcommand("add_run", _in_foreground("run"), REQUIRED_COMMAND),
-    "list": Subcommand("add_list", _in_commands("list_")),
-    "stop": Subcommand("add_stop", _in_commands("stop")),
-    "status": Subcommand("add_status", _in_commands("status")),
-    "reset": Subcommand("add_reset", _in_commands("reset")),
-    "clean": Subcommand("add_clean", _in_commands("clean")),
-    "check": Subcommand("add_check", _in_commands("check")),
-    "screenshot": Subcommand("add_screenshot", _in_commands("screenshot")),
-    "view": Subcommand(lambda c: _add("view", c), lambda a, p: _handle("view", a, p)),
-    "record": Subcommand(lambda c: _add("record", c), lambda a, p: _handle("record", a, p)),
-    "lease": Subcommand(lambda c: _add("lease", c), lambda a, p: _handle("lease", a, p)),
-    "servers": Subcommand(lambda c: _add("servers", c), lambda a, p: _handle("servers", a, p)),
+    "start": Subcommand("cli.parsers:add_start", "cli.foreground:start", OPTIONAL_COMMAND),
+    "serve": Subcommand("cli.parsers:add_serve", "cli.commands:serve"),
+    "run": Subcommand("cli.parsers:add_run", "cli.foreground:run", REQUIRED_COMMAND),
+    "list": Subcommand("cli.parsers:add_list", "cli.commands:list_"),
+    "stop": Subcommand("cli.parsers:add_stop", "cli.commands:stop"),
+    "status": Subcommand("cli.parsers:add_status", "cli.commands:status"),
+    "reset": Subcommand("cli.parsers:add_reset", "cli.commands:reset"),
+    "clean": Subcommand("cli.parsers:add_clean", "cli.commands:clean"),
+    "check": Subcommand("cli.parsers:add_check", "cli.commands:check"),
+    "screenshot": Subcommand("cli.parsers:add_screenshot", "cli.commands:screenshot"),
+    "view": Subcommand("media.view:add_parser", "media.view:handle"),
+    "record": Subcommand("cli.record:add_parser", "cli.record:record"),
+    "lease": Subcommand("cli.lease:add_lease", "cli.lease:lease"),
+    "servers": Subcommand("cli.servers:add_servers", "cli.servers:servers"),
 }
-
-
-def _rare(name: str) -> tuple[Callable[[Subparsers], None], Handler]:
-    """The parser builder and handler of a subcommand whose module is imported only when it
-    is named (or for --help): `run` and `start` have no use for them."""
-    if name == "view":
-        from ..media import view
-
-        return view.add_parser, view.handle
-    if name == "record":
-        from . import record
-
-        return record.add_parser, record.record
-    if name == "lease":
-        from . import lease
-
-        return lease.add_lease, lease.lease
-    from . import servers
-
-    return servers.add_servers, servers.servers
-
-
-def _add(name: str, commands: Subparsers) -> None:
-    _rare(name)[0](commands)
-
-
-def _handle(name: str, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    return _rare(name)[1](args, parser)
 
 
 def _build_parser(own_argv: Sequence[str] = ()) -> argparse.ArgumentParser:
