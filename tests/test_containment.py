@@ -417,7 +417,7 @@ def test_a_refused_user_namespace_falls_back_and_later_spawns_do_not_try(refusal
 
     name = "fork_into_new_namespaces" if refusal == "clone3" else "_write_proc"
     monkeypatch.setattr(_containment, name, refused)
-    monkeypatch.setitem(_containment._user_direct, "usable", True)
+    monkeypatch.setattr(_containment, "REFUSED", set())
     child = spawn(
         ["sleep", "30"],
         stdout=subprocess.DEVNULL,
@@ -428,7 +428,7 @@ def test_a_refused_user_namespace_falls_back_and_later_spawns_do_not_try(refusal
         chain = _containment._namespace_prefix() is not None
         assert child.boundary is not None and not child.boundary.direct
         assert child.boundary.kind == ("pidns" if chain else "group")
-        assert _containment._user_direct["usable"] is False
+        assert "user namespace" in _containment.REFUSED
         assert _children_other_than_keepers() == [child.pid]  # no copy, no zombie
     finally:
         child.signal(signal.SIGKILL)
@@ -451,7 +451,7 @@ def test_a_display_whose_user_namespace_is_refused_starts_all_the_same(chain, mo
     monkeypatch.setattr(_containment, "fork_into_new_namespaces", refused)
     monkeypatch.setattr(_containment, "_can_unshare_directly", lambda: False)  # unprivileged
     monkeypatch.setattr(_containment, "_may_make_user_namespaces", lambda: True)
-    monkeypatch.setitem(_containment._user_direct, "usable", True)
+    monkeypatch.setattr(_containment, "REFUSED", set())
     if not chain:
         monkeypatch.setitem(_containment._probed, "pidns", None)  # unshare refused too
     with xsupervise.Display() as display:
@@ -462,7 +462,7 @@ def test_a_display_whose_user_namespace_is_refused_starts_all_the_same(chain, mo
             ["xdpyinfo"], env={**os.environ, **display.env}, capture_output=True, timeout=30
         )
         assert answered.returncode == 0
-    assert _containment._user_direct["usable"] is False
+    assert "user namespace" in _containment.REFUSED
 
 
 _CTRL_C_DURING_A_SPAWN = """

@@ -261,7 +261,7 @@ class Boundary:
             return
         leader = os.getpid()
         try:
-            if not _clone3_usable["cgroup"]:
+            if "clone3" in REFUSED:
                 raise OSError("clone3 is refused here (see clone3_refused)")
             directory = os.open(self.cgroup or "", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             os.write(self._report[1], b"c")  # cloning: nothing more means it killed us
@@ -355,13 +355,16 @@ _WATCHING: set[Boundary] = set()  # boundaries holding a watcher pipe's end (see
 # server, where the `unshare --user` chain (_namespace_prefix) put two shells. Where user
 # namespaces are refused, the first start falls back (see launch.process) and later ones use
 # that chain's probe, then a cgroup or the group.
-_user_direct = {"usable": True}
+
+# The mechanisms that turned out to be refused here ("user namespace": the init above;
+# "clone3": a cgroup's spawn, see clone3_refused): later starts do not try them again.
+REFUSED: set[str] = set()
 
 
 def after_user_namespace_refused() -> Boundary:
     """A start could not make its user namespace: later ones do not try again, and this one
     gets the `unshare --user` chain where its probe says it works, else the group."""
-    _user_direct["usable"] = False
+    REFUSED.add("user namespace")
     prefix = _namespace_prefix()
     if prefix is not None:
         return Boundary("pidns", None, prefix)
@@ -435,14 +438,11 @@ def _write_proc(pid: int, name: str, line: str) -> None:
         os.close(fd)
 
 
-_clone3_usable = {"cgroup": True}
-
-
 def clone3_refused() -> None:
     """A cgroup's spawn whose child died in clone3 (a seccomp filter that kills with SIGSYS):
     this process moves its children in from now on. (A filter that answers ENOSYS or EPERM,
     as Docker's does, needs nothing: enter() moves in.)"""
-    _clone3_usable["cgroup"] = False
+    REFUSED.add("clone3")
 
 
 def _close_watch_fds_after_fork() -> None:
@@ -470,7 +470,7 @@ def choose(label: str) -> Boundary:
     if wanted in ("auto", "pidns"):
         if _can_unshare_directly():
             return Boundary("pidns", None, _DIRECT, direct=True)
-        if _DIRECT is not None and _user_direct["usable"] and _may_make_user_namespaces():
+        if _DIRECT is not None and "user namespace" not in REFUSED and _may_make_user_namespaces():
             return Boundary("pidns", None, _DIRECT, direct=True, user=True)
         namespace = _namespace_prefix()
         if namespace is not None:
