@@ -123,6 +123,26 @@ class Pinned:
             self.pidfd = -1
 
 
+def end_child(pid: int) -> None:
+    """SIGKILL and reap ``pid``, a child of ours (a namespace's init: all in it go too).
+    Through a pidfd, and only while it is still our child: with SIGCHLD ignored the kernel
+    reaps it itself, and its pid may then be another's."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        fields = proc_stat(pid)
+        if fields is not None and int(fields[1]) == os.getpid():
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    finally:
+        os.close(pidfd)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
 def wait_exited(processes: Sequence[Pinned], timeout: float) -> list[Pinned]:
     """Wait (on their pidfds) until all have exited or ``timeout`` passes; return the living.
     Blocking: call it from a thread (an Offload) or the CLI, never on an event loop."""

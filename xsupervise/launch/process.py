@@ -41,6 +41,7 @@ from ..host.processes import (
     close_inherited,
     describe_status,
     die_with_parent,
+    end_child,
     held_stop_signals,
     new_pid_namespace_for_children,
     peer_credentials,
@@ -488,7 +489,7 @@ def _spawn_in_new_user_namespace(
     if len(report) == 5:
         return int.from_bytes(report[:4], "little")
     if len(report) == 4:  # a copy whose maps could not be written: it leaves at once
-        _end_child(int.from_bytes(report, "little"))
+        end_child(int.from_bytes(report, "little"))
     raise subprocess.SubprocessError("no user namespace could be made for the X server")
 
 
@@ -499,29 +500,7 @@ def _reap_reported(report_read: int) -> None:
     finally:
         os.close(report_read)
     if len(report) >= 4:
-        _end_child(int.from_bytes(report[:4], "little"))
-
-
-def _end_child(pid: int) -> None:
-    """SIGKILL and reap ``pid``, a child of ours (a namespace's init: all in it go too).
-    Through a pidfd, and only while it is still our child: with SIGCHLD ignored the kernel
-    reaps it itself, and its pid may then be another's."""
-    from ..host.processes import proc_stat
-
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return
-    try:
-        fields = proc_stat(pid)
-        if fields is not None and int(fields[1]) == os.getpid():
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-    finally:
-        os.close(pidfd)
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
+        end_child(int.from_bytes(report[:4], "little"))
 
 
 DEVNULL = -3  # subprocess.DEVNULL, without importing subprocess
