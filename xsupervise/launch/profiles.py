@@ -75,12 +75,6 @@ def split_server(server: tuple[str, ...]) -> tuple[Profile | None, tuple[str, ..
     return (profile, server[1:]) if profile is not None else (None, server)
 
 
-def server_binary(word: str) -> str:
-    """What to look for on PATH for a server setting's first word (a profile or a program)."""
-    profile = PROFILES.get(word)
-    return profile.binaries[0] if profile is not None else word
-
-
 def parse_screen(screen: str) -> tuple[int, int, int]:
     width, height, depth = (int(part) for part in screen.split("x"))
     return width, height, depth
