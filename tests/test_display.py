@@ -103,6 +103,19 @@ def test_never_ready_server_is_killed_at_the_deadline(tmp_path: Path, monkeypatc
     assert_gone(pid)
 
 
+@requires_xvfb
+def test_a_socket_name_held_aside_for_an_instant_is_waited_for():
+    # Another supervisor judging a dead server's file on the same number renames the name
+    # aside and links back one that is not the dead one's; our server's name can be away at
+    # the moment we verify. A pool's refill met it (a spare's start counted as failed, and
+    # blamed on an X server "put in the background"). Seen in a fresh Debian root, 1 in 10.
+    import xsupervise
+
+    aside_x = str(Path(__file__).parent / "aside_x.py")
+    with xsupervise.Display(server=aside_x, timeout=10) as display:
+        assert os.path.exists(f"/tmp/.X11-unix/X{display.number}")
+
+
 def test_server_that_exits_is_reported_at_its_exit_not_at_the_deadline(tmp_path: Path, monkeypatch):
     report = tmp_path / "report"
     monkeypatch.setenv("FAKE_X_REPORT", str(report))

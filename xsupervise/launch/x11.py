@@ -25,6 +25,9 @@ COOKIE_PROTOCOL = b"MIT-MAGIC-COOKIE-1"
 _FAMILY_WILD = 0xFFFF  # matches any host and (with an empty number) any display
 MAX_DISPLAY_DIGITS = 6  # the longest display number we take (-displayfd, :N)
 _EXIT_AFTER_EOF = 0.25  # seconds
+# At most this long for a socket file's name to come back (see verify): it is missing only
+# while another supervisor renames it aside and links it back, microseconds.
+_NAME_BACK = 0.25  # seconds
 
 
 def server_argv(
@@ -234,6 +237,23 @@ def _look_for_a_background_server(
     error.exited = child.has_exited()
 
 
+def _name_back_steps(path: str, deadline: float) -> Steps[None]:
+    """Return once ``path`` exists again, or at ``deadline``: an inotify event, not polling."""
+    from ..host.processes import IN_CREATE, IN_MOVED_TO, inotify_watch
+
+    try:
+        watch = inotify_watch(os.path.dirname(path), IN_CREATE | IN_MOVED_TO)
+    except OSError:  # no inotify left: the caller tries once more at once
+        return
+    try:
+        while not os.path.lexists(path):  # checked after the watch is set: no event is lost
+            if not (yield Wait((watch,), deadline)):
+                return
+            os.read(watch, 4096)
+    finally:
+        os.close(watch)
+
+
 def verify(number: int, child: Child, cookie: bytes, deadline: float) -> Steps[ServerFacts]:
     """Prove display ``number`` works: our child serves its socket and accepts our cookie."""
     import socket  # here, not at the top: it is not needed before the server is spawned
@@ -245,7 +265,14 @@ def verify(number: int, child: Child, cookie: bytes, deadline: float) -> Steps[S
     sock = socket.socket(socket.AF_UNIX, flags)
     try:
         try:
-            sock.connect(path)
+            try:
+                sock.connect(path)
+            except FileNotFoundError:
+                # Another supervisor may hold the name aside for an instant: it judges a dead
+                # server's file by renaming it (host.sockets.unlink_if_same) and links back
+                # one that is not. Wait for the name (briefly), then try once more.
+                yield from _name_back_steps(path, min(deadline, time.monotonic() + _NAME_BACK))
+                sock.connect(path)
         except OSError as exc:
             absent = HandshakeError(
                 f"wrote display number {number} but nothing answers on {path} ({exc.strerror})"
