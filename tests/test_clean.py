@@ -207,3 +207,34 @@ def test_a_file_replaced_after_it_was_judged_is_not_removed(tmp_path: Path):
         os.close(dir_fd)
         live.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_reused_inode_number_on_a_served_display_is_not_taken_for_the_dead_file(tmp_path):
+    """On ext4 a new server's socket file may get the inode number of the dead one's file it
+    replaced: the number alone then says "same". On a display that something serves, the file
+    aside goes back if it is listening (a new server's), and goes if it is not (the dead
+    one's, while a new server on that number binds its own): nothing is left aside."""
+    number = free_display_number(start=700)
+    abstract = socket.socket(socket.AF_UNIX)
+    abstract.bind(f"\0/tmp/.X11-unix/X{number}")  # the new server serves the display
+    abstract.listen()
+    shared = tmp_path / "x11-unix"
+    shared.mkdir()
+    name = shared / f"X{number}"
+    new_file = socket.socket(socket.AF_UNIX)
+    new_file.bind(str(name))  # its file, with the number the dead one's had
+    new_file.listen()
+    reused = name.stat().st_ino
+    dir_fd = os.open(shared, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert unlink_if_same(dir_fd, name.name, reused, number) is False
+        probe = socket.socket(socket.AF_UNIX)
+        probe.connect(str(name))  # put back, and still served under its name
+        probe.close()
+        new_file.close()  # now a dead server's file, on a display still served
+        assert unlink_if_same(dir_fd, name.name, reused, number) is True
+    finally:
+        os.close(dir_fd)
+        new_file.close()
+        abstract.close()
+    assert list(shared.iterdir()) == []

@@ -302,15 +302,16 @@ def remove_dead_socket(
     except OSError:
         return False
     try:
-        return unlink_if_same(dir_fd, os.path.basename(path), info.st_ino)
+        return unlink_if_same(dir_fd, os.path.basename(path), info.st_ino, number)
     except OSError:  # gone meanwhile, or not ours to move: not removed, nothing else to do
         return False
     finally:
         os.close(dir_fd)
 
 
-def unlink_if_same(dir_fd: int, name: str, inode: int) -> bool:
-    """Unlink ``name`` (in ``dir_fd``) only if it is still the file ``inode``.
+def unlink_if_same(dir_fd: int, name: str, inode: int, display: int | None = None) -> bool:
+    """Unlink ``name`` (in ``dir_fd``) only if it is still the file ``inode`` and, with
+    ``display``, no X server serves that display now.
 
     A stat, then an unlink, would remove a file a new server made in between: a pool's next
     server on a dead one's number lost its socket file that way, and our check of it failed.
@@ -319,13 +320,21 @@ def unlink_if_same(dir_fd: int, name: str, inode: int) -> bool:
     goes back at once, by link(), which never replaces a file made in the meantime; for that
     instant its name is missing (a client connecting to the file then retries, or uses the
     abstract socket). The aside name is random: nobody can plant something there first.
-    Raises OSError (FileNotFoundError: the name is gone; PermissionError: not ours to move)."""
+
+    An inode number is no identity on its own: on ext4 a new server's socket file, made
+    after the dead one's was unlinked, may get the same number (a pool's refill lost its
+    new server's file that way). So, with ``display``, where something serves that display
+    now (an X server binds its abstract socket before its file), the file aside is asked
+    too: one that accepts a connection is a live server's, and goes back. Raises OSError
+    (FileNotFoundError: the name is gone; PermissionError: not ours to move)."""
     aside = f".xsupervise-aside-{os.urandom(8).hex()}"
     os.rename(name, aside, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     try:
         same = os.stat(aside, dir_fd=dir_fd, follow_symlinks=False).st_ino == inode
     except OSError:
         same = False
+    if same and display is not None and display in bound_abstract_displays():
+        same = not _accepts(f"/proc/self/fd/{dir_fd}/{aside}")
     if not same:
         try:
             os.link(aside, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
@@ -335,6 +344,23 @@ def unlink_if_same(dir_fd: int, name: str, inode: int) -> bool:
             os.unlink(aside, dir_fd=dir_fd)
         return False
     os.unlink(aside, dir_fd=dir_fd)
+    return True
+
+
+def _accepts(path: str) -> bool:
+    """Whether a listening socket is bound to the socket file ``path`` (a connection is made
+    and closed at once; one that would wait counts as listening)."""
+    import socket
+
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    try:
+        probe.connect(path)
+    except BlockingIOError:  # a full listen queue: someone listens
+        return True
+    except OSError:  # ECONNREFUSED: a dead server's file
+        return False
+    finally:
+        probe.close()
     return True
 
 
@@ -555,7 +581,7 @@ def clean(entries: list[Entry], dry_run: bool) -> None:
         directory, name = os.path.split(entry.path)
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            if not unlink_if_same(dir_fd, name, entry.inode):
+            if not unlink_if_same(dir_fd, name, entry.inode, entry.display):
                 entry.verdict, entry.reason = "live", "replaced by another file meanwhile"
                 continue
             entry.action = "removed"
