@@ -5,9 +5,10 @@ renames the name aside, then links back a file that is not the dead one's).
 
 Given xsupervise's argv for a server (``-displayfd FD`` among it), it runs Xvfb with its own
 pipe, renames /tmp/.X11-unix/X<n> aside once Xvfb has told its number, reports the number
-on FD, and links the name back 0.1 s later."""
+on FD, and links the name back $ASIDE_X_SECONDS (default 0.1) later, or at its SIGTERM."""
 
 import os
+import signal
 import sys
 import time
 
@@ -27,8 +28,17 @@ number = os.read(read_end, 16).decode().strip()
 path = f"/tmp/.X11-unix/X{number}"
 aside = f"/tmp/.X11-unix/.aside-{os.getpid()}"
 os.rename(path, aside)
+
+
+def put_back(*_):
+    if os.path.lexists(aside):
+        os.link(aside, path)
+        os.unlink(aside)
+
+
+signal.signal(signal.SIGTERM, lambda *_: (put_back(), sys.exit(0)))
 os.write(report_fd, f"{number}\n".encode())
-time.sleep(0.1)  # the other supervisor's judging, stretched so that a verify lands in it
-os.link(aside, path)
-os.unlink(aside)
+# The other supervisor's judging, stretched so that a verify lands in it.
+time.sleep(float(os.environ.get("ASIDE_X_SECONDS", "0.1")))
+put_back()
 os.waitpid(pid, 0)

@@ -116,6 +116,23 @@ def test_a_socket_name_held_aside_for_an_instant_is_waited_for():
         assert os.path.exists(f"/tmp/.X11-unix/X{display.number}")
 
 
+@requires_xvfb
+def test_a_server_whose_socket_name_stays_away_is_not_said_to_be_in_the_background(
+    monkeypatch,
+):
+    # Our own server serving the display (on its abstract socket) while its socket file's
+    # name is away is no X server "put in the background": the line says what was checked.
+    import xsupervise
+
+    monkeypatch.setenv("ASIDE_X_SECONDS", "5")
+    aside_x = str(Path(__file__).parent / "aside_x.py")
+    with pytest.raises(xsupervise.StartError) as failure:
+        xsupervise.Display(server=aside_x, timeout=10, kill_grace=2).start()
+    message = str(failure.value)
+    assert "background" not in message, message
+    assert "but nothing answers on /tmp/.X11-unix/X" in message, message
+
+
 def test_server_that_exits_is_reported_at_its_exit_not_at_the_deadline(tmp_path: Path, monkeypatch):
     report = tmp_path / "report"
     monkeypatch.setenv("FAKE_X_REPORT", str(report))

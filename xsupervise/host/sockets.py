@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .paths import X11_UNIX_DIR, socket_path
 
@@ -223,12 +223,17 @@ def _carries(pid: int, argument: str) -> bool:
 
 
 def who_serves(
-    number: int, our_server: int | None = None, our_cookie: str | None = None
+    number: int,
+    our_server: int | None = None,
+    our_cookie: str | None = None,
+    in_our_group: Callable[[int], bool] | None = None,
 ) -> tuple[str, bool]:
     """(who holds display ``number``'s listening sockets, as words; whether one of them is
-    our server's: started by ``our_server``, or given our session's cookie file
-    ``our_cookie`` (a path nobody else knows; what a launcher that exited passed on to the X
-    server it left behind)). Says so when nobody we may look at holds them."""
+    an X server ours put in the background: started by ``our_server``, or given our
+    session's cookie file ``our_cookie`` (a path nobody else knows; what a launcher that
+    exited passed on to the X server it left behind), and not ``in_our_group`` (our server
+    itself, or a wrapper's server in its group, serving where we did not look for it)).
+    Says so when nobody we may look at holds them."""
     inodes = display_inodes(number)
     if not inodes:
         return "a process that has gone since (nothing listens as that display now)", False
@@ -242,8 +247,11 @@ def who_serves(
     # so the line never names ours with a command line it could not read (it may be exiting).
     described = " and ".join(describe_process(pid) for pid in pids)
     ours = any(
-        (our_server is not None and started_by(pid, our_server))
-        or (our_cookie is not None and _carries(pid, our_cookie))
+        not (in_our_group is not None and in_our_group(pid))
+        and (
+            (our_server is not None and started_by(pid, our_server))
+            or (our_cookie is not None and _carries(pid, our_cookie))
+        )
         for pid in pids
     )
     return described, ours

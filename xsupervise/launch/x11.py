@@ -223,7 +223,12 @@ def _look_for_a_background_server(
 
     argv = list(child.argv)
     cookie = argv[argv.index("-auth") + 1] if "-auth" in argv[:-1] else None
-    holder, error.daemonized = yield Offload(who_serves, number, child.pid, cookie)
+    # Our server itself (or a wrapper's, in its group) holding the display, say on its
+    # abstract socket only, is not one put in the background: the line then says only
+    # what was checked.
+    holder, error.daemonized = yield Offload(
+        who_serves, number, child.pid, cookie, lambda pid: served_by(child, pid)
+    )
     if error.daemonized:  # ours, outside the fallback's process group (setsid): stop it too
         from ..host.sockets import stop_holders
 
